@@ -1,0 +1,75 @@
+// The backend interface every virtio device implements (blk, net, console,
+// rng, vsock), and the interrupt-out port a transport implements for it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "vioport/core/device_queue.h"
+#include "vioport/core/guest_memory.h"
+#include "vioport/core/spec.h"
+
+namespace vioport {
+
+// Interrupt-out: a used-buffer interrupt for queue n, or a config change.
+// An eventfd write, a CRQ message, an event-channel notify, an MMIO status bit.
+class InterruptSink {
+ public:
+  virtual ~InterruptSink() = default;
+  virtual void QueueInterrupt(uint16_t queue) = 0;
+  virtual void ConfigInterrupt() = 0;
+};
+
+// Everything a device needs to run, moved in by Activate and out by Reset.
+struct ActivateContext {
+  uint64_t features = 0;  // negotiated
+  std::shared_ptr<GuestMemory> memory;
+  std::vector<std::unique_ptr<DeviceQueue>> queues;  // index = queue number; null if not enabled
+  std::shared_ptr<InterruptSink> interrupt;
+};
+
+class VirtioDevice {
+ public:
+  virtual ~VirtioDevice() = default;
+
+  virtual DeviceId device_id() const = 0;
+  // Device-specific feature bits (0-23, 50-127) plus the ring/transport bits
+  // from feature::kCoreSupported the device is willing to use.
+  virtual uint64_t device_features() const = 0;
+  virtual uint16_t num_queues() const = 0;
+  virtual uint16_t max_queue_size() const { return 1024; }
+  virtual uint32_t config_size() const = 0;
+  // Offsets and sizes are bounds-checked by the caller.
+  virtual void ReadConfig(uint32_t offset, std::span<uint8_t> out) = 0;
+  virtual void WriteConfig(uint32_t /*offset*/, std::span<const uint8_t> /*in*/) {}
+
+  // Called when the driver sets FEATURES_OK; an error refuses it (the status
+  // bit does not stick, §3.1.1).
+  virtual absl::Status CheckFeatures(uint64_t /*acked*/) { return absl::OkStatus(); }
+
+  // DRIVER_OK: start serving. On error the device is put in NEEDS_RESET.
+  virtual absl::Status Activate(ActivateContext ctx) = 0;
+  // Reset: stop touching queues and memory, finish or drop in-flight
+  // requests, and hand everything back. Only called after a successful Activate.
+  virtual ActivateContext Reset() = 0;
+  // Notify-in: the driver kicked queue n (only after Activate).
+  virtual void QueueNotify(uint16_t queue) = 0;
+
+  // Set by the controller; a device calls it when its config space changed on
+  // its own (capacity resize, link up): generation bump + config interrupt.
+  void set_config_changed_hook(std::function<void()> f) { config_changed_ = std::move(f); }
+
+ protected:
+  void NotifyConfigChanged() {
+    if (config_changed_) config_changed_();
+  }
+
+ private:
+  std::function<void()> config_changed_;
+};
+
+}  // namespace vioport

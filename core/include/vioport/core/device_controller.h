@@ -1,0 +1,115 @@
+// The device side's lifecycle, written once for every transport: status
+// register, feature negotiation, config generation, queue set-up, activation
+// at DRIVER_OK, DEVICE_NEEDS_RESET on a broken ring. A transport turns its
+// wire format (MMIO registers, vhost-user messages, CRQ messages) into calls here.
+//
+// States (status register value in brackets; docs/architecture.md has the diagram):
+//   Reset [0] -> Acknowledged [ACK] -> DriverLoaded [+DRIVER]
+//     -> FeaturesOk [+FEATURES_OK, only if the device accepts the features]
+//     -> Running [+DRIVER_OK: queues built, device activated]
+//   Running -> NeedsReset [+DEVICE_NEEDS_RESET] on a ring error or failed activation
+//   any -> Failed [+FAILED] when the driver gives up
+//   any -> Reset on a write of 0 (device Reset() called if it was activated)
+// Legacy drivers (VERSION_1 not acked) may go to DRIVER_OK without FEATURES_OK.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "vioport/core/device.h"
+
+namespace vioport {
+
+struct ControllerCounters {
+  std::atomic<uint64_t> resets{0};
+  std::atomic<uint64_t> activations{0};
+  std::atomic<uint64_t> features_refused{0};
+  std::atomic<uint64_t> notifies{0};
+  std::atomic<uint64_t> notifies_ignored{0};  // before DRIVER_OK or out of range
+  std::atomic<uint64_t> ring_errors{0};
+  std::atomic<uint64_t> config_interrupts{0};
+  std::atomic<uint64_t> bad_register_writes{0};
+};
+
+struct QueueSetup {
+  uint32_t size = 0;  // 0 until the driver sets it; then max size by default
+  uint64_t desc = 0, driver = 0, device = 0;
+  bool ready = false;
+};
+
+class DeviceController {
+ public:
+  // `transport_features`: ring/transport bits this transport can carry
+  // (e.g. without RING_PACKED where the channel cannot express it).
+  DeviceController(std::shared_ptr<VirtioDevice> device, std::shared_ptr<GuestMemory> memory,
+                   std::shared_ptr<InterruptSink> interrupt,
+                   uint64_t transport_features = feature::kCoreSupported);
+  ~DeviceController();
+  DeviceController(const DeviceController&) = delete;
+  DeviceController& operator=(const DeviceController&) = delete;
+
+  VirtioDevice& device() { return *device_; }
+  uint8_t status() const { return status_.load(std::memory_order_acquire); }
+  // Writes the status register. 0 resets. Returns an error (and leaves the
+  // status alone) for transitions the spec forbids, e.g. clearing bits.
+  absl::Status SetStatus(uint8_t status);
+
+  uint64_t offered_features() const { return offered_; }
+  uint64_t driver_features() const { return driver_features_; }
+  // Refused (FailedPrecondition) once FEATURES_OK is set.
+  absl::Status SetDriverFeatures(uint64_t features);
+
+  uint32_t config_generation() const { return generation_.load(std::memory_order_acquire); }
+  absl::Status ReadConfig(uint32_t offset, std::span<uint8_t> out);
+  absl::Status WriteConfig(uint32_t offset, std::span<const uint8_t> in);
+
+  uint16_t num_queues() const { return device_->num_queues(); }
+  uint32_t QueueMaxSize(uint16_t q) const;  // 0 if the queue does not exist
+  const QueueSetup* queue_setup(uint16_t q) const;
+  absl::Status SetQueueSize(uint16_t q, uint32_t size);
+  absl::Status SetQueueAddresses(uint16_t q, uint64_t desc, uint64_t driver, uint64_t device);
+  absl::Status SetQueueReady(uint16_t q, bool ready);
+
+  // Notify-in. Ignored (counted) before DRIVER_OK, after NEEDS_RESET, or out of range.
+  void NotifyQueue(uint16_t q);
+
+  // Replace the memory (e.g. vhost-user SET_MEM_TABLE); only while not running.
+  absl::Status SetMemory(std::shared_ptr<GuestMemory> memory);
+  void SetInterruptSink(std::shared_ptr<InterruptSink> interrupt);
+  // Byte order of split rings for legacy drivers (guest-native).
+  void SetLegacyByteOrder(RingByteOrder order) { legacy_order_ = order; }
+
+  // Puts the device in DEVICE_NEEDS_RESET and raises a config interrupt (if
+  // DRIVER_OK). Thread-safe: called from device worker threads on ring errors.
+  void SetNeedsReset(const std::string& why);
+  bool running() const { return active_; }
+  const std::string& last_error() const { return last_error_; }
+  const ControllerCounters& counters() const { return counters_; }
+
+ private:
+  void DoReset();
+  absl::Status Activate();
+  void OnConfigChanged();
+
+  std::shared_ptr<VirtioDevice> device_;
+  std::shared_ptr<GuestMemory> memory_;
+  std::shared_ptr<InterruptSink> interrupt_;
+  uint64_t offered_ = 0;
+  uint64_t driver_features_ = 0;
+  std::atomic<uint8_t> status_{0};
+  std::atomic<uint32_t> generation_{0};
+  std::vector<QueueSetup> queues_;
+  bool active_ = false;
+  RingByteOrder legacy_order_ = RingByteOrder::kLittle;
+  absl::Mutex error_mu_;
+  std::string last_error_;
+  ControllerCounters counters_;
+};
+
+}  // namespace vioport

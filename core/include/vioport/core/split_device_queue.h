@@ -1,0 +1,72 @@
+// Device side of a split virtqueue (§2.7): pops validated chains, writes used
+// entries. Runs on mapped memory through host pointers and on copy-only
+// memory through batched copies (one copy per run of avail entries, one per
+// descriptor table, one per run of used entries).
+#pragma once
+
+#include <vector>
+
+#include "vioport/core/device_queue.h"
+
+namespace vioport {
+
+class SplitDeviceQueue final : public DeviceQueue {
+ public:
+  SplitDeviceQueue(const QueueConfig& cfg, GuestMemory* mem, QueueErrorHandler on_error);
+  // Checks size and alignment; maps the three areas on zero-copy memory.
+  RingError Init();
+
+  PopStatus Pop(DescriptorChain& out) override;
+  void AddUsed(DescriptorChain&& chain, uint32_t written) override;
+  bool Publish() override;
+  bool EnableNotifications() override;
+  void DisableNotifications() override;
+  uint32_t GetBase() const override { return next_avail_; }
+  void SetBase(uint32_t base) override;
+
+ private:
+  struct RawDesc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+  };
+
+  uint16_t Ord16(uint16_t v) const;
+  uint32_t Ord32(uint32_t v) const;
+  uint64_t Ord64(uint64_t v) const;
+  RawDesc Decode(const uint8_t* p) const;
+
+  RingError Break(RingError e);
+  bool LoadAvailIdx(uint16_t* idx);  // false on memory fault (queue broken)
+  RingError FetchAvail(uint16_t from, uint16_t to);
+  RingError ReadHead(uint16_t slot, uint16_t* head);
+  RingError ReadDesc(uint16_t i, RawDesc* d);
+  RingError WalkIndirect(const RawDesc& d, DescriptorChain& out, uint64_t& total);
+  bool Load16(uint8_t* host, uint64_t addr, uint16_t* v);
+  bool Store16(uint8_t* host, uint64_t addr, uint16_t v);
+
+  uint8_t* desc_h_ = nullptr;   // null on copy-only memory
+  uint8_t* avail_h_ = nullptr;
+  uint8_t* used_h_ = nullptr;
+  bool event_idx_ = false;
+  bool indirect_ = false;
+  uint16_t next_avail_ = 0;      // next avail ring entry to consume
+  uint16_t avail_shadow_ = 0;    // last avail idx read from the driver
+  uint16_t next_used_ = 0;       // used idx after the entries added so far
+  uint16_t published_used_ = 0;  // used idx the driver can see
+
+  // Copy-only memory: shadows filled by one copy each.
+  std::vector<uint16_t> avail_cache_;  // indexed by slot
+  std::vector<uint8_t> desc_cache_;    // whole descriptor table
+  bool desc_cache_valid_ = false;
+  struct PendingUsed {
+    uint16_t slot;
+    uint32_t id;
+    uint32_t len;
+  };
+  std::vector<PendingUsed> used_pending_;
+  std::vector<uint8_t> indirect_buf_;
+};
+
+}  // namespace vioport

@@ -1,0 +1,235 @@
+#include "vioport/core/device_controller.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "vioport/core/log.h"
+
+namespace vioport {
+
+DeviceController::DeviceController(std::shared_ptr<VirtioDevice> device, std::shared_ptr<GuestMemory> memory,
+                                   std::shared_ptr<InterruptSink> interrupt, uint64_t transport_features)
+    : device_(std::move(device)), memory_(std::move(memory)), interrupt_(std::move(interrupt)) {
+  // Ring/transport bits only where core, transport and device all agree;
+  // device-specific bits as the device offers them. VERSION_1 always (§6.1).
+  const uint64_t dev = device_->device_features();
+  const uint64_t reserved_mask = ((uint64_t{1} << 41) - 1) & ~((uint64_t{1} << 24) - 1);  // bits 24..40
+  offered_ = (dev & ~reserved_mask) | (dev & reserved_mask & feature::kCoreSupported & transport_features) |
+             feature::Bit(feature::kVersion1);
+  queues_.resize(device_->num_queues());
+  device_->set_config_changed_hook([this] { OnConfigChanged(); });
+}
+
+DeviceController::~DeviceController() {
+  if (active_) device_->Reset();
+  device_->set_config_changed_hook(nullptr);
+}
+
+void DeviceController::DoReset() {
+  if (active_) {
+    ActivateContext back = device_->Reset();  // the device stops touching memory here
+    active_ = false;
+  }
+  driver_features_ = 0;
+  for (auto& q : queues_) q = QueueSetup{};
+  status_.store(0, std::memory_order_release);
+  counters_.resets++;
+}
+
+absl::Status DeviceController::SetStatus(uint8_t s) {
+  const uint8_t old = status();
+  if (s == 0) {
+    DoReset();
+    return absl::OkStatus();
+  }
+  if (s & status::kDeviceNeedsReset) {
+    counters_.bad_register_writes++;
+    return absl::InvalidArgumentError("driver may not set DEVICE_NEEDS_RESET");
+  }
+  const uint8_t visible = old & ~status::kDeviceNeedsReset;
+  if ((visible & ~s) != 0) {  // §2.1.1: the driver never clears bits
+    counters_.bad_register_writes++;
+    return absl::FailedPreconditionError(
+        absl::StrFormat("status write 0x%02x clears bits of 0x%02x; only a write of 0 resets", s, old));
+  }
+  const uint8_t added = s & ~visible;
+  uint8_t next = s | (old & status::kDeviceNeedsReset);
+
+  if (added & status::kFailed) {
+    // The driver gave up: stop the device, keep the status for the driver to see.
+    if (active_) {
+      device_->Reset();
+      active_ = false;
+    }
+    status_.store(next, std::memory_order_release);
+    return absl::OkStatus();
+  }
+  if (old & status::kDeviceNeedsReset) {
+    counters_.bad_register_writes++;
+    return absl::FailedPreconditionError("device needs reset; only a write of 0 is accepted");
+  }
+  if ((added & status::kDriver) && !(s & status::kAcknowledge)) {
+    counters_.bad_register_writes++;
+    return absl::FailedPreconditionError("DRIVER set without ACKNOWLEDGE");
+  }
+  if (added & status::kFeaturesOk) {
+    absl::Status ok = absl::OkStatus();
+    if (!(s & status::kDriver)) ok = absl::FailedPreconditionError("FEATURES_OK before DRIVER");
+    const uint64_t unknown = driver_features_ & ~offered_;
+    if (ok.ok() && unknown)
+      ok = absl::InvalidArgumentError(absl::StrFormat("driver acked features not offered: 0x%x", unknown));
+    if (ok.ok() && !feature::Has(driver_features_, feature::kVersion1))
+      ok = absl::InvalidArgumentError("FEATURES_OK without VERSION_1 (legacy drivers have no FEATURES_OK)");
+    if (ok.ok()) ok = device_->CheckFeatures(driver_features_);
+    if (!ok.ok()) {
+      // §3.1.1: FEATURES_OK does not stick; the driver re-reads and sees it unset.
+      counters_.features_refused++;
+      VIOPORT_LOG(kInfo, "features 0x", absl::Hex(driver_features_), " refused: ", ok.message());
+      status_.store(next & ~status::kFeaturesOk, std::memory_order_release);
+      return absl::OkStatus();
+    }
+  }
+  if (added & status::kDriverOk) {
+    const bool legacy = !feature::Has(driver_features_, feature::kVersion1);
+    if (!(s & status::kDriver) || (!legacy && !(s & status::kFeaturesOk))) {
+      counters_.bad_register_writes++;
+      return absl::FailedPreconditionError("DRIVER_OK before DRIVER/FEATURES_OK");
+    }
+    status_.store(next, std::memory_order_release);
+    if (absl::Status a = Activate(); !a.ok()) SetNeedsReset(std::string(a.message()));
+    return absl::OkStatus();
+  }
+  status_.store(next, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+absl::Status DeviceController::SetDriverFeatures(uint64_t features) {
+  if (status() & status::kFeaturesOk)
+    return absl::FailedPreconditionError("driver features changed after FEATURES_OK");
+  if (status() & status::kDriverOk) return absl::FailedPreconditionError("driver features changed after DRIVER_OK");
+  driver_features_ = features;
+  return absl::OkStatus();
+}
+
+absl::Status DeviceController::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
+  const uint32_t size = device_->config_size();
+  if (offset > size || out.size() > size - offset)
+    return absl::OutOfRangeError(
+        absl::StrFormat("config read of %u bytes at %u past config size %u", out.size(), offset, size));
+  device_->ReadConfig(offset, out);
+  return absl::OkStatus();
+}
+
+absl::Status DeviceController::WriteConfig(uint32_t offset, std::span<const uint8_t> in) {
+  const uint32_t size = device_->config_size();
+  if (offset > size || in.size() > size - offset)
+    return absl::OutOfRangeError(
+        absl::StrFormat("config write of %u bytes at %u past config size %u", in.size(), offset, size));
+  device_->WriteConfig(offset, in);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  return absl::OkStatus();
+}
+
+uint32_t DeviceController::QueueMaxSize(uint16_t q) const {
+  return q < queues_.size() ? device_->max_queue_size() : 0;
+}
+
+const QueueSetup* DeviceController::queue_setup(uint16_t q) const {
+  return q < queues_.size() ? &queues_[q] : nullptr;
+}
+
+absl::Status DeviceController::SetQueueSize(uint16_t q, uint32_t size) {
+  if (q >= queues_.size()) return absl::OutOfRangeError(absl::StrCat("queue ", q, " does not exist"));
+  if (queues_[q].ready || active_) return absl::FailedPreconditionError("queue size changed while ready");
+  if (size == 0 || size > device_->max_queue_size())
+    return absl::InvalidArgumentError(
+        absl::StrCat("queue ", q, " size ", size, " outside 1..", device_->max_queue_size()));
+  queues_[q].size = size;
+  return absl::OkStatus();
+}
+
+absl::Status DeviceController::SetQueueAddresses(uint16_t q, uint64_t desc, uint64_t driver, uint64_t device) {
+  if (q >= queues_.size()) return absl::OutOfRangeError(absl::StrCat("queue ", q, " does not exist"));
+  if (queues_[q].ready || active_) return absl::FailedPreconditionError("ring addresses changed while ready");
+  queues_[q].desc = desc;
+  queues_[q].driver = driver;
+  queues_[q].device = device;
+  return absl::OkStatus();
+}
+
+absl::Status DeviceController::SetQueueReady(uint16_t q, bool ready) {
+  if (q >= queues_.size()) return absl::OutOfRangeError(absl::StrCat("queue ", q, " does not exist"));
+  if (active_) return absl::FailedPreconditionError("queue enable changed after DRIVER_OK");
+  if (ready && queues_[q].size == 0) queues_[q].size = device_->max_queue_size();
+  queues_[q].ready = ready;
+  return absl::OkStatus();
+}
+
+void DeviceController::NotifyQueue(uint16_t q) {
+  if (!active_ || q >= queues_.size() || (status() & status::kDeviceNeedsReset)) {
+    counters_.notifies_ignored++;
+    return;
+  }
+  counters_.notifies++;
+  device_->QueueNotify(q);
+}
+
+absl::Status DeviceController::SetMemory(std::shared_ptr<GuestMemory> memory) {
+  if (active_) return absl::FailedPreconditionError("memory replaced while the device runs");
+  memory_ = std::move(memory);
+  return absl::OkStatus();
+}
+
+void DeviceController::SetInterruptSink(std::shared_ptr<InterruptSink> interrupt) { interrupt_ = std::move(interrupt); }
+
+absl::Status DeviceController::Activate() {
+  if (!memory_) return absl::FailedPreconditionError("no guest memory");
+  ActivateContext ctx;
+  ctx.features = driver_features_;
+  ctx.memory = memory_;
+  ctx.interrupt = interrupt_;
+  ctx.queues.resize(queues_.size());
+  const RingByteOrder order =
+      feature::Has(driver_features_, feature::kVersion1) ? RingByteOrder::kLittle : legacy_order_;
+  for (uint16_t i = 0; i < queues_.size(); ++i) {
+    const QueueSetup& s = queues_[i];
+    if (!s.ready) continue;
+    QueueConfig cfg{i, s.size, s.desc, s.driver, s.device, driver_features_, order};
+    RingError e = DeviceQueue::Create(cfg, memory_.get(),
+                                      [this](uint16_t q, RingError err) {
+                                        counters_.ring_errors++;
+                                        SetNeedsReset(RingErrorStatus(err, q).ToString());
+                                      },
+                                      &ctx.queues[i]);
+    if (e != RingError::kNone) return RingErrorStatus(e, i);
+  }
+  absl::Status st = device_->Activate(std::move(ctx));
+  if (!st.ok()) return st;
+  active_ = true;
+  counters_.activations++;
+  return absl::OkStatus();
+}
+
+void DeviceController::SetNeedsReset(const std::string& why) {
+  {
+    absl::MutexLock l(&error_mu_);
+    if (status() & status::kDeviceNeedsReset) return;  // logged once
+    last_error_ = why;
+  }
+  VIOPORT_LOG(kWarning, "device ", static_cast<int>(device_->device_id()), ": ", why, "; DEVICE_NEEDS_RESET");
+  const uint8_t prev = status_.fetch_or(status::kDeviceNeedsReset, std::memory_order_acq_rel);
+  // §2.1.2: with DRIVER_OK set, the device must send a config change notification.
+  if ((prev & status::kDriverOk) && interrupt_) {
+    counters_.config_interrupts++;
+    interrupt_->ConfigInterrupt();
+  }
+}
+
+void DeviceController::OnConfigChanged() {
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  if ((status() & status::kDriverOk) && interrupt_) {
+    counters_.config_interrupts++;
+    interrupt_->ConfigInterrupt();
+  }
+}
+
+}  // namespace vioport

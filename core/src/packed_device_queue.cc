@@ -1,0 +1,381 @@
+#include "vioport/core/packed_device_queue.h"
+
+#include <atomic>
+#include <boost/endian/conversion.hpp>
+#include <cstring>
+
+#include "vioport/core/spec.h"
+
+namespace vioport {
+namespace be = boost::endian;
+
+namespace {
+constexpr uint32_t kWindow = 64;  // ring slots fetched per copy on copy-only memory
+
+uint16_t AtomicLoad16(const uint8_t* p, std::memory_order mo) {
+  return std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(const_cast<uint8_t*>(p))).load(mo);
+}
+void AtomicStore16(uint8_t* p, uint16_t v, std::memory_order mo) {
+  std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(p)).store(v, mo);
+}
+RingError FromStatus(const absl::Status& s) {
+  return absl::IsUnavailable(s) ? RingError::kMemoryFault : RingError::kAddressOutOfRange;
+}
+void EncodeUsed(uint8_t* p, uint16_t id, uint32_t len) {
+  uint32_t l = be::native_to_little(len);
+  uint16_t i = be::native_to_little(id);
+  std::memset(p, 0, 8);  // addr is not used in a used descriptor
+  std::memcpy(p + 8, &l, 4);
+  std::memcpy(p + 12, &i, 2);
+}
+}  // namespace
+
+PackedDeviceQueue::PackedDeviceQueue(const QueueConfig& cfg, GuestMemory* mem, QueueErrorHandler on_error)
+    : DeviceQueue(cfg, mem, std::move(on_error)) {
+  event_idx_ = feature::Has(cfg.features, feature::kEventIdx);
+  indirect_ = feature::Has(cfg.features, feature::kIndirectDesc);
+}
+
+PackedDeviceQueue::RawDesc PackedDeviceQueue::Decode(const uint8_t* p) {
+  uint8_t b[16];
+  std::memcpy(b, p, 16);
+  RawDesc d;
+  std::memcpy(&d.addr, b, 8);
+  std::memcpy(&d.len, b + 8, 4);
+  std::memcpy(&d.id, b + 12, 2);
+  std::memcpy(&d.flags, b + 14, 2);
+  d.addr = be::little_to_native(d.addr);
+  d.len = be::little_to_native(d.len);
+  d.id = be::little_to_native(d.id);
+  d.flags = be::little_to_native(d.flags);
+  return d;
+}
+
+RingError PackedDeviceQueue::Init() {
+  const uint32_t n = cfg_.size;
+  if (n == 0 || n > kMaxQueueSize) return RingError::kBadQueueSize;
+  if (cfg_.desc_addr % 16 || cfg_.driver_addr % 4 || cfg_.device_addr % 4) return RingError::kRingMisaligned;
+  if (mem_->zero_copy()) {
+    ring_h_ = mem_->Map(cfg_.desc_addr, 16ull * n, Access::kReadWrite);
+    driver_h_ = mem_->Map(cfg_.driver_addr, 4, Access::kRead);
+    device_h_ = mem_->Map(cfg_.device_addr, 4, Access::kReadWrite);
+    if (!ring_h_ || !driver_h_ || !device_h_) return RingError::kAddressOutOfRange;
+  } else {
+    window_.resize(16 * kWindow);
+  }
+  in_flight_ids_.assign(n, 0);
+  return RingError::kNone;
+}
+
+RingError PackedDeviceQueue::Break(RingError e) {
+  Fail(e);
+  return e;
+}
+
+bool PackedDeviceQueue::IsAvail(uint16_t flags, bool wrap) const {
+  // §2.8.1: available when AVAIL == wrap and USED != wrap.
+  return bool(flags & desc_flag::kAvail) == wrap && bool(flags & desc_flag::kUsed) != wrap;
+}
+
+RingError PackedDeviceQueue::FetchWindow() {
+  // Two copies: the first shows which heads are available; after an acquire
+  // fence the second holds consistent contents for those chains (the driver
+  // writes a chain's head flags last).
+  const uint32_t w = std::min<uint32_t>(kWindow, cfg_.size - next_avail_);
+  const uint64_t addr = cfg_.desc_addr + 16ull * next_avail_;
+  std::vector<uint8_t> first(16 * w);
+  absl::Status s = mem_->Read(addr, first.data(), first.size());
+  if (!s.ok()) return FromStatus(s);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  s = mem_->Read(addr, window_.data(), 16ull * w);
+  if (!s.ok()) return FromStatus(s);
+  win_start_ = next_avail_;
+  win_len_ = w;
+  win_wrap_ = avail_wrap_;
+  // Heads are trusted only where the first copy saw them available.
+  win_flags1_.resize(w);
+  for (uint32_t i = 0; i < w; ++i) {
+    uint16_t f;
+    std::memcpy(&f, &first[16 * i + 14], 2);
+    win_flags1_[i] = be::little_to_native(f);
+  }
+  return RingError::kNone;
+}
+
+RingError PackedDeviceQueue::ReadHeadFlags(uint16_t* flags) {
+  if (ring_h_) {
+    *flags = be::little_to_native(AtomicLoad16(ring_h_ + 16ull * next_avail_ + 14, std::memory_order_acquire));
+    return RingError::kNone;
+  }
+  bool in_window = win_len_ && win_wrap_ == avail_wrap_ && next_avail_ >= win_start_ &&
+                   next_avail_ < win_start_ + win_len_;
+  if (!in_window || !IsAvail(win_flags1_[next_avail_ - win_start_], avail_wrap_)) {
+    if (RingError e = FetchWindow(); e != RingError::kNone) return e;
+    if (!IsAvail(win_flags1_[0], avail_wrap_)) {
+      *flags = win_flags1_[0];
+      return RingError::kNone;
+    }
+  }
+  uint16_t f;  // contents from the second, consistent copy
+  std::memcpy(&f, &window_[16 * (next_avail_ - win_start_) + 14], 2);
+  *flags = be::little_to_native(f);
+  return RingError::kNone;
+}
+
+RingError PackedDeviceQueue::ReadDesc(uint32_t slot, RawDesc* d) {
+  if (ring_h_) {
+    *d = Decode(ring_h_ + 16ull * slot);
+    return RingError::kNone;
+  }
+  if (win_len_ && win_wrap_ == avail_wrap_ && slot >= win_start_ && slot < win_start_ + win_len_) {
+    *d = Decode(&window_[16 * (slot - win_start_)]);
+    return RingError::kNone;
+  }
+  uint8_t b[16];
+  absl::Status s = mem_->Read(cfg_.desc_addr + 16ull * slot, b, 16);
+  if (!s.ok()) return FromStatus(s);
+  *d = Decode(b);
+  return RingError::kNone;
+}
+
+RingError PackedDeviceQueue::WalkIndirect(const RawDesc& d, DescriptorChain& out, uint64_t& total) {
+  // §2.8.9: a table of packed descriptors, used in order; only WRITE is valid.
+  if (d.len == 0 || d.len % 16 != 0) return RingError::kIndirectBadLength;
+  const uint32_t entries = d.len / 16;
+  if (entries > 65535) return RingError::kIndirectTooLarge;
+  const uint8_t* table = mem_->zero_copy() ? mem_->Map(d.addr, d.len, Access::kRead) : nullptr;
+  if (!table) {
+    indirect_buf_.resize(d.len);
+    absl::Status s = mem_->Read(d.addr, indirect_buf_.data(), d.len);
+    if (!s.ok()) return FromStatus(s);
+    table = indirect_buf_.data();
+  }
+  for (uint32_t j = 0; j < entries; ++j) {
+    RawDesc e = Decode(table + 16ull * j);  // guest-controlled
+    if (e.flags & desc_flag::kIndirect) return RingError::kNestedIndirect;
+    RingError r = AppendSegment(out, e.addr, e.len, e.flags & desc_flag::kWrite, total);
+    if (r != RingError::kNone) return r;
+  }
+  return RingError::kNone;
+}
+
+PopStatus PackedDeviceQueue::Pop(DescriptorChain& out) {
+  if (broken()) return PopStatus::kError;
+  const uint32_t n = cfg_.size;
+  uint16_t head_flags;  // guest-controlled
+  if (RingError e = ReadHeadFlags(&head_flags); e != RingError::kNone) {
+    Break(e);
+    return PopStatus::kError;
+  }
+  if (!IsAvail(head_flags, avail_wrap_)) return PopStatus::kEmpty;
+
+  FillChainHeader(out, 0, 0);
+  uint32_t slot = next_avail_;
+  bool wrap = avail_wrap_;
+  uint32_t slots = 0;
+  uint64_t total = 0;
+  uint16_t id = 0;
+  RingError r = RingError::kNone;
+  for (;;) {
+    if (++slots > n) {
+      r = RingError::kChainTooLong;
+      break;
+    }
+    RawDesc d;  // guest-controlled
+    if ((r = ReadDesc(slot, &d)) != RingError::kNone) break;
+    if (slots == 1) d.flags = head_flags;  // validate what was seen available
+    if (++slot == n) {
+      slot = 0;
+      wrap = !wrap;
+    }
+    if (d.flags & desc_flag::kIndirect) {
+      if (!indirect_) r = RingError::kIndirectNotNegotiated;
+      else if ((d.flags & desc_flag::kNext) || slots > 1) r = RingError::kIndirectWithNext;
+      else r = WalkIndirect(d, out, total);
+      id = d.id;
+      break;
+    }
+    if ((r = AppendSegment(out, d.addr, d.len, d.flags & desc_flag::kWrite, total)) != RingError::kNone) break;
+    if (!(d.flags & desc_flag::kNext)) {
+      id = d.id;  // §2.8.6: the buffer id is in the last descriptor
+      break;
+    }
+  }
+  if (r == RingError::kNone && (id >= n || in_flight_ids_[id])) r = RingError::kBadBufferId;
+  if (r != RingError::kNone) {
+    out.Clear();
+    Break(r);
+    return PopStatus::kError;
+  }
+  in_flight_ids_[id] = 1;
+  out.id_ = id;
+  out.ring_slots_ = static_cast<uint16_t>(slots);
+  next_avail_ = static_cast<uint16_t>(slot);
+  avail_wrap_ = wrap;
+  in_flight_++;
+  counters_.popped++;
+  return PopStatus::kChain;
+}
+
+void PackedDeviceQueue::AddUsed(DescriptorChain&& chain, uint32_t written) {
+  const uint16_t id = chain.id_;
+  const uint16_t slots = chain.ring_slots_;
+  const bool has_writable = chain.writable_bytes_ > 0;
+  const bool ours = chain.owner_ == this && chain.epoch_ == epoch_;
+  if (!AcceptUsed(chain, written)) {
+    if (ours && id < in_flight_ids_.size()) in_flight_ids_[id] = 0;
+    return;
+  }
+  in_flight_ids_[id] = 0;
+  uint16_t flags = used_wrap_ ? (desc_flag::kAvail | desc_flag::kUsed) : 0;
+  if (has_writable) flags |= desc_flag::kWrite;  // §2.8.7: len is valid
+  used_pending_.push_back({next_used_, id, written, flags});
+  uint32_t next = uint32_t{next_used_} + slots;
+  if (next >= cfg_.size) {
+    next -= cfg_.size;
+    used_wrap_ = !used_wrap_;
+  }
+  next_used_ = static_cast<uint16_t>(next);
+}
+
+bool PackedDeviceQueue::Publish() {
+  if (broken() || used_pending_.empty()) return false;
+  const PendingUsed& first = used_pending_.front();
+  if (ring_h_) {
+    // Later entries first; the first entry's flags last, with release: the
+    // driver polls the first slot and then finds the rest complete.
+    for (size_t k = used_pending_.size(); k-- > 0;) {
+      const PendingUsed& u = used_pending_[k];
+      uint8_t* p = ring_h_ + 16ull * u.slot;
+      uint8_t e[16];
+      EncodeUsed(e, u.id, u.len);
+      std::memcpy(p + 8, e + 8, 6);
+      if (k != 0) AtomicStore16(p + 14, be::native_to_little(u.flags), std::memory_order_relaxed);
+    }
+    AtomicStore16(ring_h_ + 16ull * first.slot + 14, be::native_to_little(first.flags), std::memory_order_release);
+  } else {
+    uint8_t e[16];
+    for (size_t k = used_pending_.size(); k-- > 0;) {
+      const PendingUsed& u = used_pending_[k];
+      EncodeUsed(e, u.id, u.len);
+      uint16_t f = be::native_to_little(u.flags);
+      std::memcpy(e + 14, &f, 2);
+      // Addr is left alone; the first entry's flags go in a copy of their own.
+      absl::Status s = mem_->Write(cfg_.desc_addr + 16ull * u.slot + 8, e + 8, k == 0 ? 6 : 8);
+      if (!s.ok()) {
+        Break(FromStatus(s));
+        return false;
+      }
+    }
+    std::atomic_thread_fence(std::memory_order_release);
+    uint16_t f = be::native_to_little(first.flags);
+    absl::Status s = mem_->Write(cfg_.desc_addr + 16ull * first.slot + 14, &f, 2);
+    if (!s.ok()) {
+      Break(FromStatus(s));
+      return false;
+    }
+  }
+  used_pending_.clear();
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+
+  uint16_t old = published_used_;
+  const uint16_t now = next_used_;
+  published_used_ = next_used_;
+  published_wrap_ = used_wrap_;
+  counters_.publishes++;
+
+  uint16_t off_wrap, flags;  // guest-controlled
+  if (!ReadEvent(&off_wrap, &flags)) return false;
+  bool need;
+  const uint16_t mode = flags & 3;
+  if (mode == packed_event::kDisable) {
+    need = false;
+  } else if (mode != packed_event::kDesc || !event_idx_) {
+    need = true;
+  } else {
+    // §2.8.10: the event offset is in the driver's wrap; move it into ours.
+    uint16_t off = off_wrap & 0x7fff;
+    const uint16_t n = static_cast<uint16_t>(cfg_.size);
+    if (now <= old) old = static_cast<uint16_t>(old - n);
+    if (used_wrap_ != bool(off_wrap >> 15)) off = static_cast<uint16_t>(off - n);
+    need = VringNeedEvent(off, now, old);
+  }
+  (need ? counters_.interrupts_wanted : counters_.interrupts_suppressed)++;
+  return need;
+}
+
+bool PackedDeviceQueue::ReadEvent(uint16_t* off_wrap, uint16_t* flags) {
+  // Read flags, then a read barrier, then off_wrap (§2.8.10).
+  if (driver_h_) {
+    *flags = be::little_to_native(AtomicLoad16(driver_h_ + 2, std::memory_order_acquire));
+    *off_wrap = be::little_to_native(AtomicLoad16(driver_h_, std::memory_order_relaxed));
+    return true;
+  }
+  uint16_t raw[2];
+  absl::Status s = mem_->Read(cfg_.driver_addr, raw, 4);
+  if (!s.ok()) {
+    Break(FromStatus(s));
+    return false;
+  }
+  *off_wrap = be::little_to_native(raw[0]);
+  *flags = be::little_to_native(raw[1]);
+  return true;
+}
+
+bool PackedDeviceQueue::WriteDriverWord(uint64_t off, uint16_t v) {
+  v = be::native_to_little(v);
+  if (device_h_) {
+    AtomicStore16(device_h_ + off, v, std::memory_order_release);
+    return true;
+  }
+  absl::Status s = mem_->Write(cfg_.device_addr + off, &v, 2);
+  if (!s.ok()) {
+    Break(FromStatus(s));
+    return false;
+  }
+  return true;
+}
+
+bool PackedDeviceQueue::EnableNotifications() {
+  if (broken()) return false;
+  if (event_idx_) {
+    if (!WriteDriverWord(0, static_cast<uint16_t>(next_avail_ | (avail_wrap_ ? 0x8000 : 0)))) return false;
+    if (!WriteDriverWord(2, packed_event::kDesc)) return false;
+  } else if (!WriteDriverWord(2, packed_event::kEnable)) {
+    return false;
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  uint16_t flags;
+  if (ring_h_) {
+    flags = be::little_to_native(AtomicLoad16(ring_h_ + 16ull * next_avail_ + 14, std::memory_order_acquire));
+  } else {
+    win_len_ = 0;  // force a fresh look
+    if (RingError e = ReadHeadFlags(&flags); e != RingError::kNone) {
+      Break(e);
+      return false;
+    }
+  }
+  return IsAvail(flags, avail_wrap_);
+}
+
+void PackedDeviceQueue::DisableNotifications() {
+  if (broken()) return;
+  WriteDriverWord(2, packed_event::kDisable);
+}
+
+uint32_t PackedDeviceQueue::GetBase() const {
+  return uint32_t{next_avail_} | (avail_wrap_ ? 1u << 15 : 0) | (uint32_t{next_used_} << 16) |
+         (used_wrap_ ? 1u << 31 : 0);
+}
+
+void PackedDeviceQueue::SetBase(uint32_t base) {
+  next_avail_ = static_cast<uint16_t>(base & 0x7fff) % cfg_.size;
+  avail_wrap_ = base & (1u << 15);
+  next_used_ = published_used_ = static_cast<uint16_t>((base >> 16) & 0x7fff) % cfg_.size;
+  used_wrap_ = published_wrap_ = base & (1u << 31);
+  used_pending_.clear();
+  win_len_ = 0;
+  std::fill(in_flight_ids_.begin(), in_flight_ids_.end(), 0);
+}
+
+}  // namespace vioport

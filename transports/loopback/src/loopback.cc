@@ -1,0 +1,103 @@
+#include "vioport/transports/loopback.h"
+
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "vioport/core/log.h"
+
+namespace vioport {
+
+BufferDmaAllocator::BufferDmaAllocator(uint8_t* host, uint64_t device_base, size_t size)
+    : host_(host), base_(device_base) {
+  free_[0] = size;
+}
+
+absl::StatusOr<DmaBuffer> BufferDmaAllocator::Allocate(size_t size, size_t align, Access) {
+  if (size == 0 || align == 0 || (align & (align - 1)))
+    return absl::InvalidArgumentError(absl::StrFormat("bad allocation: %u bytes, align %u", size, align));
+  absl::MutexLock l(&mu_);
+  for (auto it = free_.begin(); it != free_.end(); ++it) {
+    const uint64_t start = (it->first + align - 1) & ~uint64_t(align - 1);
+    const uint64_t end = it->first + it->second;
+    if (start + size > end) continue;
+    const uint64_t off = it->first, len = it->second;
+    free_.erase(it);
+    if (start > off) free_[off] = start - off;
+    if (start + size < off + len) free_[start + size] = off + len - (start + size);
+    std::memset(host_ + start, 0, size);
+    return DmaBuffer{host_ + start, base_ + start, size};
+  }
+  return absl::ResourceExhaustedError(absl::StrFormat("no %u bytes of DMA memory left", size));
+}
+
+void BufferDmaAllocator::Free(const DmaBuffer& b) {
+  absl::MutexLock l(&mu_);
+  uint64_t off = b.device_addr - base_, len = b.size;
+  auto next = free_.lower_bound(off);
+  if (next != free_.end() && off + len == next->first) {
+    len += next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == off) {
+      prev->second += len;
+      return;
+    }
+  }
+  free_[off] = len;
+}
+
+size_t BufferDmaAllocator::bytes_free() const {
+  absl::MutexLock l(&mu_);
+  size_t n = 0;
+  for (const auto& [o, len] : free_) n += len;
+  return n;
+}
+
+LoopbackTransport::LoopbackTransport(std::shared_ptr<VirtioDevice> device, const LoopbackOptions& options)
+    : opts_(options), buffer_(options.memory_bytes) {
+  dma_ = std::make_unique<BufferDmaAllocator>(buffer_.data(), opts_.memory_base, buffer_.size());
+  auto mapped = std::make_shared<RegionMemory>();
+  absl::Status s = mapped->AddRegion({opts_.memory_base, buffer_.size(), buffer_.data(), Access::kReadWrite});
+  (void)s;  // one region into an empty table cannot fail
+  device_mem_ = opts_.copy_only ? std::shared_ptr<GuestMemory>(std::make_shared<CopyOnlyMemory>(mapped))
+                                : std::shared_ptr<GuestMemory>(mapped);
+  irq_ = std::make_shared<Irq>();
+  ctl_ = std::make_unique<DeviceController>(std::move(device), device_mem_, irq_, opts_.transport_features);
+}
+
+LoopbackTransport::~LoopbackTransport() { ctl_.reset(); }
+
+void LoopbackTransport::Check(const absl::Status& s) {
+  if (s.ok()) return;
+  VIOPORT_LOG(kInfo, "loopback: device refused: ", s.message());
+  refused_.emplace_back(s.message());
+}
+
+void LoopbackTransport::SetStatus(uint8_t s) { Check(ctl_->SetStatus(s)); }
+void LoopbackTransport::SetDriverFeatures(uint64_t f) { Check(ctl_->SetDriverFeatures(f)); }
+
+void LoopbackTransport::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
+  absl::Status s = ctl_->ReadConfig(offset, out);
+  if (!s.ok()) std::memset(out.data(), 0xff, out.size());  // a bus returns all-ones
+  Check(s);
+}
+
+void LoopbackTransport::WriteConfig(uint32_t offset, std::span<const uint8_t> in) {
+  Check(ctl_->WriteConfig(offset, in));
+}
+
+absl::Status LoopbackTransport::EnableQueue(uint16_t q, uint32_t size, uint64_t desc, uint64_t driver,
+                                            uint64_t device) {
+  if (absl::Status s = ctl_->SetQueueSize(q, size); !s.ok()) return s;
+  if (absl::Status s = ctl_->SetQueueAddresses(q, desc, driver, device); !s.ok()) return s;
+  return ctl_->SetQueueReady(q, true);
+}
+
+void LoopbackTransport::Notify(uint16_t q, uint32_t data) {
+  (void)data;  // queue index in the low 16 bits either way
+  ctl_->NotifyQueue(q);
+}
+
+}  // namespace vioport
