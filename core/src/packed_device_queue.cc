@@ -254,22 +254,30 @@ bool PackedDeviceQueue::Publish() {
     }
     AtomicStore16(ring_h_ + 16ull * first.slot + 14, be::native_to_little(first.flags), std::memory_order_release);
   } else {
+    // Copy-only memory: the first entry's len and id in one copy; the other
+    // entries in one copy per run of adjacent slots (1-descriptor chains make
+    // one run); then, after a barrier, the first entry's flags.
     uint8_t e[16];
-    for (size_t k = used_pending_.size(); k-- > 0;) {
-      const PendingUsed& u = used_pending_[k];
-      EncodeUsed(e, u.id, u.len);
-      uint16_t f = be::native_to_little(u.flags);
-      std::memcpy(e + 14, &f, 2);
-      // Addr is left alone; the first entry's flags go in a copy of their own.
-      absl::Status s = mem_->Write(cfg_.desc_addr + 16ull * u.slot + 8, e + 8, k == 0 ? 6 : 8);
-      if (!s.ok()) {
-        Break(FromStatus(s));
-        return false;
+    EncodeUsed(e, first.id, first.len);
+    absl::Status s = mem_->Write(cfg_.desc_addr + 16ull * first.slot + 8, e + 8, 6);
+    for (size_t i = 1; s.ok() && i < used_pending_.size();) {
+      size_t j = i + 1;
+      while (j < used_pending_.size() && used_pending_[j].slot == used_pending_[j - 1].slot + 1) j++;
+      run_buf_.resize(16 * (j - i));
+      for (size_t k = i; k < j; ++k) {
+        uint8_t* p = &run_buf_[16 * (k - i)];
+        EncodeUsed(p, used_pending_[k].id, used_pending_[k].len);
+        const uint16_t f = be::native_to_little(used_pending_[k].flags);
+        std::memcpy(p + 14, &f, 2);
       }
+      s = mem_->Write(cfg_.desc_addr + 16ull * used_pending_[i].slot, run_buf_.data(), run_buf_.size());
+      i = j;
     }
-    std::atomic_thread_fence(std::memory_order_release);
-    uint16_t f = be::native_to_little(first.flags);
-    absl::Status s = mem_->Write(cfg_.desc_addr + 16ull * first.slot + 14, &f, 2);
+    if (s.ok()) {
+      std::atomic_thread_fence(std::memory_order_release);
+      const uint16_t f = be::native_to_little(first.flags);
+      s = mem_->Write(cfg_.desc_addr + 16ull * first.slot + 14, &f, 2);
+    }
     if (!s.ok()) {
       Break(FromStatus(s));
       return false;

@@ -259,7 +259,7 @@ bool SplitDeviceQueue::Publish() {
   if (!used_h_) {
     // Copy-only memory: contiguous runs of used entries in one copy each.
     size_t i = 0;
-    std::vector<uint8_t> buf;
+    std::vector<uint8_t>& buf = run_buf_;
     while (i < used_pending_.size()) {
       size_t j = i + 1;
       while (j < used_pending_.size() && used_pending_[j].slot == used_pending_[j - 1].slot + 1) j++;

@@ -9,6 +9,7 @@
 #include "vioport/core/descriptor_chain.h"
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/ring_error.h"
+#include "vioport/core/spec.h"
 
 namespace vioport {
 

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "vioport/core/dma.h"
 #include "vioport/core/ring_error.h"
+#include "vioport/core/spec.h"
 
 namespace vioport {
 

@@ -62,6 +62,7 @@ class PackedDeviceQueue final : public DeviceQueue {
     uint16_t flags;
   };
   std::vector<PendingUsed> used_pending_;
+  std::vector<uint8_t> run_buf_;
 
   // Copy-only memory: a snapshot of ring slots [win_start_, win_start_ + win_len_).
   std::vector<uint8_t> window_;

@@ -66,6 +66,7 @@ class SplitDeviceQueue final : public DeviceQueue {
     uint32_t len;
   };
   std::vector<PendingUsed> used_pending_;
+  std::vector<uint8_t> run_buf_;
   std::vector<uint8_t> indirect_buf_;
 };
 
