@@ -13,8 +13,8 @@ DeviceController::DeviceController(std::shared_ptr<VirtioDevice> device, std::sh
   // device-specific bits as the device offers them. VERSION_1 always (§6.1).
   const uint64_t dev = device_->device_features();
   const uint64_t reserved_mask = ((uint64_t{1} << 41) - 1) & ~((uint64_t{1} << 24) - 1);  // bits 24..40
-  offered_ = (dev & ~reserved_mask) | (dev & reserved_mask & feature::kCoreSupported & transport_features) |
-             feature::Bit(feature::kVersion1);
+  const uint64_t ring_bits = (feature::kCoreSupported | feature::Bit(feature::kAccessPlatform)) & transport_features;
+  offered_ = (dev & ~reserved_mask) | (dev & reserved_mask & ring_bits) | feature::Bit(feature::kVersion1);
   queues_.resize(device_->num_queues());
   device_->set_config_changed_hook([this] { OnConfigChanged(); });
 }

@@ -67,11 +67,13 @@ inline constexpr unsigned kSuspend = 43;
 constexpr uint64_t Bit(unsigned b) { return uint64_t{1} << b; }
 constexpr bool Has(uint64_t features, unsigned b) { return (features >> b) & 1; }
 
-// Ring/transport feature bits the core itself implements, i.e. what a device
-// may offer on top of its device-specific bits.
+// Ring/transport feature bits the core's queues implement, i.e. what a device
+// may offer on top of its device-specific bits. IN_ORDER and
+// NOTIFICATION_DATA are not offered yet. ACCESS_PLATFORM is the memory's
+// business (IOVA or grant translation): a transport whose GuestMemory
+// translates passes it in its transport features, see DeviceController.
 inline constexpr uint64_t kCoreSupported =
-    Bit(kIndirectDesc) | Bit(kEventIdx) | Bit(kVersion1) | Bit(kAccessPlatform) |
-    Bit(kRingPacked) | Bit(kInOrder);
+    Bit(kIndirectDesc) | Bit(kEventIdx) | Bit(kVersion1) | Bit(kRingPacked);
 }  // namespace feature
 
 // §2.7.5 / §2.8: descriptor flags.
