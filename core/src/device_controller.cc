@@ -194,12 +194,7 @@ absl::Status DeviceController::Activate() {
     const QueueSetup& s = queues_[i];
     if (!s.ready) continue;
     QueueConfig cfg{i, s.size, s.desc, s.driver, s.device, driver_features_, order};
-    RingError e = DeviceQueue::Create(cfg, memory_.get(),
-                                      [this](uint16_t q, RingError err) {
-                                        counters_.ring_errors++;
-                                        SetNeedsReset(RingErrorStatus(err, q).ToString());
-                                      },
-                                      &ctx.queues[i]);
+    RingError e = DeviceQueue::Create(cfg, memory_.get(), MakeQueueErrorHandler(), &ctx.queues[i]);
     if (e != RingError::kNone) return RingErrorStatus(e, i);
   }
   absl::Status st = device_->Activate(std::move(ctx));
@@ -207,6 +202,13 @@ absl::Status DeviceController::Activate() {
   active_ = true;
   counters_.activations++;
   return absl::OkStatus();
+}
+
+QueueErrorHandler DeviceController::MakeQueueErrorHandler() {
+  return [this](uint16_t q, RingError err) {
+    counters_.ring_errors++;
+    SetNeedsReset(RingErrorStatus(err, q).ToString());
+  };
 }
 
 void DeviceController::SetNeedsReset(const std::string& why) {

@@ -4,8 +4,10 @@
 // memory outside the guest's (guard zones checked; ASan in CI).
 #include <gtest/gtest.h>
 
+#include "vioport/core/device_controller.h"
 #include "vioport/core/device_queue.h"
 #include "vioport/core/spec.h"
+#include "vioport/testing/echo_device.h"
 #include "vioport/testing/raw_ring.h"
 
 namespace vioport {
@@ -21,9 +23,16 @@ constexpr uint16_t kI = desc_flag::kIndirect;
 const uint64_t kAll = feature::Bit(feature::kIndirectDesc) | feature::Bit(feature::kEventIdx) |
                       feature::Bit(feature::kVersion1);
 
-// Runs a device queue over a FlatGuest, mapped or copy-only, and records errors.
+// Runs a device queue over a FlatGuest, mapped or copy-only, with the error
+// handler of a real DeviceController that has reached DRIVER_OK, so each case
+// can check DEVICE_NEEDS_RESET and the config interrupt too.
 class Harness {
  public:
+  struct Irq : InterruptSink {
+    int config = 0;
+    void QueueInterrupt(uint16_t) override {}
+    void ConfigInterrupt() override { config++; }
+  };
   Harness(FlatGuest& g, bool copy_only) : g_(g) {
     if (copy_only) {
       copy_ = std::make_shared<CopyOnlyMemory>(g.memory());
@@ -31,14 +40,30 @@ class Harness {
     } else {
       mem_ = g.memory();
     }
+    irq_ = std::make_shared<Irq>();
+    ctl_ = std::make_unique<DeviceController>(std::make_shared<testing::EchoDevice>(), mem_, irq_);
+    const uint8_t s = status::kAcknowledge | status::kDriver | status::kFeaturesOk;
+    EXPECT_TRUE(ctl_->SetStatus(status::kAcknowledge | status::kDriver).ok());
+    EXPECT_TRUE(ctl_->SetDriverFeatures(feature::Bit(feature::kVersion1)).ok());
+    EXPECT_TRUE(ctl_->SetStatus(s).ok());
+    EXPECT_TRUE(ctl_->SetStatus(s | status::kDriverOk).ok());  // no queue enabled: nothing to validate
+    EXPECT_EQ(ctl_->status(), s | status::kDriverOk);
   }
   RingError Create(const QueueConfig& cfg) {
+    QueueErrorHandler to_controller = ctl_->MakeQueueErrorHandler();
     return DeviceQueue::Create(cfg, mem_.get(),
-                               [this](uint16_t, RingError e) {
+                               [this, to_controller](uint16_t q, RingError e) {
                                  reports_++;
                                  reported_ = e;
+                                 to_controller(q, e);
                                },
                                &q_);
+  }
+  void ExpectNeedsReset() {
+    EXPECT_TRUE(ctl_->status() & status::kDeviceNeedsReset);
+    EXPECT_EQ(irq_->config, 1) << "one config interrupt for NEEDS_RESET";
+    EXPECT_EQ(ctl_->counters().ring_errors.load(), 1u);
+    EXPECT_NE(ctl_->last_error().find(RingErrorName(reported_)), std::string::npos) << ctl_->last_error();
   }
   DeviceQueue& q() { return *q_; }
   int reports() const { return reports_; }
@@ -75,6 +100,8 @@ class Harness {
   FlatGuest& g_;
   std::shared_ptr<CopyOnlyMemory> copy_;
   std::shared_ptr<GuestMemory> mem_;
+  std::shared_ptr<Irq> irq_;
+  std::unique_ptr<DeviceController> ctl_;
   std::unique_ptr<DeviceQueue> q_;
   int reports_ = 0;
   RingError reported_ = RingError::kNone;
@@ -91,6 +118,7 @@ class SplitHostile : public ::testing::TestWithParam<bool> {
     EXPECT_EQ(h_.q().error(), want) << RingErrorName(h_.q().error());
     EXPECT_EQ(h_.reported(), want);
     EXPECT_TRUE(h_.q().broken());
+    h_.ExpectNeedsReset();
     h_.ExpectNoFurtherAccess();
     EXPECT_TRUE(g_.GuardsIntact());
   }
@@ -224,6 +252,7 @@ TEST_P(SplitHostile, BufferOutsideMemory) {
     EXPECT_EQ(c.Write(0, b, 64), RingError::kAddressOutOfRange);
     h_.q().AddUsed(std::move(c), 64);
     EXPECT_EQ(h_.q().error(), RingError::kAddressOutOfRange);
+    h_.ExpectNeedsReset();
     h_.ExpectNoFurtherAccess();
   } else {
     ExpectBreak(RingError::kAddressOutOfRange);
@@ -244,6 +273,7 @@ TEST_P(SplitHostile, BufferStraddlesEndOfMemory) {
     h_.q().AddUsed(std::move(c), 64);
   }
   EXPECT_EQ(h_.q().error(), RingError::kAddressOutOfRange);
+  h_.ExpectNeedsReset();
   EXPECT_TRUE(g_.GuardsIntact());
 }
 
@@ -372,6 +402,7 @@ class PackedHostile : public ::testing::TestWithParam<bool> {
     EXPECT_EQ(st, PopStatus::kError);
     EXPECT_EQ(h_.q().error(), want) << RingErrorName(h_.q().error());
     EXPECT_EQ(h_.reported(), want);
+    h_.ExpectNeedsReset();
     h_.ExpectNoFurtherAccess();
     EXPECT_TRUE(g_.GuardsIntact());
   }
@@ -402,6 +433,7 @@ TEST_P(PackedHostile, BufferIdAlreadyInFlight) {
   DescriptorChain d;
   EXPECT_EQ(h_.q().Pop(d), PopStatus::kError);
   EXPECT_EQ(h_.q().error(), RingError::kBadBufferId);
+  h_.ExpectNeedsReset();
 }
 
 TEST_P(PackedHostile, NestedIndirect) {
@@ -478,6 +510,7 @@ TEST_P(PackedHostile, BufferOutsideMemory) {
     EXPECT_EQ(c.Read(0, b, 64), RingError::kAddressOutOfRange);
     h_.q().AddUsed(std::move(c), 0);
     EXPECT_EQ(h_.q().error(), RingError::kAddressOutOfRange);
+    h_.ExpectNeedsReset();
   } else {
     ExpectBreak(RingError::kAddressOutOfRange);
   }

@@ -88,6 +88,10 @@ class DeviceController {
   // Puts the device in DEVICE_NEEDS_RESET and raises a config interrupt (if
   // DRIVER_OK). Thread-safe: called from device worker threads on ring errors.
   void SetNeedsReset(const std::string& why);
+  // The handler the controller gives its queues: counts the ring error and
+  // calls SetNeedsReset. Public so a transport that builds queues itself
+  // (e.g. vhost-user, which owns ring state across reconnects) can use it.
+  QueueErrorHandler MakeQueueErrorHandler();
   bool running() const { return active_; }
   const std::string& last_error() const { return last_error_; }
   const ControllerCounters& counters() const { return counters_; }
