@@ -57,7 +57,13 @@ RingError DeviceQueue::AppendSegment(DescriptorChain& c, uint64_t addr, uint32_t
     // Not contiguous in the host is fine (copies handle it); unreachable is not.
     if (!host && !mem_->Accessible(addr, len, acc)) return RingError::kAddressOutOfRange;
   }
-  c.segs_.push_back(Segment{addr, len, writable, host});
+  // Built in place: a temporary copied with wide loads after narrow stores
+  // stalls store forwarding on this, the hottest line of a pop.
+  Segment& seg = c.segs_.emplace_back();
+  seg.addr = addr;
+  seg.len = len;
+  seg.device_writable = writable;
+  seg.host = host;
   if (writable) {
     c.writable_bytes_ += len;
   } else {

@@ -1,13 +1,14 @@
 #include "vioport/core/guest_memory.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
 
 namespace vioport {
 
-RegionMemory::RegionMemory(std::vector<Region> regions) {
+RegionMemory::RegionMemory(std::vector<Region> regions) : GuestMemory(true) {
   for (const auto& r : regions) {
     // Constructor form is for trusted callers (tests); a bad table is a bug.
     absl::Status s = AddRegion(r);
@@ -28,6 +29,11 @@ absl::Status RegionMemory::AddRegion(const Region& r) {
   regions_.push_back(r);
   std::sort(regions_.begin(), regions_.end(),
             [](const Region& a, const Region& b) { return a.addr < b.addr; });
+  // One region: every translation is the inline flat path.
+  if (regions_.size() == 1)
+    SetFlatMapping(r.addr, r.size, r.host, r.access, /*only=*/true);
+  else
+    ClearFlatMapping();
   return absl::OkStatus();
 }
 
@@ -40,7 +46,7 @@ const RegionMemory::Region* RegionMemory::Find(uint64_t addr) const {
   return &*it;
 }
 
-uint8_t* RegionMemory::Map(uint64_t addr, uint64_t len, Access access) {
+uint8_t* RegionMemory::DoMap(uint64_t addr, uint64_t len, Access access) {
   const Region* r = Find(addr);
   if (!r || !Allows(r->access, access)) return nullptr;
   uint64_t off = addr - r->addr;
@@ -68,16 +74,44 @@ absl::Status RegionMemory::Walk(uint64_t addr, uint64_t len, Access access, Fn&&
   return absl::OkStatus();
 }
 
+namespace {
+// A naturally aligned 2-, 4- or 8-byte copy is one access, as a DMA or copy
+// engine moves a ring index: memcpy may split it into overlapping loads and
+// let a concurrent store from the other side be seen torn.
+template <typename T>
+bool CopyWord(uint8_t* to, const uint8_t* from, uint64_t n, bool host_is_src) {
+  const uint8_t* h = host_is_src ? from : to;
+  if (n != sizeof(T) || reinterpret_cast<uintptr_t>(h) % sizeof(T)) return false;
+  T v;
+  if (host_is_src) {
+    v = std::atomic_ref<T>(*reinterpret_cast<T*>(const_cast<uint8_t*>(from))).load(std::memory_order_relaxed);
+    std::memcpy(to, &v, sizeof v);
+  } else {
+    std::memcpy(&v, from, sizeof v);
+    std::atomic_ref<T>(*reinterpret_cast<T*>(to)).store(v, std::memory_order_relaxed);
+  }
+  return true;
+}
+void CopyOut(uint8_t* dst, const uint8_t* host, uint64_t n) {
+  if (!CopyWord<uint16_t>(dst, host, n, true) && !CopyWord<uint32_t>(dst, host, n, true) &&
+      !CopyWord<uint64_t>(dst, host, n, true))
+    std::memcpy(dst, host, n);
+}
+void CopyIn(uint8_t* host, const uint8_t* src, uint64_t n) {
+  if (!CopyWord<uint16_t>(host, src, n, false) && !CopyWord<uint32_t>(host, src, n, false) &&
+      !CopyWord<uint64_t>(host, src, n, false))
+    std::memcpy(host, src, n);
+}
+}  // namespace
+
 absl::Status RegionMemory::Read(uint64_t addr, void* dst, uint64_t len) {
   auto* out = static_cast<uint8_t*>(dst);
-  return Walk(addr, len, Access::kRead,
-              [&](uint8_t* h, uint64_t at, uint64_t n) { std::memcpy(out + at, h, n); });
+  return Walk(addr, len, Access::kRead, [&](uint8_t* h, uint64_t at, uint64_t n) { CopyOut(out + at, h, n); });
 }
 
 absl::Status RegionMemory::Write(uint64_t addr, const void* src, uint64_t len) {
   auto* in = static_cast<const uint8_t*>(src);
-  return Walk(addr, len, Access::kWrite,
-              [&](uint8_t* h, uint64_t at, uint64_t n) { std::memcpy(h, in + at, n); });
+  return Walk(addr, len, Access::kWrite, [&](uint8_t* h, uint64_t at, uint64_t n) { CopyIn(h, in + at, n); });
 }
 
 bool RegionMemory::Accessible(uint64_t addr, uint64_t len, Access access) {

@@ -39,17 +39,20 @@ uint64_t SplitDeviceQueue::Ord64(uint64_t v) const {
 
 SplitDeviceQueue::RawDesc SplitDeviceQueue::Decode(const uint8_t* p) const {
   // One 16-byte read into a local; the driver cannot change it afterwards.
-  uint8_t b[16];
-  std::memcpy(b, p, 16);
   RawDesc d;
-  std::memcpy(&d.addr, b, 8);
-  std::memcpy(&d.len, b + 8, 4);
-  std::memcpy(&d.flags, b + 12, 2);
-  std::memcpy(&d.next, b + 14, 2);
-  d.addr = Ord64(d.addr);
-  d.len = Ord32(d.len);
-  d.flags = Ord16(d.flags);
-  d.next = Ord16(d.next);
+  std::memcpy(&d, p, sizeof d);
+  static_assert(sizeof(RawDesc) == 16);
+  if (cfg_.byte_order == RingByteOrder::kLittle) {
+    be::little_to_native_inplace(d.addr);
+    be::little_to_native_inplace(d.len);
+    be::little_to_native_inplace(d.flags);
+    be::little_to_native_inplace(d.next);
+  } else {
+    be::big_to_native_inplace(d.addr);
+    be::big_to_native_inplace(d.len);
+    be::big_to_native_inplace(d.flags);
+    be::big_to_native_inplace(d.next);
+  }
   return d;
 }
 
@@ -185,6 +188,12 @@ PopStatus SplitDeviceQueue::Pop(DescriptorChain& out) {
     uint16_t idx;  // guest-controlled
     if (!LoadAvailIdx(&idx)) return PopStatus::kError;
     uint16_t pending = idx - next_avail_;
+    if (pending > n && !avail_h_) {
+      // A copy channel may have seen a half-written index; a hostile one
+      // reads the same twice.
+      if (!LoadAvailIdx(&idx)) return PopStatus::kError;
+      pending = idx - next_avail_;
+    }
     if (pending > n) {
       Break(RingError::kAvailIndexJump);
       return PopStatus::kError;

@@ -31,12 +31,21 @@ class GuestMemory {
  public:
   virtual ~GuestMemory() = default;
 
-  virtual bool zero_copy() const = 0;
+  bool zero_copy() const { return zero_copy_; }
 
   // Host pointer for [addr, addr+len) if the whole range is mapped contiguously
   // with `access`; nullptr otherwise (outside memory, no permission, not
   // contiguous in the host, or a copy-only memory). len == 0 is allowed.
-  virtual uint8_t* Map(uint64_t addr, uint64_t len, Access access) = 0;
+  // Inline for a memory that is one flat mapping (the common case on the
+  // ring hot path); otherwise the implementation's DoMap().
+  uint8_t* Map(uint64_t addr, uint64_t len, Access access) {
+    if (flat_host_) {
+      const uint64_t off = addr - flat_addr_;  // wraps to huge when addr < base
+      if (off < flat_size_ && len <= flat_size_ - off && Allows(flat_access_, access)) return flat_host_ + off;
+      if (flat_only_) return nullptr;
+    }
+    return zero_copy_ ? DoMap(addr, len, access) : nullptr;
+  }
 
   // Copies; work on every kind of memory. A range may span several regions.
   // Errors: OutOfRange (not in memory), PermissionDenied, Unavailable (channel).
@@ -47,6 +56,29 @@ class GuestMemory {
   // A copy-only memory may not know in advance and return true; its copies
   // report the error.
   virtual bool Accessible(uint64_t addr, uint64_t len, Access access) = 0;
+
+ protected:
+  explicit GuestMemory(bool zero_copy) : zero_copy_(zero_copy) {}
+  // Mapping for memories that are not (only) one flat range.
+  virtual uint8_t* DoMap(uint64_t /*addr*/, uint64_t /*len*/, Access /*access*/) { return nullptr; }
+  // Declares [addr, addr+size) -> host as one flat mapping for the inline
+  // path of Map(). `only`: nothing else is mapped (skip DoMap on a miss).
+  // Set during set-up only, before queues use the memory.
+  void SetFlatMapping(uint64_t addr, uint64_t size, uint8_t* host, Access access, bool only) {
+    flat_addr_ = addr;
+    flat_size_ = size;
+    flat_host_ = host;
+    flat_access_ = access;
+    flat_only_ = only;
+  }
+  void ClearFlatMapping() { flat_host_ = nullptr; }
+
+ private:
+  const bool zero_copy_;
+  uint8_t* flat_host_ = nullptr;
+  uint64_t flat_addr_ = 0, flat_size_ = 0;
+  Access flat_access_ = Access::kReadWrite;
+  bool flat_only_ = false;
 };
 
 // Guest memory made of host-mapped regions, each a contiguous range of
@@ -61,18 +93,19 @@ class RegionMemory final : public GuestMemory {
     Access access = Access::kReadWrite;
   };
 
-  RegionMemory() = default;
+  RegionMemory() : GuestMemory(true) {}
   explicit RegionMemory(std::vector<Region> regions);
 
   // Fails with InvalidArgument on a zero-size, wrapping or overlapping region.
   absl::Status AddRegion(const Region& r);
   const std::vector<Region>& regions() const { return regions_; }
 
-  bool zero_copy() const override { return true; }
-  uint8_t* Map(uint64_t addr, uint64_t len, Access access) override;
   absl::Status Read(uint64_t addr, void* dst, uint64_t len) override;
   absl::Status Write(uint64_t addr, const void* src, uint64_t len) override;
   bool Accessible(uint64_t addr, uint64_t len, Access access) override;
+
+ protected:
+  uint8_t* DoMap(uint64_t addr, uint64_t len, Access access) override;
 
  private:
   const Region* Find(uint64_t addr) const;
@@ -89,9 +122,7 @@ class RegionMemory final : public GuestMemory {
 // copies, which lets tests and benchmarks check how well the queues batch.
 class CopyOnlyMemory final : public GuestMemory {
  public:
-  explicit CopyOnlyMemory(std::shared_ptr<GuestMemory> inner) : inner_(std::move(inner)) {}
-  bool zero_copy() const override { return false; }
-  uint8_t* Map(uint64_t, uint64_t, Access) override { return nullptr; }
+  explicit CopyOnlyMemory(std::shared_ptr<GuestMemory> inner) : GuestMemory(false), inner_(std::move(inner)) {}
   absl::Status Read(uint64_t addr, void* dst, uint64_t len) override {
     reads_.fetch_add(1, std::memory_order_relaxed);
     return inner_->Read(addr, dst, len);
