@@ -229,7 +229,11 @@ void PackedDeviceQueue::AddUsed(DescriptorChain&& chain, uint32_t written) {
   in_flight_ids_[id] = 0;
   uint16_t flags = used_wrap_ ? (desc_flag::kAvail | desc_flag::kUsed) : 0;
   if (has_writable) flags |= desc_flag::kWrite;  // §2.8.7: len is valid
-  used_pending_.push_back({next_used_, id, written, flags});
+  PendingUsed& u = used_pending_.emplace_back();  // in place: see AppendSegment
+  u.slot = next_used_;
+  u.id = id;
+  u.len = written;
+  u.flags = flags;
   uint32_t next = uint32_t{next_used_} + slots;
   if (next >= cfg_.size) {
     next -= cfg_.size;
@@ -247,9 +251,10 @@ bool PackedDeviceQueue::Publish() {
     for (size_t k = used_pending_.size(); k-- > 0;) {
       const PendingUsed& u = used_pending_[k];
       uint8_t* p = ring_h_ + 16ull * u.slot;
-      uint8_t e[16];
-      EncodeUsed(e, u.id, u.len);
-      std::memcpy(p + 8, e + 8, 6);
+      const uint32_t len = be::native_to_little(u.len);
+      const uint16_t id = be::native_to_little(u.id);
+      std::memcpy(p + 8, &len, 4);
+      std::memcpy(p + 12, &id, 2);
       if (k != 0) AtomicStore16(p + 14, be::native_to_little(u.flags), std::memory_order_relaxed);
     }
     AtomicStore16(ring_h_ + 16ull * first.slot + 14, be::native_to_little(first.flags), std::memory_order_release);

@@ -258,7 +258,10 @@ void SplitDeviceQueue::AddUsed(DescriptorChain&& chain, uint32_t written) {
     std::memcpy(e, &vid, 4);
     std::memcpy(e + 4, &vlen, 4);
   } else {
-    used_pending_.push_back({slot, id, written});
+    PendingUsed& u = used_pending_.emplace_back();
+    u.slot = slot;
+    u.id = id;
+    u.len = written;
   }
   next_used_++;
 }
