@@ -51,7 +51,7 @@ for target in build/asan/tests/fuzz/fuzz_*; do
   seeds="tests/fuzz/corpus/${name#fuzz_}"
   seeds=${seeds%_ring}
   work=$(mktemp -d)
-  "$target" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  "$target" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -max_len=16384 -print_final_stats=1 \
     -artifact_prefix="build/asan/$name-" "$work" "$seeds" 2>build/asan/$name.log ||
     { tail -40 "build/asan/$name.log"; rm -rf "$work"; fail "fuzz target $name found a crash (artifact in build/asan/)"; }
   grep -E "stat::number_of_executed_units|cov:" "build/asan/$name.log" | tail -2

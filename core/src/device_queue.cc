@@ -74,7 +74,10 @@ RingError DeviceQueue::AppendSegment(DescriptorChain& c, uint64_t addr, uint32_t
 }
 
 bool DeviceQueue::AcceptUsed(DescriptorChain& chain, uint32_t& written) {
-  if (chain.owner_ != this || chain.epoch_ != epoch_) return false;  // stale or foreign
+  if (chain.owner_ != this || chain.epoch_ != epoch_) {  // stale (from before a reset) or foreign
+    chain.Clear();  // consumed either way: the caller keeps no pointers into old memory
+    return false;
+  }
   in_flight_--;
   RingError fault = chain.fault_;
   if (written > chain.writable_bytes_) written = chain.writable_bytes_;

@@ -377,8 +377,10 @@ void PackedDeviceQueue::DisableNotifications() {
 }
 
 uint32_t PackedDeviceQueue::GetBase() const {
-  return uint32_t{next_avail_} | (avail_wrap_ ? 1u << 15 : 0) | (uint32_t{next_used_} << 16) |
-         (used_wrap_ ? 1u << 31 : 0);
+  // Only what the driver can see: entries added but not published are
+  // dropped by SetBase(), so counting them would leave a hole in the ring.
+  return uint32_t{next_avail_} | (avail_wrap_ ? 1u << 15 : 0) | (uint32_t{published_used_} << 16) |
+         (published_wrap_ ? 1u << 31 : 0);
 }
 
 void PackedDeviceQueue::SetBase(uint32_t base) {

@@ -68,7 +68,8 @@ class DeviceQueue {
   virtual bool EnableNotifications() = 0;
   virtual void DisableNotifications() = 0;
 
-  // Position for save/restore (vhost-user GET/SET_VRING_BASE encoding).
+  // Position for save/restore (vhost-user GET/SET_VRING_BASE encoding). Used
+  // entries not yet published are not part of it: Publish() before saving.
   virtual uint32_t GetBase() const = 0;
   virtual void SetBase(uint32_t base) = 0;
 
