@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "ring_access.h"
+
 namespace vioport {
 
 DescriptorChain& DescriptorChain::operator=(DescriptorChain&& o) noexcept {
@@ -50,8 +52,7 @@ RingError DescriptorChain::Copy(uint64_t offset, P buf, uint64_t len) {
       else
         st = mem_->Read(s.addr + offset, buf + done, n);
       if (!st.ok()) {
-        fault_ = absl::IsOutOfRange(st) || absl::IsPermissionDenied(st) ? RingError::kAddressOutOfRange
-                                                                         : RingError::kMemoryFault;
+        fault_ = internal::RingErrorFromMemoryStatus(st);
         return fault_;
       }
     }

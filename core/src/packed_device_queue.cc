@@ -4,23 +4,16 @@
 #include <boost/endian/conversion.hpp>
 #include <cstring>
 
+#include "ring_access.h"
 #include "vioport/core/spec.h"
 
 namespace vioport {
 namespace be = boost::endian;
+using namespace internal;
 
 namespace {
 constexpr uint32_t kWindow = 64;  // ring slots fetched per copy on copy-only memory
 
-uint16_t AtomicLoad16(const uint8_t* p, std::memory_order mo) {
-  return std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(const_cast<uint8_t*>(p))).load(mo);
-}
-void AtomicStore16(uint8_t* p, uint16_t v, std::memory_order mo) {
-  std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(p)).store(v, mo);
-}
-RingError FromStatus(const absl::Status& s) {
-  return absl::IsUnavailable(s) ? RingError::kMemoryFault : RingError::kAddressOutOfRange;
-}
 void EncodeUsed(uint8_t* p, uint16_t id, uint32_t len) {
   uint32_t l = be::native_to_little(len);
   uint16_t i = be::native_to_little(id);
@@ -85,10 +78,10 @@ RingError PackedDeviceQueue::FetchWindow() {
   const uint64_t addr = cfg_.desc_addr + 16ull * next_avail_;
   std::vector<uint8_t> first(16 * w);
   absl::Status s = mem_->Read(addr, first.data(), first.size());
-  if (!s.ok()) return FromStatus(s);
+  if (!s.ok()) return RingErrorFromMemoryStatus(s);
   std::atomic_thread_fence(std::memory_order_acquire);
   s = mem_->Read(addr, window_.data(), 16ull * w);
-  if (!s.ok()) return FromStatus(s);
+  if (!s.ok()) return RingErrorFromMemoryStatus(s);
   win_start_ = next_avail_;
   win_len_ = w;
   win_wrap_ = avail_wrap_;
@@ -133,7 +126,7 @@ RingError PackedDeviceQueue::ReadDesc(uint32_t slot, RawDesc* d) {
   }
   uint8_t b[16];
   absl::Status s = mem_->Read(cfg_.desc_addr + 16ull * slot, b, 16);
-  if (!s.ok()) return FromStatus(s);
+  if (!s.ok()) return RingErrorFromMemoryStatus(s);
   *d = Decode(b);
   return RingError::kNone;
 }
@@ -147,7 +140,7 @@ RingError PackedDeviceQueue::WalkIndirect(const RawDesc& d, DescriptorChain& out
   if (!table) {
     indirect_buf_.resize(d.len);
     absl::Status s = mem_->Read(d.addr, indirect_buf_.data(), d.len);
-    if (!s.ok()) return FromStatus(s);
+    if (!s.ok()) return RingErrorFromMemoryStatus(s);
     table = indirect_buf_.data();
   }
   for (uint32_t j = 0; j < entries; ++j) {
@@ -284,7 +277,7 @@ bool PackedDeviceQueue::Publish() {
       s = mem_->Write(cfg_.desc_addr + 16ull * first.slot + 14, &f, 2);
     }
     if (!s.ok()) {
-      Break(FromStatus(s));
+      Break(RingErrorFromMemoryStatus(s));
       return false;
     }
   }
@@ -327,7 +320,7 @@ bool PackedDeviceQueue::ReadEvent(uint16_t* off_wrap, uint16_t* flags) {
   uint16_t raw[2];
   absl::Status s = mem_->Read(cfg_.driver_addr, raw, 4);
   if (!s.ok()) {
-    Break(FromStatus(s));
+    Break(RingErrorFromMemoryStatus(s));
     return false;
   }
   *off_wrap = be::little_to_native(raw[0]);
@@ -343,7 +336,7 @@ bool PackedDeviceQueue::WriteDriverWord(uint64_t off, uint16_t v) {
   }
   absl::Status s = mem_->Write(cfg_.device_addr + off, &v, 2);
   if (!s.ok()) {
-    Break(FromStatus(s));
+    Break(RingErrorFromMemoryStatus(s));
     return false;
   }
   return true;

@@ -4,22 +4,14 @@
 #include <boost/endian/conversion.hpp>
 #include <cstring>
 
+#include "ring_access.h"
 #include "vioport/core/spec.h"
 
 namespace vioport {
 namespace be = boost::endian;
 using L = SplitLayout;
+using namespace internal;
 
-namespace {
-// Shared-memory fields the driver may change under us are accessed once,
-// through atomics, into locals: validation then works on the local copy.
-uint16_t AtomicLoad16(const uint8_t* p, std::memory_order mo) {
-  return std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(const_cast<uint8_t*>(p))).load(mo);
-}
-void AtomicStore16(uint8_t* p, uint16_t v, std::memory_order mo) {
-  std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(p)).store(v, mo);
-}
-}  // namespace
 
 SplitDeviceQueue::SplitDeviceQueue(const QueueConfig& cfg, GuestMemory* mem, QueueErrorHandler on_error)
     : DeviceQueue(cfg, mem, std::move(on_error)) {
@@ -87,8 +79,7 @@ bool SplitDeviceQueue::Load16(uint8_t* host, uint64_t addr, uint16_t* v) {
   uint16_t raw;
   absl::Status s = mem_->Read(addr, &raw, 2);
   if (!s.ok()) {
-    Fail(absl::IsOutOfRange(s) || absl::IsPermissionDenied(s) ? RingError::kAddressOutOfRange
-                                                              : RingError::kMemoryFault);
+    Fail(RingErrorFromMemoryStatus(s));
     return false;
   }
   std::atomic_thread_fence(std::memory_order_acquire);
@@ -105,8 +96,7 @@ bool SplitDeviceQueue::Store16(uint8_t* host, uint64_t addr, uint16_t v) {
   std::atomic_thread_fence(std::memory_order_release);
   absl::Status s = mem_->Write(addr, &raw, 2);
   if (!s.ok()) {
-    Fail(absl::IsOutOfRange(s) || absl::IsPermissionDenied(s) ? RingError::kAddressOutOfRange
-                                                              : RingError::kMemoryFault);
+    Fail(RingErrorFromMemoryStatus(s));
     return false;
   }
   return true;
@@ -124,7 +114,7 @@ RingError SplitDeviceQueue::FetchAvail(uint16_t from, uint16_t to) {
   while (count) {
     uint32_t run = std::min(count, n - slot);
     absl::Status s = mem_->Read(cfg_.driver_addr + L::AvailRing(slot), &avail_cache_[slot], 2ull * run);
-    if (!s.ok()) return Break(absl::IsUnavailable(s) ? RingError::kMemoryFault : RingError::kAddressOutOfRange);
+    if (!s.ok()) return Break(RingErrorFromMemoryStatus(s));
     count -= run;
     slot = 0;
   }
@@ -149,7 +139,7 @@ RingError SplitDeviceQueue::ReadDesc(uint16_t i, RawDesc* d) {
   if (!desc_cache_valid_) {
     // One copy for the whole table per batch of new avail entries.
     absl::Status s = mem_->Read(cfg_.desc_addr, desc_cache_.data(), desc_cache_.size());
-    if (!s.ok()) return absl::IsUnavailable(s) ? RingError::kMemoryFault : RingError::kAddressOutOfRange;
+    if (!s.ok()) return RingErrorFromMemoryStatus(s);
     desc_cache_valid_ = true;
   }
   *d = Decode(desc_cache_.data() + 16ull * i);
@@ -165,7 +155,7 @@ RingError SplitDeviceQueue::WalkIndirect(const RawDesc& d, DescriptorChain& out,
   if (!table) {
     indirect_buf_.resize(d.len);
     absl::Status s = mem_->Read(d.addr, indirect_buf_.data(), d.len);
-    if (!s.ok()) return absl::IsUnavailable(s) ? RingError::kMemoryFault : RingError::kAddressOutOfRange;
+    if (!s.ok()) return RingErrorFromMemoryStatus(s);
     table = indirect_buf_.data();
   }
   uint32_t j = 0;
@@ -286,7 +276,7 @@ bool SplitDeviceQueue::Publish() {
       }
       absl::Status s = mem_->Write(cfg_.device_addr + L::UsedRing(used_pending_[i].slot), buf.data(), buf.size());
       if (!s.ok()) {
-        Break(absl::IsUnavailable(s) ? RingError::kMemoryFault : RingError::kAddressOutOfRange);
+        Break(RingErrorFromMemoryStatus(s));
         return false;
       }
       i = j;

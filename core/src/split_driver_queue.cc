@@ -4,20 +4,14 @@
 #include <atomic>
 #include <cstring>
 
+#include "ring_access.h"
 #include "vioport/core/driver_queue.h"
 #include "vioport/core/spec.h"
 
 namespace vioport {
 namespace {
+using namespace internal;
 using L = SplitLayout;
-
-uint16_t LoadLe16(const uint8_t* p, std::memory_order mo) {
-  return boost::endian::little_to_native(
-      std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(const_cast<uint8_t*>(p))).load(mo));
-}
-void StoreLe16(uint8_t* p, uint16_t v, std::memory_order mo) {
-  std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(p)).store(boost::endian::native_to_little(v), mo);
-}
 
 class SplitDriverQueue final : public DriverQueue {
  public:

@@ -59,6 +59,18 @@ class Harness {
                                },
                                &q_);
   }
+  // Drains the ring and checks the whole contract of a hostile-input break.
+  void ExpectBreak(RingError want) {
+    PopStatus st;
+    Drain(&st);
+    EXPECT_EQ(st, PopStatus::kError);
+    EXPECT_EQ(q_->error(), want) << RingErrorName(q_->error());
+    EXPECT_EQ(reported_, want);
+    EXPECT_TRUE(q_->broken());
+    ExpectNeedsReset();
+    ExpectNoFurtherAccess();
+    EXPECT_TRUE(g_.GuardsIntact());
+  }
   void ExpectNeedsReset() {
     EXPECT_TRUE(ctl_->status() & status::kDeviceNeedsReset);
     EXPECT_EQ(irq_->config, 1) << "one config interrupt for NEEDS_RESET";
@@ -111,17 +123,7 @@ class SplitHostile : public ::testing::TestWithParam<bool> {
  protected:
   SplitHostile() : g_(256 << 10), ring_(g_, 8), h_(g_, GetParam()) {}
   void Start(uint64_t features = kAll) { ASSERT_EQ(h_.Create(ring_.config(features)), RingError::kNone); }
-  void ExpectBreak(RingError want) {
-    PopStatus st;
-    h_.Drain(&st);
-    EXPECT_EQ(st, PopStatus::kError);
-    EXPECT_EQ(h_.q().error(), want) << RingErrorName(h_.q().error());
-    EXPECT_EQ(h_.reported(), want);
-    EXPECT_TRUE(h_.q().broken());
-    h_.ExpectNeedsReset();
-    h_.ExpectNoFurtherAccess();
-    EXPECT_TRUE(g_.GuardsIntact());
-  }
+  void ExpectBreak(RingError want) { h_.ExpectBreak(want); }
   uint64_t Buf(uint32_t len) { return g_.Alloc(len); }
 
   FlatGuest g_;
@@ -396,16 +398,7 @@ class PackedHostile : public ::testing::TestWithParam<bool> {
  protected:
   PackedHostile() : g_(256 << 10), ring_(g_, 8), h_(g_, GetParam()) {}
   void Start(uint64_t features = kAll) { ASSERT_EQ(h_.Create(ring_.config(features)), RingError::kNone); }
-  void ExpectBreak(RingError want) {
-    PopStatus st;
-    h_.Drain(&st);
-    EXPECT_EQ(st, PopStatus::kError);
-    EXPECT_EQ(h_.q().error(), want) << RingErrorName(h_.q().error());
-    EXPECT_EQ(h_.reported(), want);
-    h_.ExpectNeedsReset();
-    h_.ExpectNoFurtherAccess();
-    EXPECT_TRUE(g_.GuardsIntact());
-  }
+  void ExpectBreak(RingError want) { h_.ExpectBreak(want); }
   uint64_t Buf(uint32_t len) { return g_.Alloc(len); }
   FlatGuest g_;
   RawPackedRing ring_;
