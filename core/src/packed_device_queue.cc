@@ -55,6 +55,7 @@ RingError PackedDeviceQueue::Init() {
     if (!ring_h_ || !driver_h_ || !device_h_) return RingError::kAddressOutOfRange;
   } else {
     window_.resize(16 * kWindow);
+    window_first_.resize(16 * kWindow);
   }
   in_flight_ids_.assign(n, 0);
   return RingError::kNone;
@@ -76,8 +77,8 @@ RingError PackedDeviceQueue::FetchWindow() {
   // writes a chain's head flags last).
   const uint32_t w = std::min<uint32_t>(kWindow, cfg_.size - next_avail_);
   const uint64_t addr = cfg_.desc_addr + 16ull * next_avail_;
-  std::vector<uint8_t> first(16 * w);
-  absl::Status s = mem_->Read(addr, first.data(), first.size());
+  std::vector<uint8_t>& first = window_first_;  // sized 16 * kWindow at Init
+  absl::Status s = mem_->Read(addr, first.data(), 16ull * w);
   if (!s.ok()) return RingErrorFromMemoryStatus(s);
   std::atomic_thread_fence(std::memory_order_acquire);
   s = mem_->Read(addr, window_.data(), 16ull * w);

@@ -22,11 +22,15 @@ SplitDeviceQueue::SplitDeviceQueue(const QueueConfig& cfg, GuestMemory* mem, Que
 uint16_t SplitDeviceQueue::Ord16(uint16_t v) const {
   return cfg_.byte_order == RingByteOrder::kLittle ? be::little_to_native(v) : be::big_to_native(v);
 }
-uint32_t SplitDeviceQueue::Ord32(uint32_t v) const {
-  return cfg_.byte_order == RingByteOrder::kLittle ? be::little_to_native(v) : be::big_to_native(v);
+template <typename T>
+T SplitDeviceQueue::ToRing(T v) const {
+  return cfg_.byte_order == RingByteOrder::kLittle ? be::native_to_little(v) : be::native_to_big(v);
 }
-uint64_t SplitDeviceQueue::Ord64(uint64_t v) const {
-  return cfg_.byte_order == RingByteOrder::kLittle ? be::little_to_native(v) : be::big_to_native(v);
+
+void SplitDeviceQueue::EncodeUsedElem(uint8_t* p, uint32_t id, uint32_t len) const {
+  const uint32_t rid = ToRing(id), rlen = ToRing(len);
+  std::memcpy(p, &rid, 4);
+  std::memcpy(p + 4, &rlen, 4);
 }
 
 SplitDeviceQueue::RawDesc SplitDeviceQueue::Decode(const uint8_t* p) const {
@@ -88,7 +92,7 @@ bool SplitDeviceQueue::Load16(uint8_t* host, uint64_t addr, uint16_t* v) {
 }
 
 bool SplitDeviceQueue::Store16(uint8_t* host, uint64_t addr, uint16_t v) {
-  uint16_t raw = cfg_.byte_order == RingByteOrder::kLittle ? be::native_to_little(v) : be::native_to_big(v);
+  const uint16_t raw = ToRing(v);
   if (host) {
     AtomicStore16(host, raw, std::memory_order_release);
     return true;
@@ -240,13 +244,7 @@ void SplitDeviceQueue::AddUsed(DescriptorChain&& chain, uint32_t written) {
   if (!AcceptUsed(chain, written)) return;
   const uint16_t slot = next_used_ & (cfg_.size - 1);
   if (used_h_) {
-    uint8_t* e = used_h_ + L::UsedRing(slot);
-    uint32_t vid = cfg_.byte_order == RingByteOrder::kLittle ? be::native_to_little(uint32_t{id})
-                                                            : be::native_to_big(uint32_t{id});
-    uint32_t vlen = cfg_.byte_order == RingByteOrder::kLittle ? be::native_to_little(written)
-                                                             : be::native_to_big(written);
-    std::memcpy(e, &vid, 4);
-    std::memcpy(e + 4, &vlen, 4);
+    EncodeUsedElem(used_h_ + L::UsedRing(slot), id, written);
   } else {
     PendingUsed& u = used_pending_.emplace_back();
     u.slot = slot;
@@ -266,14 +264,7 @@ bool SplitDeviceQueue::Publish() {
       size_t j = i + 1;
       while (j < used_pending_.size() && used_pending_[j].slot == used_pending_[j - 1].slot + 1) j++;
       buf.resize(8 * (j - i));
-      for (size_t k = i; k < j; ++k) {
-        uint32_t vid = cfg_.byte_order == RingByteOrder::kLittle ? be::native_to_little(used_pending_[k].id)
-                                                                : be::native_to_big(used_pending_[k].id);
-        uint32_t vlen = cfg_.byte_order == RingByteOrder::kLittle ? be::native_to_little(used_pending_[k].len)
-                                                                 : be::native_to_big(used_pending_[k].len);
-        std::memcpy(&buf[8 * (k - i)], &vid, 4);
-        std::memcpy(&buf[8 * (k - i) + 4], &vlen, 4);
-      }
+      for (size_t k = i; k < j; ++k) EncodeUsedElem(&buf[8 * (k - i)], used_pending_[k].id, used_pending_[k].len);
       absl::Status s = mem_->Write(cfg_.device_addr + L::UsedRing(used_pending_[i].slot), buf.data(), buf.size());
       if (!s.ok()) {
         Break(RingErrorFromMemoryStatus(s));

@@ -66,6 +66,7 @@ class PackedDeviceQueue final : public DeviceQueue {
 
   // Copy-only memory: a snapshot of ring slots [win_start_, win_start_ + win_len_).
   std::vector<uint8_t> window_;
+  std::vector<uint8_t> window_first_;  // the first of FetchWindow's two copies
   uint32_t win_start_ = 0;
   uint32_t win_len_ = 0;
   bool win_wrap_ = true;

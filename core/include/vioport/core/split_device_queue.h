@@ -33,8 +33,9 @@ class SplitDeviceQueue final : public DeviceQueue {
   };
 
   uint16_t Ord16(uint16_t v) const;
-  uint32_t Ord32(uint32_t v) const;
-  uint64_t Ord64(uint64_t v) const;
+  template <typename T>
+  T ToRing(T v) const;  // native -> the ring's byte order
+  void EncodeUsedElem(uint8_t* p, uint32_t id, uint32_t len) const;
   RawDesc Decode(const uint8_t* p) const;
 
   RingError Break(RingError e);
