@@ -343,7 +343,7 @@ bool PackedDeviceQueue::WriteDriverWord(uint64_t off, uint16_t v) {
   return true;
 }
 
-bool PackedDeviceQueue::EnableNotifications() {
+bool PackedDeviceQueue::DoEnableNotifications() {
   if (broken()) return false;
   if (event_idx_) {
     if (!WriteDriverWord(0, static_cast<uint16_t>(next_avail_ | (avail_wrap_ ? 0x8000 : 0)))) return false;
@@ -365,7 +365,7 @@ bool PackedDeviceQueue::EnableNotifications() {
   return IsAvail(flags, avail_wrap_);
 }
 
-void PackedDeviceQueue::DisableNotifications() {
+void PackedDeviceQueue::DoDisableNotifications() {
   if (broken()) return;
   WriteDriverWord(2, packed_event::kDisable);
 }

@@ -299,7 +299,7 @@ bool SplitDeviceQueue::Publish() {
   return need;
 }
 
-bool SplitDeviceQueue::EnableNotifications() {
+bool SplitDeviceQueue::DoEnableNotifications() {
   if (broken()) return false;
   if (event_idx_) {
     if (!Store16(used_h_ ? used_h_ + L::AvailEvent(cfg_.size) : nullptr,
@@ -316,7 +316,7 @@ bool SplitDeviceQueue::EnableNotifications() {
   return idx != next_avail_;
 }
 
-void SplitDeviceQueue::DisableNotifications() {
+void SplitDeviceQueue::DoDisableNotifications() {
   if (broken() || event_idx_) return;  // with EVENT_IDX, avail_event simply stays behind
   Store16(used_h_ ? used_h_ + L::kUsedFlags : nullptr, cfg_.device_addr + L::kUsedFlags, kUsedFlagNoNotify);
 }

@@ -203,6 +203,7 @@ class Flapping final : public DriverTransport {
   void Notify(uint16_t q, uint32_t data) override { in_.Notify(q, data); }
   DmaAllocator& dma() override { return in_.dma(); }
   uint64_t SupportedTransportFeatures() override { return in_.SupportedTransportFeatures(); }
+  bool WaitForInterrupt(uint16_t q, absl::Duration t) override { return in_.WaitForInterrupt(q, t); }
   int reads_ = 0;
 
  private:

@@ -6,6 +6,8 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -32,6 +34,11 @@ struct ActivateContext {
   std::shared_ptr<InterruptSink> interrupt;
 };
 
+// Threading: a device is driven by one thread at a time. Every call below
+// (config access, Activate, Reset, QueueNotify, ProcessEvents, Quiesce) comes
+// from the thread that owns the device, so a device needs no locks of its own
+// unless it starts threads itself. Only the config-changed hook may be called
+// by the device, from that same thread.
 class VirtioDevice {
  public:
   virtual ~VirtioDevice() = default;
@@ -56,8 +63,25 @@ class VirtioDevice {
   // Reset: stop touching queues and memory, finish or drop in-flight
   // requests, and hand everything back. Only called after a successful Activate.
   virtual ActivateContext Reset() = 0;
-  // Notify-in: the driver kicked queue n (only after Activate).
+  // Notify-in: the driver kicked queue n (only after Activate). In polled mode
+  // it is called repeatedly whether or not the driver kicked.
   virtual void QueueNotify(uint16_t queue) = 0;
+
+  // Asynchronous completions. A device whose requests finish later (io_uring,
+  // worker threads, a socket peer) returns a file descriptor that becomes
+  // readable when it has something to deliver; whoever drives the device
+  // waits for it and then calls ProcessEvents(). A busy-polling driver calls
+  // ProcessEvents() in its loop without waiting. Returns true if it did work.
+  // The fd is valid for the device's lifetime; -1 means "no async work".
+  virtual int event_fd() const { return -1; }
+  virtual bool ProcessEvents() { return false; }
+
+  // The server is stopping: complete every request in flight (publishing
+  // them) and make written data durable. The device may still be active.
+  virtual absl::Status Quiesce() { return absl::OkStatus(); }
+
+  // Named counters for operators (viosctl stats). Appends; never resets.
+  virtual void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* /*out*/) const {}
 
   // Set by the controller; a device calls it when its config space changed on
   // its own (capacity resize, link up): generation bump + config interrupt.

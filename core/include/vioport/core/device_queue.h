@@ -65,8 +65,19 @@ class DeviceQueue {
 
   // Ask the driver to notify on new buffers. Returns true if buffers arrived
   // meanwhile (re-check after a full barrier, so no wake-up is lost).
-  virtual bool EnableNotifications() = 0;
-  virtual void DisableNotifications() = 0;
+  // In polled mode notifications stay off and this returns false: whoever
+  // polls the queue will call the device again.
+  bool EnableNotifications() { return polled_ ? false : DoEnableNotifications(); }
+  void DisableNotifications() { DoDisableNotifications(); }
+
+  // Polled mode (a busy-polling device thread): the driver is asked not to
+  // notify at all. Leaving it does not re-enable notifications by itself;
+  // the poller must run the device once more so it re-arms them.
+  void SetPolled(bool polled) {
+    polled_ = polled;
+    if (polled) DoDisableNotifications();
+  }
+  bool polled() const { return polled_; }
 
   // Position for save/restore (vhost-user GET/SET_VRING_BASE encoding). Used
   // entries not yet published are not part of it: Publish() before saving.
@@ -103,7 +114,11 @@ class DeviceQueue {
   GuestMemory* mem_;
   QueueErrorHandler on_error_;
   RingError error_ = RingError::kNone;
+  virtual bool DoEnableNotifications() = 0;
+  virtual void DoDisableNotifications() = 0;
+
   QueueCounters counters_;
+  bool polled_ = false;
   uint32_t in_flight_ = 0;
   uint32_t epoch_ = 0;
 };

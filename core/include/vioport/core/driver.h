@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "vioport/core/dma.h"
 #include "vioport/core/driver_queue.h"
 #include "vioport/core/spec.h"
@@ -38,6 +39,16 @@ class DriverTransport {
   virtual DmaAllocator& dma() = 0;
   // Ring/transport feature bits this transport can carry.
   virtual uint64_t SupportedTransportFeatures() = 0;
+
+  // Interrupt-in. Waits until the device may have interrupted `queue` (used
+  // buffers) or the config (a change, NEEDS_RESET), or `timeout` passes, and
+  // acknowledges what it saw. Returns true if an interrupt was seen; spurious
+  // wake-ups are allowed, so callers re-check their queues. Different threads
+  // may wait on different queues at once. A transport whose device runs inside
+  // Notify() (loopback) returns at once. Drivers that poll their used rings
+  // for a while before sleeping get the lowest latency (a sleep costs tens
+  // of microseconds).
+  virtual bool WaitForInterrupt(uint16_t queue, absl::Duration timeout) = 0;
 };
 
 struct DriverOptions {

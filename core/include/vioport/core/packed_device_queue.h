@@ -16,12 +16,12 @@ class PackedDeviceQueue final : public DeviceQueue {
   PopStatus Pop(DescriptorChain& out) override;
   void AddUsed(DescriptorChain&& chain, uint32_t written) override;
   bool Publish() override;
-  bool EnableNotifications() override;
-  void DisableNotifications() override;
   uint32_t GetBase() const override;
   void SetBase(uint32_t base) override;
 
  private:
+  bool DoEnableNotifications() override;
+  void DoDisableNotifications() override;
   struct RawDesc {
     uint64_t addr;
     uint32_t len;

@@ -11,24 +11,11 @@
 
 #include "absl/synchronization/mutex.h"
 #include "vioport/core/device_controller.h"
+#include "vioport/core/buffer_dma.h"
 #include "vioport/core/driver.h"
 
 namespace vioport {
 
-// First-fit allocator over a range of device addresses backed by a host buffer.
-class BufferDmaAllocator final : public DmaAllocator {
- public:
-  BufferDmaAllocator(uint8_t* host, uint64_t device_base, size_t size);
-  absl::StatusOr<DmaBuffer> Allocate(size_t size, size_t align, Access device_access) override;
-  void Free(const DmaBuffer& buffer) override;
-  size_t bytes_free() const;
-
- private:
-  uint8_t* host_;
-  uint64_t base_;
-  mutable absl::Mutex mu_;
-  std::map<uint64_t, uint64_t> free_ ABSL_GUARDED_BY(mu_);  // offset -> length
-};
 
 struct LoopbackOptions {
   size_t memory_bytes = 64 << 20;
@@ -55,6 +42,14 @@ class LoopbackTransport final : public DriverTransport {
   void Notify(uint16_t q, uint32_t data) override;
   DmaAllocator& dma() override { return *dma_; }
   uint64_t SupportedTransportFeatures() override { return opts_.transport_features; }
+  // The device runs inside Notify(), so there is never anything to wait for:
+  // reports whether an interrupt was raised since the last call.
+  bool WaitForInterrupt(uint16_t, absl::Duration) override {
+    const uint64_t n = irq_->queue.load() + irq_->config.load();
+    const bool seen = n != irq_seen_;
+    irq_seen_ = n;
+    return seen;
+  }
 
   DeviceController& controller() { return *ctl_; }
   // The device side's view of memory (a CopyOnlyMemory when copy_only).
@@ -91,6 +86,7 @@ class LoopbackTransport final : public DriverTransport {
   std::shared_ptr<Irq> irq_;
   std::unique_ptr<DeviceController> ctl_;
   std::vector<std::string> refused_;
+  uint64_t irq_seen_ = 0;
 };
 
 }  // namespace vioport
