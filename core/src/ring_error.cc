@@ -25,6 +25,7 @@ const char* RingErrorName(RingError e) {
     case RingError::kUsedIdOutOfRange: return "used id was not made available";
     case RingError::kUsedLengthTooLarge: return "used length exceeds the writable bytes offered";
     case RingError::kMemoryFault: return "memory channel fault";
+    case RingError::kBadRequest: return "malformed device request";
     case RingError::kBroken: return "queue is broken";
   }
   return "unknown ring error";

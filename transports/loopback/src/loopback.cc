@@ -1,5 +1,7 @@
 #include "vioport/transports/loopback.h"
 
+#include <poll.h>
+
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -50,6 +52,23 @@ absl::Status LoopbackTransport::EnableQueue(uint16_t q, uint32_t size, uint64_t 
 void LoopbackTransport::Notify(uint16_t q, uint32_t data) {
   (void)data;  // queue index in the low 16 bits either way
   ctl_->NotifyQueue(q);
+}
+
+bool LoopbackTransport::WaitForInterrupt(uint16_t, absl::Duration timeout) {
+  auto seen = [&] { return irq_->queue.load() + irq_->config.load() != irq_seen_; };
+  VirtioDevice& dev = ctl_->device();
+  const int fd = dev.event_fd();
+  if (fd >= 0 && ctl_->running()) {
+    dev.ProcessEvents();
+    if (!seen()) {
+      pollfd p{fd, POLLIN, 0};
+      const int ms = static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(timeout), 1000));
+      if (::poll(&p, 1, ms) > 0) dev.ProcessEvents();
+    }
+  }
+  const bool was = seen();
+  irq_seen_ = irq_->queue.load() + irq_->config.load();
+  return was;
 }
 
 }  // namespace vioport

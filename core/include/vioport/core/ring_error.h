@@ -30,6 +30,7 @@ enum class RingError : uint8_t {
   kUsedIdOutOfRange,       // driver side: device returned an id it was not given
   kUsedLengthTooLarge,     // driver side: device claims to have written more than offered
   kMemoryFault,            // the memory channel failed a copy (not a bounds error)
+  kBadRequest,             // a device-type request is malformed (e.g. no room for its header or status)
   kBroken,                 // the queue is already broken; nothing was touched
 };
 

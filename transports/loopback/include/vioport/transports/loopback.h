@@ -42,14 +42,10 @@ class LoopbackTransport final : public DriverTransport {
   void Notify(uint16_t q, uint32_t data) override;
   DmaAllocator& dma() override { return *dma_; }
   uint64_t SupportedTransportFeatures() override { return opts_.transport_features; }
-  // The device runs inside Notify(), so there is never anything to wait for:
-  // reports whether an interrupt was raised since the last call.
-  bool WaitForInterrupt(uint16_t, absl::Duration) override {
-    const uint64_t n = irq_->queue.load() + irq_->config.load();
-    const bool seen = n != irq_seen_;
-    irq_seen_ = n;
-    return seen;
-  }
+  // The device runs inside Notify() and on this thread: a device with
+  // asynchronous completions (event_fd() >= 0) is waited for and run here.
+  // Reports whether an interrupt was raised since the last call.
+  bool WaitForInterrupt(uint16_t queue, absl::Duration timeout) override;
 
   DeviceController& controller() { return *ctl_; }
   // The device side's view of memory (a CopyOnlyMemory when copy_only).
