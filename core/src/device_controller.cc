@@ -196,6 +196,7 @@ absl::Status DeviceController::Activate() {
     QueueConfig cfg{i, s.size, s.desc, s.driver, s.device, driver_features_, order};
     RingError e = DeviceQueue::Create(cfg, memory_.get(), MakeQueueErrorHandler(), &ctx.queues[i]);
     if (e != RingError::kNone) return RingErrorStatus(e, i);
+    if (polled_) ctx.queues[i]->SetPolled(true);
   }
   absl::Status st = device_->Activate(std::move(ctx));
   if (!st.ok()) return st;

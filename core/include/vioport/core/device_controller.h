@@ -82,6 +82,9 @@ class DeviceController {
   // Replace the memory (e.g. vhost-user SET_MEM_TABLE); only while not running.
   absl::Status SetMemory(std::shared_ptr<GuestMemory> memory);
   void SetInterruptSink(std::shared_ptr<InterruptSink> interrupt);
+  // Queues created from now on run in polled mode (DeviceQueue::SetPolled):
+  // the transport calls NotifyQueue() in a busy loop instead of on kicks.
+  void SetPolled(bool polled) { polled_ = polled; }
   // Byte order of split rings for legacy drivers (guest-native).
   void SetLegacyByteOrder(RingByteOrder order) { legacy_order_ = order; }
 
@@ -110,6 +113,7 @@ class DeviceController {
   std::atomic<uint32_t> generation_{0};
   std::vector<QueueSetup> queues_;
   bool active_ = false;
+  bool polled_ = false;
   RingByteOrder legacy_order_ = RingByteOrder::kLittle;
   absl::Mutex error_mu_;
   std::string last_error_;
