@@ -21,6 +21,9 @@ class RngDevice final : public VirtioDevice {
   void QueueNotify(uint16_t queue) override;
 
   uint64_t bytes_served() const { return bytes_.load(std::memory_order_relaxed); }
+  void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override {
+    out->emplace_back("bytes", bytes_served());
+  }
 
  private:
   absl::Mutex mu_;

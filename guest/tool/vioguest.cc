@@ -1,0 +1,526 @@
+// vioguest: a guest in a process. Drives a vioport device over a transport
+// with the same drivers every transport uses. See kUsage.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "vioport/core/log.h"
+#include "vioport/guest/blk_driver.h"
+#include "vioport/guest/console_driver.h"
+#include "vioport/guest/pattern.h"
+#include "vioport/guest/rng_driver.h"
+#include "vioport/transports/shm_guest.h"
+
+namespace vioport {
+namespace {
+
+const char kUsage[] = R"(vioguest: a guest in a process, driving a vioport device over a transport.
+
+usage: vioguest --transport shm:SOCKET [common options] DEVICE COMMAND [options]
+
+  blk info                          capacity, block size, queues, features, id
+  blk write  --seed N [--offset B] [--length B]
+                                    write seeded data (default: the whole disk)
+  blk read   [--offset B] [--length B] [--out FILE]
+                                    read; print the FNV-1a 64 checksum
+  blk verify --seed N [--offset B] [--length B]
+                                    read and compare with the seeded data
+  blk flush                         FLUSH (data durable when it returns)
+  blk bench  [--pattern randread|randwrite|read|write] [--bs B] [--qd N]
+             [--queues N] [--time SECONDS] [--baseline FILE]
+                                    IOPS, MB/s and latency percentiles; with
+                                    --baseline, the same pattern with pread /
+                                    pwrite on FILE in this process (QD 1)
+  rng [--length B] [--out FILE]     read random bytes
+  console [--send TEXT] [--expect TEXT] [--timeout SECONDS]
+                                    send TEXT, then read until TEXT is seen; without
+                                    options: copy stdin to the port, the port to stdout
+
+common options:
+  --transport shm:SOCKET  hypervisor-less shared memory (vios --attach ...,transport=shm)
+  --memory MIB            guest memory to share (default 64)
+  --packed                use packed rings (default split)
+  --no-event-idx / --no-indirect
+  --spin-us N             poll a used ring N us before sleeping (default 30)
+  --quiet                 no progress line
+  --log-level LEVEL       error, warning (default), info, debug
+
+Sizes take K, M, G suffixes (powers of 2). Exit status: 0 ok, 1 failure
+(I/O error, mismatch), 2 bad usage or unreachable device.
+)";
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> opts;  // --key value / --key=value
+  std::map<std::string, bool> flags;
+};
+
+const std::map<std::string, bool> kTakesValue = {
+    {"transport", true}, {"memory", true}, {"spin-us", true}, {"log-level", true}, {"seed", true},
+    {"offset", true},    {"length", true}, {"out", true},     {"pattern", true},   {"bs", true},
+    {"qd", true},        {"queues", true}, {"time", true},    {"baseline", true},  {"send", true},
+    {"expect", true},    {"timeout", true}, {"packed", false}, {"no-event-idx", false},
+    {"no-indirect", false}, {"quiet", false}, {"help", false}};
+
+[[noreturn]] void Usage(const std::string& why) {
+  std::fprintf(stderr, "vioguest: %s (see vioguest --help)\n", why.c_str());
+  std::exit(2);
+}
+
+[[noreturn]] void Fail(const absl::Status& s, const std::string& what) {
+  std::fprintf(stderr, "vioguest: %s: %s\n", what.c_str(), std::string(s.message()).c_str());
+  std::exit(absl::IsInvalidArgument(s) || absl::IsUnavailable(s) || absl::IsFailedPrecondition(s) ? 2 : 1);
+}
+
+Args Parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s.rfind("--", 0) != 0) {
+      a.positional.push_back(s);
+      continue;
+    }
+    std::string key = s.substr(2), value;
+    const size_t eq = key.find('=');
+    const bool has_inline = eq != std::string::npos;
+    if (has_inline) {
+      value = key.substr(eq + 1);
+      key = key.substr(0, eq);
+    }
+    auto it = kTakesValue.find(key);
+    if (it == kTakesValue.end()) Usage(absl::StrCat("unknown option --", key));
+    if (!it->second) {
+      if (has_inline) Usage(absl::StrCat("--", key, " takes no value"));
+      a.flags[key] = true;
+      continue;
+    }
+    if (!has_inline) {
+      if (i + 1 >= argc) Usage(absl::StrCat("--", key, " needs a value"));
+      value = argv[++i];
+    }
+    a.opts[key] = value;
+  }
+  return a;
+}
+
+uint64_t Size(const Args& a, const std::string& key, uint64_t dflt) {
+  auto it = a.opts.find(key);
+  if (it == a.opts.end()) return dflt;
+  std::string v = it->second;
+  uint64_t mult = 1;
+  if (!v.empty()) {
+    switch (v.back()) {
+      case 'k': case 'K': mult = 1ull << 10; break;
+      case 'm': case 'M': mult = 1ull << 20; break;
+      case 'g': case 'G': mult = 1ull << 30; break;
+      default: break;
+    }
+    if (mult != 1) v.pop_back();
+  }
+  uint64_t n;
+  if (!absl::SimpleAtoi(v, &n)) Usage(absl::StrCat("--", key, " ", it->second, ": not a size"));
+  return n * mult;
+}
+
+struct Guest {
+  std::unique_ptr<ShmDriverTransport> transport;
+  uint64_t ring_features = 0;
+  WaitPolicy wait;
+  bool quiet = false;
+};
+
+Guest Connect(const Args& a) {
+  auto it = a.opts.find("transport");
+  if (it == a.opts.end()) Usage("--transport is required");
+  const std::string& t = it->second;
+  Guest g;
+  if (t.rfind("shm:", 0) == 0) {
+    ShmGuestOptions o;
+    o.socket_path = t.substr(4);
+    o.memory_bytes = Size(a, "memory", 64) << 20;
+    auto c = ShmDriverTransport::Connect(o);
+    if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
+    g.transport = std::move(*c);
+  } else {
+    Usage(absl::StrCat("--transport ", t, ": unknown transport (this vioguest speaks shm:PATH)"));
+  }
+  g.ring_features = feature::Bit(feature::kVersion1);
+  if (!a.flags.count("no-event-idx")) g.ring_features |= feature::Bit(feature::kEventIdx);
+  if (!a.flags.count("no-indirect")) g.ring_features |= feature::Bit(feature::kIndirectDesc);
+  if (a.flags.count("packed")) g.ring_features |= feature::Bit(feature::kRingPacked);
+  g.wait.spin = absl::Microseconds(static_cast<int64_t>(Size(a, "spin-us", 30)));
+  g.quiet = a.flags.count("quiet") > 0;
+  return g;
+}
+
+double Seconds(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
+// ---- blk -------------------------------------------------------------------
+
+struct Range {
+  uint64_t offset, length;
+};
+
+Range GetRange(const Args& a, const BlkInfo& info) {
+  const uint64_t cap = info.capacity_sectors * 512;
+  Range r{Size(a, "offset", 0), 0};
+  r.length = Size(a, "length", r.offset <= cap ? cap - r.offset : 0);
+  if (r.offset % 512 || r.length % 512) Usage("--offset and --length must be multiples of 512");
+  if (r.offset > cap || r.length > cap - r.offset)
+    Usage(absl::StrFormat("range %u+%u is past the disk's end (%u bytes)", r.offset, r.length, cap));
+  return r;
+}
+
+void Progress(const Guest& g, const char* what, uint64_t done, uint64_t total, absl::Time start) {
+  if (g.quiet) return;
+  const double s = Seconds(start);
+  std::fprintf(stderr, "\r%s %6.1f%%  %8.1f MB/s  %5.1fs ", what, total ? 100.0 * done / total : 100.0,
+               s > 0 ? done / s / 1e6 : 0.0, s);
+}
+
+int BlkTransfer(Guest& g, BlkDriver& blk, const Args& a, const std::string& cmd) {
+  const BlkInfo& info = blk.info();
+  const Range r = GetRange(a, info);
+  const bool has_seed = a.opts.count("seed");
+  if ((cmd == "write" || cmd == "verify") && !has_seed) Usage(absl::StrCat("blk ", cmd, " needs --seed"));
+  const uint64_t seed = Size(a, "seed", 0);
+  int out_fd = -1;
+  if (a.opts.count("out")) {
+    out_fd = ::open(a.opts.at("out").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out_fd < 0) Usage(absl::StrCat("--out ", a.opts.at("out"), ": ", std::strerror(errno)));
+  }
+  const size_t chunk = 1 << 20;
+  std::vector<uint8_t> buf(chunk);
+  pattern::Fnv64 sum;
+  const absl::Time start = absl::Now();
+  absl::Time last = start;
+  for (uint64_t done = 0; done < r.length;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(chunk, r.length - done));
+    std::span<uint8_t> b(buf.data(), n);
+    const uint64_t off = r.offset + done;
+    if (cmd == "write") {
+      pattern::Fill(seed, off, b);
+      if (absl::Status s = blk.Write(off / 512, b); !s.ok()) Fail(s, absl::StrCat("write at ", off));
+    } else {
+      if (absl::Status s = blk.Read(off / 512, b); !s.ok()) Fail(s, absl::StrCat("read at ", off));
+      if (cmd == "verify") {
+        const int64_t bad = pattern::FirstMismatch(seed, off, b);
+        if (bad >= 0) {
+          std::fprintf(stderr, "\nvioguest: MISMATCH at byte %" PRId64 " (seed %" PRIu64 ")\n", bad, seed);
+          std::printf("result device=blk op=verify bytes=%" PRIu64 " verified=no\n", done);
+          return 1;
+        }
+      }
+      if (out_fd >= 0 && ::write(out_fd, b.data(), n) != static_cast<ssize_t>(n)) Usage("--out: short write");
+    }
+    sum.Add(b);
+    done += n;
+    if (absl::Now() - last > absl::Milliseconds(500)) {
+      Progress(g, cmd.c_str(), done, r.length, start);
+      last = absl::Now();
+    }
+  }
+  if (cmd == "write") {
+    if (absl::Status s = blk.Flush(); !s.ok() && !absl::IsUnimplemented(s)) Fail(s, "flush");
+  }
+  if (out_fd >= 0) ::close(out_fd);
+  const double secs = Seconds(start);
+  if (!g.quiet) std::fprintf(stderr, "\r%60s\r", "");
+  std::printf("%s %" PRIu64 " bytes at offset %" PRIu64 " in %.2f s (%.1f MB/s), fnv1a64 %016" PRIx64 "%s\n", cmd.c_str(),
+              r.length, r.offset, secs, r.length / std::max(secs, 1e-9) / 1e6, sum.h,
+              cmd == "verify" ? ", verified" : "");
+  std::printf("result device=blk op=%s bytes=%" PRIu64 " seconds=%.3f mbps=%.1f checksum=%016" PRIx64 " verified=%s\n",
+              cmd.c_str(), r.length, secs, r.length / std::max(secs, 1e-9) / 1e6, sum.h,
+              cmd == "verify" ? "yes" : "n/a");
+  return 0;
+}
+
+struct BenchResult {
+  uint64_t ops = 0, bytes = 0;
+  double seconds = 0;
+  std::vector<double> lat_us;  // one per op (sampled up to a cap)
+};
+
+void Report(const char* label, BenchResult& r) {
+  std::sort(r.lat_us.begin(), r.lat_us.end());
+  auto pct = [&](double p) {
+    if (r.lat_us.empty()) return 0.0;
+    return r.lat_us[std::min(r.lat_us.size() - 1, static_cast<size_t>(p * r.lat_us.size()))];
+  };
+  std::printf("%-9s %10.0f IOPS %9.1f MB/s  lat us: p50 %7.1f  p99 %7.1f  p99.9 %7.1f  (%" PRIu64 " ops, %.1f s)\n",
+              label, r.ops / r.seconds, r.bytes / r.seconds / 1e6, pct(0.5), pct(0.99), pct(0.999), r.ops, r.seconds);
+}
+
+int BlkBench(Guest& g, BlkDriver& blk, const Args& a) {
+  const BlkInfo& info = blk.info();
+  const std::string pat = a.opts.count("pattern") ? a.opts.at("pattern") : "randread";
+  const bool rnd = pat == "randread" || pat == "randwrite";
+  const bool write = pat == "randwrite" || pat == "write";
+  if (!rnd && pat != "read" && pat != "write") Usage(absl::StrCat("--pattern ", pat, ": randread, randwrite, read or write"));
+  const uint64_t bs = Size(a, "bs", 4096);
+  const uint32_t qd = static_cast<uint32_t>(Size(a, "qd", 1));
+  const uint16_t queues = static_cast<uint16_t>(std::min<uint64_t>(Size(a, "queues", 1), info.num_queues));
+  const double secs = static_cast<double>(Size(a, "time", 5));
+  if (bs == 0 || bs % 512 || bs > (64u << 20)) Usage("--bs must be a multiple of 512 up to 64M");
+  if (write && info.read_only) Usage("the device is read-only");
+  const uint64_t cap = info.capacity_sectors * 512;
+  if (cap < bs) Usage("the disk is smaller than --bs");
+  const uint64_t blocks = cap / bs;
+  const uint32_t per_queue = std::max<uint32_t>(1, qd / queues);
+  if (qd == 0 || per_queue > blk.driver().queue(0).size()) Usage(absl::StrCat("--qd ", qd, " exceeds the queue size"));
+
+  std::mt19937_64 rng(42);
+  uint64_t seq_next = 0;
+  auto next_offset = [&]() {
+    if (rnd) return (rng() % blocks) * bs;
+    const uint64_t o = seq_next;
+    seq_next = (seq_next + bs) % (blocks * bs);
+    return o;
+  };
+
+  // The same workload straight on the file, in this process.
+  if (a.opts.count("baseline")) {
+    const std::string& path = a.opts.at("baseline");
+    const int fd = ::open(path.c_str(), (write ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0) Usage(absl::StrCat("--baseline ", path, ": ", std::strerror(errno)));
+    std::vector<uint8_t> b(bs, 0x5a);
+    BenchResult base;
+    const absl::Time start = absl::Now();
+    const uint64_t fblocks = std::max<uint64_t>(1, std::min<uint64_t>(blocks, ::lseek(fd, 0, SEEK_END) / bs));
+    while (Seconds(start) < secs) {
+      for (int i = 0; i < 256; ++i) {
+        const uint64_t off = (rnd ? rng() % fblocks : (seq_next++ % fblocks)) * bs;
+        const absl::Time t0 = absl::Now();
+        const ssize_t n = write ? ::pwrite(fd, b.data(), bs, off) : ::pread(fd, b.data(), bs, off);
+        if (n != static_cast<ssize_t>(bs)) Fail(absl::DataLossError(std::strerror(errno)), "baseline I/O");
+        if (base.lat_us.size() < 4'000'000) base.lat_us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t0));
+        base.ops++;
+        base.bytes += bs;
+      }
+    }
+    base.seconds = Seconds(start);
+    ::close(fd);
+    std::printf("baseline: %s bs=%" PRIu64 " on %s with p%s, queue depth 1\n", pat.c_str(), bs, path.c_str(),
+                write ? "write" : "read");
+    Report("baseline", base);
+    std::printf("result device=file op=%s bs=%" PRIu64 " qd=1 iops=%.0f mbps=%.1f\n", pat.c_str(), bs, base.ops / base.seconds,
+                base.bytes / base.seconds / 1e6);
+    seq_next = 0;
+  }
+
+  struct Slot {
+    DmaBuffer buf;
+    absl::Time issued;
+  };
+  std::vector<std::vector<Slot>> slots(queues);
+  for (uint16_t q = 0; q < queues; ++q) {
+    for (uint32_t i = 0; i < per_queue; ++i) {
+      auto b = blk.AllocBuffer(bs);
+      if (!b.ok()) Fail(b.status(), "allocate I/O buffers (raise --memory)");
+      std::memset(b->host, 0x5a, bs);
+      slots[q].push_back({*b, absl::Time()});
+    }
+  }
+  const BlkOp op = write ? BlkOp::kWrite : BlkOp::kRead;
+  auto submit = [&](uint16_t q, uint32_t i) {
+    Slot& s = slots[q][i];
+    s.issued = absl::Now();
+    if (absl::Status st = blk.Submit(q, op, next_offset() / 512, &s.buf, static_cast<uint32_t>(bs), i); !st.ok())
+      Fail(st, "submit");
+  };
+  BenchResult r;
+  const absl::Time start = absl::Now();
+  absl::Time last = start;
+  for (uint16_t q = 0; q < queues; ++q) {
+    for (uint32_t i = 0; i < per_queue; ++i) submit(q, i);
+    blk.Kick(q);
+  }
+  std::vector<BlkCompletion> done(per_queue);
+  bool stopping = false;
+  uint64_t in_flight = uint64_t{per_queue} * queues;
+  while (in_flight > 0) {
+    for (uint16_t q = 0; q < queues; ++q) {
+      auto n = blk.Reap(q, {done.data(), done.size()}, /*wait=*/queues == 1);
+      if (!n.ok()) Fail(n.status(), "reap");
+      const absl::Time now = absl::Now();
+      for (size_t k = 0; k < *n; ++k) {
+        const BlkCompletion& c = done[k];
+        if (c.status != 0) Fail(absl::DataLossError(absl::StrCat("virtio status ", c.status)), "bench I/O");
+        Slot& s = slots[q][c.token];
+        if (r.lat_us.size() < 4'000'000) r.lat_us.push_back(absl::ToDoubleMicroseconds(now - s.issued));
+        r.ops++;
+        r.bytes += bs;
+        in_flight--;
+        if (!stopping) {
+          submit(q, static_cast<uint32_t>(c.token));
+          in_flight++;
+        }
+      }
+      if (*n && !stopping) blk.Kick(q);
+    }
+    const absl::Time now = absl::Now();
+    if (!stopping && absl::ToDoubleSeconds(now - start) >= secs) stopping = true;
+    if (!g.quiet && now - last > absl::Seconds(1)) {
+      const double s = absl::ToDoubleSeconds(now - start);
+      std::fprintf(stderr, "\r%s %5.1fs  %9.0f IOPS  %8.1f MB/s ", pat.c_str(), s, r.ops / s, r.bytes / s / 1e6);
+      last = now;
+    }
+  }
+  r.seconds = Seconds(start);
+  if (!g.quiet) std::fprintf(stderr, "\r%70s\r", "");
+  std::printf("vioguest: %s bs=%" PRIu64 " qd=%u queues=%u over %s (%s rings)\n", pat.c_str(), bs, per_queue * queues, queues,
+              a.opts.at("transport").c_str(), feature::Has(g.ring_features, feature::kRingPacked) ? "packed" : "split");
+  Report("vioguest", r);
+  std::printf("result device=blk op=%s bs=%" PRIu64 " qd=%u iops=%.0f mbps=%.1f\n", pat.c_str(), bs, per_queue * queues,
+              r.ops / r.seconds, r.bytes / r.seconds / 1e6);
+  for (auto& v : slots)
+    for (auto& s : v) blk.FreeBuffer(s.buf);
+  return 0;
+}
+
+int Blk(Guest& g, const Args& a) {
+  if (a.positional.size() < 2) Usage("blk needs a command: info, read, write, verify, flush, bench");
+  const std::string& cmd = a.positional[1];
+  BlkDriver blk(*g.transport);
+  BlkDriverOptions o;
+  o.ring_features = g.ring_features;
+  o.num_queues = static_cast<uint16_t>(Size(a, "queues", 1));
+  o.wait = g.wait;
+  if (absl::Status s = blk.Init(o); !s.ok()) Fail(s, "blk init");
+  const BlkInfo& info = blk.info();
+  if (cmd == "info") {
+    auto id = blk.GetId();
+    std::printf("capacity   %" PRIu64 " sectors (%" PRIu64 " bytes)\n", info.capacity_sectors, info.capacity_sectors * 512);
+    std::printf("block size %u\nqueues     %u\nseg_max    %u\nsize_max   %u\n", info.blk_size, info.num_queues,
+                info.seg_max, info.size_max);
+    std::printf("read-only  %s\nflush      %s\ndiscard    %s\nwrite-zero %s\n", info.read_only ? "yes" : "no",
+                info.flush ? "yes" : "no", info.discard ? "yes" : "no", info.write_zeroes ? "yes" : "no");
+    std::printf("features   0x%016" PRIx64 "\nid         %s\n", info.features, id.ok() ? id->c_str() : "(none)");
+    return 0;
+  }
+  if (cmd == "flush") {
+    if (absl::Status s = blk.Flush(); !s.ok()) Fail(s, "flush");
+    std::printf("flushed\n");
+    return 0;
+  }
+  if (cmd == "read" || cmd == "write" || cmd == "verify") return BlkTransfer(g, blk, a, cmd);
+  if (cmd == "bench") return BlkBench(g, blk, a);
+  Usage(absl::StrCat("unknown blk command '", cmd, "'"));
+}
+
+// ---- rng, console ------------------------------------------------------------
+
+int Rng(Guest& g, const Args& a) {
+  RngDriver rng(*g.transport);
+  if (absl::Status s = rng.Init(g.ring_features, g.wait); !s.ok()) Fail(s, "rng init");
+  const uint64_t len = Size(a, "length", 4096);
+  std::vector<uint8_t> buf(len);
+  const absl::Time start = absl::Now();
+  if (absl::Status s = rng.Read({buf.data(), buf.size()}); !s.ok()) Fail(s, "rng read");
+  const double secs = Seconds(start);
+  if (a.opts.count("out")) {
+    FILE* f = std::fopen(a.opts.at("out").c_str(), "wb");
+    if (!f || std::fwrite(buf.data(), 1, buf.size(), f) != buf.size()) Usage(absl::StrCat("--out ", a.opts.at("out")));
+    std::fclose(f);
+  }
+  // A sanity look at the bytes: all 256 values should appear in a long read.
+  bool seen[256] = {};
+  for (uint8_t b : buf) seen[b] = true;
+  const int distinct = static_cast<int>(std::count(std::begin(seen), std::end(seen), true));
+  const bool plausible = len < 4096 || distinct == 256;
+  std::printf("rng %" PRIu64 " bytes in %.3f s (%.1f MB/s), %d distinct byte values\n", len, secs, len / std::max(secs, 1e-9) / 1e6,
+              distinct);
+  std::printf("result device=rng op=read bytes=%" PRIu64 " seconds=%.3f mbps=%.1f verified=%s\n", len, secs,
+              len / std::max(secs, 1e-9) / 1e6, plausible ? "yes" : "no");
+  return plausible ? 0 : 1;
+}
+
+int Console(Guest& g, const Args& a) {
+  ConsoleDriver con(*g.transport);
+  if (absl::Status s = con.Init(g.ring_features, g.wait); !s.ok()) Fail(s, "console init");
+  const absl::Duration timeout = absl::Seconds(static_cast<int64_t>(Size(a, "timeout", 10)));
+  if (a.opts.count("send") || a.opts.count("expect")) {
+    const absl::Time start = absl::Now();
+    uint64_t bytes = 0;
+    if (a.opts.count("send")) {
+      const std::string& t = a.opts.at("send");
+      if (absl::Status s = con.Write({reinterpret_cast<const uint8_t*>(t.data()), t.size()}); !s.ok()) Fail(s, "console write");
+      bytes += t.size();
+    }
+    bool matched = true;
+    if (a.opts.count("expect")) {
+      const std::string& want = a.opts.at("expect");
+      std::string got;
+      const absl::Time deadline = absl::Now() + timeout;
+      uint8_t buf[4096];
+      while (got.find(want) == std::string::npos) {
+        const absl::Duration left = deadline - absl::Now();
+        if (left <= absl::ZeroDuration()) break;
+        auto n = con.Read(buf, left);
+        if (!n.ok()) {
+          if (absl::IsDeadlineExceeded(n.status())) break;
+          Fail(n.status(), "console read");
+        }
+        got.append(reinterpret_cast<char*>(buf), *n);
+        bytes += *n;
+      }
+      matched = got.find(want) != std::string::npos;
+      std::printf("console received %zu bytes%s\n", got.size(), matched ? ", expected text seen" : ", expected text NOT seen");
+    }
+    const double secs = Seconds(start);
+    std::printf("result device=console op=echo bytes=%" PRIu64 " seconds=%.3f mbps=%.3f verified=%s\n", bytes, secs,
+                bytes / std::max(secs, 1e-9) / 1e6, matched ? "yes" : "no");
+    return matched ? 0 : 1;
+  }
+  // Interactive: stdin -> port, port -> stdout, until stdin closes.
+  ::fcntl(STDIN_FILENO, F_SETFL, ::fcntl(STDIN_FILENO, F_GETFL) | O_NONBLOCK);
+  uint8_t buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
+    if (n == 0) break;
+    if (n > 0) {
+      if (absl::Status s = con.Write({buf, static_cast<size_t>(n)}); !s.ok()) Fail(s, "console write");
+    }
+    auto got = con.Read(buf, absl::Milliseconds(20));
+    if (got.ok()) {
+      if (::write(STDOUT_FILENO, buf, *got) < 0) break;
+    } else if (!absl::IsDeadlineExceeded(got.status())) {
+      Fail(got.status(), "console read");
+    }
+  }
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  Args a = Parse(argc, argv);
+  if (a.flags.count("help") || a.positional.empty()) {
+    std::fputs(kUsage, a.positional.empty() && !a.flags.count("help") ? stderr : stdout);
+    return a.flags.count("help") ? 0 : 2;
+  }
+  LogLevel level = LogLevel::kWarning;
+  if (a.opts.count("log-level") && !ParseLogLevel(a.opts.at("log-level"), &level))
+    Usage(absl::StrCat("--log-level ", a.opts.at("log-level")));
+  SetLogLevel(level);
+  const std::string& dev = a.positional[0];
+  if (dev != "blk" && dev != "rng" && dev != "console") Usage(absl::StrCat("unknown device '", dev, "' (blk, rng, console)"));
+  Guest g = Connect(a);
+  if (dev == "blk") return Blk(g, a);
+  if (dev == "rng") return Rng(g, a);
+  return Console(g, a);
+}
+
+}  // namespace
+}  // namespace vioport
+
+int main(int argc, char** argv) { return vioport::Main(argc, argv); }

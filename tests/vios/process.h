@@ -1,0 +1,92 @@
+#pragma once
+
+// Child processes for the whole-system tests: spawn vios / vioguest /
+// viosctl, capture their output into files, wait with a deadline.
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace vioport::testproc {
+
+struct Proc {
+  pid_t pid = -1;
+  std::string out_path, err_path;
+  int status = -1;  // after Wait
+  bool exited = false;
+
+  std::string out() const { return Slurp(out_path); }
+  std::string err() const { return Slurp(err_path); }
+  static std::string Slurp(const std::string& p) {
+    std::ifstream f(p);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+  }
+  // Exit code, 128+signal if killed, -1 on timeout (the child is then killed).
+  int Wait(double seconds = 120) {
+    if (exited) return status;
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    int st = 0;
+    for (;;) {
+      const pid_t r = ::waitpid(pid, &st, WNOHANG);
+      if (r == pid) break;
+      if (std::chrono::steady_clock::now() > end) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &st, 0);
+        exited = true;
+        status = -1;
+        return status;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    exited = true;
+    status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return status;
+  }
+  void Signal(int sig) const { ::kill(pid, sig); }
+  bool Running() {
+    if (exited) return false;
+    int st;
+    const pid_t r = ::waitpid(pid, &st, WNOHANG);
+    if (r == pid) {
+      exited = true;
+      status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      return false;
+    }
+    return true;
+  }
+};
+
+// Starts argv[0] with the rest as arguments; stdout and stderr go to files
+// named after `tag` in `dir`.
+inline Proc Spawn(const std::vector<std::string>& argv, const std::string& dir, const std::string& tag) {
+  static int counter = 0;
+  Proc p;
+  p.out_path = dir + "/" + tag + "." + std::to_string(++counter) + ".out";
+  p.err_path = dir + "/" + tag + "." + std::to_string(counter) + ".err";
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, p.out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, p.err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  if (::posix_spawn(&p.pid, args[0], &fa, nullptr, args.data(), environ) != 0) p.pid = -1;
+  posix_spawn_file_actions_destroy(&fa);
+  return p;
+}
+
+}  // namespace vioport::testproc

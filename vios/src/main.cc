@@ -1,0 +1,72 @@
+// vios: the vioport VIO server daemon. See kUsage in spec.cc and docs/vios.md.
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "boost/asio/io_context.hpp"
+#include "boost/asio/signal_set.hpp"
+#include "server.h"
+#include "spec.h"
+#include "vioport/core/log.h"
+
+int main(int argc, char** argv) {
+  using namespace vioport;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (const std::string& a : args) {
+    if (a == "--help" || a == "-h") {
+      std::fputs(vios::kUsage, stdout);
+      return 0;
+    }
+  }
+  auto cfg = vios::ParseCommandLine(args);
+  if (!cfg.ok()) {
+    std::fprintf(stderr, "vios: %s\n", std::string(cfg.status().message()).c_str());
+    return 2;
+  }
+  LogLevel level;
+  if (!ParseLogLevel(cfg->log_level, &level)) {
+    std::fprintf(stderr, "vios: --log-level %s: not one of error, warning, info, debug\n", cfg->log_level.c_str());
+    return 2;
+  }
+  SetLogLevel(level);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  boost::asio::io_context io(1);
+  vios::Server server(io);
+  for (auto& d : cfg->devices) {
+    if (absl::Status s = server.AddDevice(std::move(d)); !s.ok()) {
+      std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  for (auto& a : cfg->attaches) {
+    if (absl::Status s = server.Attach(std::move(a)); !s.ok()) {
+      std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  if (!cfg->control_path.empty()) {
+    if (absl::Status s = server.ListenControl(cfg->control_path); !s.ok()) {
+      std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  if (server.num_devices() == 0 && cfg->control_path.empty()) {
+    std::fprintf(stderr, "vios: nothing to serve: give --device/--attach, --config or --control (see vios --help)\n");
+    return 2;
+  }
+
+  int exit_code = 0;
+  boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+  signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+    if (ec) return;
+    VIOPORT_LOG(kInfo, "signal ", sig, ": stopping (finishing requests in flight, flushing)");
+    if (absl::Status s = server.Shutdown(); !s.ok()) exit_code = 1;
+    io.stop();
+  });
+  VIOPORT_LOG(kInfo, "vios ready: ", server.num_devices(), " device(s)");
+  io.run();
+  VIOPORT_LOG(kInfo, "vios stopped");
+  return exit_code;
+}

@@ -1,0 +1,314 @@
+#include "server.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "boost/asio/local/stream_protocol.hpp"
+#include "boost/asio/read_until.hpp"
+#include "boost/asio/streambuf.hpp"
+#include "boost/asio/write.hpp"
+#include "vioport/backends/blk_device.h"
+#include "vioport/backends/console_device.h"
+#include "vioport/backends/rng_device.h"
+#include "vioport/core/log.h"
+#include "vioport/transports/shm_server.h"
+
+namespace vioport::vios {
+
+namespace asio = boost::asio;
+
+namespace {
+
+absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec) {
+  Options& o = spec.options;
+  std::shared_ptr<VirtioDevice> dev;
+  if (spec.type == "blk") {
+    BlkOptions b;
+    auto path = o.String("path");
+    auto ro = o.Bool("readonly", false);
+    auto nq = o.Uint("num-queues", 1, 1, 16);
+    auto qs = o.Uint("queue-size", 256, 1, 1024);
+    auto serial = o.String("serial", "");
+    auto seg = o.Uint("seg-max", 126, 1, 1024);
+    auto size_max = o.Uint("size-max", 1 << 20, 4096, 1u << 31);
+    for (const absl::Status& s : {path.status(), ro.status(), nq.status(), qs.status(), serial.status(), seg.status(),
+                                  size_max.status()})
+      if (!s.ok()) return s;
+    if (*qs & (*qs - 1)) return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": option 'queue-size=", *qs, "' is not a power of 2"));
+    if (serial->size() > 20)
+      return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": option 'serial=", *serial, "' is longer than 20 bytes"));
+    b.path = *path;
+    b.read_only = *ro;
+    b.num_queues = static_cast<uint16_t>(*nq);
+    b.queue_size = static_cast<uint16_t>(*qs);
+    b.serial = *serial;
+    b.seg_max = static_cast<uint32_t>(*seg);
+    b.size_max = static_cast<uint32_t>(*size_max);
+    if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+    auto d = BlkDevice::Open(b);
+    if (!d.ok()) return absl::Status(d.status().code(), absl::StrCat(o.origin(), ": ", d.status().message()));
+    dev = std::move(*d);
+  } else if (spec.type == "rng") {
+    if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+    dev = std::make_shared<RngDevice>();
+  } else if (spec.type == "console") {
+    ConsoleOptions c;
+    auto sock = o.String("socket", "");
+    auto stdio = o.Bool("stdio", false);
+    if (!sock.ok()) return sock.status();
+    if (!stdio.ok()) return stdio.status();
+    if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+    if (sock->empty() == !*stdio)
+      return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": give exactly one of socket=PATH or stdio=on"));
+    c.socket_path = *sock;
+    if (*stdio) {
+      c.in_fd = STDIN_FILENO;
+      c.out_fd = STDOUT_FILENO;
+    }
+    auto d = ConsoleDevice::Create(c);
+    if (!d.ok()) return absl::Status(d.status().code(), absl::StrCat(o.origin(), ": ", d.status().message()));
+    dev = std::move(*d);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat(o.origin(), ": unknown device type '", spec.type, "' (blk, rng or console)"));
+  }
+  return dev;
+}
+
+class ShmAttachment final : public Attachment {
+ public:
+  explicit ShmAttachment(std::unique_ptr<ShmServer> s) : s_(std::move(s)) {}
+  std::string transport() const override { return s_->options().poll ? "shm(poll)" : "shm"; }
+  std::string where() const override { return s_->options().socket_path; }
+  bool connected() const override { return s_->connected(); }
+  uint8_t device_status() const override { return s_->device_status(); }
+  std::string last_error() const override { return s_->last_error(); }
+  std::vector<std::pair<std::string, uint64_t>> Counters() const override { return s_->Counters(); }
+  void StopAccepting() override { s_->StopAccepting(); }
+  absl::Status Quiesce() override { return s_->Quiesce(); }
+
+ private:
+  std::unique_ptr<ShmServer> s_;
+};
+
+absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io, AttachSpec& spec,
+                                                          std::shared_ptr<VirtioDevice> dev) {
+  Options& o = spec.options;
+  if (spec.transport == "shm") {
+    ShmServerOptions so;
+    auto path = o.String("path");
+    auto poll = o.Bool("poll", false);
+    if (!path.ok()) return path.status();
+    if (!poll.ok()) return poll.status();
+    if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+    so.socket_path = *path;
+    so.poll = *poll;
+    so.name = absl::StrCat(spec.device, "@shm");
+    auto s = ShmServer::Create(io, std::move(dev), so);
+    if (!s.ok()) return absl::Status(s.status().code(), absl::StrCat(o.origin(), ": ", s.status().message()));
+    return std::unique_ptr<Attachment>(new ShmAttachment(std::move(*s)));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(o.origin(), ": unknown transport '", spec.transport, "' (this vios serves: shm)"));
+}
+
+std::string StatusBits(uint8_t s) {
+  if (s == 0) return "reset";
+  std::string out;
+  auto add = [&](uint8_t bit, const char* name) {
+    if (s & bit) absl::StrAppend(&out, out.empty() ? "" : "|", name);
+  };
+  add(status::kAcknowledge, "ACK");
+  add(status::kDriver, "DRIVER");
+  add(status::kFeaturesOk, "FEATURES_OK");
+  add(status::kDriverOk, "DRIVER_OK");
+  add(status::kDeviceNeedsReset, "NEEDS_RESET");
+  add(status::kFailed, "FAILED");
+  return out;
+}
+
+}  // namespace
+
+struct Server::Control {
+  asio::local::stream_protocol::acceptor acceptor;
+  std::string path;
+  explicit Control(asio::io_context& io) : acceptor(io) {}
+};
+
+Server::Server(asio::io_context& io) : io_(io) {}
+
+Server::~Server() {
+  if (control_) {
+    boost::system::error_code ec;
+    control_->acceptor.close(ec);
+    ::unlink(control_->path.c_str());
+  }
+  // Attachments first (they reset the devices), then the devices.
+  for (auto& [id, e] : devices_) e.attachment.reset();
+  devices_.clear();
+}
+
+absl::Status Server::AddDevice(DeviceSpec spec) {
+  if (devices_.count(spec.id))
+    return absl::AlreadyExistsError(absl::StrCat(spec.options.origin(), ": device id '", spec.id, "' already exists"));
+  auto dev = MakeDevice(spec);
+  if (!dev.ok()) return dev.status();
+  VIOPORT_LOG(kInfo, "device ", spec.id, ": ", spec.type, " created");
+  const std::string id = spec.id;
+  devices_[id] = Entry{std::move(spec), std::move(*dev), nullptr};
+  return absl::OkStatus();
+}
+
+absl::Status Server::Attach(AttachSpec spec) {
+  auto it = devices_.find(spec.device);
+  if (it == devices_.end())
+    return absl::NotFoundError(absl::StrCat(spec.options.origin(), ": no device with id '", spec.device, "'"));
+  if (it->second.attachment)
+    return absl::AlreadyExistsError(absl::StrCat(spec.options.origin(), ": device '", spec.device,
+                                                 "' is already attached (a device has one driver)"));
+  auto a = MakeAttachment(io_, spec, it->second.device);
+  if (!a.ok()) return a.status();
+  it->second.attachment = std::move(*a);
+  return absl::OkStatus();
+}
+
+absl::Status Server::Remove(const std::string& id) {
+  auto it = devices_.find(id);
+  if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
+  it->second.attachment.reset();  // drops the guest: the device is reset first
+  devices_.erase(it);
+  VIOPORT_LOG(kInfo, "device ", id, ": removed");
+  return absl::OkStatus();
+}
+
+std::string Server::List() const {
+  std::string out = absl::StrFormat("%-10s %-8s %-10s %-44s %-10s %s\n", "ID", "TYPE", "TRANSPORT", "WHERE", "GUEST",
+                                    "STATUS");
+  for (const auto& [id, e] : devices_) {
+    const Attachment* a = e.attachment.get();
+    absl::StrAppendFormat(&out, "%-10s %-8s %-10s %-44s %-10s %s\n", id, e.spec.type, a ? a->transport() : "-",
+                          a ? a->where() : "-", a ? (a->connected() ? "connected" : "waiting") : "-",
+                          a ? StatusBits(a->device_status()) : "-");
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> Server::Stats(const std::string& id) const {
+  auto it = devices_.find(id);
+  if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
+  std::vector<std::pair<std::string, uint64_t>> c;
+  it->second.device->AppendCounters(&c);
+  std::string out;
+  for (const auto& [k, v] : c) absl::StrAppend(&out, id, ".", k, " ", v, "\n");
+  if (const Attachment* a = it->second.attachment.get()) {
+    for (const auto& [k, v] : a->Counters()) absl::StrAppend(&out, id, ".", a->transport(), ".", k, " ", v, "\n");
+    const std::string err = a->last_error();
+    if (!err.empty()) absl::StrAppend(&out, id, ".last_error ", err, "\n");
+  }
+  return out;
+}
+
+std::string Server::Execute(const std::string& line) {
+  std::vector<std::string> words = absl::StrSplit(absl::StripAsciiWhitespace(line), ' ', absl::SkipEmpty());
+  auto done = [](const absl::Status& s, std::string body = "") {
+    if (!s.ok()) return absl::StrCat(body, "error: ", s.message(), "\n");
+    return absl::StrCat(body, "ok\n");
+  };
+  if (words.empty()) return done(absl::InvalidArgumentError("empty command"));
+  const std::string& cmd = words[0];
+  if (cmd == "list" && words.size() == 1) return done(absl::OkStatus(), List());
+  if (cmd == "stats" && words.size() <= 2) {
+    if (words.size() == 2) {
+      auto s = Stats(words[1]);
+      return s.ok() ? done(absl::OkStatus(), *s) : done(s.status());
+    }
+    std::string all;
+    for (const auto& [id, e] : devices_) all += *Stats(id);
+    return done(absl::OkStatus(), all);
+  }
+  if (cmd == "add" && words.size() == 2) {
+    auto d = ParseDevice(words[1]);
+    return done(d.ok() ? AddDevice(std::move(*d)) : d.status());
+  }
+  if (cmd == "attach" && words.size() == 2) {
+    auto a = ParseAttach(words[1]);
+    return done(a.ok() ? Attach(std::move(*a)) : a.status());
+  }
+  if (cmd == "remove" && words.size() == 2) return done(Remove(words[1]));
+  return done(absl::InvalidArgumentError(
+      absl::StrCat("unknown command '", line, "' (list, stats [ID], add DEVICE-SPEC, attach ATTACH-SPEC, remove ID)")));
+}
+
+absl::Status Server::ListenControl(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return absl::AlreadyExistsError(absl::StrCat("--control ", path, ": exists and is not a socket"));
+    ::unlink(path.c_str());
+  }
+  control_ = std::make_unique<Control>(io_);
+  control_->path = path;
+  boost::system::error_code ec;
+  control_->acceptor.open(asio::local::stream_protocol(), ec);
+  if (!ec) control_->acceptor.bind(asio::local::stream_protocol::endpoint(path), ec);
+  if (!ec) control_->acceptor.listen(8, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("--control ", path, ": ", ec.message()));
+  ::chmod(path.c_str(), 0600);
+  AcceptControl();
+  return absl::OkStatus();
+}
+
+namespace {
+struct Session : std::enable_shared_from_this<Session> {
+  asio::local::stream_protocol::socket sock;
+  asio::streambuf in{4096};  // a command line is short; longer is refused
+  std::string out;
+  explicit Session(asio::local::stream_protocol::socket s) : sock(std::move(s)) {}
+};
+}  // namespace
+
+void Server::AcceptControl() {
+  control_->acceptor.async_accept([this](const boost::system::error_code& ec, asio::local::stream_protocol::socket sock) {
+    if (ec == asio::error::operation_aborted) return;
+    if (!ec) {
+      auto s = std::make_shared<Session>(std::move(sock));
+      asio::async_read_until(s->sock, s->in, '\n', [this, s](const boost::system::error_code& rec, size_t n) {
+        if (rec) {
+          if (rec != asio::error::not_found) return;
+          s->out = "error: command too long\n";
+        } else {
+          std::string line(asio::buffers_begin(s->in.data()), asio::buffers_begin(s->in.data()) + n);
+          s->out = Execute(line);
+        }
+        asio::async_write(s->sock, asio::buffer(s->out), [s](const boost::system::error_code&, size_t) {
+          boost::system::error_code ignored;
+          s->sock.shutdown(asio::socket_base::shutdown_both, ignored);
+        });
+      });
+    }
+    if (control_->acceptor.is_open()) AcceptControl();
+  });
+}
+
+absl::Status Server::Shutdown() {
+  if (control_) {
+    boost::system::error_code ec;
+    control_->acceptor.close(ec);
+  }
+  for (auto& [id, e] : devices_)
+    if (e.attachment) e.attachment->StopAccepting();
+  absl::Status result = absl::OkStatus();
+  for (auto& [id, e] : devices_) {
+    absl::Status s = e.attachment ? e.attachment->Quiesce() : e.device->Quiesce();
+    if (!s.ok()) {
+      VIOPORT_LOG(kError, "device ", id, ": ", s.message());
+      result.Update(s);
+    }
+  }
+  return result;
+}
+
+}  // namespace vioport::vios
