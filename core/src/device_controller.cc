@@ -26,6 +26,7 @@ DeviceController::~DeviceController() {
 
 void DeviceController::DoReset() {
   if (active_) {
+    active_queues_.clear();
     ActivateContext back = device_->Reset();  // the device stops touching memory here
     active_ = false;
   }
@@ -57,6 +58,7 @@ absl::Status DeviceController::SetStatus(uint8_t s) {
   if (added & status::kFailed) {
     // The driver gave up: stop the device, keep the status for the driver to see.
     if (active_) {
+      active_queues_.clear();
       device_->Reset();
       active_ = false;
     }
@@ -198,9 +200,12 @@ absl::Status DeviceController::Activate() {
     if (e != RingError::kNone) return RingErrorStatus(e, i);
     if (polled_) ctx.queues[i]->SetPolled(true);
   }
+  std::vector<const DeviceQueue*> queues;
+  for (const auto& q : ctx.queues) queues.push_back(q.get());
   absl::Status st = device_->Activate(std::move(ctx));
   if (!st.ok()) return st;
   active_ = true;
+  active_queues_ = std::move(queues);
   counters_.activations++;
   return absl::OkStatus();
 }

@@ -102,8 +102,11 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     ShmServerOptions so;
     auto path = o.String("path");
     auto poll = o.Bool("poll", false);
+    auto spin = o.Uint("spin-us", 20, 0, 1000);
     if (!path.ok()) return path.status();
     if (!poll.ok()) return poll.status();
+    if (!spin.ok()) return spin.status();
+    so.spin_us = static_cast<uint32_t>(*spin);
     if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
     so.socket_path = *path;
     so.poll = *poll;

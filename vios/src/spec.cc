@@ -21,10 +21,12 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
       console,id=ID,socket=PATH        host side on a Unix socket (one client)
       console,id=ID,stdio=on           host side on vios's own stdin/stdout
   --attach ID,transport=T[,KEY=VALUE...]  serve device ID to a guest
-      ID,transport=shm,path=SOCKET[,poll=on]
+      ID,transport=shm,path=SOCKET[,poll=on][,spin-us=N]
                                         hypervisor-less virtio-mmio over shared
                                         memory; poll=on busy-polls the rings on
-                                        a dedicated thread (costs a core)
+                                        a dedicated thread (costs a core);
+                                        spin-us: keep serving N us past the last
+                                        request before sleeping (default 20)
   --config FILE        the same in TOML: [[device]] and [[attach]] tables with
                        the keys above (type/id, device/transport), plus
                        top-level control = "PATH" and log-level = "LEVEL"

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <chrono>
 #include <future>
 
 #include "absl/strings/str_cat.h"
@@ -128,6 +129,7 @@ struct ShmConnection : std::enable_shared_from_this<ShmConnection> {
   absl::Status Hello(shm::ReceivedMsg& m);
   void WatchKick(uint16_t q);
   void WatchEvents();
+  void SpinWhileBusy();
   void PublishMirror();
   void Close(const std::string& why, bool tell_guest);
   void Teardown();
@@ -484,9 +486,36 @@ void ShmConnection::WatchKick(uint16_t q) {
                               Drain(self->kick[q].fd);
                               self->srv->kicks++;
                               self->ctl->NotifyQueue(q);
+                              self->SpinWhileBusy();
                               self->srv->self->status_.store(self->ctl->status(), std::memory_order_release);
                               if (!self->closed) self->WatchKick(q);
                             });
+}
+
+void ShmConnection::SpinWhileBusy() {
+  const uint32_t spin = srv->self->opts_.spin_us;
+  if (!spin || !ctl) return;
+  using Clock = std::chrono::steady_clock;
+  const auto window = std::chrono::microseconds(spin);
+  const auto start = Clock::now();
+  auto idle_until = start + window;
+  const auto hard_stop = start + 20 * window;
+  VirtioDevice& dev = *srv->device;
+  const uint16_t nq = ctl->num_queues();
+  for (;;) {
+    if (!ctl->running() || (ctl->status() & status::kDeviceNeedsReset)) return;
+    bool progress = dev.ProcessEvents();
+    for (uint16_t i = 0; i < nq; ++i) {
+      const DeviceQueue* q = ctl->active_queue(i);
+      if (!q) continue;
+      const uint64_t before = q->counters().popped;
+      dev.QueueNotify(i);
+      progress |= q->counters().popped != before || q->in_flight() != 0;
+    }
+    const auto now = Clock::now();
+    if (progress) idle_until = now + window;
+    if (now >= idle_until || now >= hard_stop) return;
+  }
 }
 
 void ShmConnection::WatchEvents() {
@@ -496,7 +525,7 @@ void ShmConnection::WatchEvents() {
   event_watch->async_wait(asio::posix::stream_descriptor::wait_read,
                           [self = shared_from_this()](const boost::system::error_code& ec) {
                             if (ec || self->closed) return;
-                            self->srv->device->ProcessEvents();
+                            if (self->srv->device->ProcessEvents()) self->SpinWhileBusy();
                             if (!self->closed) self->WatchEvents();
                           });
 }

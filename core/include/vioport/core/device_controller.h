@@ -96,6 +96,12 @@ class DeviceController {
   // (e.g. vhost-user, which owns ring state across reconnects) can use it.
   QueueErrorHandler MakeQueueErrorHandler();
   bool running() const { return active_; }
+  // The device's queue n while running (null otherwise or if not enabled),
+  // for a transport that watches progress (e.g. to spin while work flows).
+  // Same thread as the device only.
+  const DeviceQueue* active_queue(uint16_t q) const {
+    return q < active_queues_.size() ? active_queues_[q] : nullptr;
+  }
   const std::string& last_error() const { return last_error_; }
   const ControllerCounters& counters() const { return counters_; }
 
@@ -114,6 +120,7 @@ class DeviceController {
   std::vector<QueueSetup> queues_;
   bool active_ = false;
   bool polled_ = false;
+  std::vector<const DeviceQueue*> active_queues_;
   RingByteOrder legacy_order_ = RingByteOrder::kLittle;
   absl::Mutex error_mu_;
   std::string last_error_;
