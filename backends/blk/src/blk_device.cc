@@ -1,0 +1,358 @@
+// BlkDevice lifecycle and I/O plumbing: opening the backing file, config
+// space, activation and reset, the per-queue pop loop and the io_uring rings.
+// What each request does is in blk_request.cc.
+#include "vioport/backends/blk_device.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "blk_queue.h"
+#include "vioport/core/log.h"
+
+namespace vioport {
+namespace {
+
+// Largest DISCARD / WRITE_ZEROES range per request: 2 GiB.
+constexpr uint32_t kMaxDiscardSectors = 1u << 22;
+constexpr uint32_t kMaxWriteZeroesSectors = 1u << 22;
+// 4 KiB: the granularity at which file systems can free blocks.
+constexpr uint32_t kDiscardSectorAlignment = 8;
+constexpr size_t kZeroBufferBytes = 64 << 10;
+
+absl::Status ErrnoError(int err, absl::string_view what, absl::string_view path) {
+  return absl::ErrnoToStatus(err, absl::StrCat("blk: ", what, " ", path));
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<BlkDevice>> BlkDevice::Open(const BlkOptions& options) {
+  BlkOptions o = options;
+  if (o.path.empty()) return absl::InvalidArgumentError("blk: no backing file path");
+  if (o.num_queues == 0 || o.num_queues > 256)
+    return absl::InvalidArgumentError(absl::StrCat("blk: num_queues ", o.num_queues, " outside 1..256"));
+  if (o.queue_size == 0 || o.queue_size > kMaxQueueSize)
+    return absl::InvalidArgumentError(absl::StrCat("blk: queue_size ", o.queue_size, " outside 1..", kMaxQueueSize));
+  if (o.serial.size() > blk::kIdBytes)
+    return absl::InvalidArgumentError(
+        absl::StrCat("blk: serial \"", o.serial, "\" is longer than ", blk::kIdBytes, " bytes"));
+  if (o.serial.empty()) {
+    const size_t slash = o.path.find_last_of('/');
+    o.serial = slash == std::string::npos ? o.path : o.path.substr(slash + 1);
+    if (o.serial.size() > blk::kIdBytes) o.serial.resize(blk::kIdBytes);
+  }
+
+  const int fd = ::open(o.path.c_str(), (o.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(errno, o.read_only ? "cannot open (read-only)" : "cannot open", o.path);
+  struct stat st;
+  uint64_t bytes = 0;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError(err, "cannot stat", o.path);
+  }
+  if (S_ISREG(st.st_mode)) {
+    bytes = static_cast<uint64_t>(st.st_size);
+  } else if (S_ISBLK(st.st_mode)) {
+    if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) {
+      const int err = errno;
+      ::close(fd);
+      return ErrnoError(err, "BLKGETSIZE64 failed on", o.path);
+    }
+  } else {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat("blk: ", o.path, " is neither a regular file nor a block device"));
+  }
+  if (bytes % blk::kSectorSize)
+    VIOPORT_LOG(kWarning, "blk: ", o.path, " is ", bytes, " bytes; the last ", bytes % blk::kSectorSize,
+                " bytes (a partial sector) are not exposed");
+  std::shared_ptr<BlkDevice> dev(new BlkDevice(o, fd, bytes & ~uint64_t{blk::kSectorSize - 1}));
+  if (absl::Status s = dev->InitRings(); !s.ok()) return s;
+  return dev;
+}
+
+BlkDevice::BlkDevice(const BlkOptions& options, int fd, uint64_t capacity_bytes)
+    : opts_(options), fd_(fd), capacity_(capacity_bytes), zeroes_(kZeroBufferBytes, 0) {
+  namespace bf = blk::feature;
+  features_ = feature::kCoreSupported | feature::Bit(bf::kBlkSize) | feature::Bit(bf::kFlush);
+  if (opts_.size_max) features_ |= feature::Bit(bf::kSizeMax);
+  if (opts_.seg_max) features_ |= feature::Bit(bf::kSegMax);
+  if (opts_.num_queues > 1) features_ |= feature::Bit(bf::kMq);
+  if (opts_.read_only) {
+    features_ |= feature::Bit(bf::kRo);
+  } else {
+    features_ |= feature::Bit(bf::kDiscard) | feature::Bit(bf::kWriteZeroes);
+  }
+  config_.capacity = capacity_ >> blk::kSectorShift;
+  config_.size_max = opts_.size_max;
+  config_.seg_max = opts_.seg_max;
+  config_.blk_size = blk::kSectorSize;
+  config_.num_queues = opts_.num_queues;
+  config_.max_discard_sectors = kMaxDiscardSectors;
+  config_.max_discard_seg = 1;
+  config_.discard_sector_alignment = kDiscardSectorAlignment;
+  config_.max_write_zeroes_sectors = kMaxWriteZeroesSectors;
+  config_.max_write_zeroes_seg = 1;
+  config_.write_zeroes_may_unmap = 1;
+  for (uint16_t i = 0; i < opts_.num_queues; ++i) queues_.push_back(std::make_unique<Queue>(i));
+}
+
+BlkDevice::~BlkDevice() {
+  {
+    absl::MutexLock l(&mu_);
+    // Normally the controller reset us already; never leave I/O aimed at guest memory.
+    for (auto& q : queues_)
+      if (q->vq) WaitIdle(*q, /*drop=*/true);
+  }
+  queues_.clear();  // io_uring_queue_exit
+  if (event_fd_ >= 0) ::close(event_fd_);
+  ::close(fd_);
+}
+
+absl::Status BlkDevice::InitRings() {
+  event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (event_fd_ < 0) return ErrnoError(errno, "eventfd for", opts_.path);
+  for (auto& q : queues_) {
+    // One SQE per request at a time and at most queue_size requests, so the
+    // rings never fill (the CQ is twice the SQ).
+    io_uring_params p{};
+    p.flags = IORING_SETUP_SUBMIT_ALL;
+    int ret = io_uring_queue_init_params(opts_.queue_size, &q->ring, &p);
+    if (ret == -EINVAL) {  // kernels before 5.18
+      p = io_uring_params{};
+      ret = io_uring_queue_init_params(opts_.queue_size, &q->ring, &p);
+    }
+    if (ret < 0) return ErrnoError(-ret, absl::StrCat("io_uring set-up for queue ", q->index, " of"), opts_.path);
+    q->ring_ready = true;
+    ret = io_uring_register_eventfd(&q->ring, event_fd_);
+    if (ret < 0) return ErrnoError(-ret, "io_uring eventfd registration for", opts_.path);
+  }
+  return absl::OkStatus();
+}
+
+void BlkDevice::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
+  std::memcpy(out.data(), reinterpret_cast<const uint8_t*>(&config_) + offset, out.size());
+}
+
+absl::Status BlkDevice::Activate(ActivateContext ctx) {
+  absl::MutexLock l(&mu_);
+  if (active_) return absl::FailedPreconditionError("blk: activated twice");
+  bool any = false;
+  for (const auto& q : ctx.queues) any |= q != nullptr;
+  if (!any) return absl::FailedPreconditionError("blk: no request queue enabled");
+  if (ctx.queues.size() > queues_.size())
+    return absl::InvalidArgumentError(absl::StrCat("blk: ", ctx.queues.size(), " queues for a device with ",
+                                                   queues_.size()));
+  ctx_ = std::move(ctx);
+  for (auto& qp : queues_) {
+    Queue& q = *qp;
+    q.vq = q.index < ctx_.queues.size() ? ctx_.queues[q.index].get() : nullptr;
+    if (!q.vq) continue;
+    // At most one request per ring entry can be in flight (a slot per entry).
+    const uint32_t slots = std::min<uint32_t>(q.vq->size(), opts_.queue_size);
+    if (q.reqs.size() < slots) q.reqs.resize(slots);
+    q.free.clear();
+    q.free.reserve(slots);
+    for (uint32_t i = slots; i-- > 0;) q.free.push_back(static_cast<uint16_t>(i));
+    q.parked_flushes.clear();
+    q.parked_flushes.reserve(slots);
+    q.io_in_flight = q.writes_in_flight = 0;
+    q.next_seq = 0;
+    q.stalled = q.publish = false;
+  }
+  active_ = true;
+  return absl::OkStatus();
+}
+
+ActivateContext BlkDevice::Reset() {
+  absl::MutexLock l(&mu_);
+  for (auto& qp : queues_) {
+    Queue& q = *qp;
+    if (!q.vq) continue;
+    // The driver reset: wait for the kernel to finish with guest memory, then
+    // drop every request (its chain belongs to a ring that is going away).
+    WaitIdle(q, /*drop=*/true);
+    for (Request& r : q.reqs) {
+      if (!r.in_use) continue;
+      r.chain = DescriptorChain();
+      r.in_use = false;
+      r.op = Request::Op::kNone;
+    }
+    q.parked_flushes.clear();
+    q.vq = nullptr;
+  }
+  active_ = false;
+  ActivateContext out = std::move(ctx_);
+  ctx_ = ActivateContext{};
+  return out;
+}
+
+void BlkDevice::QueueNotify(uint16_t queue) {
+  absl::MutexLock l(&mu_);
+  if (!active_ || queue >= queues_.size() || !queues_[queue]->vq) return;
+  Drain(*queues_[queue]);
+}
+
+void BlkDevice::Drain(Queue& q) {
+  DeviceQueue& vq = *q.vq;
+  if (vq.broken()) return;
+  // Suppress kicks while draining; re-enable and re-check at the end.
+  vq.DisableNotifications();
+  for (;;) {
+    PopStatus st = PopStatus::kEmpty;
+    q.stalled = false;
+    for (;;) {
+      if (q.free.empty()) {  // every slot busy: resume when one completes
+        q.stalled = true;
+        break;
+      }
+      Request& r = q.reqs[q.free.back()];
+      st = vq.Pop(r.chain);
+      if (st != PopStatus::kChain) break;
+      q.free.pop_back();
+      r.in_use = true;
+      r.seq = q.next_seq++;
+      Start(q, r);
+      if (vq.broken()) {
+        st = PopStatus::kError;
+        break;
+      }
+    }
+    // One submission for the batch, then whatever already completed (page
+    // cache hits complete inline) goes back to the driver right away.
+    SubmitPending(q);
+    Reap(q, /*drop=*/false);
+    PublishIfNeeded(q);
+    if (st == PopStatus::kError || q.stalled || !vq.EnableNotifications()) break;
+    vq.DisableNotifications();
+  }
+}
+
+bool BlkDevice::ProcessEvents() {
+  absl::MutexLock l(&mu_);
+  uint64_t v;
+  while (::read(event_fd_, &v, sizeof v) == sizeof v) {
+  }
+  if (!active_) return false;
+  bool did = false;
+  for (auto& qp : queues_) {
+    Queue& q = *qp;
+    if (!q.vq) continue;
+    did |= Reap(q, /*drop=*/false);
+    PublishIfNeeded(q);
+    if (q.stalled && !q.free.empty()) Drain(q);
+  }
+  return did;
+}
+
+absl::Status BlkDevice::Quiesce() {
+  absl::MutexLock l(&mu_);
+  for (auto& qp : queues_) {
+    Queue& q = *qp;
+    if (!q.vq) continue;
+    WaitIdle(q, /*drop=*/false);
+    PublishIfNeeded(q);
+    // A queue that stopped popping for want of slots has notifications off:
+    // serve what it holds now, or nothing would wake it again.
+    for (int round = 0; round < 4 && q.stalled && !q.vq->broken(); ++round) {
+      Drain(q);
+      WaitIdle(q, /*drop=*/false);
+      PublishIfNeeded(q);
+    }
+  }
+  if (!opts_.read_only && ::fdatasync(fd_) != 0) return ErrnoError(errno, "fdatasync failed on", opts_.path);
+  return absl::OkStatus();
+}
+
+io_uring_sqe* BlkDevice::GetSqe(Queue& q) {
+  io_uring_sqe* sqe = io_uring_get_sqe(&q.ring);
+  if (!sqe) {  // not expected (one SQE per slot); make room and retry once
+    SubmitPending(q);
+    sqe = io_uring_get_sqe(&q.ring);
+  }
+  return sqe;
+}
+
+void BlkDevice::SubmitPending(Queue& q) {
+  for (int attempt = 0; attempt < 8 && io_uring_sq_ready(&q.ring) > 0; ++attempt) {
+    const int ret = io_uring_submit(&q.ring);
+    if (ret >= 0 || ret == -EINTR) continue;
+    // EAGAIN / EBUSY: the SQEs stay queued and go with the next submission.
+    LogIoError("io_uring_submit", -ret);
+    break;
+  }
+}
+
+bool BlkDevice::Reap(Queue& q, bool drop) {
+  bool did = false;
+  for (;;) {
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&q.ring, head, cqe) {
+      ++seen;
+      const uint64_t idx = io_uring_cqe_get_data64(cqe);
+      if (idx >= q.reqs.size() || !q.reqs[idx].in_use) {
+        VIOPORT_LOG(kError, "blk: ", opts_.path, ": completion for idle slot ", idx, " of queue ", q.index);
+        continue;
+      }
+      OnCompletion(q, q.reqs[idx], cqe->res, drop);
+    }
+    if (seen == 0) break;
+    io_uring_cq_advance(&q.ring, seen);
+    did = true;
+    SubmitPending(q);  // continuations (short transfers, released flushes, fallbacks)
+  }
+  return did;
+}
+
+void BlkDevice::WaitIdle(Queue& q, bool drop) {
+  while (q.io_in_flight > 0) {
+    const int ret = io_uring_submit_and_wait(&q.ring, 1);
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+      LogIoError("io_uring_submit_and_wait", -ret);
+      break;
+    }
+    Reap(q, drop);
+  }
+}
+
+void BlkDevice::PublishIfNeeded(Queue& q) {
+  if (!q.publish) return;
+  q.publish = false;
+  if (q.vq->Publish() && ctx_.interrupt) ctx_.interrupt->QueueInterrupt(q.index);
+}
+
+void BlkDevice::LogIoError(const char* what, int err) {
+  // Bounded: a failing disk must not flood the log.
+  if (io_errors_logged_++ >= 16) return;
+  char buf[128];
+  VIOPORT_LOG(kWarning, "blk: ", opts_.path, ": ", what, ": ", strerror_r(err, buf, sizeof buf));
+}
+
+void BlkDevice::AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const {
+  auto add = [out](const char* name, const std::atomic<uint64_t>& v) {
+    out->emplace_back(name, v.load(std::memory_order_relaxed));
+  };
+  add("reads", counters_.reads);
+  add("writes", counters_.writes);
+  add("flushes", counters_.flushes);
+  add("discards", counters_.discards);
+  add("write_zeroes", counters_.write_zeroes);
+  add("get_ids", counters_.get_ids);
+  add("unsupported", counters_.unsupported);
+  add("bytes_read", counters_.bytes_read);
+  add("bytes_written", counters_.bytes_written);
+  add("errors", counters_.errors);
+  add("bad_requests", counters_.bad_requests);
+}
+
+}  // namespace vioport
