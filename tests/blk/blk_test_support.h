@@ -102,7 +102,7 @@ struct Mode {
 
 inline std::string ModeString(const Mode& m) {
   return std::string(m.packed ? "Packed" : "Split") + (m.indirect ? "Indirect" : "") + (m.event_idx ? "EventIdx" : "") +
-         (m.copy_only ? "CopyOnly" : "Mapped");
+         (m.copy_only ? "CopyOnly" : "Mapped") + (m.indirect ? "InlineIo" : "IoUring");
 }
 inline std::string ModeName(const ::testing::TestParamInfo<Mode>& i) { return ModeString(i.param); }
 inline void PrintTo(const Mode& m, std::ostream* os) { *os << ModeString(m); }
@@ -130,6 +130,10 @@ struct Rig {
   // Opens the device with `bo` (path filled in) and initialises the driver.
   void Boot(BlkOptions bo = {}, Mode mode = {}, BlkDriverOptions dopt = {}) {
     bo.path = file.path();
+    // Both I/O paths run in every suite: modes with the ring extras
+    // (indirect + event idx) issue reads and writes inline, the others
+    // through io_uring.
+    if (bo.io == BlkOptions::Io::kAuto) bo.io = mode.indirect ? BlkOptions::Io::kInline : BlkOptions::Io::kIoUring;
     auto d = BlkDevice::Open(bo);
     ASSERT_TRUE(d.ok()) << d.status();
     dev = *d;

@@ -35,6 +35,12 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec) {
     auto serial = o.String("serial", "");
     auto seg = o.Uint("seg-max", 126, 1, 1024);
     auto size_max = o.Uint("size-max", 1 << 20, 4096, 1u << 31);
+    auto aio = o.String("aio", "auto");
+    if (!aio.ok()) return aio.status();
+    if (*aio == "auto") b.io = BlkOptions::Io::kAuto;
+    else if (*aio == "io_uring") b.io = BlkOptions::Io::kIoUring;
+    else if (*aio == "inline") b.io = BlkOptions::Io::kInline;
+    else return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": option 'aio=", *aio, "' is not auto, io_uring or inline"));
     for (const absl::Status& s : {path.status(), ro.status(), nq.status(), qs.status(), serial.status(), seg.status(),
                                   size_max.status()})
       if (!s.ok()) return s;

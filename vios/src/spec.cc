@@ -17,6 +17,9 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
   --device TYPE,id=ID[,KEY=VALUE...]   create a device
       blk,id=ID,path=FILE[,readonly=on][,num-queues=N][,queue-size=N][,serial=S]
                                         [,seg-max=N][,size-max=BYTES]
+                                        [,aio=auto|io_uring|inline]
+          aio: io_uring, or preadv/pwritev on the loop thread; auto (default)
+          is inline for files in memory (tmpfs), io_uring for the rest
       rng,id=ID
       console,id=ID,socket=PATH        host side on a Unix socket (one client)
       console,id=ID,stdio=on           host side on vios's own stdin/stdout

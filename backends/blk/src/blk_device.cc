@@ -7,7 +7,9 @@
 #include <linux/fs.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -75,6 +77,10 @@ absl::StatusOr<std::shared_ptr<BlkDevice>> BlkDevice::Open(const BlkOptions& opt
     VIOPORT_LOG(kWarning, "blk: ", o.path, " is ", bytes, " bytes; the last ", bytes % blk::kSectorSize,
                 " bytes (a partial sector) are not exposed");
   std::shared_ptr<BlkDevice> dev(new BlkDevice(o, fd, bytes & ~uint64_t{blk::kSectorSize - 1}));
+  struct statfs fs;
+  const bool in_memory = S_ISREG(st.st_mode) && ::fstatfs(fd, &fs) == 0 &&
+                         (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);
+  dev->inline_io_ = o.io == BlkOptions::Io::kInline || (o.io == BlkOptions::Io::kAuto && in_memory);
   if (absl::Status s = dev->InitRings(); !s.ok()) return s;
   return dev;
 }
@@ -282,6 +288,7 @@ io_uring_sqe* BlkDevice::GetSqe(Queue& q) {
 }
 
 void BlkDevice::SubmitPending(Queue& q) {
+  RunInline(q, /*drop=*/false);
   for (int attempt = 0; attempt < 8 && io_uring_sq_ready(&q.ring) > 0; ++attempt) {
     const int ret = io_uring_submit(&q.ring);
     if (ret >= 0 || ret == -EINTR) continue;
@@ -315,6 +322,7 @@ bool BlkDevice::Reap(Queue& q, bool drop) {
 }
 
 void BlkDevice::WaitIdle(Queue& q, bool drop) {
+  RunInline(q, drop);
   while (q.io_in_flight > 0) {
     const int ret = io_uring_submit_and_wait(&q.ring, 1);
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {

@@ -57,6 +57,8 @@ struct BlkDevice::Queue {
   std::vector<Request> reqs;
   std::vector<uint16_t> free;            // indices into reqs
   std::vector<uint16_t> parked_flushes;  // flushes waiting for earlier writes, in pop order
+  std::vector<uint16_t> inline_pending;  // inline reads/writes to run (BlkOptions::Io)
+  bool running_inline = false;           // RunInline is on the stack: do not re-enter
   uint32_t io_in_flight = 0;             // requests with an SQE queued or submitted
   uint32_t writes_in_flight = 0;         // of those (and parked ones excluded): write-type
   uint64_t next_seq = 0;

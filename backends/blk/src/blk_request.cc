@@ -3,8 +3,11 @@
 // status byte. Shared by every transport; blk_device.cc drives it.
 #include <linux/falloc.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 
 #include "blk_queue.h"
 #include "vioport/core/log.h"
@@ -165,6 +168,12 @@ void BlkDevice::Submit(Queue& q, Request& r) {
     r.iov.assign(1, iovec{r.bounce.data(), n});
     r.iov_first = 0;
   }
+  if (inline_io_ && (r.op == Request::Op::kRead || r.op == Request::Op::kWrite || r.op == Request::Op::kZeroFill)) {
+    if (r.op == Request::Op::kZeroFill) BuildZeroIov(r);
+    q.inline_pending.push_back(q.IndexOf(r));
+    q.io_in_flight++;
+    return;
+  }
   io_uring_sqe* sqe = GetSqe(q);
   if (!sqe) {
     LogIoError("io_uring_get_sqe", EBUSY);
@@ -182,13 +191,7 @@ void BlkDevice::Submit(Queue& q, Request& r) {
       break;
     }
     case Request::Op::kZeroFill: {
-      r.iov.clear();
-      uint64_t left = r.remaining;
-      while (left > 0 && r.iov.size() < kZeroIovs) {
-        const size_t n = std::min<uint64_t>(left, zeroes_.size());
-        r.iov.push_back({zeroes_.data(), n});
-        left -= n;
-      }
+      BuildZeroIov(r);
       io_uring_prep_writev(sqe, fd_, r.iov.data(), static_cast<unsigned>(r.iov.size()), r.offset);
       break;
     }
@@ -210,6 +213,41 @@ void BlkDevice::Submit(Queue& q, Request& r) {
   }
   io_uring_sqe_set_data64(sqe, q.IndexOf(r));
   q.io_in_flight++;
+}
+
+void BlkDevice::BuildZeroIov(Request& r) {
+  r.iov.clear();
+  r.iov_first = 0;
+  uint64_t left = r.remaining;
+  while (left > 0 && r.iov.size() < kZeroIovs) {
+    const size_t n = std::min<uint64_t>(left, zeroes_.size());
+    r.iov.push_back({zeroes_.data(), n});
+    left -= n;
+  }
+}
+
+void BlkDevice::RunInline(Queue& q, bool drop) {
+  // Iterative: a completion may queue the request's next step (a short
+  // transfer's rest, the next bounce step) at the back of the list.
+  if (q.running_inline) return;
+  q.running_inline = true;
+  for (size_t i = 0; i < q.inline_pending.size(); ++i) {
+    Request& r = q.reqs[q.inline_pending[i]];
+    int res = -ECANCELED;
+    if (!drop) {
+      const iovec* iov = r.iov.data() + r.iov_first;
+      const int n = static_cast<int>(std::min<size_t>(r.iov.size() - r.iov_first, IOV_MAX));
+      ssize_t got;
+      do {
+        got = r.op == Request::Op::kRead ? ::preadv(fd_, iov, n, static_cast<off_t>(r.offset))
+                                         : ::pwritev(fd_, iov, n, static_cast<off_t>(r.offset));
+      } while (got < 0 && errno == EINTR);
+      res = got < 0 ? -errno : static_cast<int>(std::min<ssize_t>(got, INT32_MAX));
+    }
+    OnCompletion(q, r, res, drop);
+  }
+  q.inline_pending.clear();
+  q.running_inline = false;
 }
 
 void BlkDevice::OnCompletion(Queue& q, Request& r, int res, bool drop) {

@@ -55,7 +55,7 @@ void LoopbackTransport::Notify(uint16_t q, uint32_t data) {
 }
 
 bool LoopbackTransport::WaitForInterrupt(uint16_t, absl::Duration timeout) {
-  auto seen = [&] { return irq_->queue.load() + irq_->config.load() != irq_seen_; };
+  auto seen = [&] { return irq_->queue.load() + irq_->config.load() != irq_seen_.load(); };
   VirtioDevice& dev = ctl_->device();
   const int fd = dev.event_fd();
   if (fd >= 0 && ctl_->running()) {
@@ -66,9 +66,8 @@ bool LoopbackTransport::WaitForInterrupt(uint16_t, absl::Duration timeout) {
       if (::poll(&p, 1, ms) > 0) dev.ProcessEvents();
     }
   }
-  const bool was = seen();
-  irq_seen_ = irq_->queue.load() + irq_->config.load();
-  return was;
+  const uint64_t now = irq_->queue.load() + irq_->config.load();
+  return irq_seen_.exchange(now) != now;
 }
 
 }  // namespace vioport

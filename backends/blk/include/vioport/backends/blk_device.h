@@ -27,6 +27,15 @@ struct BlkOptions {
   std::string serial;         // GET_ID; empty: the path's basename (at most 20 bytes)
   uint32_t seg_max = 126;     // data segments per request; 0: not offered
   uint32_t size_max = 1 << 20;  // bytes per segment; 0: not offered
+  // How reads and writes are issued. kIoUring: always through io_uring.
+  // kInline: preadv/pwritev on the device thread. kAuto: inline when the
+  // file lives in memory (tmpfs, ramfs: its reads and writes are memory
+  // copies that never wait for a device, and io_uring would hand each one
+  // to a kernel worker thread because tmpfs has no non-blocking I/O),
+  // io_uring otherwise. FLUSH, DISCARD and WRITE_ZEROES ranges always use
+  // io_uring.
+  enum class Io : uint8_t { kAuto, kIoUring, kInline };
+  Io io = Io::kAuto;
 };
 
 struct BlkCounters {
@@ -62,6 +71,7 @@ class BlkDevice final : public VirtioDevice {
   void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override;
 
   uint64_t capacity_sectors() const { return capacity_ >> blk::kSectorShift; }
+  bool inline_io() const { return inline_io_; }
   const BlkOptions& options() const { return opts_; }
   const BlkCounters& counters() const { return counters_; }
 
@@ -84,6 +94,9 @@ class BlkDevice final : public VirtioDevice {
   void Submit(Queue& q, Request& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   io_uring_sqe* GetSqe(Queue& q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SubmitPending(Queue& q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs the reads and writes queued for inline I/O (or drops them on reset).
+  void RunInline(Queue& q, bool drop) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void BuildZeroIov(Request& r);
   // Reaps what the ring holds; with `drop` (reset) completions are discarded.
   bool Reap(Queue& q, bool drop) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnCompletion(Queue& q, Request& r, int res, bool drop) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -105,6 +118,7 @@ class BlkDevice final : public VirtioDevice {
   uint64_t features_ = 0;
   blk::Config config_{};
   std::vector<uint8_t> zeroes_;  // source of WRITE_ZEROES when fallocate cannot
+  bool inline_io_ = false;       // BlkOptions::io resolved at Open
 
   absl::Mutex mu_;
   ActivateContext ctx_ ABSL_GUARDED_BY(mu_);

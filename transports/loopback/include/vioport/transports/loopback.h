@@ -82,7 +82,7 @@ class LoopbackTransport final : public DriverTransport {
   std::shared_ptr<Irq> irq_;
   std::unique_ptr<DeviceController> ctl_;
   std::vector<std::string> refused_;
-  uint64_t irq_seen_ = 0;
+  std::atomic<uint64_t> irq_seen_{0};  // several guest threads may wait at once
 };
 
 }  // namespace vioport
