@@ -29,6 +29,12 @@ std::vector<std::vector<uint64_t>> VirtioDriver::Reset() {
 
 absl::Status VirtioDriver::Init(const DriverOptions& options) {
   opts_ = options;
+  if (options.device_id != 0) {
+    const uint32_t id = t_.GetDeviceId();
+    if (id != options.device_id)
+      return absl::FailedPreconditionError(absl::StrCat("the device is virtio device id ", id, ", this driver is for id ",
+                                                        options.device_id));
+  }
   Reset();
   if (t_.GetStatus() != 0) return absl::UnavailableError("device did not complete reset");
   t_.SetStatus(status::kAcknowledge);

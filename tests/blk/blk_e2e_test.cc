@@ -464,6 +464,7 @@ TEST(BlkDriverErrors, NeedsResetIsUnavailable) {
 TEST(BlkDriverErrors, TimeoutsAndUnwrittenStatus) {
   vioport::testing::EchoOptions eo;
   eo.hold = true;
+  eo.device_id = DeviceId::kBlock;  // an echo device posing as blk
   auto echo = std::make_shared<vioport::testing::EchoDevice>(eo);
   LoopbackTransport t(echo);
   BlkDriver d(t);

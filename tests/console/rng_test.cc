@@ -92,6 +92,7 @@ INSTANTIATE_TEST_SUITE_P(Rings, RngTest,
 TEST(RngDriverWaits, SilentDeviceTimesOutThenLateAnswersAreCollected) {
   testing::EchoOptions eo;
   eo.hold = true;  // pops requests and sits on them
+  eo.device_id = DeviceId::kEntropy;
   auto dev = std::make_shared<testing::EchoDevice>(eo);
   LoopbackTransport t(dev);
   RngDriver drv(t);

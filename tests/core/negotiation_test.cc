@@ -182,6 +182,7 @@ TEST(Negotiation, HostileRingSetsNeedsResetAndRecovers) {
 class Flapping final : public DriverTransport {
  public:
   Flapping(DriverTransport& inner, int flaps) : in_(inner), flaps_(flaps) {}
+  uint32_t GetDeviceId() override { return in_.GetDeviceId(); }
   uint8_t GetStatus() override { return in_.GetStatus(); }
   void SetStatus(uint8_t s) override { in_.SetStatus(s); }
   uint64_t GetDeviceFeatures() override { return in_.GetDeviceFeatures(); }

@@ -383,6 +383,10 @@ TEST_F(ViosSystem, TomlConfigControlSocketAndSigterm) {
   Proc r = Guest(Path("r0.sock"), {"rng", "--length", "64K"});
   EXPECT_EQ(r.status, 0) << r.err();
   EXPECT_EQ(Field(r.out(), "verified"), "yes");
+  // A blk driver refuses to drive an rng.
+  Proc wrong = Guest(Path("r0.sock"), {"blk", "info"});
+  EXPECT_EQ(wrong.status, 2);
+  EXPECT_NE(wrong.err().find("virtio device id 4, this driver is for id 2"), std::string::npos) << wrong.err();
   const std::string list = Ctl("list");
   EXPECT_NE(list.find("r0"), std::string::npos) << list;
   EXPECT_GE(Stat("r0", "bytes"), 65536u);

@@ -144,6 +144,7 @@ absl::Status BlkDriver::Init(const BlkDriverOptions& options) {
 
   const uint64_t ring_bits = ((uint64_t{1} << 41) - 1) & ~((uint64_t{1} << 24) - 1);
   DriverOptions d;
+  d.device_id = static_cast<uint32_t>(DeviceId::kBlock);
   d.wanted_features = (opts_.ring_features & ring_bits) | feature::Bit(bf::kSizeMax) | feature::Bit(bf::kSegMax) |
                       feature::Bit(bf::kRo) | feature::Bit(bf::kBlkSize) | feature::Bit(bf::kFlush) |
                       feature::Bit(bf::kMq) | feature::Bit(bf::kDiscard) | feature::Bit(bf::kWriteZeroes);

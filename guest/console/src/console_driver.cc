@@ -30,6 +30,7 @@ absl::Status ConsoleDriver::Init(uint64_t ring_features, WaitPolicy wait) {
   wait_ = wait;
   ready_to_use_ = false;
   DriverOptions o;
+  o.device_id = static_cast<uint32_t>(DeviceId::kConsole);
   o.wanted_features = ring_features | feature::Bit(kFeatureSize);
   o.num_queues = 2;
   o.queue_size = kQueueSize;

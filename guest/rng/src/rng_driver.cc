@@ -28,6 +28,7 @@ absl::Status RngDriver::Init(uint64_t ring_features, WaitPolicy wait) {
   ready_ = false;
   in_flight_ = 0;  // a reset drops whatever the device had
   DriverOptions o;
+  o.device_id = static_cast<uint32_t>(DeviceId::kEntropy);
   o.wanted_features = ring_features;
   o.num_queues = 1;
   o.queue_size = 64;

@@ -82,7 +82,10 @@ absl::StatusOr<std::unique_ptr<ShmDriverTransport>> ShmDriverTransport::Connect(
   h.value = o.memory_bytes;
   h.aux = shm::kProtocolVersion;
   const int fd = t->memfd_;
-  if (absl::Status s = shm::SendMsg(t->sock_, h, {}, {&fd, 1}); !s.ok()) return s;
+  // A refusal (e.g. "device busy") may already be waiting, and the server
+  // may have closed: then the send fails, but the reason is still readable.
+  const absl::Status sent = shm::SendMsg(t->sock_, h, {}, {&fd, 1});
+  if (!sent.ok() && !WaitReadable(t->sock_, absl::Now() + absl::Milliseconds(100))) return sent;
   if (!WaitReadable(t->sock_, deadline))
     return absl::DeadlineExceededError(absl::StrCat(o.socket_path, ": no answer to HELLO"));
   auto m = shm::RecvMsg(t->sock_, 2 * shm::kMaxQueues + 1);

@@ -24,6 +24,8 @@ namespace vioport {
 class DriverTransport {
  public:
   virtual ~DriverTransport() = default;
+  // The virtio device id (spec §5: 2 blk, 3 console, 4 rng, ...); 0 = none.
+  virtual uint32_t GetDeviceId() = 0;
   virtual uint8_t GetStatus() = 0;
   virtual void SetStatus(uint8_t status) = 0;  // 0 resets
   virtual uint64_t GetDeviceFeatures() = 0;
@@ -52,6 +54,7 @@ class DriverTransport {
 };
 
 struct DriverOptions {
+  uint32_t device_id = 0;        // the device type the driver is for; 0: any
   uint64_t wanted_features = 0;  // device-specific and ring bits the driver can use
   uint16_t num_queues = 1;
   uint32_t queue_size = 0;       // 0: the device's maximum (capped at 1024)

@@ -16,6 +16,7 @@ struct EchoOptions {
   uint16_t max_queue_size = 1024;
   uint64_t refuse_features = 0;  // CheckFeatures fails if any of these is acked
   bool hold = false;             // pop but do not complete (ReleaseHeld() completes)
+  DeviceId device_id = static_cast<DeviceId>(0xFFFF);  // test-only id; set to pose as a real type
 };
 
 inline uint8_t EchoKey(uint16_t queue) { return static_cast<uint8_t>(0xA5 ^ queue); }
@@ -25,7 +26,7 @@ class EchoDevice final : public VirtioDevice {
   static constexpr uint32_t kConfigSize = 16;  // le32 value @0, le32 scratch @4, 8 bytes id @8
   explicit EchoDevice(EchoOptions o = {}) : opts_(o) {}
 
-  DeviceId device_id() const override { return static_cast<DeviceId>(0xFFFF); }  // test-only id
+  DeviceId device_id() const override { return opts_.device_id; }
   uint64_t device_features() const override { return opts_.features; }
   uint16_t num_queues() const override { return opts_.num_queues; }
   uint16_t max_queue_size() const override { return opts_.max_queue_size; }

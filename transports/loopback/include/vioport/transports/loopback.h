@@ -30,6 +30,7 @@ class LoopbackTransport final : public DriverTransport {
   ~LoopbackTransport() override;
 
   // DriverTransport
+  uint32_t GetDeviceId() override { return static_cast<uint32_t>(ctl_->device().device_id()); }
   uint8_t GetStatus() override { return ctl_->status(); }
   void SetStatus(uint8_t s) override;
   uint64_t GetDeviceFeatures() override { return ctl_->offered_features(); }

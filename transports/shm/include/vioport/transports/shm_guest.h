@@ -31,6 +31,7 @@ class ShmDriverTransport final : public DriverTransport {
   ~ShmDriverTransport() override;
 
   // DriverTransport.
+  uint32_t GetDeviceId() override { return device_id_; }
   uint8_t GetStatus() override;
   void SetStatus(uint8_t status) override;
   uint64_t GetDeviceFeatures() override;
