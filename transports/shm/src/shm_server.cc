@@ -543,7 +543,8 @@ void ShmConnection::PublishMirror() {
   const uint32_t size = ctl->device().config_size();
   if (size) (void)ctl->ReadConfig(0, {config_scratch.data(), size});
   uint8_t* cfg = map + shm::kConfigOffset;
-  if (ctl->config_generation() != published_ctl_gen || std::memcmp(cfg, config_scratch.data(), size) != 0) {
+  if (ctl->config_generation() != published_ctl_gen ||
+      (size && std::memcmp(cfg, config_scratch.data(), size) != 0)) {
     Reg32(map, kConfigGeneration).store(mirror_gen + 1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_release);
     for (uint32_t i = 0; i < size; ++i)
