@@ -272,6 +272,26 @@ TEST_F(ViosSystem, HostileGuestOnlyBreaksItsOwnDevice) {
   (void)bad_byte;
 }
 
+TEST_F(ViosSystem, PolledAttachmentServesAndStopsOnSigterm) {
+  MakeDisk(Path("disk.img"), 16 << 20);
+  Proc& vios = StartVios({"--device", "blk,id=d0,path=" + Path("disk.img"), "--attach",
+                          "d0,transport=shm,path=" + Path("d0.sock") + ",poll=on"},
+                         {Path("d0.sock")});
+  // Two guests one after the other, then SIGTERM with no guest attached: the
+  // polling thread must still run the shutdown (it once stopped serving its
+  // loop when the acceptor closed and hung).
+  Proc w = Guest(Path("d0.sock"), {"blk", "write", "--seed", "21"});
+  ASSERT_EQ(w.status, 0) << w.err();
+  Proc v = Guest(Path("d0.sock"), {"--packed", "blk", "verify", "--seed", "21"});
+  EXPECT_EQ(v.status, 0) << v.err();
+  EXPECT_EQ(Field(v.out(), "checksum"), Field(w.out(), "checksum"));
+  vios.Signal(SIGTERM);
+  EXPECT_EQ(vios.Wait(30), 0) << vios.err();
+  int64_t bad;
+  CheckFile(Path("disk.img"), 21, 0, 16 << 20, &bad);
+  EXPECT_EQ(bad, -1);
+}
+
 uint64_t FdCount(pid_t pid) {
   uint64_t n = 0;
   for (auto& e : std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"))) {

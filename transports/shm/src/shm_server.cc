@@ -17,6 +17,7 @@
 #include "boost/asio/basic_socket_acceptor.hpp"
 #include "boost/asio/generic/seq_packet_protocol.hpp"
 #include "boost/asio/local/stream_protocol.hpp"
+#include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/post.hpp"
 #include "boost/asio/posix/stream_descriptor.hpp"
 #include "mmio_registers.h"
@@ -140,6 +141,9 @@ struct ShmServer::Impl {
   std::shared_ptr<VirtioDevice> device;
   asio::io_context* io;
   std::unique_ptr<asio::io_context> own_io;  // poll mode
+  // Poll mode: keeps own_io from running out of work (and stopping, after
+  // which posted tasks would never run) once the acceptor is closed.
+  std::unique_ptr<asio::executor_work_guard<asio::io_context::executor_type>> own_work;
   std::thread poller;
   std::thread::id poller_id;
   std::atomic<bool> stop{false};
@@ -187,6 +191,8 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Create(asio::io_context& i
   impl->device = std::move(device);
   if (s->opts_.poll) {
     impl->own_io = std::make_unique<asio::io_context>(1);
+    impl->own_work = std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(
+        impl->own_io->get_executor());
     impl->io = impl->own_io.get();
   } else {
     impl->io = &io;
@@ -229,6 +235,7 @@ ShmServer::~ShmServer() {
     im->OnDeviceThread(shutdown);
     im->stop = true;
     im->poller.join();
+    im->own_work.reset();
     im->acceptor.reset();
     im->own_io.reset();  // runs pending handlers' destructors
   } else {
