@@ -1,44 +1,38 @@
 #include "vioport/guest/blk_driver.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <array>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "vioport/core/blk_spec.h"
 #include "vioport/core/spec.h"
 
 namespace vioport {
 namespace {
 
-// virtio-blk wire format (§5.2), the driver's half. The device side has the
-// same values in vioport/backends/blk_spec.h; guest code does not depend on backends.
-namespace bf {
-constexpr unsigned kSizeMax = 1, kSegMax = 2, kRo = 5, kBlkSize = 6, kFlush = 9, kMq = 12, kDiscard = 13,
-                   kWriteZeroes = 14;
-}  // namespace bf
+// virtio-blk wire format (§5.2): the one definition in core/blk_spec.h,
+// under the short names this file uses.
+namespace bf = blk::feature;
 namespace cfg {  // §5.2.4 config offsets
-constexpr uint32_t kCapacity = 0, kSizeMax = 8, kSegMax = 12, kBlkSize = 20, kNumQueues = 34,
-                   kMaxDiscardSectors = 36, kMaxWriteZeroesSectors = 48;
+constexpr uint32_t kCapacity = offsetof(blk::Config, capacity), kSizeMax = offsetof(blk::Config, size_max),
+                   kSegMax = offsetof(blk::Config, seg_max), kBlkSize = offsetof(blk::Config, blk_size),
+                   kNumQueues = offsetof(blk::Config, num_queues),
+                   kMaxDiscardSectors = offsetof(blk::Config, max_discard_sectors),
+                   kMaxWriteZeroesSectors = offsetof(blk::Config, max_write_zeroes_sectors);
 }  // namespace cfg
-constexpr uint32_t kTypeIn = 0, kTypeOut = 1, kTypeFlush = 4, kTypeGetId = 8, kTypeDiscard = 11,
-                   kTypeWriteZeroes = 13;
-constexpr uint8_t kStatusOk = 0, kStatusIoErr = 1, kStatusUnsupp = 2;
+constexpr uint32_t kTypeIn = blk::req::kIn, kTypeOut = blk::req::kOut, kTypeFlush = blk::req::kFlush,
+                   kTypeGetId = blk::req::kGetId, kTypeDiscard = blk::req::kDiscard,
+                   kTypeWriteZeroes = blk::req::kWriteZeroes;
+constexpr uint8_t kStatusOk = blk::status::kOk, kStatusIoErr = blk::status::kIoErr,
+                  kStatusUnsupp = blk::status::kUnsupp;
 constexpr uint8_t kStatusUnset = 0xff;  // written before each request: the device must overwrite it
-constexpr uint32_t kSegFlagUnmap = 1;
-constexpr uint32_t kSector = 512;
-constexpr uint32_t kIdBytes = 20;
-
-struct ReqHeader {
-  le32 type;
-  le32 reserved;
-  le64 sector;
-};
-struct RangeSeg {
-  le64 sector;
-  le32 num_sectors;
-  le32 flags;
-};
-static_assert(sizeof(ReqHeader) == 16 && sizeof(RangeSeg) == 16);
+constexpr uint32_t kSegFlagUnmap = blk::kSegFlagUnmap;
+constexpr uint32_t kSector = blk::kSectorSize;
+constexpr uint32_t kIdBytes = blk::kIdBytes;
+using ReqHeader = blk::ReqHeader;
+using RangeSeg = blk::DiscardWriteZeroesSeg;
 
 constexpr uint32_t kSlotHeaderBytes = 32;  // header + one discard/write-zeroes segment
 constexpr uint32_t kMaxSegs = 128;         // data segments per request, whatever seg_max says

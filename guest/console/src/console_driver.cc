@@ -4,14 +4,14 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "vioport/core/console_spec.h"
 
 namespace vioport {
 namespace {
 
-// §5.3.3 / §5.3.2 (kept here so the guest library does not depend on backends).
-constexpr unsigned kFeatureSize = 0;
-constexpr uint16_t kReceiveQueue = 0;
-constexpr uint16_t kTransmitQueue = 1;
+using console::kFeatureSize;
+using console::kReceiveQueue;
+using console::kTransmitQueue;
 constexpr uint32_t kQueueSize = 64;
 
 }  // namespace

@@ -12,7 +12,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "vioport/backends/blk_spec.h"
+#include "vioport/core/blk_spec.h"
 #include "vioport/core/device.h"
 
 struct io_uring_sqe;

@@ -1,5 +1,6 @@
 // virtio-blk wire format (§5.2): feature bits, config layout, request header,
-// request types and status codes. Used by the blk backend and its tests.
+// request types and status codes. One definition for the device side
+// (backends/blk) and the driver side (guest/blk).
 #pragma once
 
 #include <cstddef>
