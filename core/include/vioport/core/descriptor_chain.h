@@ -58,7 +58,7 @@ class DescriptorChain {
   template <bool kWrite, typename P>
   RingError Copy(uint64_t offset, P buf, uint64_t len);
   void Clear() {
-    segs_.clear();
+    segs_.resize(0);  // keeps a heap buffer for the next long chain (clear() frees it)
     num_readable_ = readable_bytes_ = writable_bytes_ = 0;
     fault_ = RingError::kNone;
     mem_ = nullptr;
