@@ -83,7 +83,7 @@ grep -q "hello from the guest" "$work/console.out" && sent=yes || sent=no
 row console shm "echo both ways" "-" "$v"
 
 echo
-echo "== vios counters (viosctl list)"
+echo "== vios devices (viosctl list)"
 $BIN/vios/viosctl --control "$work/vios.ctl" list | sed '$d'
 echo
 printf '%-8s %-10s %-34s %10s %9s\n' DEVICE TRANSPORT OPERATIONS "MB/s" VERIFIED

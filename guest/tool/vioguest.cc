@@ -33,7 +33,7 @@ usage: vioguest --transport shm:SOCKET [common options] DEVICE COMMAND [options]
   blk write  --seed N [--offset B] [--length B]
                                     write seeded data (default: the whole disk)
   blk read   [--offset B] [--length B] [--out FILE]
-                                    read; print the FNV-1a 64 checksum
+                                    read; print a 64-bit checksum (pattern.h)
   blk verify --seed N [--offset B] [--length B]
                                     read and compare with the seeded data
   blk flush                         FLUSH (data durable when it returns)
@@ -202,7 +202,7 @@ int BlkTransfer(Guest& g, BlkDriver& blk, const Args& a, const std::string& cmd)
   }
   const size_t chunk = 1 << 20;
   std::vector<uint8_t> buf(chunk);
-  pattern::Fnv64 sum;
+  pattern::Checksum64 sum;
   const absl::Time start = absl::Now();
   absl::Time last = start;
   for (uint64_t done = 0; done < r.length;) {
@@ -237,11 +237,11 @@ int BlkTransfer(Guest& g, BlkDriver& blk, const Args& a, const std::string& cmd)
   if (out_fd >= 0) ::close(out_fd);
   const double secs = Seconds(start);
   if (!g.quiet) std::fprintf(stderr, "\r%60s\r", "");
-  std::printf("%s %" PRIu64 " bytes at offset %" PRIu64 " in %.2f s (%.1f MB/s), fnv1a64 %016" PRIx64 "%s\n", cmd.c_str(),
-              r.length, r.offset, secs, r.length / std::max(secs, 1e-9) / 1e6, sum.h,
+  std::printf("%s %" PRIu64 " bytes at offset %" PRIu64 " in %.2f s (%.1f MB/s), checksum %016" PRIx64 "%s\n", cmd.c_str(),
+              r.length, r.offset, secs, r.length / std::max(secs, 1e-9) / 1e6, sum.Value(),
               cmd == "verify" ? ", verified" : "");
   std::printf("result device=blk op=%s bytes=%" PRIu64 " seconds=%.3f mbps=%.1f checksum=%016" PRIx64 " verified=%s\n",
-              cmd.c_str(), r.length, secs, r.length / std::max(secs, 1e-9) / 1e6, sum.h,
+              cmd.c_str(), r.length, secs, r.length / std::max(secs, 1e-9) / 1e6, sum.Value(),
               cmd == "verify" ? "yes" : "n/a");
   return 0;
 }

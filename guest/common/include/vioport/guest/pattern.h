@@ -21,15 +21,21 @@ inline uint64_t Word(uint64_t seed, uint64_t word_index) {
 
 // Fills `out` with the pattern bytes for [offset, offset + out.size()).
 inline void Fill(uint64_t seed, uint64_t offset, std::span<uint8_t> out) {
-  for (size_t i = 0; i < out.size();) {
+  size_t i = 0;
+  // Head up to a word boundary, then whole words, then the tail.
+  while (i < out.size() && (offset + i) % 8 != 0) {
     const uint64_t pos = offset + i;
-    const uint64_t w = Word(seed, pos / 8);
-    const size_t in_word = pos % 8;
-    const size_t n = std::min<size_t>(8 - in_word, out.size() - i);
+    out[i++] = static_cast<uint8_t>(Word(seed, pos / 8) >> (8 * (pos % 8)));
+  }
+  for (; i + 8 <= out.size(); i += 8) {
+    const uint64_t w = Word(seed, (offset + i) / 8);
     uint8_t b[8];
     for (int k = 0; k < 8; ++k) b[k] = static_cast<uint8_t>(w >> (8 * k));
-    std::memcpy(out.data() + i, b + in_word, n);
-    i += n;
+    std::memcpy(out.data() + i, b, 8);
+  }
+  for (; i < out.size(); ++i) {
+    const uint64_t pos = offset + i;
+    out[i] = static_cast<uint8_t>(Word(seed, pos / 8) >> (8 * (pos % 8)));
   }
 }
 
@@ -46,11 +52,41 @@ inline int64_t FirstMismatch(uint64_t seed, uint64_t offset, std::span<const uin
   return -1;
 }
 
-// FNV-1a 64 over a byte stream (a checksum both sides can print).
-struct Fnv64 {
+// A 64-bit checksum of a byte stream that both sides can print: FNV-1a's
+// xor-multiply step applied to little-endian 8-byte words (8x fewer steps
+// than byte-wise FNV-1a), the final partial word zero-padded and the length
+// mixed in. Independent of how the stream is cut into Add() calls.
+struct Checksum64 {
   uint64_t h = 0xcbf29ce484222325ull;
+  uint64_t len = 0;
+  uint8_t carry[8] = {};
+  size_t ncarry = 0;
+
   void Add(std::span<const uint8_t> d) {
-    for (uint8_t b : d) h = (h ^ b) * 0x100000001b3ull;
+    size_t i = 0;
+    len += d.size();
+    while (ncarry && ncarry < 8 && i < d.size()) carry[ncarry++] = d[i++];
+    if (ncarry == 8) {
+      Mix(carry);
+      ncarry = 0;
+    }
+    for (; i + 8 <= d.size(); i += 8) Mix(d.data() + i);
+    while (i < d.size()) carry[ncarry++] = d[i++];
+  }
+  uint64_t Value() const {
+    Checksum64 c = *this;
+    if (c.ncarry) {
+      std::memset(c.carry + c.ncarry, 0, 8 - c.ncarry);
+      c.Mix(c.carry);
+    }
+    return (c.h ^ c.len) * 0x100000001b3ull;
+  }
+
+ private:
+  void Mix(const uint8_t* p) {
+    uint64_t w = 0;
+    for (int k = 7; k >= 0; --k) w = (w << 8) | p[k];
+    h = (h ^ w) * 0x100000001b3ull;
   }
 };
 
