@@ -53,13 +53,7 @@ std::vector<uint8_t> Slice(const std::vector<uint8_t>& v, size_t from, size_t to
 class RawBlk {
  public:
   RawBlk(const TempFile& file, BlkOptions bo, Mode mode) {
-    bo.path = file.path();
-    auto d = BlkDevice::Open(bo);
-    EXPECT_TRUE(d.ok()) << d.status();
-    dev = *d;
-    LoopbackOptions lo;
-    lo.copy_only = mode.copy_only;
-    t = std::make_unique<LoopbackTransport>(dev, lo);
+    if (!OpenOnLoopback(file, bo, mode, &dev, &t)) return;
     drv = std::make_unique<VirtioDriver>(*t);
     DriverOptions o;
     o.wanted_features = RingFeatures(mode) | feature::Bit(blk::feature::kFlush) |

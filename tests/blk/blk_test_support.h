@@ -123,23 +123,30 @@ inline std::vector<Mode> AllModes() {
   return out;
 }
 
+// Opens a BlkDevice on `file` behind a loopback transport in `mode`. Both
+// I/O paths run in every suite: modes with the ring extras (indirect + event
+// idx) issue reads and writes inline, the others through io_uring.
+inline bool OpenOnLoopback(const TempFile& file, BlkOptions bo, const Mode& mode, std::shared_ptr<BlkDevice>* dev,
+                           std::unique_ptr<LoopbackTransport>* t) {
+  bo.path = file.path();
+  if (bo.io == BlkOptions::Io::kAuto) bo.io = mode.indirect ? BlkOptions::Io::kInline : BlkOptions::Io::kIoUring;
+  auto d = BlkDevice::Open(bo);
+  EXPECT_TRUE(d.ok()) << d.status();
+  if (!d.ok()) return false;
+  *dev = *d;
+  LoopbackOptions lo;
+  lo.copy_only = mode.copy_only;
+  *t = std::make_unique<LoopbackTransport>(*dev, lo);
+  return true;
+}
+
 // A BlkDevice on a temp file, the loopback transport, and a BlkDriver.
 struct Rig {
   explicit Rig(uint64_t file_bytes = 16 << 20, const std::string& dir = "") : file(file_bytes, "vioport-blk", dir) {}
 
   // Opens the device with `bo` (path filled in) and initialises the driver.
   void Boot(BlkOptions bo = {}, Mode mode = {}, BlkDriverOptions dopt = {}) {
-    bo.path = file.path();
-    // Both I/O paths run in every suite: modes with the ring extras
-    // (indirect + event idx) issue reads and writes inline, the others
-    // through io_uring.
-    if (bo.io == BlkOptions::Io::kAuto) bo.io = mode.indirect ? BlkOptions::Io::kInline : BlkOptions::Io::kIoUring;
-    auto d = BlkDevice::Open(bo);
-    ASSERT_TRUE(d.ok()) << d.status();
-    dev = *d;
-    LoopbackOptions lo;
-    lo.copy_only = mode.copy_only;
-    t = std::make_unique<LoopbackTransport>(dev, lo);
+    ASSERT_TRUE(OpenOnLoopback(file, bo, mode, &dev, &t));
     drv = std::make_unique<BlkDriver>(*t);
     dopt.ring_features |= RingFeatures(mode);
     dopt.wait.timeout = absl::Seconds(10);
