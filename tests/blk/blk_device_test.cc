@@ -103,14 +103,7 @@ class RawBlk {
   }
 
   bool NeedsReset() { return t->GetStatus() & status::kDeviceNeedsReset; }
-  uint64_t Counter(const std::string& name) const {
-    std::vector<std::pair<std::string, uint64_t>> c;
-    dev->AppendCounters(&c);
-    for (auto& [n, v] : c)
-      if (n == name) return v;
-    ADD_FAILURE() << "no counter " << name;
-    return 0;
-  }
+  uint64_t Counter(const std::string& name) const { return CounterOf(*dev, name); }
 
   std::shared_ptr<BlkDevice> dev;
   std::unique_ptr<LoopbackTransport> t;

@@ -123,6 +123,16 @@ inline std::vector<Mode> AllModes() {
   return out;
 }
 
+// A device counter by name (VirtioDevice::AppendCounters); a missing one fails the test.
+inline uint64_t CounterOf(const VirtioDevice& dev, const std::string& name) {
+  std::vector<std::pair<std::string, uint64_t>> c;
+  dev.AppendCounters(&c);
+  for (auto& [n, v] : c)
+    if (n == name) return v;
+  ADD_FAILURE() << "no counter " << name;
+  return 0;
+}
+
 // Opens a BlkDevice on `file` behind a loopback transport in `mode`. Both
 // I/O paths run in every suite: modes with the ring extras (indirect + event
 // idx) issue reads and writes inline, the others through io_uring.
@@ -155,14 +165,7 @@ struct Rig {
     ASSERT_TRUE(s.ok()) << s;
   }
 
-  uint64_t Counter(const std::string& name) const {
-    std::vector<std::pair<std::string, uint64_t>> c;
-    dev->AppendCounters(&c);
-    for (auto& [n, v] : c)
-      if (n == name) return v;
-    ADD_FAILURE() << "no counter " << name;
-    return 0;
-  }
+  uint64_t Counter(const std::string& name) const { return CounterOf(*dev, name); }
 
   bool NeedsReset() { return t->GetStatus() & status::kDeviceNeedsReset; }
 

@@ -342,8 +342,9 @@ TEST(ShmTransport, HostileRingNeedsResetAndRegisterPageIsNotMemory) {
   EXPECT_TRUE(d.NeedsReset());
   EXPECT_EQ(t->ReadRegister(shm::reg::kConfigGeneration), before);
   EXPECT_NE(s.srv().last_error().find("outside guest memory"), std::string::npos) << s.srv().last_error();
-  // The config page itself was not written by the device.
-  for (uint32_t off = 0x100; off < 0x110; ++off) EXPECT_EQ(t->region()[0x200 + off - 0x100], 0) << off;
+  // The writable buffer the descriptor named (0x200, in the register page)
+  // was not written by the device.
+  for (uint32_t a = 0x200; a < 0x210; ++a) EXPECT_EQ(t->region()[a], 0) << a;
   // Recovery: reset and run again.
   auto lost = d.Recover();
   ASSERT_TRUE(lost.ok()) << lost.status();
