@@ -16,6 +16,9 @@ PACKAGES=(
   libtomlplusplus-dev
   libxen-dev
   liburing-dev
+  # real peers for the vhost-user transport: QEMU (TCG) booting a Linux guest,
+  # qemu-storage-daemon (in qemu-utils), and the guest's busybox initramfs
+  qemu-system-x86 qemu-utils busybox-static cpio
 )
 
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then

@@ -177,6 +177,11 @@ RingError SplitDeviceQueue::WalkIndirect(const RawDesc& d, DescriptorChain& out,
 
 PopStatus SplitDeviceQueue::Pop(DescriptorChain& out) {
   if (broken()) return PopStatus::kError;
+  if (resubmit_pos_ < resubmit_.size()) {
+    // Recovered from the in-flight log: popped by an earlier device, never completed.
+    if (!desc_h_) desc_cache_valid_ = false;
+    return WalkChain(resubmit_[resubmit_pos_++], out);
+  }
   const uint32_t n = cfg_.size;
   if (next_avail_ == avail_shadow_) {
     uint16_t idx;  // guest-controlled
@@ -198,6 +203,14 @@ PopStatus SplitDeviceQueue::Pop(DescriptorChain& out) {
   }
   uint16_t head;  // guest-controlled
   ReadHead(next_avail_ & (n - 1), &head);
+  const PopStatus st = WalkChain(head, out);
+  if (st != PopStatus::kChain) return st;
+  next_avail_++;
+  return PopStatus::kChain;
+}
+
+PopStatus SplitDeviceQueue::WalkChain(uint16_t head, DescriptorChain& out) {
+  const uint32_t n = cfg_.size;
   if (head >= n) {
     Break(RingError::kHeadOutOfRange);
     return PopStatus::kError;
@@ -233,7 +246,7 @@ PopStatus SplitDeviceQueue::Pop(DescriptorChain& out) {
     Break(r);
     return PopStatus::kError;
   }
-  next_avail_++;
+  if (log_) log_->Popped(head);
   in_flight_++;
   counters_.popped++;
   return PopStatus::kChain;
@@ -251,6 +264,7 @@ void SplitDeviceQueue::AddUsed(DescriptorChain&& chain, uint32_t written) {
     u.id = id;
     u.len = written;
   }
+  if (log_) batch_heads_.push_back(id);
   next_used_++;
 }
 
@@ -276,8 +290,13 @@ bool SplitDeviceQueue::Publish() {
   }
   // §2.7.8: the used entries before the idx; then a full barrier before
   // reading the driver's suppression state, or a wake-up can be lost.
+  if (log_) log_->Completing(batch_heads_);
   if (!Store16(used_h_ ? used_h_ + L::kUsedIdx : nullptr, cfg_.device_addr + L::kUsedIdx, next_used_))
     return false;
+  if (log_) {
+    log_->Completed(batch_heads_, next_used_);
+    batch_heads_.clear();
+  }
   std::atomic_thread_fence(std::memory_order_seq_cst);
   const uint16_t old = published_used_;
   published_used_ = next_used_;
@@ -329,6 +348,33 @@ void SplitDeviceQueue::SetBase(uint32_t base) {
     next_used_ = published_used_ = used;
   used_pending_.clear();
   desc_cache_valid_ = false;
+  resubmit_.clear();
+  resubmit_pos_ = 0;
+  batch_heads_.clear();
+}
+
+absl::Status SplitDeviceQueue::UseInflightLog(SplitInflightLog* log) {
+  log_ = nullptr;
+  resubmit_.clear();
+  resubmit_pos_ = 0;
+  batch_heads_.clear();
+  if (!log) return absl::OkStatus();
+  if (log->fresh()) {
+    log->Initialize(published_used_);
+    log_ = log;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<SplitInflightLog::Recovery> r = log->Recover(published_used_);
+  if (!r.ok()) {
+    // Unusable: start afresh from the position we were given.
+    log->Initialize(published_used_);
+    log_ = log;
+    return r.status();
+  }
+  next_avail_ = avail_shadow_ = r->next_avail;
+  resubmit_ = std::move(r->resubmit);
+  log_ = log;
+  return absl::OkStatus();
 }
 
 }  // namespace vioport

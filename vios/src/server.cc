@@ -16,6 +16,7 @@
 #include "vioport/backends/rng_device.h"
 #include "vioport/core/log.h"
 #include "vioport/transports/shm_server.h"
+#include "vioport/transports/vhost_user_server.h"
 
 namespace vioport::vios {
 
@@ -101,6 +102,22 @@ class ShmAttachment final : public Attachment {
   std::unique_ptr<ShmServer> s_;
 };
 
+class VhostUserAttachment final : public Attachment {
+ public:
+  explicit VhostUserAttachment(std::unique_ptr<VhostUserServer> s) : s_(std::move(s)) {}
+  std::string transport() const override { return "vhost-user"; }
+  std::string where() const override { return s_->options().socket_path; }
+  bool connected() const override { return s_->connected(); }
+  uint8_t device_status() const override { return s_->device_status(); }
+  std::string last_error() const override { return s_->last_error(); }
+  std::vector<std::pair<std::string, uint64_t>> Counters() const override { return s_->Counters(); }
+  void StopAccepting() override { s_->StopAccepting(); }
+  absl::Status Quiesce() override { return s_->Quiesce(); }
+
+ private:
+  std::unique_ptr<VhostUserServer> s_;
+};
+
 absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io, AttachSpec& spec,
                                                           std::shared_ptr<VirtioDevice> dev) {
   Options& o = spec.options;
@@ -121,8 +138,25 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     if (!s.ok()) return absl::Status(s.status().code(), absl::StrCat(o.origin(), ": ", s.status().message()));
     return std::unique_ptr<Attachment>(new ShmAttachment(std::move(*s)));
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat(o.origin(), ": unknown transport '", spec.transport, "' (this vios serves: shm)"));
+  if (spec.transport == "vhost-user") {
+    VhostUserServerOptions vo;
+    auto path = o.String("socket");
+    auto spin = o.Uint("spin-us", 20, 0, 1000);
+    auto inflight = o.Bool("inflight", true);
+    if (!path.ok()) return path.status();
+    if (!spin.ok()) return spin.status();
+    if (!inflight.ok()) return inflight.status();
+    if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+    vo.socket_path = *path;
+    vo.spin_us = static_cast<uint32_t>(*spin);
+    vo.inflight = *inflight;
+    vo.name = absl::StrCat(spec.device, "@vhost-user");
+    auto s = VhostUserServer::Create(io, std::move(dev), vo);
+    if (!s.ok()) return absl::Status(s.status().code(), absl::StrCat(o.origin(), ": ", s.status().message()));
+    return std::unique_ptr<Attachment>(new VhostUserAttachment(std::move(*s)));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": unknown transport '", spec.transport,
+                                                 "' (this vios serves: shm, vhost-user)"));
 }
 
 std::string StatusBits(uint8_t s) {

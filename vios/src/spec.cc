@@ -30,6 +30,13 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
                                         a dedicated thread (costs a core);
                                         spin-us: keep serving N us past the last
                                         request before sleeping (default 20)
+      ID,transport=vhost-user,socket=SOCKET[,spin-us=N][,inflight=off]
+                                        KVM: serve QEMU (or any vhost-user
+                                        front-end) on SOCKET, e.g. QEMU's
+                                        -chardev socket,path=SOCKET,reconnect=1
+                                        -device vhost-user-blk-pci; requests in
+                                        flight survive a vios restart unless
+                                        inflight=off
   --config FILE        the same in TOML: [[device]] and [[attach]] tables with
                        the keys above (type/id, device/transport), plus
                        top-level control = "PATH" and log-level = "LEVEL"

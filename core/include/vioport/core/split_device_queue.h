@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "vioport/core/device_queue.h"
+#include "vioport/core/inflight_log.h"
 
 namespace vioport {
 
@@ -21,6 +22,14 @@ class SplitDeviceQueue final : public DeviceQueue {
   bool Publish() override;
   uint32_t GetBase() const override { return next_avail_; }
   void SetBase(uint32_t base) override;
+
+  // Keeps `log` (which must outlive the queue) up to date from now on. After
+  // SetBase(): a fresh log is started at the ring's used index; a log written
+  // by an earlier device is recovered: popping resumes after the chains it
+  // still holds, and those are popped again first, oldest first.
+  absl::Status UseInflightLog(SplitInflightLog* log);
+  // Chains recovered from the log not yet popped again.
+  size_t resubmit_pending() const { return resubmit_.size() - resubmit_pos_; }
 
  private:
   bool DoEnableNotifications() override;
@@ -43,6 +52,7 @@ class SplitDeviceQueue final : public DeviceQueue {
   RingError FetchAvail(uint16_t from, uint16_t to);
   RingError ReadHead(uint16_t slot, uint16_t* head);
   RingError ReadDesc(uint16_t i, RawDesc* d);
+  PopStatus WalkChain(uint16_t head, DescriptorChain& out);
   RingError WalkIndirect(const RawDesc& d, DescriptorChain& out, uint64_t& total);
   bool Load16(uint8_t* host, uint64_t addr, uint16_t* v);
   bool Store16(uint8_t* host, uint64_t addr, uint16_t v);
@@ -69,6 +79,11 @@ class SplitDeviceQueue final : public DeviceQueue {
   std::vector<PendingUsed> used_pending_;
   std::vector<uint8_t> run_buf_;
   std::vector<uint8_t> indirect_buf_;
+
+  SplitInflightLog* log_ = nullptr;
+  std::vector<uint16_t> resubmit_;
+  size_t resubmit_pos_ = 0;
+  std::vector<uint16_t> batch_heads_;  // added since the last Publish (log only)
 };
 
 }  // namespace vioport

@@ -1,0 +1,65 @@
+#pragma once
+
+// Device side of the vhost-user transport: serves one VirtioDevice to one
+// front-end (QEMU, or any vhost-user VMM) at a time on a Unix stream socket.
+// vios listens; the front-end connects, and may reconnect after vios was
+// restarted (the in-flight log carries requests across). docs/transports/vhost-user.md.
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "boost/asio/io_context.hpp"
+#include "vioport/core/device.h"
+#include "vioport/core/spec.h"
+
+namespace vioport {
+
+struct VhostUserServerOptions {
+  std::string socket_path;
+  std::string name;  // for logs: the attachment, e.g. "d0@vhost-user"
+  // After a kick or a completion, keep serving the device for this long past
+  // its last progress before sleeping (a wake-up costs ~50 us). 0 disables.
+  uint32_t spin_us = 20;
+  // Offer INFLIGHT_SHMFD: requests in flight survive a vios restart (split rings).
+  bool inflight = true;
+  uint64_t transport_features = feature::kCoreSupported;
+};
+
+class VhostUserServer {
+ public:
+  // Listens on `socket_path` (a stale socket file is replaced). Every handler
+  // runs on `io`, which must be run by one thread.
+  static absl::StatusOr<std::unique_ptr<VhostUserServer>> Create(boost::asio::io_context& io,
+                                                                 std::shared_ptr<VirtioDevice> device,
+                                                                 VhostUserServerOptions options);
+  ~VhostUserServer();  // drops the front-end (in-flight requests completed), unlinks the socket
+  VhostUserServer(const VhostUserServer&) = delete;
+  VhostUserServer& operator=(const VhostUserServer&) = delete;
+
+  void StopAccepting();
+  // Completes in-flight requests and makes data durable. Call on `io`'s thread.
+  absl::Status Quiesce();
+
+  const VhostUserServerOptions& options() const { return opts_; }
+  bool connected() const;
+  // The virtio status the front-end's actions amount to (vhost-user has no
+  // status register): ACK|DRIVER after SET_OWNER, FEATURES_OK after
+  // SET_FEATURES, DRIVER_OK while rings run, NEEDS_RESET after a ring error.
+  uint8_t device_status() const;
+  std::string last_error() const;
+  std::vector<std::pair<std::string, uint64_t>> Counters() const;
+
+  struct Impl;
+
+ private:
+  explicit VhostUserServer(VhostUserServerOptions o);
+  VhostUserServerOptions opts_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vioport

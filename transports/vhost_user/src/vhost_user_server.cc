@@ -1,0 +1,308 @@
+#include "vioport/transports/vhost_user_server.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <functional>
+
+#include "absl/strings/str_cat.h"
+#include "boost/asio/local/stream_protocol.hpp"
+#include "boost/asio/posix/stream_descriptor.hpp"
+#include "vhost_user_session.h"
+#include "vioport/core/log.h"
+
+namespace vioport {
+
+namespace asio = boost::asio;
+using Stream = asio::local::stream_protocol;
+using vhost_user::Message;
+using vhost_user::MessageReader;
+using vhost_user::Session;
+
+namespace {
+void Drain(int fd) {
+  uint64_t v;
+  while (::read(fd, &v, sizeof v) == sizeof v) {
+  }
+}
+}  // namespace
+
+struct VhostUserConnection;
+
+struct VhostUserServer::Impl {
+  VhostUserServer* self;
+  asio::io_context* io;
+  std::shared_ptr<VirtioDevice> device;
+  std::unique_ptr<Stream::acceptor> acceptor;
+  bool accepting = true;
+  std::shared_ptr<VhostUserConnection> conn;
+  // Totals over closed connections, plus the live one's.
+  uint64_t connections = 0, refused = 0, protocol_errors = 0;
+  vhost_user::SessionCounters past{};
+  std::string last_error;
+
+  void Accept();
+  void Absorb(const vhost_user::SessionCounters& c) {
+    past.messages += c.messages;
+    past.kicks += c.kicks;
+    past.queue_interrupts += c.queue_interrupts;
+    past.activations += c.activations;
+    past.device_resets += c.device_resets;
+    past.ring_errors += c.ring_errors;
+    past.resubmitted += c.resubmitted;
+  }
+};
+
+// One front-end. Lives on the io thread; handlers hold it by shared_ptr and
+// return once Close() ran.
+struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, Session::Host {
+  VhostUserServer::Impl* srv;
+  Stream::socket sock;
+  MessageReader reader;
+  std::unique_ptr<Session> session;
+  std::vector<std::unique_ptr<asio::posix::stream_descriptor>> kick_watch;
+  std::unique_ptr<asio::posix::stream_descriptor> event_watch;
+  std::deque<std::function<void()>> deferred;
+  bool closed = false;
+
+  VhostUserConnection(VhostUserServer::Impl* s, Stream::socket so) : srv(s), sock(std::move(so)) {}
+
+  const std::string& name() const { return srv->self->options().name; }
+
+  void Start() {
+    srv->connections++;
+    boost::system::error_code ec;
+    sock.non_blocking(true, ec);
+    vhost_user::SessionOptions so;
+    so.name = name();
+    so.transport_features = srv->self->options().transport_features;
+    so.inflight = srv->self->options().inflight;
+    kick_watch.resize(srv->device->num_queues());
+    session = std::make_unique<Session>(srv->device, this, so);
+    VIOPORT_LOG(kInfo, name(), ": front-end connected");
+    ReadMessages();
+    WatchEvents();
+  }
+
+  void ReadMessages() {
+    sock.async_wait(Stream::socket::wait_read, [self = shared_from_this()](const boost::system::error_code& ec) {
+      if (self->closed) return;
+      if (ec) return self->Close(ec.message(), false);
+      for (int i = 0; i < 64; ++i) {  // bounded: kicks and other devices get their turn
+        Message m;
+        absl::StatusOr<bool> r = self->reader.Feed(self->sock.native_handle(), &m);
+        if (!r.ok()) {
+          const bool eof = absl::IsUnavailable(r.status());
+          if (!eof) self->srv->protocol_errors++;
+          return self->Close(std::string(r.status().message()), !eof);
+        }
+        if (!*r) break;
+        absl::Status s = self->session->Handle(m);
+        self->RunDeferred();
+        if (self->closed) return;
+        if (!s.ok()) {
+          self->srv->protocol_errors++;
+          return self->Close(std::string(s.message()), true);
+        }
+      }
+      self->ReadMessages();
+    });
+  }
+
+  void RunDeferred() {
+    while (!deferred.empty() && !closed) {
+      auto f = std::move(deferred.front());
+      deferred.pop_front();
+      f();
+    }
+  }
+
+  // Session::Host
+  void WatchKick(uint16_t q, int fd) override {
+    if (q >= kick_watch.size()) return;
+    UnwatchKick(q);
+    const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return;
+    kick_watch[q] = std::make_unique<asio::posix::stream_descriptor>(*srv->io, dup);
+    ArmKick(q, kick_watch[q].get());
+  }
+  void ArmKick(uint16_t q, asio::posix::stream_descriptor* w) {
+    w->async_wait(asio::posix::stream_descriptor::wait_read,
+                  [self = shared_from_this(), q, w](const boost::system::error_code& ec) {
+                    if (ec || self->closed || self->kick_watch[q].get() != w) return;
+                    Drain(w->native_handle());
+                    self->session->OnKick(q);
+                    self->session->Serve(self->srv->self->options().spin_us);
+                    self->RunDeferred();
+                    if (!self->closed && self->kick_watch[q].get() == w) self->ArmKick(q, w);
+                  });
+  }
+  void UnwatchKick(uint16_t q) override {
+    if (q >= kick_watch.size() || !kick_watch[q]) return;
+    boost::system::error_code ec;
+    kick_watch[q]->close(ec);
+    // The handler may still be queued: keep the object alive until it ran.
+    auto* raw = kick_watch[q].release();
+    asio::post(*srv->io, [raw] { delete raw; });
+  }
+  absl::Status Reply(uint32_t request, std::span<const uint8_t> payload, std::span<const int> fds) override {
+    return vhost_user::SendMessage(sock.native_handle(), request, vhost_user::kFlagReply, payload, fds);
+  }
+  void Defer(std::function<void()> f) override { deferred.push_back(std::move(f)); }
+
+  void WatchEvents() {
+    const int fd = srv->device->event_fd();
+    if (fd < 0) return;
+    if (!event_watch) event_watch = std::make_unique<asio::posix::stream_descriptor>(*srv->io, ::dup(fd));
+    event_watch->async_wait(asio::posix::stream_descriptor::wait_read,
+                            [self = shared_from_this()](const boost::system::error_code& ec) {
+                              if (ec || self->closed) return;
+                              if (self->session->OnDeviceEvents()) self->session->Serve(self->srv->self->options().spin_us);
+                              self->RunDeferred();
+                              if (!self->closed) self->WatchEvents();
+                            });
+  }
+
+  void Close(const std::string& why, bool protocol_error) {
+    if (closed) return;
+    if (protocol_error) {
+      VIOPORT_LOG(kWarning, name(), ": closing the connection: ", why);
+      srv->last_error = why;
+    } else {
+      VIOPORT_LOG(kInfo, name(), ": front-end disconnected (", why, ")");
+    }
+    Teardown();
+  }
+
+  void Teardown() {
+    if (closed) return;
+    closed = true;
+    if (session) {
+      srv->Absorb(session->counters());
+      if (!session->last_error().empty()) srv->last_error = session->last_error();
+      session.reset();  // completes in-flight requests, resets the device, unmaps
+    }
+    deferred.clear();
+    boost::system::error_code ec;
+    for (size_t q = 0; q < kick_watch.size(); ++q) UnwatchKick(static_cast<uint16_t>(q));
+    if (event_watch) event_watch->close(ec);
+    sock.close(ec);
+  }
+};
+
+VhostUserServer::VhostUserServer(VhostUserServerOptions o) : opts_(std::move(o)) {}
+
+absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Create(asio::io_context& io,
+                                                                         std::shared_ptr<VirtioDevice> device,
+                                                                         VhostUserServerOptions options) {
+  if (!device) return absl::InvalidArgumentError("no device");
+  if (device->num_queues() == 0 || device->num_queues() > 256)
+    return absl::InvalidArgumentError(absl::StrCat("vhost-user carries 1 to 256 queues, the device has ",
+                                                   device->num_queues()));
+  if (options.socket_path.empty()) return absl::InvalidArgumentError("vhost-user: no socket path");
+  std::unique_ptr<VhostUserServer> s(new VhostUserServer(std::move(options)));
+  auto impl = std::make_unique<Impl>();
+  impl->self = s.get();
+  impl->io = &io;
+  impl->device = std::move(device);
+  struct stat st;
+  if (::lstat(s->opts_.socket_path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      return absl::AlreadyExistsError(absl::StrCat(s->opts_.socket_path, " exists and is not a socket"));
+    ::unlink(s->opts_.socket_path.c_str());
+  }
+  boost::system::error_code ec;
+  impl->acceptor = std::make_unique<Stream::acceptor>(io);
+  impl->acceptor->open(Stream(), ec);
+  if (!ec) impl->acceptor->bind(Stream::endpoint(s->opts_.socket_path), ec);
+  if (!ec) impl->acceptor->listen(4, ec);
+  if (ec)
+    return absl::UnavailableError(absl::StrCat("vhost-user: listen on ", s->opts_.socket_path, ": ", ec.message()));
+  s->impl_ = std::move(impl);
+  s->impl_->Accept();
+  VIOPORT_LOG(kInfo, s->opts_.name, ": listening on ", s->opts_.socket_path, " (vhost-user)");
+  return s;
+}
+
+VhostUserServer::~VhostUserServer() {
+  if (!impl_) return;
+  if (impl_->conn) impl_->conn->Close("server stopping", false);
+  impl_->conn.reset();
+  boost::system::error_code ec;
+  if (impl_->acceptor) impl_->acceptor->close(ec);
+  ::unlink(opts_.socket_path.c_str());
+}
+
+void VhostUserServer::Impl::Accept() {
+  if (!accepting || !acceptor->is_open()) return;
+  acceptor->async_accept([this](const boost::system::error_code& ec, Stream::socket sock) {
+    if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
+    if (!ec) {
+      if (conn && !conn->closed) {
+        // One front-end at a time: the device has one driver.
+        refused++;
+        VIOPORT_LOG(kWarning, self->opts_.name, ": refused a second front-end (one is connected)");
+        boost::system::error_code e2;
+        sock.close(e2);
+      } else {
+        conn = std::make_shared<VhostUserConnection>(this, std::move(sock));
+        conn->Start();
+      }
+    } else {
+      VIOPORT_LOG(kWarning, self->opts_.name, ": accept: ", ec.message());
+    }
+    Accept();
+  });
+}
+
+void VhostUserServer::StopAccepting() {
+  impl_->accepting = false;
+  boost::system::error_code ec;
+  impl_->acceptor->close(ec);
+}
+
+absl::Status VhostUserServer::Quiesce() {
+  if (impl_->conn && !impl_->conn->closed && impl_->conn->session) return impl_->conn->session->Quiesce();
+  return impl_->device->Quiesce();
+}
+
+bool VhostUserServer::connected() const { return impl_->conn && !impl_->conn->closed; }
+
+uint8_t VhostUserServer::device_status() const {
+  return connected() && impl_->conn->session ? impl_->conn->session->emulated_status() : 0;
+}
+
+std::string VhostUserServer::last_error() const {
+  if (connected() && impl_->conn->session && !impl_->conn->session->last_error().empty())
+    return impl_->conn->session->last_error();
+  return impl_->last_error;
+}
+
+std::vector<std::pair<std::string, uint64_t>> VhostUserServer::Counters() const {
+  vhost_user::SessionCounters c = impl_->past;
+  if (connected() && impl_->conn->session) {
+    const auto l = impl_->conn->session->counters();
+    c.messages += l.messages;
+    c.kicks += l.kicks;
+    c.queue_interrupts += l.queue_interrupts;
+    c.activations += l.activations;
+    c.device_resets += l.device_resets;
+    c.ring_errors += l.ring_errors;
+    c.resubmitted += l.resubmitted;
+  }
+  return {{"connections", impl_->connections},
+          {"connections_refused", impl_->refused},
+          {"protocol_errors", impl_->protocol_errors},
+          {"messages", c.messages},
+          {"kicks", c.kicks},
+          {"queue_interrupts", c.queue_interrupts},
+          {"activations", c.activations},
+          {"device_resets", c.device_resets},
+          {"ring_errors", c.ring_errors},
+          {"inflight_resubmitted", c.resubmitted}};
+}
+
+}  // namespace vioport

@@ -1,0 +1,778 @@
+#include "vhost_user_session.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "vioport/core/guest_memory.h"
+#include "vioport/core/log.h"
+#include "vioport/core/split_device_queue.h"
+
+namespace vioport::vhost_user {
+namespace {
+
+absl::Status Bad(const std::string& why) { return absl::InvalidArgumentError(why); }
+absl::Status WrongState(const std::string& why) { return absl::FailedPreconditionError(why); }
+
+void CloseFd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+void SignalFd(int fd) {
+  if (fd < 0) return;
+  const uint64_t one = 1;
+  ssize_t r;
+  do {
+    r = ::write(fd, &one, sizeof one);
+  } while (r < 0 && errno == EINTR);
+}
+
+bool Has(uint64_t bits, unsigned b) { return (bits >> b) & 1; }
+
+}  // namespace
+
+// One mmap of a front-end memory region. The mapping lives as long as any
+// GuestMemory built on it (the device may hold one until it is reset).
+struct Session::Mapping {
+  MemRegion r{};
+  uint8_t* base = nullptr;
+  size_t len = 0;
+  uint8_t* host() const { return base + r.mmap_offset; }
+  ~Mapping() {
+    if (base) ::munmap(base, len);
+  }
+};
+
+struct Session::Vring {
+  uint32_t num = 0;
+  bool addr_set = false;
+  VringAddr addr{};
+  uint32_t base = 0;
+  int kick = -1, err = -1;
+  bool started = false, enabled = false;
+  std::unique_ptr<DeviceQueue> queue;  // built, not held by the device
+  DeviceQueue* running = nullptr;      // held by the active device
+};
+
+// Used-buffer interrupts: the ring's call eventfd, which the front-end may
+// replace at any time (QEMU swaps it when the guest masks the vector).
+class Session::Interrupts final : public InterruptSink {
+ public:
+  explicit Interrupts(size_t n) : call_(n) {
+    for (auto& c : call_) c.store(-1);
+  }
+  ~Interrupts() override {
+    for (auto& c : call_) {
+      int fd = c.exchange(-1);
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  void SetCall(uint16_t q, int fd) {
+    int old = call_[q].exchange(fd);
+    if (old >= 0) ::close(old);
+  }
+  void QueueInterrupt(uint16_t q) override {
+    if (q >= call_.size()) return;
+    sent_.fetch_add(1, std::memory_order_relaxed);
+    SignalFd(call_[q].load(std::memory_order_acquire));
+  }
+  // No back-end request channel is negotiated, so a config change cannot be
+  // announced; it is counted (and the front-end reads it on its next GET_CONFIG).
+  void ConfigInterrupt() override { config_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t sent() const { return sent_.load(std::memory_order_relaxed); }
+
+ private:
+  std::vector<std::atomic<int>> call_;
+  std::atomic<uint64_t> sent_{0}, config_{0};
+};
+
+Session::Session(std::shared_ptr<VirtioDevice> device, Host* host, SessionOptions options)
+    : device_(std::move(device)), host_(host), opts_(std::move(options)) {
+  const uint16_t nq = device_->num_queues();
+  vrings_.resize(nq);
+  active_set_.assign(nq, false);
+  irq_ = std::make_shared<Interrupts>(nq);
+  offered_ = (device_->device_features() & ~feature::kCoreSupported) |
+             (device_->device_features() & opts_.transport_features) | (1ull << kFeatureProtocolFeatures);
+  offered_proto_ = (1ull << proto::kMq) | (1ull << proto::kReplyAck) | (1ull << proto::kConfig) |
+                   (1ull << proto::kResetDevice) | (1ull << proto::kConfigureMemSlots);
+  if (opts_.inflight) offered_proto_ |= 1ull << proto::kInflightShmfd;
+}
+
+Session::~Session() {
+  *alive_ = false;
+  StopDevice();
+  for (uint16_t q = 0; q < vrings_.size(); ++q) {
+    if (vrings_[q].kick >= 0) host_->UnwatchKick(q);
+    CloseFd(vrings_[q].kick);
+    CloseFd(vrings_[q].err);
+    vrings_[q].queue.reset();
+  }
+  logs_.clear();
+  if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
+}
+
+uint8_t Session::emulated_status() const {
+  if (!owner_) return 0;
+  uint8_t s = status::kAcknowledge | status::kDriver;
+  if (features_set_) s |= status::kFeaturesOk;
+  if (active_) s |= status::kDriverOk;
+  if (needs_reset_) s |= status::kDeviceNeedsReset;
+  return s;
+}
+
+absl::Status Session::Handle(Message& m) {
+  counters_.messages++;
+  bool replied = false;
+  absl::Status s = Dispatch(m, &replied);
+  if (!s.ok()) {
+    s = absl::Status(s.code(), absl::StrCat(ReqName(m.header.request), ": ", s.message()));
+    last_error_ = std::string(s.message());
+    return s;
+  }
+  if (m.need_reply() && Has(acked_proto_, proto::kReplyAck) && !replied) {
+    const uint64_t ok = 0;
+    return host_->Reply(m.header.request, Bytes(ok), {});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Session::CheckQueue(uint32_t index, const char* what) const {
+  if (index >= vrings_.size())
+    return Bad(absl::StrCat(what, " index ", index, " out of range (the device has ", vrings_.size(), " queues)"));
+  return absl::OkStatus();
+}
+
+absl::Status Session::Dispatch(Message& m, bool* replied) {
+  const Req req = m.req();
+  const bool needs_owner = !(req == Req::kGetFeatures || req == Req::kGetProtocolFeatures ||
+                             req == Req::kSetProtocolFeatures || req == Req::kGetQueueNum ||
+                             req == Req::kGetMaxMemSlots || req == Req::kSetOwner || req == Req::kGetConfig);
+  if (needs_owner && !owner_) return WrongState("before SET_OWNER");
+  // Requests without fds must not carry any (they would leak otherwise; a
+  // front-end sending them is confused).
+  const bool takes_fds = req == Req::kSetMemTable || req == Req::kAddMemReg || req == Req::kRemMemReg ||
+                         req == Req::kSetVringKick || req == Req::kSetVringCall || req == Req::kSetVringErr ||
+                         req == Req::kSetInflightFd;
+  if (!takes_fds && !m.fds.empty()) return Bad(absl::StrCat("carries ", m.fds.size(), " unexpected fds"));
+  auto u64 = [&](uint64_t* v) -> absl::Status {
+    return m.As(v) ? absl::OkStatus() : Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected 8"));
+  };
+  auto state = [&](VringState* v) -> absl::Status {
+    return m.As(v) ? absl::OkStatus() : Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected 8"));
+  };
+  auto reply_u64 = [&](uint64_t v) {
+    *replied = true;
+    return host_->Reply(m.header.request, Bytes(v), {});
+  };
+  switch (req) {
+    case Req::kGetFeatures:
+      return reply_u64(offered_);
+    case Req::kSetFeatures: {
+      uint64_t v = 0;
+      if (auto s = u64(&v); !s.ok()) return s;
+      if (v & ~offered_) return Bad(absl::StrFormat("features 0x%x include bits not offered (0x%x)", v, v & ~offered_));
+      if (active_ && v != acked_) return WrongState("features changed while the device runs");
+      acked_ = v;
+      features_set_ = true;
+      if (!Has(v, kFeatureProtocolFeatures))
+        for (auto& vr : vrings_) vr.enabled = true;  // no SET_VRING_ENABLE without protocol features
+      return Reconcile();
+    }
+    case Req::kSetOwner:
+      if (!m.payload.empty()) return Bad("unexpected payload");
+      if (owner_) return WrongState("the session already has an owner");
+      owner_ = true;
+      return absl::OkStatus();
+    case Req::kResetOwner:
+      return ResetRings();
+    case Req::kGetProtocolFeatures:
+      return reply_u64(offered_proto_);
+    case Req::kSetProtocolFeatures: {
+      uint64_t v = 0;
+      if (auto s = u64(&v); !s.ok()) return s;
+      if (v & ~offered_proto_)
+        return Bad(absl::StrFormat("protocol features 0x%x include bits not offered (0x%x)", v, v & ~offered_proto_));
+      acked_proto_ = v;
+      return absl::OkStatus();
+    }
+    case Req::kGetQueueNum:
+      return reply_u64(vrings_.size());
+    case Req::kGetMaxMemSlots:
+      return reply_u64(kMaxMemSlots);
+    case Req::kSetMemTable:
+      return SetMemTable(m);
+    case Req::kAddMemReg:
+      if (!Has(acked_proto_, proto::kConfigureMemSlots)) return WrongState("CONFIGURE_MEM_SLOTS not negotiated");
+      return AddMemReg(m);
+    case Req::kRemMemReg:
+      if (!Has(acked_proto_, proto::kConfigureMemSlots)) return WrongState("CONFIGURE_MEM_SLOTS not negotiated");
+      return RemMemReg(m);
+    case Req::kSetVringNum: {
+      VringState v{};
+      if (auto s = state(&v); !s.ok()) return s;
+      if (auto s = CheckQueue(v.index, "queue"); !s.ok()) return s;
+      Vring& vr = vrings_[v.index];
+      if (vr.started) return WrongState(absl::StrCat("queue ", v.index, " is running"));
+      const bool packed = Has(acked_, feature::kRingPacked);
+      if (v.num == 0 || v.num > device_->max_queue_size() || (!packed && (v.num & (v.num - 1))))
+        return Bad(absl::StrCat("queue ", v.index, " size ", v.num, " (the device takes ",
+                                packed ? "1" : "a power of 2 up", " to ", device_->max_queue_size(), ")"));
+      vr.num = v.num;
+      vr.queue.reset();
+      return absl::OkStatus();
+    }
+    case Req::kSetVringAddr: {
+      VringAddr a{};
+      if (!m.As(&a)) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected 40"));
+      if (auto s = CheckQueue(a.index, "queue"); !s.ok()) return s;
+      if (a.flags & 1) return Bad("dirty logging requested (LOG_SHMFD not negotiated)");
+      Vring& vr = vrings_[a.index];
+      if (vr.started) {
+        if (a.desc == vr.addr.desc && a.avail == vr.addr.avail && a.used == vr.addr.used) return absl::OkStatus();
+        return WrongState(absl::StrCat("queue ", a.index, " is running; its ring cannot move"));
+      }
+      vr.addr = a;
+      vr.addr_set = true;
+      vr.queue.reset();
+      if (memory_) {
+        uint64_t d, av, u;
+        return TranslateRing(a.index, &d, &av, &u);
+      }
+      return absl::OkStatus();
+    }
+    case Req::kSetVringBase: {
+      VringState v{};
+      if (auto s = state(&v); !s.ok()) return s;
+      if (auto s = CheckQueue(v.index, "queue"); !s.ok()) return s;
+      Vring& vr = vrings_[v.index];
+      if (vr.started) return WrongState(absl::StrCat("queue ", v.index, " is running"));
+      vr.base = v.num;
+      vr.queue.reset();
+      return absl::OkStatus();
+    }
+    case Req::kGetVringBase:
+      *replied = true;
+      return GetVringBase(m);
+    case Req::kSetVringKick:
+      return SetVringFd(m, 0);
+    case Req::kSetVringCall:
+      return SetVringFd(m, 1);
+    case Req::kSetVringErr:
+      return SetVringFd(m, 2);
+    case Req::kSetVringEnable: {
+      VringState v{};
+      if (auto s = state(&v); !s.ok()) return s;
+      if (auto s = CheckQueue(v.index, "queue"); !s.ok()) return s;
+      if (!Has(acked_, kFeatureProtocolFeatures) && features_set_)
+        return WrongState("SET_VRING_ENABLE without PROTOCOL_FEATURES");
+      if (v.num > 1) return Bad(absl::StrCat("enable value ", v.num));
+      vrings_[v.index].enabled = v.num == 1;
+      return Reconcile();
+    }
+    case Req::kGetConfig:
+      *replied = true;
+      return GetConfig(m);
+    case Req::kSetConfig:
+      return SetConfig(m);
+    case Req::kGetInflightFd:
+      if (!Has(acked_proto_, proto::kInflightShmfd)) return WrongState("INFLIGHT_SHMFD not negotiated");
+      *replied = true;
+      return GetInflight(m);
+    case Req::kSetInflightFd:
+      if (!Has(acked_proto_, proto::kInflightShmfd)) return WrongState("INFLIGHT_SHMFD not negotiated");
+      return SetInflight(m);
+    case Req::kResetDevice:
+      if (!Has(acked_proto_, proto::kResetDevice)) return WrongState("RESET_DEVICE not negotiated");
+      return ResetRings();
+    default:
+      return Bad(absl::StrCat("request ", m.header.request, " is not supported by this back-end"));
+  }
+}
+
+absl::Status Session::ResetRings() {
+  StopDevice();
+  for (uint16_t q = 0; q < vrings_.size(); ++q) {
+    Vring& vr = vrings_[q];
+    if (vr.kick >= 0) host_->UnwatchKick(q);
+    CloseFd(vr.kick);
+    CloseFd(vr.err);
+    irq_->SetCall(q, -1);
+    vr = Vring();
+  }
+  acked_ = 0;
+  features_set_ = false;
+  needs_reset_ = false;
+  return absl::OkStatus();
+}
+
+// ---- memory ----------------------------------------------------------------
+
+namespace {
+
+// Maps one region after checking everything the front-end claims about it.
+absl::Status MapRegion(const MemRegion& r, int fd, uint8_t** base, size_t* len) {
+  if (r.memory_size == 0) return Bad("region of size 0");
+  if (r.guest_phys_addr + r.memory_size < r.guest_phys_addr || r.userspace_addr + r.memory_size < r.userspace_addr ||
+      r.mmap_offset + r.memory_size < r.mmap_offset)
+    return Bad(absl::StrFormat("region at guest 0x%x size 0x%x wraps around", r.guest_phys_addr, r.memory_size));
+  if (fd < 0) return Bad("region without an fd");
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Bad(absl::StrCat("region fd: ", std::strerror(errno)));
+  if (!S_ISREG(st.st_mode)) return Bad("region fd is not a memory file");
+  if (static_cast<uint64_t>(st.st_size) < r.mmap_offset + r.memory_size)
+    return Bad(absl::StrFormat("region [0x%x, +0x%x) of its fd lies past the file's end (0x%x)", r.mmap_offset,
+                               r.memory_size, st.st_size));
+  // A memfd the front-end could still shrink would SIGBUS us later.
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals >= 0 && !(seals & F_SEAL_SHRINK)) return Bad("region memfd is not sealed against shrinking (F_SEAL_SHRINK)");
+  const size_t l = r.mmap_offset + r.memory_size;
+  void* p = ::mmap(nullptr, l, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (p == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap of a region: ", std::strerror(errno)));
+  *base = static_cast<uint8_t*>(p);
+  *len = l;
+  return absl::OkStatus();
+}
+
+// The guest memory the device sees, owning the mappings it points into.
+struct OwnedMemory {
+  std::vector<std::shared_ptr<void>> keep;
+  RegionMemory mem;
+};
+
+}  // namespace
+
+absl::Status Session::SetMemTable(Message& m) {
+  MemTableHeader h;
+  if (!m.AtLeast(&h)) return Bad("payload shorter than its region count");
+  if (h.nregions == 0 || h.nregions > kMaxMemRegions)
+    return Bad(absl::StrCat(h.nregions, " regions (1 to ", kMaxMemRegions, ")"));
+  if (m.payload.size() != sizeof h + h.nregions * sizeof(MemRegion))
+    return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes for ", h.nregions, " regions"));
+  if (m.fds.size() != h.nregions) return Bad(absl::StrCat(m.fds.size(), " fds for ", h.nregions, " regions"));
+  std::vector<std::shared_ptr<Mapping>> maps;
+  for (uint32_t i = 0; i < h.nregions; ++i) {
+    auto mp = std::make_shared<Mapping>();
+    std::memcpy(&mp->r, m.payload.data() + sizeof h + i * sizeof(MemRegion), sizeof(MemRegion));
+    absl::Status s = MapRegion(mp->r, m.fds[i], &mp->base, &mp->len);
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("region ", i, ": ", s.message()));
+    maps.push_back(std::move(mp));
+  }
+  return InstallMemory(std::move(maps));
+}
+
+absl::Status Session::AddMemReg(Message& m) {
+  SingleMemRegion r;
+  if (!m.As(&r)) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected ", sizeof r));
+  if (m.fds.size() != 1) return Bad(absl::StrCat(m.fds.size(), " fds, expected 1"));
+  if (maps_.size() >= kMaxMemSlots) return Bad(absl::StrCat("more than ", kMaxMemSlots, " memory slots"));
+  auto mp = std::make_shared<Mapping>();
+  mp->r = r.region;
+  if (absl::Status s = MapRegion(mp->r, m.fds[0], &mp->base, &mp->len); !s.ok()) return s;
+  auto maps = maps_;
+  maps.push_back(std::move(mp));
+  return InstallMemory(std::move(maps));
+}
+
+absl::Status Session::RemMemReg(Message& m) {
+  SingleMemRegion r;
+  if (!m.As(&r)) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected ", sizeof r));
+  if (m.fds.size() > 1) return Bad(absl::StrCat(m.fds.size(), " fds, expected at most 1"));
+  auto maps = maps_;
+  for (auto it = maps.begin(); it != maps.end(); ++it) {
+    const MemRegion& x = (*it)->r;
+    if (x.guest_phys_addr == r.region.guest_phys_addr && x.memory_size == r.region.memory_size &&
+        x.userspace_addr == r.region.userspace_addr) {
+      maps.erase(it);
+      return InstallMemory(std::move(maps));
+    }
+  }
+  return Bad(absl::StrFormat("no region at guest 0x%x size 0x%x to remove", r.region.guest_phys_addr,
+                             r.region.memory_size));
+}
+
+absl::Status Session::InstallMemory(std::vector<std::shared_ptr<Mapping>> maps) {
+  auto owned = std::make_shared<OwnedMemory>();
+  for (size_t i = 0; i < maps.size(); ++i) {
+    const MemRegion& r = maps[i]->r;
+    for (size_t j = 0; j < i; ++j) {
+      const MemRegion& o = maps[j]->r;
+      if (r.userspace_addr < o.userspace_addr + o.memory_size && o.userspace_addr < r.userspace_addr + r.memory_size)
+        return Bad(absl::StrFormat("regions %d and %d overlap in the front-end's address space", j, i));
+    }
+    if (absl::Status s = owned->mem.AddRegion({r.guest_phys_addr, r.memory_size, maps[i]->host(), Access::kReadWrite});
+        !s.ok())
+      return Bad(absl::StrCat("region ", i, ": ", s.message()));
+    owned->keep.push_back(maps[i]);
+  }
+  // The device keeps using the old memory until it is stopped.
+  StopDevice();
+  for (auto& vr : vrings_) {
+    if (vr.queue) vr.base = vr.queue->GetBase();
+    vr.queue.reset();
+  }
+  maps_ = std::move(maps);
+  memory_ = std::shared_ptr<GuestMemory>(owned, &owned->mem);
+  for (uint16_t q = 0; q < vrings_.size(); ++q) {
+    if (!vrings_[q].addr_set) continue;
+    uint64_t d, a, u;
+    if (absl::Status s = TranslateRing(q, &d, &a, &u); !s.ok()) return s;
+  }
+  return Reconcile();
+}
+
+absl::Status Session::TranslateRing(uint16_t q, uint64_t* desc, uint64_t* avail, uint64_t* used) const {
+  const VringAddr& a = vrings_[q].addr;
+  auto tr = [&](uint64_t va, const char* what, uint64_t* out) -> absl::Status {
+    for (const auto& mp : maps_) {
+      const MemRegion& r = mp->r;
+      if (va >= r.userspace_addr && va - r.userspace_addr < r.memory_size) {
+        *out = va - r.userspace_addr + r.guest_phys_addr;
+        return absl::OkStatus();
+      }
+    }
+    return Bad(absl::StrFormat("queue %d: %s ring address 0x%x is outside every memory region", q, what, va));
+  };
+  if (auto s = tr(a.desc, "descriptor", desc); !s.ok()) return s;
+  if (auto s = tr(a.avail, "available", avail); !s.ok()) return s;
+  return tr(a.used, "used", used);
+}
+
+// ---- rings ---------------------------------------------------------------
+
+absl::Status Session::SetVringFd(Message& m, int which) {
+  uint64_t v = 0;
+  if (!m.As(&v)) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected 8"));
+  if (v & ~(kVringIndexMask | kVringNoFd)) return Bad(absl::StrFormat("unknown bits in 0x%x", v));
+  const uint32_t q = static_cast<uint32_t>(v & kVringIndexMask);
+  if (auto s = CheckQueue(q, "queue"); !s.ok()) return s;
+  const bool nofd = v & kVringNoFd;
+  if (m.fds.size() != (nofd ? 0u : 1u))
+    return Bad(absl::StrCat(m.fds.size(), " fds with ", nofd ? "the no-fd flag" : "an fd request"));
+  Vring& vr = vrings_[q];
+  const int fd = nofd ? -1 : m.TakeFd(0);
+  switch (which) {
+    case 0:  // kick: the first one starts the ring
+      if (nofd) return Bad("rings without a kick fd (polling) are not supported");
+      if (vr.kick >= 0) host_->UnwatchKick(static_cast<uint16_t>(q));
+      CloseFd(vr.kick);
+      vr.kick = fd;
+      host_->WatchKick(static_cast<uint16_t>(q), fd);
+      vr.started = true;
+      return Reconcile();
+    case 1:
+      irq_->SetCall(static_cast<uint16_t>(q), fd);
+      return absl::OkStatus();
+    default:
+      CloseFd(vr.err);
+      vr.err = fd;
+      return absl::OkStatus();
+  }
+}
+
+absl::Status Session::GetVringBase(Message& m) {
+  VringState v{};
+  if (!m.As(&v)) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected 8"));
+  if (auto s = CheckQueue(v.index, "queue"); !s.ok()) return s;
+  Vring& vr = vrings_[v.index];
+  if (vr.started) {
+    // Stopping a ring: every request it has in flight completes first, so
+    // the base we return is exact and nothing is lost.
+    StopDevice();
+    if (vr.queue) vr.base = vr.queue->GetBase();
+    vr.queue.reset();
+    vr.started = false;
+    host_->UnwatchKick(static_cast<uint16_t>(v.index));
+    CloseFd(vr.kick);
+  }
+  VringState out{v.index, vr.base};
+  if (absl::Status s = host_->Reply(m.header.request, Bytes(out), {}); !s.ok()) return s;
+  bool any = false;
+  for (const auto& r : vrings_) any |= r.started;
+  if (!any) needs_reset_ = false;  // the front-end is restarting the device
+  return Reconcile();
+}
+
+absl::Status Session::GetConfig(Message& m) {
+  ConfigHeader h;
+  if (!m.AtLeast(&h)) return Bad("payload shorter than the config header");
+  if (h.size > kMaxConfigSize) return Bad(absl::StrCat("config size ", h.size, " (limit ", kMaxConfigSize, ")"));
+  if (m.payload.size() != sizeof h + h.size)
+    return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes for ", h.size, " config bytes"));
+  std::vector<uint8_t> out(sizeof h + h.size, 0);
+  const uint32_t cs = device_->config_size();
+  if (h.offset > cs) {
+    h.size = 0;  // "size 0 means error"
+    out.resize(sizeof h);
+  } else {
+    const uint32_t n = std::min(h.size, cs - h.offset);
+    if (n) device_->ReadConfig(h.offset, {out.data() + sizeof h, n});
+  }
+  std::memcpy(out.data(), &h, sizeof h);
+  return host_->Reply(m.header.request, out, {});
+}
+
+absl::Status Session::SetConfig(Message& m) {
+  ConfigHeader h;
+  if (!m.AtLeast(&h)) return Bad("payload shorter than the config header");
+  if (h.size > kMaxConfigSize) return Bad(absl::StrCat("config size ", h.size, " (limit ", kMaxConfigSize, ")"));
+  if (m.payload.size() != sizeof h + h.size)
+    return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes for ", h.size, " config bytes"));
+  if (h.flags > kConfigFlagMigration) return Bad(absl::StrCat("config flags ", h.flags));
+  if (!Has(acked_proto_, proto::kConfig)) return WrongState("CONFIG not negotiated");
+  const uint32_t cs = device_->config_size();
+  if (h.offset > cs || h.size > cs - h.offset) {
+    VIOPORT_LOG(kWarning, opts_.name, ": SET_CONFIG at ", h.offset, "+", h.size, " past the config space ignored");
+    return absl::OkStatus();
+  }
+  if (h.size) device_->WriteConfig(h.offset, {m.payload.data() + sizeof h, h.size});
+  return absl::OkStatus();
+}
+
+// ---- in-flight log ---------------------------------------------------------
+
+absl::Status Session::GetInflight(Message& m) {
+  Inflight in;
+  if (!m.As(&in)) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected ", sizeof in));
+  if (in.num_queues == 0 || in.num_queues > vrings_.size())
+    return Bad(absl::StrCat(in.num_queues, " queues (the device has ", vrings_.size(), ")"));
+  if (in.queue_size == 0 || in.queue_size > kMaxQueueSize) return Bad(absl::StrCat("queue size ", in.queue_size));
+  const size_t size = in.num_queues * SplitInflightLog::RegionBytes(in.queue_size);
+  const int fd = ::memfd_create("vios-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return absl::ResourceExhaustedError(absl::StrCat("memfd_create: ", std::strerror(errno)));
+  if (::ftruncate(fd, static_cast<off_t>(size)) != 0 ||
+      ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return absl::ResourceExhaustedError(absl::StrCat("in-flight memfd: ", std::strerror(e)));
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    const int e = errno;
+    ::close(fd);
+    return absl::ResourceExhaustedError(absl::StrCat("in-flight mmap: ", std::strerror(e)));
+  }
+  StopDevice();
+  for (auto& vr : vrings_) {
+    if (vr.queue) vr.base = vr.queue->GetBase();
+    vr.queue.reset();
+  }
+  logs_.clear();
+  if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
+  inflight_map_ = static_cast<uint8_t*>(p);
+  inflight_len_ = size;
+  inflight_queues_ = in.num_queues;
+  inflight_qsize_ = in.queue_size;
+  Inflight out{size, 0, in.num_queues, in.queue_size};
+  const int fds[1] = {fd};
+  absl::Status s = host_->Reply(m.header.request, Bytes(out), fds);
+  ::close(fd);
+  if (!s.ok()) return s;
+  return Reconcile();
+}
+
+absl::Status Session::SetInflight(Message& m) {
+  Inflight in;
+  if (!m.As(&in)) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected ", sizeof in));
+  if (m.fds.size() != 1) return Bad(absl::StrCat(m.fds.size(), " fds, expected 1"));
+  if (in.num_queues == 0 || in.num_queues > vrings_.size())
+    return Bad(absl::StrCat(in.num_queues, " queues (the device has ", vrings_.size(), ")"));
+  if (in.queue_size == 0 || in.queue_size > kMaxQueueSize) return Bad(absl::StrCat("queue size ", in.queue_size));
+  const size_t need = in.num_queues * SplitInflightLog::RegionBytes(in.queue_size);
+  if (in.mmap_size < need || in.mmap_size > (uint64_t{1} << 32))
+    return Bad(absl::StrCat("in-flight area of ", in.mmap_size, " bytes for ", in.num_queues, " queues of ",
+                            in.queue_size, " (needs ", need, ")"));
+  if (in.mmap_offset % 4096) return Bad("in-flight area offset not page aligned");
+  const int fd = m.fds[0];
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+      static_cast<uint64_t>(st.st_size) < in.mmap_offset + in.mmap_size || in.mmap_offset + in.mmap_size < in.mmap_offset)
+    return Bad("in-flight fd is not a memory file that large");
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals >= 0 && !(seals & F_SEAL_SHRINK)) return Bad("in-flight memfd is not sealed against shrinking");
+  void* p = ::mmap(nullptr, in.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(in.mmap_offset));
+  if (p == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("in-flight mmap: ", std::strerror(errno)));
+  StopDevice();
+  for (auto& vr : vrings_) {
+    if (vr.queue) vr.base = vr.queue->GetBase();
+    vr.queue.reset();
+  }
+  logs_.clear();
+  if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
+  inflight_map_ = static_cast<uint8_t*>(p);
+  inflight_len_ = in.mmap_size;
+  inflight_queues_ = in.num_queues;
+  inflight_qsize_ = in.queue_size;
+  return Reconcile();
+}
+
+// ---- the device ------------------------------------------------------------
+
+void Session::StopDevice() {
+  if (!active_) return;
+  if (absl::Status s = device_->Quiesce(); !s.ok())
+    VIOPORT_LOG(kWarning, opts_.name, ": completing in-flight requests: ", s.message());
+  ActivateContext ctx = device_->Reset();
+  for (size_t q = 0; q < ctx.queues.size() && q < vrings_.size(); ++q) {
+    if (ctx.queues[q]) vrings_[q].queue = std::move(ctx.queues[q]);
+    vrings_[q].running = nullptr;
+  }
+  active_ = false;
+  active_set_.assign(vrings_.size(), false);
+  counters_.device_resets++;
+}
+
+absl::Status Session::BuildQueue(uint16_t q) {
+  Vring& vr = vrings_[q];
+  if (!memory_) return WrongState(absl::StrCat("queue ", q, " started before SET_MEM_TABLE"));
+  if (vr.num == 0) return WrongState(absl::StrCat("queue ", q, " started without SET_VRING_NUM"));
+  if (!vr.addr_set) return WrongState(absl::StrCat("queue ", q, " started without SET_VRING_ADDR"));
+  QueueConfig cfg;
+  cfg.index = q;
+  cfg.size = vr.num;
+  if (absl::Status s = TranslateRing(q, &cfg.desc_addr, &cfg.driver_addr, &cfg.device_addr); !s.ok()) return s;
+  cfg.features = acked_ & ~(1ull << kFeatureProtocolFeatures);
+  std::weak_ptr<bool> alive = alive_;
+  QueueErrorHandler on_error = [this, alive](uint16_t idx, RingError e) {
+    if (auto a = alive.lock(); a && *a) OnRingError(idx, e);
+  };
+  std::unique_ptr<DeviceQueue> dq;
+  if (RingError e = DeviceQueue::Create(cfg, memory_.get(), on_error, &dq); e != RingError::kNone)
+    return Bad(absl::StrCat("queue ", q, ": ", RingErrorName(e)));
+  dq->SetBase(vr.base);
+  if (auto* split = dynamic_cast<SplitDeviceQueue*>(dq.get());
+      split && inflight_map_ && q < inflight_queues_ && vr.num <= inflight_qsize_) {
+    if (logs_.size() < vrings_.size()) logs_.resize(vrings_.size());
+    logs_[q] = std::make_unique<SplitInflightLog>(
+        inflight_map_ + q * SplitInflightLog::RegionBytes(inflight_qsize_), static_cast<uint16_t>(vr.num));
+    if (absl::Status s = split->UseInflightLog(logs_[q].get()); !s.ok())
+      VIOPORT_LOG(kWarning, opts_.name, ": queue ", q, ": in-flight log not recovered (", s.message(), "); starting afresh");
+    if (split->resubmit_pending()) {
+      VIOPORT_LOG(kInfo, opts_.name, ": queue ", q, ": resubmitting ", split->resubmit_pending(),
+                  " requests left in flight by an earlier vios");
+      counters_.resubmitted += split->resubmit_pending();
+    }
+  }
+  vr.queue = std::move(dq);
+  return absl::OkStatus();
+}
+
+absl::Status Session::Reconcile() {
+  std::vector<bool> want(vrings_.size(), false);
+  bool any = false;
+  if (features_set_ && !needs_reset_) {
+    for (size_t q = 0; q < vrings_.size(); ++q) {
+      want[q] = vrings_[q].started && vrings_[q].enabled;
+      any |= want[q];
+    }
+  }
+  if (active_ && want == active_set_) return absl::OkStatus();
+  StopDevice();
+  if (!any) return absl::OkStatus();
+  ActivateContext ctx;
+  ctx.features = acked_ & ~(1ull << kFeatureProtocolFeatures);
+  ctx.memory = memory_;
+  ctx.interrupt = irq_;
+  ctx.queues.resize(vrings_.size());
+  for (uint16_t q = 0; q < vrings_.size(); ++q) {
+    if (!want[q]) continue;
+    if (!vrings_[q].queue)
+      if (absl::Status s = BuildQueue(q); !s.ok()) {
+        // Give back what was built so far; the connection is closed anyway.
+        for (uint16_t k = 0; k < q; ++k)
+          if (ctx.queues[k]) vrings_[k].queue = std::move(ctx.queues[k]);
+        return s;
+      }
+    vrings_[q].running = vrings_[q].queue.get();
+    ctx.queues[q] = std::move(vrings_[q].queue);
+  }
+  if (absl::Status s = device_->Activate(std::move(ctx)); !s.ok()) {
+    // The queues went with the context; the front-end has to restart the rings.
+    for (auto& vr : vrings_) vr.running = nullptr;
+    needs_reset_ = true;
+    last_error_ = absl::StrCat("device refused to start: ", s.message());
+    VIOPORT_LOG(kWarning, opts_.name, ": ", last_error_);
+    for (auto& vr : vrings_) SignalFd(vr.err);
+    return absl::OkStatus();
+  }
+  active_ = true;
+  active_set_ = want;
+  counters_.activations++;
+  // Kicks may have come before the ring ran, and recovered requests wait.
+  std::weak_ptr<bool> alive = alive_;
+  host_->Defer([this, alive] {
+    if (auto a = alive.lock(); a && *a) Serve(0);
+  });
+  return absl::OkStatus();
+}
+
+void Session::OnRingError(uint16_t q, RingError e) {
+  counters_.ring_errors++;
+  if (needs_reset_) return;
+  needs_reset_ = true;
+  last_error_ = absl::StrCat("queue ", q, ": ", RingErrorName(e));
+  VIOPORT_LOG(kWarning, opts_.name, ": ", last_error_, " - device stopped until the front-end resets it");
+  if (q < vrings_.size()) SignalFd(vrings_[q].err);
+  // Not from inside the device's call stack: stop it once it has returned.
+  std::weak_ptr<bool> alive = alive_;
+  host_->Defer([this, alive] {
+    if (auto a = alive.lock(); a && *a) StopDevice();
+  });
+}
+
+void Session::OnKick(uint16_t q) {
+  counters_.kicks++;
+  if (!active_ || needs_reset_ || q >= active_set_.size() || !active_set_[q]) return;
+  device_->QueueNotify(q);
+}
+
+bool Session::OnDeviceEvents() {
+  if (!active_) return false;
+  return device_->ProcessEvents();
+}
+
+void Session::Serve(uint32_t spin_us) {
+  using Clock = std::chrono::steady_clock;
+  const auto window = std::chrono::microseconds(spin_us);
+  const auto start = Clock::now();
+  auto idle_until = start + window;
+  const auto hard_stop = start + 20 * window;
+  for (;;) {
+    if (!active_ || needs_reset_) return;
+    bool progress = device_->ProcessEvents();
+    for (uint16_t i = 0; i < vrings_.size(); ++i) {
+      const DeviceQueue* dq = active_set_[i] ? vrings_[i].running : nullptr;
+      if (!dq) continue;
+      const uint64_t before = dq->counters().popped;
+      device_->QueueNotify(i);
+      if (!active_) return;
+      progress |= dq->counters().popped != before || dq->in_flight() != 0;
+    }
+    if (!spin_us) return;
+    const auto now = Clock::now();
+    if (progress) idle_until = now + window;
+    if (now >= idle_until || now >= hard_stop) return;
+  }
+}
+
+SessionCounters Session::counters() const {
+  SessionCounters c = counters_;
+  c.queue_interrupts = irq_->sent();
+  return c;
+}
+
+absl::Status Session::Quiesce() {
+  if (!active_) return absl::OkStatus();
+  return device_->Quiesce();
+}
+
+}  // namespace vioport::vhost_user

@@ -1,0 +1,126 @@
+#pragma once
+
+// The device side of one vhost-user connection as a state machine, free of
+// sockets and event loops: Handle() takes one message from the front-end and
+// answers through the Host. VhostUserServer wires it to Asio; the fuzz target
+// drives it directly. docs/transports/vhost-user.md describes the states.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "vioport/core/device.h"
+#include "vioport/core/inflight_log.h"
+#include "vioport/emulators/vhost_user_protocol.h"
+
+namespace vioport::vhost_user {
+
+struct SessionCounters {
+  uint64_t messages = 0;
+  uint64_t kicks = 0;
+  uint64_t queue_interrupts = 0;
+  uint64_t activations = 0;
+  uint64_t device_resets = 0;
+  uint64_t ring_errors = 0;
+  uint64_t resubmitted = 0;  // chains recovered from the in-flight log
+};
+
+struct SessionOptions {
+  std::string name;                   // for logs
+  uint64_t transport_features = 0;    // ring bits this transport carries
+  bool inflight = true;               // offer INFLIGHT_SHMFD
+};
+
+class Session {
+ public:
+  // What the session needs from its connection.
+  class Host {
+   public:
+    virtual ~Host() = default;
+    // Start/stop waiting for kicks on `fd` (owned by the session) for queue q.
+    virtual void WatchKick(uint16_t q, int fd) = 0;
+    virtual void UnwatchKick(uint16_t q) = 0;
+    virtual absl::Status Reply(uint32_t request, std::span<const uint8_t> payload, std::span<const int> fds) = 0;
+    // Run `f` after the current message or callback returns (same thread).
+    virtual void Defer(std::function<void()> f) = 0;
+  };
+
+  Session(std::shared_ptr<VirtioDevice> device, Host* host, SessionOptions options);
+  ~Session();  // completes in-flight requests, resets the device, unmaps
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // One message. An error means the front-end broke the protocol (the
+  // message names the request and the check): close the connection.
+  absl::Status Handle(Message& m);
+  // The kick eventfd of queue q fired (already drained by the caller).
+  void OnKick(uint16_t q);
+  // Busy-serve the device after a kick or completion for up to `spin_us`
+  // past its last progress (0: once). Returns after a bounded time.
+  void Serve(uint32_t spin_us);
+  // The device's asynchronous completions are ready.
+  bool OnDeviceEvents();
+  absl::Status Quiesce();
+
+  bool running() const { return active_; }
+  bool needs_reset() const { return needs_reset_; }
+  uint8_t emulated_status() const;
+  const std::string& last_error() const { return last_error_; }
+  SessionCounters counters() const;
+
+ private:
+  struct Mapping;
+  struct Vring;
+  class Interrupts;
+
+  absl::Status Dispatch(Message& m, bool* replied);
+  absl::Status SetMemTable(Message& m);
+  absl::Status AddMemReg(Message& m);
+  absl::Status RemMemReg(Message& m);
+  absl::Status InstallMemory(std::vector<std::shared_ptr<Mapping>> maps);
+  absl::Status GetInflight(Message& m);
+  absl::Status SetInflight(Message& m);
+  absl::Status SetVringFd(Message& m, int which);
+  absl::Status GetVringBase(Message& m);
+  absl::Status GetConfig(Message& m);
+  absl::Status SetConfig(Message& m);
+  absl::Status CheckQueue(uint32_t index, const char* req) const;
+  absl::Status TranslateRing(uint16_t q, uint64_t* desc, uint64_t* avail, uint64_t* used) const;
+  absl::Status ResetRings();
+
+  // Brings the running device in line with the rings that are started and
+  // enabled: completes in-flight requests, resets, rebuilds, re-activates.
+  absl::Status Reconcile();
+  void StopDevice();
+  absl::Status BuildQueue(uint16_t q);
+  void OnRingError(uint16_t q, RingError e);
+
+  std::shared_ptr<VirtioDevice> device_;
+  Host* host_;
+  SessionOptions opts_;
+  uint64_t offered_ = 0, acked_ = 0;
+  uint64_t offered_proto_ = 0, acked_proto_ = 0;
+  bool features_set_ = false;
+  bool owner_ = false;
+  std::vector<std::shared_ptr<Mapping>> maps_;
+  std::shared_ptr<GuestMemory> memory_;
+  std::vector<Vring> vrings_;
+  std::shared_ptr<Interrupts> irq_;
+  bool active_ = false;
+  std::vector<bool> active_set_;
+  bool needs_reset_ = false;
+  std::string last_error_;
+  // In-flight log memory (GET/SET_INFLIGHT_FD).
+  uint8_t* inflight_map_ = nullptr;
+  size_t inflight_len_ = 0;
+  uint16_t inflight_queues_ = 0, inflight_qsize_ = 0;
+  std::vector<std::unique_ptr<SplitInflightLog>> logs_;
+  SessionCounters counters_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace vioport::vhost_user
