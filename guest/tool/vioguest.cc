@@ -21,13 +21,14 @@
 #include "vioport/guest/pattern.h"
 #include "vioport/guest/rng_driver.h"
 #include "vioport/transports/shm_guest.h"
+#include "vioport/transports/vhost_user_guest.h"
 
 namespace vioport {
 namespace {
 
 const char kUsage[] = R"(vioguest: a guest in a process, driving a vioport device over a transport.
 
-usage: vioguest --transport shm:SOCKET [common options] DEVICE COMMAND [options]
+usage: vioguest --transport shm:SOCKET|vhost-user:SOCKET [common options] DEVICE COMMAND [options]
 
   blk info                          capacity, block size, queues, features, id
   blk write  --seed N [--offset B] [--length B]
@@ -49,7 +50,14 @@ usage: vioguest --transport shm:SOCKET [common options] DEVICE COMMAND [options]
 
 common options:
   --transport shm:SOCKET  hypervisor-less shared memory (vios --attach ...,transport=shm)
+  --transport vhost-user:SOCKET
+                          vhost-user: this process plays the VMM (guest RAM in a
+                          memfd) in front of any vhost-user back-end listening on
+                          SOCKET (vios --attach ...,transport=vhost-user,
+                          qemu-storage-daemon --export type=vhost-user-blk, ...);
+                          the device type is DEVICE (vhost-user carries no id)
   --memory MIB            guest memory to share (default 64)
+  --guest-base B          vhost-user: guest-physical address of the memory (default 0)
   --packed                use packed rings (default split)
   --no-event-idx / --no-indirect
   --spin-us N             poll a used ring N us before sleeping (default 30)
@@ -70,7 +78,7 @@ const std::map<std::string, bool> kTakesValue = {
     {"transport", true}, {"memory", true}, {"spin-us", true}, {"log-level", true}, {"seed", true},
     {"offset", true},    {"length", true}, {"out", true},     {"pattern", true},   {"bs", true},
     {"qd", true},        {"queues", true}, {"time", true},    {"baseline", true},  {"send", true},
-    {"expect", true},    {"timeout", true}, {"packed", false}, {"no-event-idx", false},
+    {"expect", true},    {"timeout", true}, {"guest-base", true}, {"packed", false}, {"no-event-idx", false},
     {"no-indirect", false}, {"quiet", false}, {"help", false}};
 
 [[noreturn]] void Usage(const std::string& why) {
@@ -134,13 +142,13 @@ uint64_t Size(const Args& a, const std::string& key, uint64_t dflt) {
 }
 
 struct Guest {
-  std::unique_ptr<ShmDriverTransport> transport;
+  std::unique_ptr<DriverTransport> transport;
   uint64_t ring_features = 0;
   WaitPolicy wait;
   bool quiet = false;
 };
 
-Guest Connect(const Args& a) {
+Guest Connect(const Args& a, const std::string& device) {
   auto it = a.opts.find("transport");
   if (it == a.opts.end()) Usage("--transport is required");
   const std::string& t = it->second;
@@ -152,8 +160,19 @@ Guest Connect(const Args& a) {
     auto c = ShmDriverTransport::Connect(o);
     if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
     g.transport = std::move(*c);
+  } else if (t.rfind("vhost-user:", 0) == 0) {
+    VhostUserGuestOptions o;
+    o.frontend.socket_path = t.substr(11);
+    o.frontend.memory_bytes = Size(a, "memory", 64) << 20;
+    o.frontend.guest_phys_base = Size(a, "guest-base", 0);
+    o.device_id = static_cast<uint32_t>(device == "blk"       ? DeviceId::kBlock
+                                        : device == "console" ? DeviceId::kConsole
+                                                              : DeviceId::kEntropy);
+    auto c = VhostUserDriverTransport::Connect(o);
+    if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
+    g.transport = std::move(*c);
   } else {
-    Usage(absl::StrCat("--transport ", t, ": unknown transport (this vioguest speaks shm:PATH)"));
+    Usage(absl::StrCat("--transport ", t, ": unknown transport (this vioguest speaks shm:PATH and vhost-user:PATH)"));
   }
   g.ring_features = feature::Bit(feature::kVersion1);
   if (!a.flags.count("no-event-idx")) g.ring_features |= feature::Bit(feature::kEventIdx);
@@ -514,7 +533,7 @@ int Main(int argc, char** argv) {
   SetLogLevel(level);
   const std::string& dev = a.positional[0];
   if (dev != "blk" && dev != "rng" && dev != "console") Usage(absl::StrCat("unknown device '", dev, "' (blk, rng, console)"));
-  Guest g = Connect(a);
+  Guest g = Connect(a, dev);
   if (dev == "blk") return Blk(g, a);
   if (dev == "rng") return Rng(g, a);
   return Console(g, a);

@@ -53,6 +53,7 @@ struct VhostUserServer::Impl {
     past.device_resets += c.device_resets;
     past.ring_errors += c.ring_errors;
     past.resubmitted += c.resubmitted;
+    past.activation_refusals += c.activation_refusals;
   }
 };
 
@@ -170,11 +171,13 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     if (closed) return;
     if (protocol_error) {
       VIOPORT_LOG(kWarning, name(), ": closing the connection: ", why);
-      srv->last_error = why;
     } else {
       VIOPORT_LOG(kInfo, name(), ": front-end disconnected (", why, ")");
     }
     Teardown();
+    // After Teardown, which keeps the session's last error (a ring error
+    // from earlier): the reason the connection closed is what to report.
+    if (protocol_error) srv->last_error = why;
   }
 
   void Teardown() {
@@ -292,6 +295,7 @@ std::vector<std::pair<std::string, uint64_t>> VhostUserServer::Counters() const 
     c.device_resets += l.device_resets;
     c.ring_errors += l.ring_errors;
     c.resubmitted += l.resubmitted;
+    c.activation_refusals += l.activation_refusals;
   }
   return {{"connections", impl_->connections},
           {"connections_refused", impl_->refused},
@@ -302,7 +306,8 @@ std::vector<std::pair<std::string, uint64_t>> VhostUserServer::Counters() const 
           {"activations", c.activations},
           {"device_resets", c.device_resets},
           {"ring_errors", c.ring_errors},
-          {"inflight_resubmitted", c.resubmitted}};
+          {"inflight_resubmitted", c.resubmitted},
+          {"activations_refused", c.activation_refusals}};
 }
 
 }  // namespace vioport

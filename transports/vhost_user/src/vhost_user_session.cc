@@ -692,18 +692,23 @@ absl::Status Session::Reconcile() {
           if (ctx.queues[k]) vrings_[k].queue = std::move(ctx.queues[k]);
         return s;
       }
+    // Everything is completed and published here, so the base is exact: if
+    // the device refuses to start, the queue is rebuilt from it later.
+    vrings_[q].base = vrings_[q].queue->GetBase();
     vrings_[q].running = vrings_[q].queue.get();
     ctx.queues[q] = std::move(vrings_[q].queue);
   }
   if (absl::Status s = device_->Activate(std::move(ctx)); !s.ok()) {
-    // The queues went with the context; the front-end has to restart the rings.
+    // Rings start one message at a time; a device that needs several (a
+    // console's receive and transmit queues) refuses until the last one runs.
+    // Not an error yet: wait for the front-end to start more rings.
     for (auto& vr : vrings_) vr.running = nullptr;
-    needs_reset_ = true;
-    last_error_ = absl::StrCat("device refused to start: ", s.message());
-    VIOPORT_LOG(kWarning, opts_.name, ": ", last_error_);
-    for (auto& vr : vrings_) SignalFd(vr.err);
+    counters_.activation_refusals++;
+    last_error_ = absl::StrCat("device not started: ", s.message());
+    VIOPORT_LOG(kDebug, opts_.name, ": ", last_error_, " (waiting for more rings)");
     return absl::OkStatus();
   }
+  last_error_.clear();
   active_ = true;
   active_set_ = want;
   counters_.activations++;

@@ -27,6 +27,7 @@ struct SessionCounters {
   uint64_t device_resets = 0;
   uint64_t ring_errors = 0;
   uint64_t resubmitted = 0;  // chains recovered from the in-flight log
+  uint64_t activation_refusals = 0;  // the device wanted more rings running
 };
 
 struct SessionOptions {
