@@ -1,0 +1,193 @@
+#!/bin/busybox sh
+# /init of the Linux-guest test initramfs (see docs/linux-guest-tests.md).
+# Loads the virtio modules, runs the workload named by vioport.test= on the kernel
+# command line against /dev/vda, prints exactly one
+#   VIOPORT-RESULT: PASS <name>        or        VIOPORT-RESULT: FAIL <name>: <reason>
+# on the console (ttyS0) and powers off. Progress lines start with "VIOPORT-STEP:".
+# Test data is in /data (put there by the test); sizes come from the command line.
+
+/bin/busybox mkdir -p /proc /sys /dev /tmp /mnt /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+NAME=unknown
+finish() {  # finish PASS|FAIL [reason]
+  sync
+  if [ "$1" = PASS ]; then
+    echo "VIOPORT-RESULT: PASS $NAME"
+  else
+    echo "VIOPORT-RESULT: FAIL $NAME: $2"
+  fi
+  sleep 0.2  # let the UART drain before the machine goes away
+  poweroff -f
+  sleep 10
+}
+fail() { finish FAIL "$*"; }
+step() { echo "VIOPORT-STEP: [$(cut -d" " -f1 /proc/uptime)] $*"; }
+
+# vioport.KEY=VALUE from the kernel command line.
+arg() { sed -n "s/.*vioport\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+NAME=$(arg test)
+[ -n "$NAME" ] || fail "no vioport.test= on the kernel command line"
+
+for m in $(cat /modules/order); do
+  insmod "/modules/$m.ko" || fail "insmod $m failed"
+done
+i=0
+while [ ! -b /dev/vda ]; do
+  i=$((i + 1))
+  [ $i -le 200 ] ||
+    fail "/dev/vda did not appear within 20 s (virtio-blk probe failed?); dmesg: $(dmesg | tail -5 | tr '\n' '|')"
+  sleep 0.1
+done
+step "vda: $(cat /sys/block/vda/size) sectors, ro=$(cat /sys/block/vda/ro), queues=$(ls /sys/block/vda/mq | wc -l)"
+
+MIB=1048576
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# verify_region FILE OFFSET_MIB: /dev/vda at OFFSET_MIB holds FILE, read with O_DIRECT.
+verify_region() {
+  n=$(($(stat -c %s "$1") / MIB))
+  dd if=/dev/vda bs=1M skip="$2" count="$n" iflag=direct 2>/tmp/dd.err | cmp "$1" - ||
+    fail "read-back of $1 at ${2} MiB differs: $(cat /tmp/dd.err | tr '\n' ' ')"
+}
+# write_region FILE OFFSET_MIB [BS]: O_DIRECT write then fsync.
+write_region() {
+  dd if="$1" of=/dev/vda bs="${3:-1M}" seek=$(($2 * MIB)) oflag=direct,seek_bytes conv=fsync,notrunc 2>/tmp/dd.err ||
+    fail "writing $1 at ${2} MiB failed: $(cat /tmp/dd.err | tr '\n' ' ')"
+}
+
+test_verified_data() {
+  step "writing $(stat -c %s /data/pattern) bytes"
+  write_region /data/pattern 0
+  drop_caches
+  step "reading back"
+  verify_region /data/pattern 0
+  finish PASS
+}
+
+test_two_queues() {
+  q=$(ls /sys/block/vda/mq | wc -l)
+  [ "$q" = 2 ] || fail "expected 2 queues in /sys/block/vda/mq, found $q"
+  [ "$(nproc)" -ge 2 ] || fail "guest has $(nproc) CPU(s); need 2 so both queues get a CPU"
+  for h in 0 1; do step "hctx$h cpus: $(cat /sys/block/vda/mq/$h/cpu_list)"; done
+  # blk-mq debugfs: hctxN/run counts the runs of hardware queue N (one or more per request).
+  mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+  dbg=/sys/kernel/debug/block/vda
+  run0=$(cat $dbg/hctx0/run 2>/dev/null) run1=$(cat $dbg/hctx1/run 2>/dev/null)
+  # Two writers, one per CPU (so one per queue), at different offsets.
+  off_b=$(arg offb)
+  (taskset 0x1 dd if=/data/a of=/dev/vda bs=64k oflag=direct conv=fsync,notrunc 2>/tmp/a.err; echo $? >/tmp/a.rc) &
+  (taskset 0x2 dd if=/data/b of=/dev/vda bs=64k seek=$((off_b * MIB)) oflag=direct,seek_bytes conv=fsync,notrunc \
+    2>/tmp/b.err; echo $? >/tmp/b.rc) &
+  wait
+  [ "$(cat /tmp/a.rc)" = 0 ] || fail "writer a failed: $(cat /tmp/a.err | tr '\n' ' ')"
+  [ "$(cat /tmp/b.rc)" = 0 ] || fail "writer b failed: $(cat /tmp/b.err | tr '\n' ' ')"
+  if [ -n "$run0" ] && [ -n "$run1" ]; then
+    d0=$(($(cat $dbg/hctx0/run) - run0)) d1=$(($(cat $dbg/hctx1/run) - run1))
+    step "queue runs during the writes: hctx0 $d0, hctx1 $d1"
+    # Each writer issues 128 requests of 64 KiB; each must have gone through its CPU's queue.
+    [ "$d0" -ge 100 ] && [ "$d1" -ge 100 ] ||
+      fail "both queues should have carried a writer: hctx0 ran $d0 times, hctx1 $d1"
+  else
+    step "no blk-mq debugfs: per-queue use not checked"
+  fi
+  drop_caches
+  verify_region /data/a 0
+  verify_region /data/b "$off_b"
+  finish PASS
+}
+
+test_read_only() {
+  [ "$(cat /sys/block/vda/ro)" = 1 ] || fail "/sys/block/vda/ro is $(cat /sys/block/vda/ro), expected 1"
+  if dd if=/dev/zero of=/dev/vda bs=4k count=16 oflag=direct conv=fsync,notrunc 2>/tmp/dd.err; then
+    fail "a write to the read-only disk succeeded"
+  fi
+  step "write refused as expected: $(cat /tmp/dd.err | tr '\n' ' ')"
+  if echo x | dd of=/dev/vda bs=512 count=1 conv=sync,notrunc,fsync 2>/tmp/dd.err; then
+    fail "a buffered write to the read-only disk succeeded"
+  fi
+  drop_caches
+  verify_region /data/pattern 0
+  n=$(($(stat -c %s /data/pattern) / MIB))
+  a=$(dd if=/dev/vda bs=1M count=$n iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+  b=$(sha256sum </data/pattern | cut -d' ' -f1)
+  step "sha256 device $a file $b"
+  [ "$a" = "$b" ] || fail "sha256 of the disk ($a) differs from the pattern ($b)"
+  finish PASS
+}
+
+test_fs_create() {
+  mke2fs /dev/vda >/tmp/mk.log 2>&1 || fail "mke2fs failed: $(tr '\n' ' ' </tmp/mk.log)"
+  mount -t ext2 /dev/vda /mnt 2>/tmp/m.err || fail "mount failed: $(cat /tmp/m.err)"
+  mkdir -p /mnt/dir/sub || fail "mkdir failed"
+  cp /data/a /mnt/a.bin && cp /data/b /mnt/dir/sub/b.bin && echo "hello from boot 1" >/mnt/dir/hello.txt ||
+    fail "copying files failed"
+  sync
+  umount /mnt || fail "umount failed"
+  sync
+  step "filesystem written"
+  finish PASS
+}
+
+test_fs_verify() {
+  drop_caches
+  mount -t ext2 -o ro /dev/vda /mnt 2>/tmp/m.err || fail "mount failed: $(cat /tmp/m.err)"
+  cmp /data/a /mnt/a.bin || fail "a.bin differs"
+  cmp /data/b /mnt/dir/sub/b.bin || fail "dir/sub/b.bin differs"
+  [ "$(cat /mnt/dir/hello.txt)" = "hello from boot 1" ] || fail "hello.txt holds '$(cat /mnt/dir/hello.txt)'"
+  step "files: $(cd /mnt && find . | sort | tr '\n' ' ')"
+  umount /mnt || fail "umount failed"
+  finish PASS
+}
+
+test_reconnect() {
+  # W writers, each one slice of the pattern at its own offset, so up to W requests are in
+  # flight (and may complete out of order) when the test kills the backend. With
+  # vioport.chunk=N each writer also flushes every N bytes (one dd with conv=fsync per
+  # chunk), so the backend spends part of its time in flushes that the kill can interrupt.
+  bs=$(arg bs) w=$(arg writers) chunk=$(arg chunk)
+  bs=${bs:-16k} w=${w:-1}
+  total=$(stat -c %s /data/pattern)
+  slice=$((total / w))
+  chunk=${chunk:-$slice}
+  step "writing $total bytes: $w writers, $bs requests, a flush every $chunk bytes"
+  echo "VIOPORT-MARK: writing"
+  i=0
+  while [ $i -lt $w ]; do
+    (
+      rc=0 off=$((i * slice)) end=$(((i + 1) * slice))
+      while [ $off -lt $end ] && [ $rc = 0 ]; do
+        dd if=/data/pattern of=/dev/vda bs="$bs" skip=$off seek=$off count=$chunk \
+          iflag=skip_bytes,count_bytes oflag=direct,seek_bytes conv=fsync,notrunc 2>/tmp/w$i.err
+        rc=$? off=$((off + chunk))
+      done
+      echo $rc >/tmp/w$i.rc
+    ) &
+    i=$((i + 1))
+  done
+  wait
+  i=0
+  while [ $i -lt $w ]; do
+    [ "$(cat /tmp/w$i.rc)" = 0 ] || fail "writer $i failed: $(tr '\n' ' ' </tmp/w$i.err)"
+    i=$((i + 1))
+  done
+  step "write done"
+  drop_caches
+  verify_region /data/pattern 0
+  finish PASS
+}
+
+case "$NAME" in
+  verified_data) test_verified_data ;;
+  two_queues) test_two_queues ;;
+  read_only) test_read_only ;;
+  fs_create) test_fs_create ;;
+  fs_verify) test_fs_verify ;;
+  reconnect) test_reconnect ;;
+  *) fail "unknown test '$NAME'" ;;
+esac
+fail "workload returned without a result"
