@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -65,14 +66,31 @@ absl::Status VmmFrontend::Setup() {
     return absl::InvalidArgumentError(absl::StrCat("socket path '", o.socket_path, "': empty or too long"));
   std::memcpy(addr.sun_path, o.socket_path.c_str(), o.socket_path.size() + 1);
 
-  // Guest RAM: a memfd the back-end maps through SET_MEM_TABLE's fd.
-  memfd_ = ::memfd_create("vioport-vmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (memfd_ < 0) return Errno("memfd_create");
-  if (::ftruncate(memfd_, static_cast<off_t>(o.memory_bytes)) != 0) return Errno("ftruncate guest RAM");
-  if (::fcntl(memfd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return Errno("seal guest RAM");
-  void* p = ::mmap(nullptr, o.memory_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
-  if (p == MAP_FAILED) return Errno("mmap guest RAM");
-  map_ = static_cast<uint8_t*>(p);
+  // Guest RAM: a memfd the back-end maps through SET_MEM_TABLE's fd; a new
+  // one, or the caller's that outlives this connection.
+  if (o.memory_fd >= 0) {
+    struct stat st;
+    if (::fstat(o.memory_fd, &st) != 0) return Errno("guest RAM fd");
+    if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < o.memory_bytes)
+      return absl::InvalidArgumentError(absl::StrCat("guest RAM fd: not a memory file of at least ", o.memory_bytes,
+                                                     " bytes (", st.st_size, ")"));
+    memfd_ = ::fcntl(o.memory_fd, F_DUPFD_CLOEXEC, 0);
+    if (memfd_ < 0) return Errno("dup guest RAM fd");
+  } else {
+    if (o.memory_map) return absl::InvalidArgumentError("guest RAM mapping without its fd (memory_fd)");
+    memfd_ = ::memfd_create("vioport-vmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (memfd_ < 0) return Errno("memfd_create");
+    if (::ftruncate(memfd_, static_cast<off_t>(o.memory_bytes)) != 0) return Errno("ftruncate guest RAM");
+    if (::fcntl(memfd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return Errno("seal guest RAM");
+  }
+  if (o.memory_map) {
+    map_ = o.memory_map;
+    own_map_ = false;
+  } else {
+    void* p = ::mmap(nullptr, o.memory_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
+    if (p == MAP_FAILED) return Errno("mmap guest RAM");
+    map_ = static_cast<uint8_t*>(p);
+  }
   size_ = o.memory_bytes;
   base_ = o.guest_phys_base;
 
@@ -144,7 +162,7 @@ VmmFrontend::~VmmFrontend() {
     for (int fd : *v) ::close(fd);
   if (stop_fd_ >= 0) ::close(stop_fd_);
   if (inflight_fd_ >= 0) ::close(inflight_fd_);
-  if (map_) ::munmap(map_, size_);
+  if (map_ && own_map_) ::munmap(map_, size_);
   if (memfd_ >= 0) ::close(memfd_);
 }
 
@@ -354,6 +372,26 @@ absl::Status VmmFrontend::SetupInflight(uint16_t queues, uint16_t queue_size) {
   Inflight set = want;
   set.mmap_size = got.mmap_size;
   set.mmap_offset = got.mmap_offset;
+  inflight_region_ = {set.mmap_size, set.mmap_offset, set.num_queues, set.queue_size};
+  return Send(Req::kSetInflightFd, Bytes(set), {&inflight_fd_, 1});
+}
+
+absl::Status VmmFrontend::SetInflight(int fd, const InflightRegion& region) {
+  if (!has_protocol_feature(proto::kInflightShmfd)) return absl::OkStatus();
+  if (fd < 0 || region.mmap_size == 0 || region.num_queues == 0 || region.queue_size == 0)
+    return absl::InvalidArgumentError(absl::StrCat("SET_INFLIGHT_FD: fd ", fd, ", ", region.mmap_size, " bytes for ",
+                                                   region.num_queues, " queues of ", region.queue_size));
+  const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return Named(Req::kSetInflightFd, Errno("dup in-flight fd"));
+  if (inflight_fd_ >= 0) ::close(inflight_fd_);
+  inflight_fd_ = dup;
+  inflight_region_ = region;
+  Inflight set;
+  std::memset(&set, 0, sizeof set);  // no stray padding bytes on the wire
+  set.mmap_size = region.mmap_size;
+  set.mmap_offset = region.mmap_offset;
+  set.num_queues = region.num_queues;
+  set.queue_size = region.queue_size;
   return Send(Req::kSetInflightFd, Bytes(set), {&inflight_fd_, 1});
 }
 

@@ -1,6 +1,7 @@
 #include "vhost_user_session.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -29,6 +30,16 @@ void CloseFd(int& fd) {
 
 void SignalFd(int fd) {
   if (fd < 0) return;
+  // The fd is the front-end's: a blocking eventfd one below its maximum
+  // count (or a full pipe) would block the loop, and every device on it.
+  // Write only what poll says it takes; if it takes nothing, it is still
+  // readable from earlier signals.
+  pollfd p{fd, POLLOUT, 0};
+  int pr;
+  do {
+    pr = ::poll(&p, 1, 0);
+  } while (pr < 0 && errno == EINTR);
+  if (pr != 1 || !(p.revents & POLLOUT)) return;
   const uint64_t one = 1;
   ssize_t r;
   do {
@@ -656,11 +667,9 @@ absl::Status Session::BuildQueue(uint16_t q) {
         inflight_map_ + q * SplitInflightLog::RegionBytes(inflight_qsize_), static_cast<uint16_t>(vr.num));
     if (absl::Status s = split->UseInflightLog(logs_[q].get()); !s.ok())
       VIOPORT_LOG(kWarning, opts_.name, ": queue ", q, ": in-flight log not recovered (", s.message(), "); starting afresh");
-    if (split->resubmit_pending()) {
+    if (split->resubmit_pending())
       VIOPORT_LOG(kInfo, opts_.name, ": queue ", q, ": resubmitting ", split->resubmit_pending(),
                   " requests left in flight by an earlier vios");
-      counters_.resubmitted += split->resubmit_pending();
-    }
   }
   vr.queue = std::move(dq);
   return absl::OkStatus();
@@ -709,6 +718,9 @@ absl::Status Session::Reconcile() {
     return absl::OkStatus();
   }
   last_error_.clear();
+  // Counted once the device runs: a refused start rebuilds and recovers again.
+  for (uint16_t q = 0; q < vrings_.size(); ++q)
+    if (auto* split = dynamic_cast<SplitDeviceQueue*>(vrings_[q].running)) counters_.resubmitted += split->resubmit_pending();
   active_ = true;
   active_set_ = want;
   counters_.activations++;

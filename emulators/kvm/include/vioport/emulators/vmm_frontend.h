@@ -5,13 +5,16 @@
 // rust-vmm daemon) can be driven from a process with no VM:
 //
 //   * guest RAM is a memfd (sealed against shrinking) mapped in this process;
-//     guest-physical addresses start at a configurable base;
+//     guest-physical addresses start at a configurable base. A VMM whose
+//     back-end restarted reconnects with a new VmmFrontend over the same RAM
+//     (VmmFrontendOptions::memory_fd / memory_map), so the rings in it carry on;
 //   * Connect() performs QEMU's connect-time exchange: GET_FEATURES,
 //     GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_OWNER (and
 //     GET_MAX_MEM_SLOTS with CONFIGURE_MEM_SLOTS);
 //   * the caller then runs the start-time exchange with SetFeatures,
-//     SetMemTable, SetupInflight, StartVring per ring and then EnableVring
-//     per ring (QEMU's order), and stops rings with
+//     SetMemTable, SetupInflight (or, reconnecting, SetInflight with the
+//     region kept from the first connection), StartVring per ring and then
+//     EnableVring per ring (QEMU's order), and stops rings with
 //     StopVring (GET_VRING_BASE) and the device with ResetDevice;
 //   * kick = a write to the ring's kick eventfd; call = the ring's call
 //     eventfd, waited on with WaitCall; the ring's ERR eventfd is watched;
@@ -57,6 +60,25 @@ struct VmmFrontendOptions {
   // With CONFIGURE_MEM_SLOTS negotiated: register the RAM with ADD_MEM_REG
   // (once per connection) instead of SET_MEM_TABLE.
   bool add_mem_reg = false;
+  // Guest RAM that outlives this connection (a VMM reconnecting to a restarted
+  // back-end): instead of creating a memfd, use `memory_fd`, a file of at
+  // least memory_bytes that the back-end can map (a memfd). The front-end
+  // works on a duplicate; the caller keeps its own fd. -1: create fresh RAM.
+  int memory_fd = -1;
+  // With memory_fd: its existing mapping in this process (memory_bytes long,
+  // the caller's, which must keep it mapped while the front-end lives), so
+  // memory() is the same pointer the rings were built at. Null: the front-end
+  // maps memory_fd itself (another view of the same bytes) and unmaps it.
+  uint8_t* memory_map = nullptr;
+};
+
+// The in-flight region as GET_INFLIGHT_FD described it and SET_INFLIGHT_FD
+// hands it back (the fd travels separately).
+struct InflightRegion {
+  uint64_t mmap_size = 0;
+  uint64_t mmap_offset = 0;
+  uint16_t num_queues = 0;
+  uint16_t queue_size = 0;
 };
 
 // One ring for StartVring. Addresses are guest-physical: SET_VRING_ADDR
@@ -118,7 +140,16 @@ class VmmFrontend {
   // `queue_size` entries; a fresh region each call. OK and nothing sent
   // without INFLIGHT_SHMFD.
   absl::Status SetupInflight(uint16_t queues, uint16_t queue_size);
+  // SET_INFLIGHT_FD alone, with a region kept from an earlier connection
+  // (`fd` and `region` as inflight_fd() and inflight_region() were there), as
+  // QEMU does on every start after the first: a back-end restarted after a
+  // crash recovers the requests the region records. `fd` is duplicated (the
+  // caller keeps its own). OK and nothing sent without INFLIGHT_SHMFD.
+  absl::Status SetInflight(int fd, const InflightRegion& region);
+  // The region in use (the last SetupInflight or SetInflight), -1 / zeros
+  // before. Owned by the front-end: dup() the fd to keep it past the connection.
   int inflight_fd() const { return inflight_fd_; }
+  const InflightRegion& inflight_region() const { return inflight_region_; }
   // SET_VRING_NUM, BASE, ADDR, CALL, ERR, KICK (the first kick starts the
   // ring). With protocol features the ring also needs EnableVring: QEMU
   // starts every ring first and then enables them all, and so does
@@ -177,11 +208,13 @@ class VmmFrontend {
   int sock_ = -1;
   int memfd_ = -1;
   uint8_t* map_ = nullptr;
+  bool own_map_ = true;  // false: memory_map borrowed from the caller
   uint64_t size_ = 0, base_ = 0;
   uint64_t device_features_ = 0, offered_protocol_ = 0, protocol_ = 0, acked_features_ = 0;
   uint64_t max_mem_slots_ = 0;
   bool mem_added_ = false;
   int inflight_fd_ = -1;
+  InflightRegion inflight_region_;
   std::vector<int> kick_, call_, err_;
   std::vector<bool> started_;
 
