@@ -270,6 +270,7 @@ struct GuestOptions {
   int queues = 1;            // vhost-user-blk-pci num-queues
   int cpus = 1;              // -smp
   bool reconnect = false;    // chardev reconnect=1
+  std::string socket{};      // the back-end's socket (default: the test's one)
 };
 
 class LinuxGuest : public ::testing::Test {
@@ -411,7 +412,8 @@ class LinuxGuest : public ::testing::Test {
         "none", "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-machine", "q35,memory-backend=mem",
         "-kernel", kernel_dir_ + "/vmlinuz", "-initrd", initrd, "-append",
         "console=ttyS0 quiet panic=-1 vioport.test=" + o.workload + (o.extra_args.empty() ? "" : " " + o.extra_args),
-        "-chardev", "socket,id=c0,path=" + sock_ + (o.reconnect ? ",reconnect=1" : ""), "-device",
+        "-chardev", "socket,id=c0,path=" + (o.socket.empty() ? sock_ : o.socket) + (o.reconnect ? ",reconnect=1" : ""),
+        "-device",
         "vhost-user-blk-pci,chardev=c0,num-queues=" + std::to_string(o.queues)};
     guests_.push_back(std::make_unique<Child>(argv, dir_, "qemu"));
     return *guests_.back();
@@ -640,6 +642,48 @@ TEST_F(LinuxGuest, Reconnect) {
   ExpectRegion(img, 0, kData, kSeed);
   ExpectRegion(img, kData, kDisk - kData, std::nullopt);
   StopBackend(b2);
+}
+
+}  // namespace
+}  // namespace vioport
+
+namespace vioport {
+namespace {
+
+// Two QEMU guests at once on one vios, each with its own device and socket:
+// the service-partition case. Each guest's data lands in its own file only.
+TEST_F(LinuxGuest, TwoGuestsOneVios) {
+  if (backend_kind_ != "vios") GTEST_SKIP() << "one back-end process serving two guests is the vios case";
+  constexpr uint64_t kDisk = 16 * kMiB, kData = 4 * kMiB;
+  const std::string a = Path("a.img"), b = Path("b.img"), sa = sock_dir_ + "/a.sock", sb = sock_dir_ + "/b.sock";
+  MakeSparseFile(a, kDisk);
+  MakeSparseFile(b, kDisk);
+  fs::create_directories(Path("data-a"));
+  fs::create_directories(Path("data-b"));
+  WritePatternFile(Path("data-a/pattern"), 0xa1, 0, kData);
+  WritePatternFile(Path("data-b/pattern"), 0xb2, 0, kData);
+  backends_.push_back(std::make_unique<Child>(
+      std::vector<std::string>{backend_bin_, "--device", "blk,id=a,path=" + a, "--device", "blk,id=b,path=" + b,
+                               "--attach", "a,transport=vhost-user,socket=" + sa, "--attach",
+                               "b,transport=vhost-user,socket=" + sb},
+      dir_, "backend"));
+  Child& v = *backends_.back();
+  const auto t0 = Clock::now();
+  while (!(UnixSocketListening(sa) && UnixSocketListening(sb))) {
+    ASSERT_TRUE(v.Running()) << "vios exited with status " << v.status();
+    ASSERT_LT(Since(t0), 20 * scale_) << "vios did not listen on both sockets";
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  Child& ga = StartGuest({.workload = "verified_data", .data_dir = Path("data-a"), .socket = sa});
+  Child& gb = StartGuest({.workload = "verified_data", .data_dir = Path("data-b"), .socket = sb});
+  ExpectGuestPasses(ga, v, "verified_data");
+  ExpectGuestPasses(gb, v, "verified_data");
+  if (HasFailure()) return;
+  ExpectRegion(a, 0, kData, 0xa1);
+  ExpectRegion(b, 0, kData, 0xb2);
+  ExpectRegion(a, kData, kDisk - kData, std::nullopt);
+  ExpectRegion(b, kData, kDisk - kData, std::nullopt);
+  StopBackend(v);
 }
 
 }  // namespace
