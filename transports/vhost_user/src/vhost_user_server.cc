@@ -1,5 +1,6 @@
 #include "vioport/transports/vhost_user_server.h"
 
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,10 +24,19 @@ using vhost_user::MessageReader;
 using vhost_user::Session;
 
 namespace {
+// Consumes a kick. The fd is shared with the front-end, which can make it
+// blocking again after Asio made it non-blocking (or read it first): read
+// only when poll says there is something, and once (one read of an eventfd
+// takes its whole count; a pipe holding more stays readable and wakes us).
 void Drain(int fd) {
-  uint64_t v;
-  while (::read(fd, &v, sizeof v) == sizeof v) {
-  }
+  pollfd p{fd, POLLIN, 0};
+  int r;
+  do {
+    r = ::poll(&p, 1, 0);
+  } while (r < 0 && errno == EINTR);
+  if (r != 1 || !(p.revents & POLLIN)) return;
+  uint64_t v[8];
+  if (::read(fd, v, sizeof v) < 0) return;
 }
 }  // namespace
 
@@ -43,6 +53,9 @@ struct VhostUserServer::Impl {
   uint64_t connections = 0, refused = 0, protocol_errors = 0;
   vhost_user::SessionCounters past{};
   std::string last_error;
+  // Expires with the server: an accept that completed before the server was
+  // destroyed (on the loop) may still have its handler queued.
+  std::shared_ptr<int> alive = std::make_shared<int>(0);
 
   void Accept();
   void Absorb(const vhost_user::SessionCounters& c) {
@@ -146,8 +159,10 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     boost::system::error_code ec;
     kick_watch[q]->close(ec);
     // The handler may still be queued: keep the object alive until it ran.
-    auto* raw = kick_watch[q].release();
-    asio::post(*srv->io, [raw] { delete raw; });
+    // The posted handler owns it, so it is freed also when the io_context
+    // is destroyed without running it (vios stops the loop, then the servers).
+    std::shared_ptr<asio::posix::stream_descriptor> dead(kick_watch[q].release());
+    asio::post(*srv->io, [dead] {});
   }
   absl::Status Reply(uint32_t request, std::span<const uint8_t> payload, std::span<const int> fds) override {
     return vhost_user::SendMessage(sock.native_handle(), request, vhost_user::kFlagReply, payload, fds);
@@ -241,8 +256,9 @@ VhostUserServer::~VhostUserServer() {
 
 void VhostUserServer::Impl::Accept() {
   if (!accepting || !acceptor->is_open()) return;
-  acceptor->async_accept([this](const boost::system::error_code& ec, Stream::socket sock) {
-    if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
+  acceptor->async_accept([this, alive = std::weak_ptr<int>(alive)](const boost::system::error_code& ec,
+                                                                   Stream::socket sock) {
+    if (alive.expired() || ec == asio::error::operation_aborted || !acceptor->is_open()) return;
     if (!ec) {
       if (conn && !conn->closed) {
         // One front-end at a time: the device has one driver.

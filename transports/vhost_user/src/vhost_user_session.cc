@@ -49,6 +49,16 @@ void SignalFd(int fd) {
 
 bool Has(uint64_t bits, unsigned b) { return (bits >> b) & 1; }
 
+// Marks every queue's in-flight log as never used: the next ring start
+// begins a new one instead of resubmitting requests from before a device
+// reset (whose descriptors the reset ring no longer holds). Called while no
+// queue is built, so no queue writes the logs.
+void ForgetInflight(uint8_t* map, uint16_t queues, uint16_t queue_size) {
+  if (!map) return;
+  for (uint16_t q = 0; q < queues; ++q)
+    std::memset(map + q * SplitInflightLog::RegionBytes(queue_size), 0, SplitInflightLog::kHeaderBytes);
+}
+
 }  // namespace
 
 // One mmap of a front-end memory region. The mapping lives as long as any
@@ -323,6 +333,7 @@ absl::Status Session::ResetRings() {
   acked_ = 0;
   features_set_ = false;
   needs_reset_ = false;
+  ForgetInflight(inflight_map_, inflight_queues_, inflight_qsize_);  // a reset device has nothing in flight
   return absl::OkStatus();
 }
 
@@ -336,6 +347,13 @@ absl::Status MapRegion(const MemRegion& r, int fd, uint8_t** base, size_t* len) 
   if (r.guest_phys_addr + r.memory_size < r.guest_phys_addr || r.userspace_addr + r.memory_size < r.userspace_addr ||
       r.mmap_offset + r.memory_size < r.mmap_offset)
     return Bad(absl::StrFormat("region at guest 0x%x size 0x%x wraps around", r.guest_phys_addr, r.memory_size));
+  // The device reads and writes ring fields in place (16-bit atomics), so a
+  // guest address must keep its alignment in the mapping (which starts at a
+  // page): guest address and fd offset must agree modulo the largest ring
+  // alignment (16, the descriptor table's). Front-ends send page-aligned regions.
+  if ((r.mmap_offset - r.guest_phys_addr) % 16 != 0)
+    return Bad(absl::StrFormat("region at guest 0x%x starts at fd offset 0x%x: misaligned in the mapping",
+                               r.guest_phys_addr, r.mmap_offset));
   if (fd < 0) return Bad("region without an fd");
   struct stat st;
   if (::fstat(fd, &st) != 0) return Bad(absl::StrCat("region fd: ", std::strerror(errno)));
@@ -509,7 +527,12 @@ absl::Status Session::GetVringBase(Message& m) {
   if (absl::Status s = host_->Reply(m.header.request, Bytes(out), {}); !s.ok()) return s;
   bool any = false;
   for (const auto& r : vrings_) any |= r.started;
-  if (!any) needs_reset_ = false;  // the front-end is restarting the device
+  if (!any && needs_reset_) {
+    // The front-end is restarting the device after a ring error: the driver
+    // resets, so the requests the broken rings had in flight are void.
+    needs_reset_ = false;
+    ForgetInflight(inflight_map_, inflight_queues_, inflight_qsize_);
+  }
   return Reconcile();
 }
 
