@@ -58,16 +58,7 @@ struct VhostUserServer::Impl {
   std::shared_ptr<int> alive = std::make_shared<int>(0);
 
   void Accept();
-  void Absorb(const vhost_user::SessionCounters& c) {
-    past.messages += c.messages;
-    past.kicks += c.kicks;
-    past.queue_interrupts += c.queue_interrupts;
-    past.activations += c.activations;
-    past.device_resets += c.device_resets;
-    past.ring_errors += c.ring_errors;
-    past.resubmitted += c.resubmitted;
-    past.activation_refusals += c.activation_refusals;
-  }
+  void Absorb(const vhost_user::SessionCounters& c) { past += c; }
 };
 
 // One front-end. Lives on the io thread; handlers hold it by shared_ptr and
@@ -303,15 +294,7 @@ std::string VhostUserServer::last_error() const {
 std::vector<std::pair<std::string, uint64_t>> VhostUserServer::Counters() const {
   vhost_user::SessionCounters c = impl_->past;
   if (connected() && impl_->conn->session) {
-    const auto l = impl_->conn->session->counters();
-    c.messages += l.messages;
-    c.kicks += l.kicks;
-    c.queue_interrupts += l.queue_interrupts;
-    c.activations += l.activations;
-    c.device_resets += l.device_resets;
-    c.ring_errors += l.ring_errors;
-    c.resubmitted += l.resubmitted;
-    c.activation_refusals += l.activation_refusals;
+    c += impl_->conn->session->counters();
   }
   return {{"connections", impl_->connections},
           {"connections_refused", impl_->refused},

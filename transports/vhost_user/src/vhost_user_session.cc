@@ -191,6 +191,9 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
   auto state = [&](VringState* v) -> absl::Status {
     return m.As(v) ? absl::OkStatus() : Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected 8"));
   };
+  auto Need = [&](unsigned bit, const char* name) {
+    return Has(acked_proto_, bit) ? absl::OkStatus() : WrongState(absl::StrCat(name, " not negotiated"));
+  };
   auto reply_u64 = [&](uint64_t v) {
     *replied = true;
     return host_->Reply(m.header.request, Bytes(v), {});
@@ -233,10 +236,10 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
     case Req::kSetMemTable:
       return SetMemTable(m);
     case Req::kAddMemReg:
-      if (!Has(acked_proto_, proto::kConfigureMemSlots)) return WrongState("CONFIGURE_MEM_SLOTS not negotiated");
+      if (auto s = Need(proto::kConfigureMemSlots, "CONFIGURE_MEM_SLOTS"); !s.ok()) return s;
       return AddMemReg(m);
     case Req::kRemMemReg:
-      if (!Has(acked_proto_, proto::kConfigureMemSlots)) return WrongState("CONFIGURE_MEM_SLOTS not negotiated");
+      if (auto s = Need(proto::kConfigureMemSlots, "CONFIGURE_MEM_SLOTS"); !s.ok()) return s;
       return RemMemReg(m);
     case Req::kSetVringNum: {
       VringState v{};
@@ -306,14 +309,14 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
     case Req::kSetConfig:
       return SetConfig(m);
     case Req::kGetInflightFd:
-      if (!Has(acked_proto_, proto::kInflightShmfd)) return WrongState("INFLIGHT_SHMFD not negotiated");
+      if (auto s = Need(proto::kInflightShmfd, "INFLIGHT_SHMFD"); !s.ok()) return s;
       *replied = true;
       return GetInflight(m);
     case Req::kSetInflightFd:
-      if (!Has(acked_proto_, proto::kInflightShmfd)) return WrongState("INFLIGHT_SHMFD not negotiated");
+      if (auto s = Need(proto::kInflightShmfd, "INFLIGHT_SHMFD"); !s.ok()) return s;
       return SetInflight(m);
     case Req::kResetDevice:
-      if (!Has(acked_proto_, proto::kResetDevice)) return WrongState("RESET_DEVICE not negotiated");
+      if (auto s = Need(proto::kResetDevice, "RESET_DEVICE"); !s.ok()) return s;
       return ResetRings();
     default:
       return Bad(absl::StrCat("request ", m.header.request, " is not supported by this back-end"));
@@ -444,11 +447,7 @@ absl::Status Session::InstallMemory(std::vector<std::shared_ptr<Mapping>> maps) 
     owned->keep.push_back(maps[i]);
   }
   // The device keeps using the old memory until it is stopped.
-  StopDevice();
-  for (auto& vr : vrings_) {
-    if (vr.queue) vr.base = vr.queue->GetBase();
-    vr.queue.reset();
-  }
+  DropQueues();
   maps_ = std::move(maps);
   memory_ = std::shared_ptr<GuestMemory>(owned, &owned->mem);
   for (uint16_t q = 0; q < vrings_.size(); ++q) {
@@ -595,11 +594,7 @@ absl::Status Session::GetInflight(Message& m) {
     ::close(fd);
     return absl::ResourceExhaustedError(absl::StrCat("in-flight mmap: ", std::strerror(e)));
   }
-  StopDevice();
-  for (auto& vr : vrings_) {
-    if (vr.queue) vr.base = vr.queue->GetBase();
-    vr.queue.reset();
-  }
+  DropQueues();
   logs_.clear();
   if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
   inflight_map_ = static_cast<uint8_t*>(p);
@@ -635,11 +630,7 @@ absl::Status Session::SetInflight(Message& m) {
   if (seals >= 0 && !(seals & F_SEAL_SHRINK)) return Bad("in-flight memfd is not sealed against shrinking");
   void* p = ::mmap(nullptr, in.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(in.mmap_offset));
   if (p == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("in-flight mmap: ", std::strerror(errno)));
-  StopDevice();
-  for (auto& vr : vrings_) {
-    if (vr.queue) vr.base = vr.queue->GetBase();
-    vr.queue.reset();
-  }
+  DropQueues();
   logs_.clear();
   if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
   inflight_map_ = static_cast<uint8_t*>(p);
@@ -663,6 +654,14 @@ void Session::StopDevice() {
   active_ = false;
   active_set_.assign(vrings_.size(), false);
   counters_.device_resets++;
+}
+
+void Session::DropQueues() {
+  StopDevice();
+  for (auto& vr : vrings_) {
+    if (vr.queue) vr.base = vr.queue->GetBase();
+    vr.queue.reset();
+  }
 }
 
 absl::Status Session::BuildQueue(uint16_t q) {

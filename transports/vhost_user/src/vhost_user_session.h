@@ -28,6 +28,18 @@ struct SessionCounters {
   uint64_t ring_errors = 0;
   uint64_t resubmitted = 0;  // chains recovered from the in-flight log
   uint64_t activation_refusals = 0;  // the device wanted more rings running
+
+  SessionCounters& operator+=(const SessionCounters& o) {
+    messages += o.messages;
+    kicks += o.kicks;
+    queue_interrupts += o.queue_interrupts;
+    activations += o.activations;
+    device_resets += o.device_resets;
+    ring_errors += o.ring_errors;
+    resubmitted += o.resubmitted;
+    activation_refusals += o.activation_refusals;
+    return *this;
+  }
 };
 
 struct SessionOptions {
@@ -97,6 +109,9 @@ class Session {
   // enabled: completes in-flight requests, resets, rebuilds, re-activates.
   absl::Status Reconcile();
   void StopDevice();
+  // StopDevice, then forget the built queues, keeping their positions (for a
+  // change of memory or in-flight area: queues are rebuilt on the new one).
+  void DropQueues();
   absl::Status BuildQueue(uint16_t q);
   void OnRingError(uint16_t q, RingError e);
 
