@@ -518,11 +518,11 @@ TEST_F(HostileFrontend, CallEventFdAtItsMaximum) {
 }
 
 TEST_F(HostileFrontend, NeverReadsItsReplies) {
-  // GET_FEATURES after GET_FEATURES, no reply ever read. Replies are sent
-  // synchronously on the loop, so once the front-end's socket buffer is full
-  // the loop waits (bounded: 1 s) and then drops the connection; every other
-  // device on the loop waits with it. Checked: the drop, its reason, the
-  // bound on the stall, and the bystander serving afterwards.
+  // GET_FEATURES after GET_FEATURES, no reply ever read. Once the front-end's
+  // socket buffer is full the server drops the connection at once instead of
+  // waiting for it, so other devices on the loop never stall. Checked: the
+  // drop, its reason, that the loop stayed responsive, and the bystander
+  // serving afterwards.
   auto fe = Frontend::Connect(victim_->options().socket_path);
   ASSERT_TRUE(fe);
   std::atomic<bool> flooding{true};
@@ -558,7 +558,7 @@ TEST_F(HostileFrontend, NeverReadsItsReplies) {
   EXPECT_EQ(loop_.Counter(victim_, "protocol_errors"), 1u);
   const std::string err = loop_.LastError(victim_);
   EXPECT_NE(err.find("GET_FEATURES: peer does not read its socket"), std::string::npos) << err;
-  EXPECT_LT(worst_ms, 3000) << "the loop stalled for " << worst_ms << " ms";
+  EXPECT_LT(worst_ms, 500) << "the loop stalled for " << worst_ms << " ms";
   EXPECT_EQ(bys_->VerifiedIo(&bystander_file_, 42, 1), 2);
   EXPECT_TRUE(loop_.Connected(bystander_));
 }

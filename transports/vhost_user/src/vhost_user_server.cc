@@ -108,6 +108,7 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
         absl::Status s = self->session->Handle(m);
         self->RunDeferred();
         if (self->closed) return;
+        if (absl::IsUnavailable(s)) return self->Close(std::string(s.message()), false);  // hung up mid-reply
         if (!s.ok()) {
           self->srv->protocol_errors++;
           return self->Close(std::string(s.message()), true);
@@ -155,8 +156,12 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     std::shared_ptr<asio::posix::stream_descriptor> dead(kick_watch[q].release());
     asio::post(*srv->io, [dead] {});
   }
+  // Replies are small and follow requests one for one, so a full socket means
+  // the front-end stopped reading: drop it at once (timeout 0) rather than
+  // stall every device on the loop waiting for it.
   absl::Status Reply(uint32_t request, std::span<const uint8_t> payload, std::span<const int> fds) override {
-    return vhost_user::SendMessage(sock.native_handle(), request, vhost_user::kFlagReply, payload, fds);
+    return vhost_user::SendMessage(sock.native_handle(), request, vhost_user::kFlagReply, payload, fds,
+                                   /*timeout_ms=*/0);
   }
   void Defer(std::function<void()> f) override { deferred.push_back(std::move(f)); }
 
