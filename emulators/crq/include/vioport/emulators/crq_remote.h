@@ -1,0 +1,113 @@
+#pragma once
+
+// A partition process connected to the emulator daemon (crqd): the
+// hypervisor is its own process and every hypercall is a message.
+//
+// Wire protocol (Unix SOCK_SEQPACKET, host byte order, one struct per message):
+//   partition -> crqd  Hello{kHelloMagic, kWireVersion, id, memory_bytes}
+//                      + SCM_RIGHTS: the partition's RAM memfd, which must be
+//                      sealed F_SEAL_SHRINK (else refused: a partition that
+//                      could shrink it would make the hypervisor fault)
+//   crqd -> partition  HelloReply{kHelloMagic, status (0 = accepted), error text}
+//                      + SCM_RIGHTS: the interrupt eventfd (only if accepted)
+//   then, per hypercall:
+//   partition -> crqd  Request{opcode, args[8]}
+//   crqd -> partition  Response{rc, r4}
+// The caller's identity is the connection's HELLO id, never a message field.
+// Closing the connection is the partition's death: crqd removes it (partners
+// see FF 01) and unmaps its memory. One connection per partition id at a time.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "vioport/emulators/crq_partition.h"
+
+namespace vioport::crq {
+
+namespace wire {
+inline constexpr uint32_t kHelloMagic = 0x43525144;  // "CRQD"
+inline constexpr uint32_t kWireVersion = 1;
+inline constexpr size_t kMaxArgs = 8;
+
+struct Hello {
+  uint32_t magic = kHelloMagic;
+  uint32_t version = kWireVersion;
+  uint32_t partition = 0;
+  uint32_t reserved = 0;
+  uint64_t memory_bytes = 0;
+};
+struct HelloReply {
+  uint32_t magic = kHelloMagic;
+  int32_t status = 0;  // 0 = accepted
+  char error[120] = {};
+};
+struct Request {
+  uint64_t opcode = 0;
+  uint64_t args[kMaxArgs] = {};
+};
+struct Response {
+  int64_t rc = 0;
+  uint64_t r4 = 0;
+};
+
+// Sends `msg` (and `fd` if >= 0) as one SEQPACKET message; false on error.
+bool SendWithFd(int sock, const void* msg, size_t len, int fd);
+// Receives one message of exactly `len` bytes (and an fd, if `fd` is not
+// null: -1 when none came). Returns false on EOF, error or a wrong size.
+bool RecvWithFd(int sock, void* msg, size_t len, int* fd);
+}  // namespace wire
+
+struct RemotePartitionOptions {
+  std::string socket_path;  // crqd --socket
+  PartitionId id = 0;
+  uint64_t memory_bytes = 0;  // whole 4 KiB pages
+  // Connecting is retried until this elapses (crqd may still be starting).
+  std::chrono::milliseconds connect_timeout{5000};
+};
+
+class RemotePartition final : public Partition {
+ public:
+  // Creates and seals the memfd RAM, connects, says HELLO, receives the
+  // interrupt eventfd. Fails if crqd refuses (e.g. the id is already connected).
+  static absl::StatusOr<std::unique_ptr<RemotePartition>> Connect(const RemotePartitionOptions& options);
+  ~RemotePartition() override;  // closes the connection: crqd removes the partition
+
+  // One request and one response. Serialised by a mutex. Once crqd has gone
+  // (or Disconnect), every call returns H_HARDWARE.
+  HcallResult Hcall(uint64_t opcode, std::span<const uint64_t> args) override;
+  uint8_t* memory() const override { return mem_; }
+  uint64_t memory_size() const override { return size_; }
+  // The eventfd crqd writes on interrupt edges; also written here once crqd
+  // is gone, so waiters wake and find every hypercall failing.
+  int interrupt_fd() const override { return irq_fd_; }
+
+  PartitionId id() const { return id_; }
+  bool connected() const { return !dead_.load(std::memory_order_acquire); }
+  // Closes the connection now (the partition "dies" for the hypervisor); the
+  // memory stays mapped here until destruction.
+  void Disconnect();
+
+ private:
+  RemotePartition() = default;
+  void MarkDead();
+  void Watch();
+
+  PartitionId id_ = 0;
+  int memfd_ = -1, irq_fd_ = -1, wake_fd_ = -1;
+  uint8_t* mem_ = nullptr;
+  uint64_t size_ = 0;
+  absl::Mutex mu_;  // one hypercall at a time; guards the socket's lifetime
+  int sock_ ABSL_GUARDED_BY(mu_) = -1;
+  std::atomic<bool> dead_{false};
+  std::thread watcher_;  // notices crqd's death without a call in flight
+};
+
+}  // namespace vioport::crq
