@@ -1,0 +1,173 @@
+// virtio over PowerVM CRQs (docs/transports/crq.md): the 16-byte message,
+// encoded and decoded explicitly big-endian, the opcodes and statuses, and
+// CrqQueue, the consumer of a partition's own receive queue.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#include "vioport/emulators/crq_partition.h"
+
+namespace vioport::crq {
+
+inline constexpr uint8_t kValidCommand = 0x80;
+inline constexpr uint8_t kValidInit = 0xC0;
+inline constexpr uint8_t kValidEvent = 0xFF;
+inline constexpr uint8_t kInit = 0x01;
+inline constexpr uint8_t kInitComplete = 0x02;
+inline constexpr uint8_t kEventDeregistered = 0x02;
+
+inline constexpr uint16_t kVersionMajor = 1;
+inline constexpr uint16_t kVersionMinor = 0;
+inline constexpr uint8_t kResponse = 0x80;  // opcode | kResponse
+
+enum class Op : uint8_t {
+  kVersion = 0x01,
+  kDeviceInfo = 0x02,
+  kGetFeatures = 0x03,
+  kSetFeatures = 0x04,
+  kGetStatus = 0x05,
+  kSetStatus = 0x06,
+  kReadConfig = 0x07,
+  kWriteConfig = 0x08,
+  kQueueInfo = 0x09,
+  kSetQueue = 0x0A,
+  kNotify = 0x10,
+  kUsed = 0x11,
+  kConfigChanged = 0x12,
+  kPing = 0x13,
+};
+
+enum class MsgStatus : uint8_t {
+  kOk = 0,
+  kBadRequest = 1,
+  kBadState = 2,
+  kVersionMismatch = 3,
+  kOutOfRange = 4,
+  kTooLarge = 5,
+};
+
+// SET_QUEUE `b`.
+enum class QueueField : uint16_t { kSize = 0, kDesc = 1, kDriver = 2, kDevice = 3, kEnable = 4 };
+
+// One entry as the protocol sees it. Byte 0 valid, 1 opcode, 2 status,
+// 3 generation, 4-5 a (BE16), 6-7 b (BE16), 8-15 value (BE64).
+struct Message {
+  uint8_t valid = kValidCommand;
+  uint8_t op = 0;
+  uint8_t status = 0;
+  uint8_t generation = 0;
+  uint16_t a = 0;
+  uint16_t b = 0;
+  uint64_t value = 0;
+
+  // msg_hi = bytes 0-7 (byte 0 most significant), msg_lo = bytes 8-15.
+  uint64_t hi() const {
+    return uint64_t{valid} << 56 | uint64_t{op} << 48 | uint64_t{status} << 40 | uint64_t{generation} << 32 |
+           uint64_t{a} << 16 | uint64_t{b};
+  }
+  uint64_t lo() const { return value; }
+  static Message FromWords(uint64_t hi, uint64_t lo) {
+    Message m;
+    m.valid = static_cast<uint8_t>(hi >> 56);
+    m.op = static_cast<uint8_t>(hi >> 48);
+    m.status = static_cast<uint8_t>(hi >> 40);
+    m.generation = static_cast<uint8_t>(hi >> 32);
+    m.a = static_cast<uint16_t>(hi >> 16);
+    m.b = static_cast<uint16_t>(hi);
+    m.value = lo;
+    return m;
+  }
+  // From the 16 bytes of a queue slot, big-endian.
+  static Message FromBytes(const uint8_t* p) {
+    uint64_t hi = 0, lo = 0;
+    for (int i = 0; i < 8; ++i) hi = hi << 8 | p[i];
+    for (int i = 8; i < 16; ++i) lo = lo << 8 | p[i];
+    return FromWords(hi, lo);
+  }
+  void ToBytes(uint8_t* p) const {
+    const uint64_t h = hi(), l = lo();
+    for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(h >> (56 - 8 * i));
+    for (int i = 0; i < 8; ++i) p[8 + i] = static_cast<uint8_t>(l >> (56 - 8 * i));
+  }
+  static Message Init(uint8_t kind) {
+    Message m;
+    m.valid = kValidInit;
+    m.op = kind;
+    return m;
+  }
+  static Message Command(Op op, uint8_t generation, uint16_t a = 0, uint16_t b = 0, uint64_t value = 0) {
+    Message m;
+    m.op = static_cast<uint8_t>(op);
+    m.generation = generation;
+    m.a = a;
+    m.b = b;
+    m.value = value;
+    return m;
+  }
+};
+
+// VERSION value: {crq entries BE16, max transfer BE32, max queues BE16}.
+struct VersionCaps {
+  uint16_t crq_entries = 0;
+  uint32_t max_transfer = 0;
+  uint16_t max_queues = 0;
+  uint64_t Encode() const {
+    return uint64_t{crq_entries} << 48 | uint64_t{max_transfer} << 16 | uint64_t{max_queues};
+  }
+  static VersionCaps Decode(uint64_t v) {
+    return {static_cast<uint16_t>(v >> 48), static_cast<uint32_t>(v >> 16), static_cast<uint16_t>(v)};
+  }
+};
+
+// The consumer side of the partition's own receive queue (a ring of 16-byte
+// entries only the hypervisor writes): byte 0 loaded with acquire, the entry
+// read, byte 0 stored 0 with release (the slot goes back), cursor wraps.
+class CrqQueue {
+ public:
+  CrqQueue() = default;
+  CrqQueue(uint8_t* base, uint64_t bytes) : base_(base), bytes_(bytes) {}
+
+  // Zeroes the page and rewinds (before every H_REG_CRQ).
+  void Reset() {
+    std::memset(base_, 0, bytes_);
+    cursor_ = 0;
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+  bool Peek() const { return Valid(base_ + cursor_) != 0; }
+  // Takes the next entry; false if the slot is empty.
+  bool Pop(Message* out) {
+    uint8_t* slot = base_ + cursor_;
+    if ((Valid(slot) & 0x80) == 0) return false;
+    *out = Message::FromBytes(slot);
+    std::atomic_ref<uint8_t>(slot[0]).store(0, std::memory_order_release);
+    cursor_ = (cursor_ + 16) % bytes_;
+    return true;
+  }
+  // Edge-interrupt discipline: interrupts off, drain, interrupts on, then
+  // re-check the next slot (an entry that landed in between raised no edge
+  // we would see) and loop. Returns the number of entries handled.
+  template <typename Fn>
+  size_t Drain(Partition& p, uint64_t unit, Fn&& fn) {
+    size_t n = 0;
+    for (;;) {
+      Message m;
+      while (Pop(&m)) {
+        fn(m);
+        ++n;
+      }
+      p.VioSignal(unit, 1);
+      if (!Peek()) return n;
+    }
+  }
+  uint64_t entries() const { return bytes_ / 16; }
+
+ private:
+  static uint8_t Valid(uint8_t* slot) { return std::atomic_ref<uint8_t>(*slot).load(std::memory_order_acquire); }
+  uint8_t* base_ = nullptr;
+  uint64_t bytes_ = 0;
+  uint64_t cursor_ = 0;
+};
+
+}  // namespace vioport::crq

@@ -1,0 +1,448 @@
+#include "vioport/transports/crq_server.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <span>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "vioport/core/log.h"
+
+namespace vioport::crq {
+
+// ---- CrqCopyMemory ---------------------------------------------------------
+
+CrqCopyMemory::CrqCopyMemory(Partition& p, Liobn local, Liobn remote, uint64_t bounce_ioba, uint8_t* bounce_host,
+                             uint32_t bounce_bytes, uint64_t remote_window_bytes)
+    : GuestMemory(false),
+      p_(p),
+      local_(local),
+      remote_(remote),
+      bounce_ioba_(bounce_ioba),
+      bounce_(bounce_host),
+      bounce_bytes_(bounce_bytes),
+      window_(remote_window_bytes),
+      max_transfer_(bounce_bytes) {}
+
+absl::Status CrqCopyMemory::Map(int64_t rc, uint64_t addr, uint64_t len, const char* what) {
+  failures_.fetch_add(1, std::memory_order_relaxed);
+  const std::string msg = absl::StrFormat("crq: H_COPY_RDMA %s %#x+%u: %s", what, addr, len, std::string(ReturnCodeName(rc)));
+  switch (rc) {
+    case kHPermission:
+      return absl::PermissionDeniedError(msg);
+    case kHSourceParm:
+    case kHDestParm:
+    case kHParameter:
+      return absl::OutOfRangeError(msg);
+    default:
+      return absl::UnavailableError(msg);
+  }
+}
+
+absl::Status CrqCopyMemory::Read(uint64_t addr, void* dst, uint64_t len) {
+  reads_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t chunk = std::min<uint64_t>(max_transfer_, bounce_bytes_);
+  for (uint64_t off = 0; off < len;) {
+    const uint64_t n = std::min(chunk, len - off);
+    copies_.fetch_add(1, std::memory_order_relaxed);
+    const int64_t rc = p_.CopyRdma(n, remote_, addr + off, local_, bounce_ioba_);
+    if (rc != kHSuccess) return Map(rc, addr + off, n, "read");
+    std::memcpy(static_cast<uint8_t*>(dst) + off, bounce_, n);
+    bytes_.fetch_add(n, std::memory_order_relaxed);
+    off += n;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CrqCopyMemory::Write(uint64_t addr, const void* src, uint64_t len) {
+  writes_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t chunk = std::min<uint64_t>(max_transfer_, bounce_bytes_);
+  for (uint64_t off = 0; off < len;) {
+    const uint64_t n = std::min(chunk, len - off);
+    std::memcpy(bounce_, static_cast<const uint8_t*>(src) + off, n);
+    copies_.fetch_add(1, std::memory_order_relaxed);
+    const int64_t rc = p_.CopyRdma(n, local_, bounce_ioba_, remote_, addr + off);
+    if (rc != kHSuccess) return Map(rc, addr + off, n, "write");
+    bytes_.fetch_add(n, std::memory_order_relaxed);
+    off += n;
+  }
+  return absl::OkStatus();
+}
+
+bool CrqCopyMemory::Accessible(uint64_t addr, uint64_t len, Access) {
+  // Permissions are per page in the client's TCEs, which we cannot read:
+  // the copies report them.
+  return addr <= window_ && len <= window_ - addr;
+}
+
+// ---- CrqServer -------------------------------------------------------------
+
+struct CrqServer::Sink final : InterruptSink {
+  CrqServer* s = nullptr;
+  void QueueInterrupt(uint16_t q) override {
+    if (s) s->SendInterrupt(q, false);
+  }
+  void ConfigInterrupt() override {
+    if (s) s->SendInterrupt(0, true);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::shared_ptr<VirtioDevice> device,
+                                                            const CrqServerOptions& o) {
+  if (o.memory_offset % kTcePageSize || o.window_ioba % kTcePageSize || o.max_transfer == 0 ||
+      o.max_transfer > kMaxTransfer || o.crq_entries != kTcePageSize / 16)
+    return absl::InvalidArgumentError("crq: bad server options");
+  const uint64_t bounce_bytes = (o.max_transfer + kTcePageSize - 1) & ~(kTcePageSize - 1);
+  if (o.memory_offset + kTcePageSize + bounce_bytes > p.memory_size())
+    return absl::InvalidArgumentError("crq: server area outside the partition's memory");
+  std::unique_ptr<CrqServer> s(new CrqServer(p, o));
+  // Map the queue page and the bounce buffer in our own window.
+  for (uint64_t off = 0; off < kTcePageSize + bounce_bytes; off += kTcePageSize) {
+    const int64_t rc = p.PutTce(o.liobn, o.window_ioba + off, MakeTce(o.memory_offset + off, kTceRead | kTceWrite));
+    if (rc != kHSuccess) return absl::InternalError(absl::StrCat("crq: H_PUT_TCE: ", std::string(ReturnCodeName(rc))));
+  }
+  uint8_t* area = p.memory() + o.memory_offset;
+  s->queue_ = CrqQueue(area, kTcePageSize);
+  s->mem_ = std::make_shared<CrqCopyMemory>(p, o.liobn, o.remote_liobn, o.window_ioba + kTcePageSize,
+                                            area + kTcePageSize, o.max_transfer, o.remote_window_bytes);
+  s->sink_ = std::make_shared<Sink>();
+  s->sink_->s = s.get();
+  s->pending_used_.assign(device->num_queues(), false);
+  s->ctl_ = std::make_unique<DeviceController>(std::move(device), s->mem_, s->sink_);
+  if (absl::Status st = s->Register(); !st.ok()) return st;
+  return s;
+}
+
+CrqServer::~CrqServer() {
+  if (sink_) sink_->s = nullptr;
+  ctl_.reset();
+  p_.FreeCrq(o_.unit);
+}
+
+absl::Status CrqServer::Register() {
+  queue_.Reset();
+  int64_t rc = p_.RegCrq(o_.unit, o_.window_ioba, kTcePageSize);
+  if (rc == kHResource) {  // left over from before: free, then register
+    p_.FreeCrq(o_.unit);
+    rc = p_.RegCrq(o_.unit, o_.window_ioba, kTcePageSize);
+  }
+  if (rc != kHSuccess && rc != kHClosed)
+    return absl::UnavailableError(absl::StrCat("crq: H_REG_CRQ: ", std::string(ReturnCodeName(rc))));
+  p_.VioSignal(o_.unit, 1);
+  state_ = State::kWaitInit;
+  // A partner already there gets our INIT; H_CLOSED: wait for its INIT.
+  if (rc == kHSuccess) Send(Message::Init(kInit));
+  return absl::OkStatus();
+}
+
+bool CrqServer::Send(const Message& m) { return p_.SendCrq(o_.unit, m.hi(), m.lo()) == kHSuccess; }
+
+void CrqServer::ResetDevice() {
+  if (ctl_->status() != 0) (void)ctl_->SetStatus(0);  // drops the device's in-flight requests
+  std::fill(pending_used_.begin(), pending_used_.end(), false);
+  pending_config_ = false;
+  backoff_ = absl::ZeroDuration();
+}
+
+void CrqServer::PartnerGone(const std::string& why) {
+  VIOPORT_LOG(kInfo, "crq ", o_.name, ": ", why, "; waiting for INIT");
+  counters_.partner_resets++;
+  ResetDevice();
+  state_ = State::kWaitInit;
+}
+
+void CrqServer::Close(const std::string& why) {
+  VIOPORT_LOG(kWarning, "crq ", o_.name, ": closing the connection: ", why);
+  last_close_ = why;
+  counters_.closes++;
+  ResetDevice();
+  int64_t rc = kHBusy;
+  for (int i = 0; i < 1000 && (rc == kHBusy || IsLongBusy(rc)); ++i) {
+    rc = p_.FreeCrq(o_.unit);
+    if (rc == kHBusy || IsLongBusy(rc)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (absl::Status s = Register(); !s.ok()) VIOPORT_LOG(kError, "crq ", o_.name, ": ", s.message());
+}
+
+void CrqServer::Handle(const Message& m) {
+  counters_.messages++;
+  switch (m.valid) {
+    case kValidEvent:
+      if (m.op == kEventMigrated) {
+        for (int i = 0; i < 10000; ++i) {
+          const int64_t rc = p_.EnableCrq(o_.unit);
+          if (rc != kHInProgress && rc != kHBusy && !IsLongBusy(rc)) break;
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+        PartnerGone("migrated");
+        Send(Message::Init(kInit));
+      } else {
+        PartnerGone(m.op == kEventPartnerFailed ? "partner failed" : "partner deregistered");
+      }
+      return;
+    case kValidInit:
+      if (m.op == kInit) {
+        if (state_ != State::kWaitInit) PartnerGone("INIT during a connection");
+        if (Send(Message::Init(kInitComplete))) state_ = State::kWaitVersion;
+      } else if (m.op == kInitComplete) {
+        if (state_ == State::kWaitInit) state_ = State::kWaitVersion;
+      } else {
+        Close(absl::StrFormat("bad initialisation message C0 %02x", m.op));
+      }
+      return;
+    case kValidCommand:
+      HandleCommand(m);
+      return;
+    default:
+      Close(absl::StrFormat("bad valid byte %02x", m.valid));
+  }
+}
+
+void CrqServer::Respond(const Message& req, MsgStatus st, uint16_t a, uint16_t b, uint64_t value) {
+  Message r = Message::Command(static_cast<Op>(req.op | kResponse), generation_, a, b, value);
+  r.status = static_cast<uint8_t>(st);
+  // The client has one request in flight and waits for this: retry a full
+  // queue with backoff for a while, then give up on the connection.
+  absl::Duration wait = absl::Microseconds(5);
+  absl::Duration total = absl::ZeroDuration();
+  for (;;) {
+    const int64_t rc = p_.SendCrq(o_.unit, r.hi(), r.lo());
+    if (rc == kHSuccess) return;
+    if (rc != kHDropped) return;  // closed: the partner's event will follow
+    counters_.dropped_retries++;
+    if (total > absl::Seconds(1)) {
+      Close("client queue full for 1 s");
+      return;
+    }
+    absl::SleepFor(wait);
+    total += wait;
+    wait = std::min(wait * 2, absl::Milliseconds(10));
+  }
+}
+
+void CrqServer::HandleCommand(const Message& m) {
+  const State st = state_.load();
+  if (st == State::kWaitInit) return Close(absl::StrFormat("command %02x before INIT", m.op));
+  if (m.op & kResponse) {
+    if (m.op != (static_cast<uint8_t>(Op::kPing) | kResponse))
+      return Close(absl::StrFormat("unexpected response %02x", m.op));
+    return;
+  }
+  const Op op = static_cast<Op>(m.op);
+  if (op == Op::kVersion) {
+    counters_.requests++;
+    const uint16_t major = m.a >> 8;
+    const VersionCaps mine{o_.crq_entries, o_.max_transfer, ctl_->num_queues()};
+    if (major != kVersionMajor) {
+      generation_ = m.generation;
+      Respond(m, MsgStatus::kVersionMismatch, kVersionMajor << 8 | kVersionMinor, 0, mine.Encode());
+      return Close(absl::StrFormat("client protocol version %u.%u, server %u.%u", major, m.a & 0xff,
+                                   kVersionMajor, kVersionMinor));
+    }
+    if (m.generation == 0) return Close("VERSION with generation 0");
+    const VersionCaps theirs = VersionCaps::Decode(m.value);
+    if (theirs.crq_entries < 2 || theirs.max_transfer < 512) return Close("VERSION with unusable capabilities");
+    if (st == State::kConnected) ResetDevice();  // a new connection
+    generation_ = m.generation;
+    partner_entries_ = std::min(theirs.crq_entries, mine.crq_entries);
+    max_transfer_ = std::min(theirs.max_transfer, mine.max_transfer);
+    mem_->set_max_transfer(max_transfer_);
+    state_ = State::kConnected;
+    counters_.connections++;
+    Respond(m, MsgStatus::kOk, kVersionMajor << 8 | kVersionMinor, 0, mine.Encode());
+    return;
+  }
+  if (st != State::kConnected) return Close(absl::StrFormat("command %02x before VERSION", m.op));
+  if (m.generation != generation_) {
+    counters_.stale_generation++;
+    return;
+  }
+  if (op == Op::kNotify) {
+    counters_.notifies++;
+    ctl_->NotifyQueue(m.a);
+    return;
+  }
+  counters_.requests++;
+  auto status_of = [](const absl::Status& s) { return s.ok() ? MsgStatus::kOk : MsgStatus::kBadState; };
+  switch (op) {
+    case Op::kPing:
+      return Respond(m, MsgStatus::kOk);
+    case Op::kDeviceInfo: {
+      VirtioDevice& d = ctl_->device();
+      return Respond(m, MsgStatus::kOk, static_cast<uint16_t>(d.device_id()), d.num_queues(),
+                     uint64_t{d.config_size()} << 32 | d.max_queue_size());
+    }
+    case Op::kGetFeatures:
+      if (m.a > 1) return Respond(m, MsgStatus::kBadRequest);
+      return Respond(m, MsgStatus::kOk, m.a, 0, m.a == 0 ? ctl_->offered_features() : 0);
+    case Op::kSetFeatures:
+      if (m.a > 1) return Respond(m, MsgStatus::kBadRequest);
+      if (m.a == 1) return Respond(m, m.value == 0 ? MsgStatus::kOk : MsgStatus::kBadRequest);
+      return Respond(m, status_of(ctl_->SetDriverFeatures(m.value)));
+    case Op::kGetStatus:
+      return Respond(m, MsgStatus::kOk, 0, static_cast<uint16_t>(ctl_->config_generation()), ctl_->status());
+    case Op::kSetStatus: {
+      if (m.value > 0xff) return Close("SET_STATUS value above 0xff");
+      const absl::Status s = ctl_->SetStatus(static_cast<uint8_t>(m.value));
+      return Respond(m, status_of(s), 0, 0, ctl_->status());
+    }
+    case Op::kReadConfig: {
+      if (m.b < 1 || m.b > 8) return Close(absl::StrFormat("READ_CONFIG length %u", m.b));
+      uint8_t buf[8] = {};
+      const absl::Status s = ctl_->ReadConfig(m.a, std::span<uint8_t>(buf, m.b));
+      if (!s.ok()) return Respond(m, MsgStatus::kOutOfRange);
+      uint64_t v = 0;
+      for (int i = 0; i < 8; ++i) v = v << 8 | buf[i];
+      return Respond(m, MsgStatus::kOk, m.a, static_cast<uint16_t>(ctl_->config_generation()), v);
+    }
+    case Op::kWriteConfig: {
+      if (m.b < 1 || m.b > 8) return Close(absl::StrFormat("WRITE_CONFIG length %u", m.b));
+      uint8_t buf[8];
+      for (int i = 0; i < 8; ++i) buf[i] = static_cast<uint8_t>(m.value >> (56 - 8 * i));
+      const absl::Status s = ctl_->WriteConfig(m.a, std::span<const uint8_t>(buf, m.b));
+      return Respond(m, s.ok() ? MsgStatus::kOk : MsgStatus::kOutOfRange);
+    }
+    case Op::kQueueInfo:
+      return Respond(m, MsgStatus::kOk, m.a, static_cast<uint16_t>(std::min<uint32_t>(ctl_->QueueMaxSize(m.a), 0x8000)));
+    case Op::kSetQueue: {
+      const QueueSetup* q = ctl_->queue_setup(m.a);
+      if (!q) return Respond(m, MsgStatus::kOutOfRange);
+      absl::Status s;
+      switch (static_cast<QueueField>(m.b)) {
+        case QueueField::kSize:
+          if (m.value > 0x8000) return Respond(m, MsgStatus::kOutOfRange);
+          s = ctl_->SetQueueSize(m.a, static_cast<uint32_t>(m.value));
+          break;
+        case QueueField::kDesc:
+        case QueueField::kDriver:
+        case QueueField::kDevice: {
+          if (m.value >= o_.remote_window_bytes) {
+            Respond(m, MsgStatus::kOutOfRange);
+            return Close(absl::StrFormat("queue %u ring IOBA %#x outside the client's window (%#x bytes)", m.a,
+                                         m.value, o_.remote_window_bytes));
+          }
+          uint64_t desc = q->desc, drv = q->driver, dev = q->device;
+          (m.b == 1 ? desc : m.b == 2 ? drv : dev) = m.value;
+          s = ctl_->SetQueueAddresses(m.a, desc, drv, dev);
+          break;
+        }
+        case QueueField::kEnable:
+          s = ctl_->SetQueueReady(m.a, m.value != 0);
+          break;
+        default:
+          return Close(absl::StrFormat("SET_QUEUE field %u", m.b));
+      }
+      return Respond(m, status_of(s));
+    }
+    default:
+      return Close(absl::StrFormat("unknown opcode %02x", m.op));
+  }
+}
+
+void CrqServer::SendInterrupt(uint16_t queue, bool config) {
+  if (state_ != State::kConnected) return;
+  if (config ? pending_config_ : (queue < pending_used_.size() && pending_used_[queue])) return;  // coalesced
+  const Message m = config ? Message::Command(Op::kConfigChanged, generation_)
+                           : Message::Command(Op::kUsed, generation_, queue);
+  const int64_t rc = p_.SendCrq(o_.unit, m.hi(), m.lo());
+  if (rc == kHSuccess) {
+    counters_.used_sent++;
+    return;
+  }
+  if (rc != kHDropped) return;
+  counters_.dropped_retries++;
+  if (config) {
+    pending_config_ = true;
+  } else if (queue < pending_used_.size()) {
+    pending_used_[queue] = true;
+  }
+  if (backoff_ == absl::ZeroDuration()) backoff_ = absl::Microseconds(5);
+  retry_at_ = absl::Now() + backoff_;
+  if (stuck_since_ == absl::InfiniteFuture()) stuck_since_ = absl::Now();
+}
+
+void CrqServer::RetryPending() {
+  if (backoff_ == absl::ZeroDuration() || absl::Now() < retry_at_) return;
+  bool left = false;
+  auto try_send = [&](const Message& m) {
+    const int64_t rc = p_.SendCrq(o_.unit, m.hi(), m.lo());
+    if (rc == kHDropped) left = true;
+    return rc != kHDropped;
+  };
+  for (uint16_t q = 0; q < pending_used_.size(); ++q)
+    if (pending_used_[q] && try_send(Message::Command(Op::kUsed, generation_, q))) pending_used_[q] = false;
+  if (pending_config_ && try_send(Message::Command(Op::kConfigChanged, generation_))) pending_config_ = false;
+  if (!left) {
+    backoff_ = absl::ZeroDuration();
+    stuck_since_ = absl::InfiniteFuture();
+    return;
+  }
+  if (absl::Now() - stuck_since_ > absl::Seconds(30)) return Close("no progress for 30 s (client queue full)");
+  backoff_ = std::min(backoff_ * 2, absl::Milliseconds(10));
+  retry_at_ = absl::Now() + backoff_;
+}
+
+size_t CrqServer::Work() {
+  size_t n = queue_.Drain(p_, o_.unit, [&](const Message& m) { Handle(m); });
+  VirtioDevice& dev = ctl_->device();
+  if (ctl_->running() && dev.event_fd() >= 0 && dev.ProcessEvents()) ++n;
+  RetryPending();
+  return n;
+}
+
+int CrqServer::DeviceEventFd() { return ctl_->running() ? ctl_->device().event_fd() : -1; }
+
+namespace {
+
+// Waits until `deadline` for the partition's interrupt or a device
+// completion; drains the interrupt eventfd if it fired.
+void WaitForWork(Partition& p, std::span<CrqServer* const> servers, absl::Time deadline,
+                 const std::function<int(CrqServer*)>& device_fd) {
+  std::vector<pollfd> fds;
+  fds.reserve(servers.size() + 1);
+  fds.push_back({p.interrupt_fd(), POLLIN, 0});
+  for (CrqServer* s : servers)
+    if (const int fd = device_fd(s); fd >= 0) fds.push_back({fd, POLLIN, 0});
+  const timespec ts = absl::ToTimespec(std::max(deadline - absl::Now(), absl::ZeroDuration()));
+  if (::ppoll(fds.data(), fds.size(), &ts, nullptr) > 0 && (fds[0].revents & POLLIN)) {
+    uint64_t v;
+    (void)!::read(p.interrupt_fd(), &v, sizeof v);
+  }
+}
+
+}  // namespace
+
+void CrqServer::Poll(absl::Duration timeout) {
+  if (Work() > 0) return;
+  const absl::Time deadline = std::min(absl::Now() + std::min(timeout, kMaxUnsignalledWait), RetryAt());
+  CrqServer* self = this;
+  WaitForWork(p_, std::span<CrqServer* const>(&self, 1), deadline, [](CrqServer* s) { return s->DeviceEventFd(); });
+  Work();
+}
+
+// ---- CrqDispatcher -----------------------------------------------------------
+
+void CrqDispatcher::Add(CrqServer* s) {
+  if (std::find(servers_.begin(), servers_.end(), s) == servers_.end()) servers_.push_back(s);
+}
+
+void CrqDispatcher::Remove(CrqServer* s) { servers_.erase(std::remove(servers_.begin(), servers_.end(), s), servers_.end()); }
+
+void CrqDispatcher::Poll(absl::Duration timeout) {
+  size_t n = 0;
+  for (CrqServer* s : servers_) n += s->Work();
+  if (n > 0) return;
+  absl::Time deadline = absl::Now() + timeout;
+  for (CrqServer* s : servers_) deadline = std::min(deadline, s->RetryAt());
+  WaitForWork(p_, servers_, deadline, [](CrqServer* s) { return s->DeviceEventFd(); });
+  // The interrupt_fd is drained: every adapter's queue is looked at now, so
+  // an entry that raised the edge is handled whichever server it is for.
+  for (CrqServer* s : servers_) s->Work();
+}
+
+}  // namespace vioport::crq
