@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cinttypes>
+#include <cstdlib>
 #include <cstdio>
 #include <map>
 #include <random>
@@ -14,12 +16,15 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "vioport/core/log.h"
+#include "vioport/emulators/crq_remote.h"
 #include "vioport/guest/blk_driver.h"
 #include "vioport/guest/console_driver.h"
 #include "vioport/guest/pattern.h"
 #include "vioport/guest/rng_driver.h"
+#include "vioport/transports/crq_guest.h"
 #include "vioport/transports/shm_guest.h"
 #include "vioport/transports/vhost_user_guest.h"
 
@@ -28,7 +33,7 @@ namespace {
 
 const char kUsage[] = R"(vioguest: a guest in a process, driving a vioport device over a transport.
 
-usage: vioguest --transport shm:SOCKET|vhost-user:SOCKET [common options] DEVICE COMMAND [options]
+usage: vioguest --transport shm:SOCKET|vhost-user:SOCKET|crq:SOCKET,... [common options] DEVICE COMMAND [options]
 
   blk info                          capacity, block size, queues, features, id
   blk write  --seed N [--offset B] [--length B]
@@ -56,6 +61,13 @@ common options:
                           SOCKET (vios --attach ...,transport=vhost-user,
                           qemu-storage-daemon --export type=vhost-user-blk, ...);
                           the device type is DEVICE (vhost-user carries no id)
+  --transport crq:SOCKET,partition=PID,unit=UNIT,liobn=LIOBN[,window-mib=N]
+                          PowerVM CRQ over the crqd emulator: this process joins
+                          crqd on SOCKET as client partition PID (--memory MiB of
+                          RAM) and drives client adapter UNIT, mapping buffers in
+                          its DMA window LIOBN (window-mib: its size as in crqd
+                          --pair, default --memory); the server is vios --attach
+                          ...,transport=crq. Numbers take 0x.
   --memory MIB            guest memory to share (default 64)
   --guest-base B          vhost-user: guest-physical address of the memory (default 0)
   --packed                use packed rings (default split)
@@ -142,6 +154,7 @@ uint64_t Size(const Args& a, const std::string& key, uint64_t dflt) {
 }
 
 struct Guest {
+  std::unique_ptr<crq::RemotePartition> partition;  // crq: outlives the transport
   std::unique_ptr<DriverTransport> transport;
   uint64_t ring_features = 0;
   WaitPolicy wait;
@@ -171,8 +184,44 @@ Guest Connect(const Args& a, const std::string& device) {
     auto c = VhostUserDriverTransport::Connect(o);
     if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
     g.transport = std::move(*c);
+  } else if (t.rfind("crq:", 0) == 0) {
+    std::vector<std::string> parts = absl::StrSplit(t.substr(4), ',');
+    crq::RemotePartitionOptions po;
+    po.socket_path = parts[0];
+    std::map<std::string, uint64_t> kv;
+    for (size_t i = 1; i < parts.size(); ++i) {
+      const size_t eq = parts[i].find('=');
+      if (eq == std::string::npos) Usage(absl::StrCat("--transport ", t, ": '", parts[i], "' is not KEY=VALUE"));
+      const std::string k = parts[i].substr(0, eq), v = parts[i].substr(eq + 1);
+      if (k != "partition" && k != "unit" && k != "liobn" && k != "window-mib")
+        Usage(absl::StrCat("--transport ", t, ": unknown key '", k, "'"));
+      char* end = nullptr;
+      errno = 0;
+      const uint64_t n = std::strtoull(v.c_str(), &end, 0);
+      if (v.empty() || *end || errno) Usage(absl::StrCat("--transport ", t, ": ", k, "=", v, " is not a number"));
+      kv[k] = n;
+    }
+    for (const char* k : {"partition", "unit", "liobn"})
+      if (!kv.count(k)) Usage(absl::StrCat("--transport ", t, ": ", k, "= is required"));
+    if (po.socket_path.empty()) Usage("--transport crq: needs the crqd socket path");
+    const uint64_t mem = Size(a, "memory", 64) << 20;
+    po.id = static_cast<crq::PartitionId>(kv["partition"]);
+    po.memory_bytes = mem;
+    auto p = crq::RemotePartition::Connect(po);
+    if (!p.ok()) Fail(p.status(), absl::StrCat("--transport ", t));
+    g.partition = std::move(*p);
+    crq::CrqGuestOptions o;
+    o.unit = static_cast<crq::UnitAddress>(kv["unit"]);
+    o.liobn = static_cast<crq::Liobn>(kv["liobn"]);
+    o.window_bytes = kv.count("window-mib") ? kv["window-mib"] << 20 : mem;
+    o.memory_offset = 0;
+    o.memory_bytes = std::min(mem, o.window_bytes);
+    auto c = crq::CrqDriverTransport::Connect(*g.partition, o);
+    if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
+    g.transport = std::move(*c);
   } else {
-    Usage(absl::StrCat("--transport ", t, ": unknown transport (this vioguest speaks shm:PATH and vhost-user:PATH)"));
+    Usage(absl::StrCat("--transport ", t,
+                       ": unknown transport (this vioguest speaks shm:PATH, vhost-user:PATH and crq:PATH,...)"));
   }
   g.ring_features = feature::Bit(feature::kVersion1);
   if (!a.flags.count("no-event-idx")) g.ring_features |= feature::Bit(feature::kEventIdx);

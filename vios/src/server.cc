@@ -1,5 +1,6 @@
 #include "server.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,6 +9,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "boost/asio/local/stream_protocol.hpp"
+#include "boost/asio/posix/stream_descriptor.hpp"
+#include "boost/asio/steady_timer.hpp"
 #include "boost/asio/read_until.hpp"
 #include "boost/asio/streambuf.hpp"
 #include "boost/asio/write.hpp"
@@ -15,6 +18,8 @@
 #include "vioport/backends/console_device.h"
 #include "vioport/backends/rng_device.h"
 #include "vioport/core/log.h"
+#include "vioport/emulators/crq_remote.h"
+#include "vioport/transports/crq_server.h"
 #include "vioport/transports/shm_server.h"
 #include "vioport/transports/vhost_user_server.h"
 
@@ -118,6 +123,145 @@ class VhostUserAttachment final : public Attachment {
   std::unique_ptr<VhostUserServer> s_;
 };
 
+// virtio over CRQ (docs/transports/crq.md): vios is a partition of the crqd
+// emulator (its own RemotePartition, so one crq attachment per partition id)
+// and serves one server adapter from the Asio loop. The partition's interrupt
+// eventfd and the device's completion eventfd are watched with async_wait; on
+// readiness the interrupt is drained and the dispatcher polled with a zero
+// timeout. A steady_timer covers the server's backed-off retries (and a
+// 100 ms safety tick, so nothing ever depends on one wake-up alone).
+class CrqAttachment final : public Attachment {
+ public:
+  static absl::StatusOr<std::unique_ptr<CrqAttachment>> Create(asio::io_context& io, std::shared_ptr<VirtioDevice> dev,
+                                                               const crq::RemotePartitionOptions& po,
+                                                               const crq::CrqServerOptions& so, std::string where) {
+    auto p = crq::RemotePartition::Connect(po);
+    if (!p.ok()) return absl::Status(p.status().code(), absl::StrCat("crqd ", po.socket_path, ": ", p.status().message()));
+    auto s = crq::CrqServer::Create(**p, dev, so);
+    if (!s.ok()) return s.status();
+    std::unique_ptr<CrqAttachment> a(new CrqAttachment(io, std::move(*p), std::move(*s), std::move(dev), std::move(where)));
+    a->Start();
+    return a;
+  }
+  ~CrqAttachment() override {
+    Stop();
+    dispatcher_.Remove(s_.get());
+    s_.reset();  // H_FREE_CRQ: the client sees FF 02
+    p_.reset();  // closes the connection to crqd
+  }
+  std::string transport() const override { return "crq"; }
+  std::string where() const override { return where_; }
+  bool connected() const override { return s_->state() == crq::CrqServer::State::kConnected; }
+  uint8_t device_status() const override { return s_->controller().status(); }
+  std::string last_error() const override {
+    if (!p_->connected()) return "crqd connection lost";
+    return s_->last_close_reason();
+  }
+  std::vector<std::pair<std::string, uint64_t>> Counters() const override {
+    const crq::CrqServerCounters& c = s_->counters();
+    crq::CrqCopyMemory& m = s_->memory();
+    return {{"messages", c.messages.load()},
+            {"requests", c.requests.load()},
+            {"notifies", c.notifies.load()},
+            {"used_sent", c.used_sent.load()},
+            {"dropped_retries", c.dropped_retries.load()},
+            {"stale_generation", c.stale_generation.load()},
+            {"closes", c.closes.load()},
+            {"partner_resets", c.partner_resets.load()},
+            {"connections", c.connections.load()},
+            {"copy_reads", m.reads()},
+            {"copy_writes", m.writes()},
+            {"copies", m.copies()},
+            {"copy_bytes", m.bytes()},
+            {"copy_failures", m.failures()},
+            {"wakeups", wakeups_}};
+  }
+  void StopAccepting() override {}
+  absl::Status Quiesce() override {
+    // Finish what is in flight: run the server until the device has nothing
+    // outstanding (Quiesce waits for the backend), then flush.
+    Poll();
+    absl::Status st = dev_->Quiesce();
+    Poll();
+    Stop();
+    return st;
+  }
+
+ private:
+  CrqAttachment(asio::io_context& io, std::unique_ptr<crq::RemotePartition> p, std::unique_ptr<crq::CrqServer> s,
+                std::shared_ptr<VirtioDevice> dev, std::string where)
+      : p_(std::move(p)), s_(std::move(s)), dev_(std::move(dev)), where_(std::move(where)), dispatcher_(*p_),
+        irq_(io), devfd_(io), timer_(io) {
+    dispatcher_.Add(s_.get());
+  }
+
+  void Start() {
+    const int irq = p_->interrupt_fd();
+    ::fcntl(irq, F_SETFL, ::fcntl(irq, F_GETFL) | O_NONBLOCK);
+    irq_.assign(irq);
+    WaitIrq();
+    if (const int fd = dev_->event_fd(); fd >= 0) {
+      devfd_.assign(fd);
+      WaitDev();
+    }
+    Poll();
+  }
+  void Stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    boost::system::error_code ec;
+    timer_.cancel();
+    irq_.cancel(ec);
+    devfd_.cancel(ec);
+    // Not ours to close: the partition and the device own these fds.
+    if (irq_.is_open()) (void)irq_.release();
+    if (devfd_.is_open()) (void)devfd_.release();
+  }
+  // Re-armed before the work, in the same handler: an edge that comes while
+  // we work is delivered to the new wait.
+  void WaitIrq() {
+    irq_.async_wait(asio::posix::stream_descriptor::wait_read, [this](const boost::system::error_code& ec) {
+      if (ec || stopped_) return;
+      ++wakeups_;
+      WaitIrq();
+      uint64_t v;
+      while (::read(p_->interrupt_fd(), &v, sizeof v) == sizeof v) {
+      }
+      Poll();
+    });
+  }
+  void WaitDev() {
+    devfd_.async_wait(asio::posix::stream_descriptor::wait_read, [this](const boost::system::error_code& ec) {
+      if (ec || stopped_) return;
+      ++wakeups_;
+      WaitDev();
+      Poll();
+    });
+  }
+  void Poll() {
+    if (stopped_) return;
+    dispatcher_.Poll(absl::ZeroDuration());
+    // Next: a retry deadline, else the safety tick.
+    const absl::Time next = std::min(dispatcher_.NextDeadline(), absl::Now() + absl::Milliseconds(100));
+    const auto in = std::chrono::nanoseconds(absl::ToInt64Nanoseconds(std::max(next - absl::Now(), absl::ZeroDuration())));
+    timer_.expires_after(in);
+    timer_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec || stopped_) return;
+      Poll();
+    });
+  }
+
+  std::unique_ptr<crq::RemotePartition> p_;
+  std::unique_ptr<crq::CrqServer> s_;
+  std::shared_ptr<VirtioDevice> dev_;
+  std::string where_;
+  crq::CrqDispatcher dispatcher_;
+  asio::posix::stream_descriptor irq_, devfd_;
+  asio::steady_timer timer_;
+  bool stopped_ = false;
+  uint64_t wakeups_ = 0;
+};
+
 absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io, AttachSpec& spec,
                                                           std::shared_ptr<VirtioDevice> dev) {
   Options& o = spec.options;
@@ -155,8 +299,39 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     if (!s.ok()) return absl::Status(s.status().code(), absl::StrCat(o.origin(), ": ", s.status().message()));
     return std::unique_ptr<Attachment>(new VhostUserAttachment(std::move(*s)));
   }
+  if (spec.transport == "crq") {
+    auto sock = o.String("crqd");
+    auto pid = o.Uint("partition", 0, 1, 0xffffffffu);
+    auto unit = o.Uint("unit", 0, 0, 0xffffffffu);
+    auto liobn = o.Uint("liobn", 0, 0, 0xffffffffu);
+    auto rliobn = o.Uint("remote-liobn", 0, 0, 0xffffffffu);
+    auto rwin = o.Uint("remote-window-mib", 0, 1, 1 << 20);
+    auto mem = o.Uint("memory-mib", 1, 1, 1 << 16);
+    auto mt = o.Uint("max-transfer", crq::kMaxTransfer, 4096, crq::kMaxTransfer);
+    for (const absl::Status& s : {sock.status(), pid.status(), unit.status(), liobn.status(), rliobn.status(),
+                                  rwin.status(), mem.status(), mt.status()})
+      if (!s.ok()) return s;
+    for (const char* k : {"partition", "unit", "liobn", "remote-liobn", "remote-window-mib"})
+      if (!o.Has(k)) return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": option '", k, "' is required"));
+    if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+    crq::RemotePartitionOptions po;
+    po.socket_path = *sock;
+    po.id = static_cast<crq::PartitionId>(*pid);
+    po.memory_bytes = *mem << 20;
+    crq::CrqServerOptions so;
+    so.unit = static_cast<crq::UnitAddress>(*unit);
+    so.liobn = static_cast<crq::Liobn>(*liobn);
+    so.remote_liobn = static_cast<crq::Liobn>(*rliobn);
+    so.remote_window_bytes = *rwin << 20;
+    so.max_transfer = static_cast<uint32_t>(*mt);
+    so.name = absl::StrCat(spec.device, "@crq");
+    auto a = CrqAttachment::Create(io, std::move(dev), po, so,
+                                   absl::StrFormat("%s p%u u%#x", *sock, *pid, *unit));
+    if (!a.ok()) return absl::Status(a.status().code(), absl::StrCat(o.origin(), ": ", a.status().message()));
+    return std::unique_ptr<Attachment>(std::move(*a));
+  }
   return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": unknown transport '", spec.transport,
-                                                 "' (this vios serves: shm, vhost-user)"));
+                                                 "' (this vios serves: shm, vhost-user, crq)"));
 }
 
 std::string StatusBits(uint8_t s) {

@@ -37,6 +37,20 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
                                         -device vhost-user-blk-pci; requests in
                                         flight survive a vios restart unless
                                         inflight=off
+      ID,transport=crq,crqd=SOCKET,partition=PID,unit=UNIT,liobn=LIOBN,
+         remote-liobn=RLIOBN,remote-window-mib=N[,memory-mib=N][,max-transfer=B]
+                                        PowerVM: serve a client partition over a
+                                        CRQ adapter pair of the crqd emulator
+                                        (docs/transports/crq.md). vios joins
+                                        crqd on SOCKET as partition PID (memory-mib
+                                        of RAM, default 1), registers server
+                                        adapter UNIT, maps its queue page and
+                                        bounce buffer in its window LIOBN and
+                                        copies to/from the client's window RLIOBN
+                                        (remote-window-mib: its size, as in the
+                                        crqd --pair). Numbers take 0x. crqd takes
+                                        one connection per partition id, so one
+                                        crq attachment per PID per vios
   --config FILE        the same in TOML: [[device]] and [[attach]] tables with
                        the keys above (type/id, device/transport), plus
                        top-level control = "PATH" and log-level = "LEVEL"
@@ -76,7 +90,9 @@ absl::StatusOr<uint64_t> Options::Uint(const std::string& key, uint64_t dflt, ui
   auto it = kv_.find(key);
   if (it == kv_.end()) return dflt;
   uint64_t v;
-  if (!absl::SimpleAtoi(it->second, &v)) return Error(key, "is not a number");
+  const bool hex = it->second.size() > 2 && it->second[0] == '0' && (it->second[1] == 'x' || it->second[1] == 'X');
+  if (hex ? !absl::SimpleHexAtoi(absl::string_view(it->second).substr(2), &v) : !absl::SimpleAtoi(it->second, &v))
+    return Error(key, "is not a number");
   if (v < min || v > max) return Error(key, absl::StrCat("is out of range (", min, "..", max, ")"));
   return v;
 }

@@ -433,6 +433,12 @@ void CrqDispatcher::Add(CrqServer* s) {
 
 void CrqDispatcher::Remove(CrqServer* s) { servers_.erase(std::remove(servers_.begin(), servers_.end(), s), servers_.end()); }
 
+absl::Time CrqDispatcher::NextDeadline() const {
+  absl::Time t = absl::InfiniteFuture();
+  for (CrqServer* s : servers_) t = std::min(t, s->RetryAt());
+  return t;
+}
+
 void CrqDispatcher::Poll(absl::Duration timeout) {
   size_t n = 0;
   for (CrqServer* s : servers_) n += s->Work();

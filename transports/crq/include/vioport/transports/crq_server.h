@@ -159,6 +159,10 @@ class CrqDispatcher {
   // all pending work again.
   void Poll(absl::Duration timeout);
   size_t size() const { return servers_.size(); }
+  // The earliest retry deadline of any server (InfiniteFuture: none), for an
+  // event loop that calls Poll(ZeroDuration()) on readiness and needs to
+  // schedule a timer for backed-off USED / CONFIG_CHANGED retries.
+  absl::Time NextDeadline() const;
 
  private:
   Partition& p_;
