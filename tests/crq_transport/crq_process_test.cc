@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "process.h"
+#include "tool_output.h"
 #include "vioport/guest/pattern.h"
 
 namespace vioport {
@@ -29,38 +30,9 @@ namespace {
 
 using testproc::Proc;
 using testproc::Spawn;
+using testproc::CheckFile;
+using testproc::Field;
 
-// "result device=blk op=write ... checksum=..." -> value of `key`.
-std::string Field(const std::string& out, const std::string& key) {
-  for (absl::string_view line : absl::StrSplit(out, '\n')) {
-    if (!absl::StartsWith(line, "result ")) continue;
-    for (absl::string_view kv : absl::StrSplit(line, ' '))
-      if (absl::StartsWith(kv, key + "=")) return std::string(kv.substr(key.size() + 1));
-  }
-  return "";
-}
-
-// Checks a backing file against the seeded pattern; returns its Checksum64.
-std::string CheckFile(const std::string& path, uint64_t seed, uint64_t offset, uint64_t length, int64_t* mismatch) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  std::vector<uint8_t> buf(1 << 20);
-  pattern::Checksum64 sum;
-  *mismatch = -1;
-  for (uint64_t done = 0; done < length;) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), length - done));
-    if (::pread(fd, buf.data(), n, static_cast<off_t>(offset + done)) != static_cast<ssize_t>(n)) {
-      *mismatch = static_cast<int64_t>(offset + done);
-      break;
-    }
-    if (*mismatch < 0) *mismatch = pattern::FirstMismatch(seed, offset + done, {buf.data(), n});
-    sum.Add({buf.data(), n});
-    done += n;
-  }
-  ::close(fd);
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(sum.Value()));
-  return hex;
-}
 
 bool WaitForPath(const std::string& p, Proc& owner, double seconds = 10) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);

@@ -25,6 +25,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "process.h"
+#include "tool_output.h"
 #include "vioport/core/blk_spec.h"
 #include "vioport/emulators/vmm_frontend.h"
 #include "vioport/guest/blk_driver.h"
@@ -501,12 +502,7 @@ TEST_F(QsdTest, RingErrorSignalThenRecoveryAndRestarts) {
 
 // ---- (f) the vioguest tool in its own process -------------------------------------------
 
-std::string Field(const std::string& out, const std::string& key) {
-  const size_t p = out.find(key + "=");
-  if (p == std::string::npos) return "";
-  const size_t e = out.find_first_of(" \n", p);
-  return out.substr(p + key.size() + 1, e - p - key.size() - 1);
-}
+using testproc::Field;
 
 TEST_F(QsdTest, VioguestProcessWritesAndVerifies) {
   StartQsd();

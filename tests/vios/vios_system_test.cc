@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "process.h"
+#include "tool_output.h"
 #include "vioport/core/driver.h"
 #include "vioport/guest/pattern.h"
 #include "vioport/guest/wait.h"
@@ -30,6 +31,8 @@ namespace {
 
 using testproc::Proc;
 using testproc::Spawn;
+using testproc::CheckFile;
+using testproc::Field;
 
 #ifndef VIOPORT_BIG_MIB
 #define VIOPORT_BIG_MIB 256
@@ -125,38 +128,6 @@ class ViosSystem : public ::testing::Test {
   std::deque<Proc> procs_;
 };
 
-// "result device=blk op=write ... checksum=..." -> value of `key`.
-std::string Field(const std::string& out, const std::string& key) {
-  for (absl::string_view line : absl::StrSplit(out, '\n')) {
-    if (!absl::StartsWith(line, "result ")) continue;
-    for (absl::string_view kv : absl::StrSplit(line, ' ')) {
-      if (absl::StartsWith(kv, key + "=")) return std::string(kv.substr(key.size() + 1));
-    }
-  }
-  return "";
-}
-
-// Checks a backing file against the seeded pattern; returns its Checksum64.
-std::string CheckFile(const std::string& path, uint64_t seed, uint64_t offset, uint64_t length, int64_t* mismatch) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  std::vector<uint8_t> buf(1 << 20);
-  pattern::Checksum64 sum;
-  *mismatch = -1;
-  for (uint64_t done = 0; done < length;) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), length - done));
-    if (::pread(fd, buf.data(), n, static_cast<off_t>(offset + done)) != static_cast<ssize_t>(n)) {
-      *mismatch = static_cast<int64_t>(offset + done);
-      break;
-    }
-    if (*mismatch < 0) *mismatch = pattern::FirstMismatch(seed, offset + done, {buf.data(), n});
-    sum.Add({buf.data(), n});
-    done += n;
-  }
-  ::close(fd);
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(sum.Value()));
-  return hex;
-}
 
 // The tools' data formula and checksum: any cut of the stream gives the same
 // bytes and the same checksum, and a one-bit change shows.

@@ -91,10 +91,13 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec) {
   return dev;
 }
 
-class ShmAttachment final : public Attachment {
+// An attachment that forwards to a transport server with the common surface
+// (ShmServer, VhostUserServer); only the transport's display name differs.
+template <typename Server>
+class ServerAttachment final : public Attachment {
  public:
-  explicit ShmAttachment(std::unique_ptr<ShmServer> s) : s_(std::move(s)) {}
-  std::string transport() const override { return s_->options().poll ? "shm(poll)" : "shm"; }
+  ServerAttachment(std::unique_ptr<Server> s, std::string name) : s_(std::move(s)), name_(std::move(name)) {}
+  std::string transport() const override { return name_; }
   std::string where() const override { return s_->options().socket_path; }
   bool connected() const override { return s_->connected(); }
   uint8_t device_status() const override { return s_->device_status(); }
@@ -104,23 +107,8 @@ class ShmAttachment final : public Attachment {
   absl::Status Quiesce() override { return s_->Quiesce(); }
 
  private:
-  std::unique_ptr<ShmServer> s_;
-};
-
-class VhostUserAttachment final : public Attachment {
- public:
-  explicit VhostUserAttachment(std::unique_ptr<VhostUserServer> s) : s_(std::move(s)) {}
-  std::string transport() const override { return "vhost-user"; }
-  std::string where() const override { return s_->options().socket_path; }
-  bool connected() const override { return s_->connected(); }
-  uint8_t device_status() const override { return s_->device_status(); }
-  std::string last_error() const override { return s_->last_error(); }
-  std::vector<std::pair<std::string, uint64_t>> Counters() const override { return s_->Counters(); }
-  void StopAccepting() override { s_->StopAccepting(); }
-  absl::Status Quiesce() override { return s_->Quiesce(); }
-
- private:
-  std::unique_ptr<VhostUserServer> s_;
+  std::unique_ptr<Server> s_;
+  std::string name_;
 };
 
 // virtio over CRQ (docs/transports/crq.md): vios is a partition of the crqd
@@ -280,7 +268,7 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     so.name = absl::StrCat(spec.device, "@shm");
     auto s = ShmServer::Create(io, std::move(dev), so);
     if (!s.ok()) return absl::Status(s.status().code(), absl::StrCat(o.origin(), ": ", s.status().message()));
-    return std::unique_ptr<Attachment>(new ShmAttachment(std::move(*s)));
+    return std::unique_ptr<Attachment>(new ServerAttachment<ShmServer>(std::move(*s), so.poll ? "shm(poll)" : "shm"));
   }
   if (spec.transport == "vhost-user") {
     VhostUserServerOptions vo;
@@ -297,7 +285,7 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     vo.name = absl::StrCat(spec.device, "@vhost-user");
     auto s = VhostUserServer::Create(io, std::move(dev), vo);
     if (!s.ok()) return absl::Status(s.status().code(), absl::StrCat(o.origin(), ": ", s.status().message()));
-    return std::unique_ptr<Attachment>(new VhostUserAttachment(std::move(*s)));
+    return std::unique_ptr<Attachment>(new ServerAttachment<VhostUserServer>(std::move(*s), "vhost-user"));
   }
   if (spec.transport == "crq") {
     auto sock = o.String("crqd");
