@@ -75,6 +75,27 @@ bool RecvWithFd(int sock, void* msg, size_t len, int* fd) {
   return ok;
 }
 
+bool RecvSpinning(int sock, void* msg, size_t len, std::chrono::microseconds spin) {
+  const auto until = std::chrono::steady_clock::now() + spin;
+  for (uint32_t i = 0;; ++i) {
+    iovec iov{msg, len};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    const bool last = spin.count() <= 0 || ((i & 15) == 15 && std::chrono::steady_clock::now() >= until);
+    const ssize_t n = ::recvmsg(sock, &mh, last ? 0 : MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !last) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+      continue;
+    }
+    // Without a control buffer, fds a peer attached are closed by the kernel.
+    return n == static_cast<ssize_t>(len) && (mh.msg_flags & MSG_TRUNC) == 0;
+  }
+}
+
 }  // namespace wire
 
 absl::StatusOr<std::unique_ptr<RemotePartition>> RemotePartition::Connect(const RemotePartitionOptions& o) {
@@ -88,6 +109,7 @@ absl::StatusOr<std::unique_ptr<RemotePartition>> RemotePartition::Connect(const 
 
   std::unique_ptr<RemotePartition> p(new RemotePartition());
   p->id_ = o.id;
+  p->spin_ = o.spin;
   p->memfd_ = ::memfd_create(absl::StrCat("crq-partition-", o.id).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (p->memfd_ < 0) return absl::ResourceExhaustedError(absl::StrCat("memfd_create: ", std::strerror(errno)));
   if (::ftruncate(p->memfd_, static_cast<off_t>(o.memory_bytes)) != 0 ||
@@ -200,7 +222,7 @@ HcallResult RemotePartition::Hcall(uint64_t opcode, std::span<const uint64_t> ar
   req.opcode = opcode;
   std::copy(args.begin(), args.end(), req.args);
   wire::Response resp;
-  if (!wire::SendWithFd(sock_, &req, sizeof req, -1) || !wire::RecvWithFd(sock_, &resp, sizeof resp, nullptr)) {
+  if (!wire::SendWithFd(sock_, &req, sizeof req, -1) || !wire::RecvSpinning(sock_, &resp, sizeof resp, spin_)) {
     MarkDead();
     return HcallResult{kHHardware, 0};
   }

@@ -123,7 +123,7 @@ void CrqDriverTransport::WaitIrq(absl::Duration timeout) {
   }
 }
 
-void CrqDriverTransport::DrainLocked() { queue_.Drain(p_, o_.unit, [&](const Message& m) { Handle(m); }); }
+void CrqDriverTransport::DrainLocked() { queue_.Drain([&](const Message& m) { Handle(m); }); }
 
 void CrqDriverTransport::Handle(const Message& m) {
   switch (m.valid) {
@@ -134,6 +134,7 @@ void CrqDriverTransport::Handle(const Message& m) {
           if (rc != kHInProgress && rc != kHBusy && !IsLongBusy(rc)) break;
           absl::SleepFor(absl::Microseconds(100));
         }
+        p_.VioSignal(o_.unit, 1);
         p_.SendCrq(o_.unit, Message::Init(kInit).hi(), 0);
       }
       // The partner reset: keep our queue, wait for (or send) INIT.
@@ -210,6 +211,7 @@ absl::Status CrqDriverTransport::Handshake() {
   max_transfer_ = std::min(theirs.max_transfer, o_.max_transfer);
   state_ = State::kConnected;
   needs_reset_ = false;
+  cache_ = {};
   return absl::OkStatus();
 }
 
@@ -249,9 +251,35 @@ uint32_t CrqDriverTransport::GetDeviceId() {
   return r.ok() && r->status == 0 ? r->a : 0;
 }
 
+// The device changes its own status only to set DEVICE_NEEDS_RESET, and then
+// it sends a configuration change notification (virtio §2.1.2): CONFIG_CHANGED.
+// So the status last read or written stays true until a CONFIG_CHANGED
+// arrives, and a driver polling NeedsReset() costs a look at our own queue,
+// not a round trip to the server. The cache also expires after
+// kStatusCacheLife, so a CONFIG_CHANGED lost on the way (a dropped message)
+// delays the news by at most that much.
+absl::StatusOr<Message> CrqDriverTransport::GetStatusLocked(bool need_generation) {
+  if (state_ != State::kConnected || needs_reset_) return absl::UnavailableError("crq: not connected");
+  DrainLocked();
+  const uint64_t now = config_changed_.load();
+  if (cache_.status_valid && cache_.seen == now && (!need_generation || cache_.generation_valid) &&
+      absl::Now() < cache_.until) {
+    Message m;
+    m.value = cache_.status;
+    m.b = cache_.generation;
+    return m;
+  }
+  auto r = RequestLocked(Message::Command(Op::kGetStatus, generation_));
+  if (!r.ok()) return r;
+  // A CONFIG_CHANGED that raced the request leaves seen behind: re-read next time.
+  cache_ = {true, true, static_cast<uint8_t>(r->value), r->b, now, absl::Now() + kStatusCacheLife};
+  return r;
+}
+
 uint8_t CrqDriverTransport::GetStatus() {
   if (needs_reset_ || state_ != State::kConnected) return status::kDeviceNeedsReset;
-  auto r = Request(Op::kGetStatus);
+  absl::MutexLock l(&mu_);
+  auto r = GetStatusLocked(false);
   if (!r.ok()) return status::kDeviceNeedsReset;
   return static_cast<uint8_t>(r->value);
 }
@@ -261,9 +289,17 @@ void CrqDriverTransport::SetStatus(uint8_t s) {
     absl::MutexLock l(&mu_);
     if (absl::Status st = Handshake(); !st.ok()) return Error(std::string(st.message()));
   }
-  auto r = Request(Op::kSetStatus, 0, 0, s);
+  absl::MutexLock l(&mu_);
+  if (state_ != State::kConnected || needs_reset_) return Error("crq: not connected");
+  const uint64_t before = config_changed_.load();
+  const bool generation_valid = cache_.generation_valid && cache_.seen == before && s != 0;
+  cache_.status_valid = false;
+  auto r = RequestLocked(Message::Command(Op::kSetStatus, generation_, 0, 0, s));
   if (!r.ok()) return Error(std::string(r.status().message()));
-  if (r->status != 0) Error(absl::StrFormat("SET_STATUS %#x refused", s));
+  if (r->status != 0) return Error(absl::StrFormat("SET_STATUS %#x refused", s));
+  // The response is the status after the write (FEATURES_OK re-read).
+  cache_ = {true, generation_valid, static_cast<uint8_t>(r->value), cache_.generation, before,
+            absl::Now() + kStatusCacheLife};
 }
 
 uint64_t CrqDriverTransport::GetDeviceFeatures() {
@@ -277,7 +313,8 @@ void CrqDriverTransport::SetDriverFeatures(uint64_t f) {
 }
 
 uint32_t CrqDriverTransport::GetConfigGeneration() {
-  auto r = Request(Op::kGetStatus);
+  absl::MutexLock l(&mu_);
+  auto r = GetStatusLocked(true);
   return r.ok() ? r->b : 0;
 }
 

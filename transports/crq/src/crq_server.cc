@@ -179,6 +179,7 @@ void CrqServer::Handle(const Message& m) {
           if (rc != kHInProgress && rc != kHBusy && !IsLongBusy(rc)) break;
           std::this_thread::sleep_for(std::chrono::microseconds(100));
         }
+        p_.VioSignal(o_.unit, 1);
         PartnerGone("migrated");
         Send(Message::Init(kInit));
       } else {
@@ -388,7 +389,7 @@ void CrqServer::RetryPending() {
 }
 
 size_t CrqServer::Work() {
-  size_t n = queue_.Drain(p_, o_.unit, [&](const Message& m) { Handle(m); });
+  size_t n = queue_.Drain([&](const Message& m) { Handle(m); });
   VirtioDevice& dev = ctl_->device();
   if (ctl_->running() && dev.event_fd() >= 0 && dev.ProcessEvents()) ++n;
   RetryPending();

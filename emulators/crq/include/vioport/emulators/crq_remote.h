@@ -63,6 +63,12 @@ bool SendWithFd(int sock, const void* msg, size_t len, int fd);
 // Receives one message of exactly `len` bytes (and an fd, if `fd` is not
 // null: -1 when none came). Returns false on EOF, error or a wrong size.
 bool RecvWithFd(int sock, void* msg, size_t len, int* fd);
+// Receives one fd-less message of exactly `len` bytes, polling the socket
+// without blocking for up to `spin` first (a blocking wake-up costs tens of
+// microseconds; a hypercall's answer or a partition's next hypercall usually
+// comes sooner), then blocking. Fds that came along are closed. Returns false
+// on EOF, error or a wrong size.
+bool RecvSpinning(int sock, void* msg, size_t len, std::chrono::microseconds spin);
 }  // namespace wire
 
 struct RemotePartitionOptions {
@@ -71,6 +77,8 @@ struct RemotePartitionOptions {
   uint64_t memory_bytes = 0;  // whole 4 KiB pages
   // Connecting is retried until this elapses (crqd may still be starting).
   std::chrono::milliseconds connect_timeout{5000};
+  // How long a hypercall polls for crqd's answer before blocking.
+  std::chrono::microseconds spin{50};
 };
 
 class RemotePartition final : public Partition {
@@ -104,6 +112,7 @@ class RemotePartition final : public Partition {
   int memfd_ = -1, irq_fd_ = -1, wake_fd_ = -1;
   uint8_t* mem_ = nullptr;
   uint64_t size_ = 0;
+  std::chrono::microseconds spin_{0};
   absl::Mutex mu_;  // one hypercall at a time; guards the socket's lifetime
   int sock_ ABSL_GUARDED_BY(mu_) = -1;
   std::atomic<bool> dead_{false};

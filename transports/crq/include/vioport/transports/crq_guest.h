@@ -74,6 +74,8 @@ class CrqDriverTransport final : public DriverTransport {
   // Sends a request and waits for its response.
   absl::StatusOr<Message> Request(Op op, uint16_t a = 0, uint16_t b = 0, uint64_t value = 0);
   absl::StatusOr<Message> RequestLocked(const Message& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // GET_STATUS, answered from the cache while no CONFIG_CHANGED came since.
+  absl::StatusOr<Message> GetStatusLocked(bool need_generation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t SendWithRetry(const Message& m);
   void WaitIrq(absl::Duration timeout);
   void Error(const std::string& why);
@@ -92,6 +94,17 @@ class CrqDriverTransport final : public DriverTransport {
   std::atomic<uint64_t> used_{0}, config_changed_{0}, events_{0}, requests_{0};
   std::atomic<uint64_t> seen_{0};
   std::vector<std::string> errors_;
+  // The device status and config generation last read or written, valid
+  // while config_changed_ == seen (see GetStatusLocked).
+  struct StatusCache {
+    bool status_valid = false, generation_valid = false;
+    uint8_t status = 0;
+    uint16_t generation = 0;
+    uint64_t seen = 0;
+    absl::Time until = absl::InfinitePast();
+  };
+  static constexpr absl::Duration kStatusCacheLife = absl::Milliseconds(50);
+  StatusCache cache_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace vioport::crq
