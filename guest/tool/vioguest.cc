@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdlib>
@@ -42,6 +43,12 @@ usage: vioguest --transport shm:SOCKET|vhost-user:SOCKET|crq:SOCKET,... [common 
                                     read; print a 64-bit checksum (pattern.h)
   blk verify --seed N [--offset B] [--length B]
                                     read and compare with the seeded data
+             read, write, verify: [--reconnect-timeout SECONDS]
+                                    if the device needs a reset or the
+                                    transport loses its partner (a restarted
+                                    server, a migration), re-initialise and
+                                    retry the failed 1 MiB chunk for up to
+                                    SECONDS (default 0: fail at once)
   blk flush                         FLUSH (data durable when it returns)
   blk bench  [--pattern randread|randwrite|read|write] [--bs B] [--qd N]
              [--queues N] [--time SECONDS] [--baseline FILE]
@@ -90,7 +97,7 @@ const std::map<std::string, bool> kTakesValue = {
     {"transport", true}, {"memory", true}, {"spin-us", true}, {"log-level", true}, {"seed", true},
     {"offset", true},    {"length", true}, {"out", true},     {"pattern", true},   {"bs", true},
     {"qd", true},        {"queues", true}, {"time", true},    {"baseline", true},  {"send", true},
-    {"expect", true},    {"timeout", true}, {"guest-base", true}, {"packed", false}, {"no-event-idx", false},
+    {"expect", true},    {"timeout", true}, {"reconnect-timeout", true}, {"guest-base", true}, {"packed", false}, {"no-event-idx", false},
     {"no-indirect", false}, {"quiet", false}, {"help", false}};
 
 [[noreturn]] void Usage(const std::string& why) {
@@ -257,8 +264,46 @@ void Progress(const Guest& g, const char* what, uint64_t done, uint64_t total, a
                s > 0 ? done / s / 1e6 : 0.0, s);
 }
 
-int BlkTransfer(Guest& g, BlkDriver& blk, const Args& a, const std::string& cmd) {
+// --reconnect-timeout: a transfer that fails because the device needs a reset
+// or the transport lost its partner (a restarted server, a migration)
+// re-initialises the driver (the transport reconnects on the reset) and
+// retries the failed chunk, which is idempotent, until the deadline. I/O
+// errors the device reported (DataLoss, Unimplemented) are never retried.
+class Recovery {
+ public:
+  Recovery(const Guest& g, BlkDriver& blk, const BlkDriverOptions& o, absl::Duration budget)
+      : g_(g), blk_(blk), o_(o), budget_(budget) {}
+  void Run(const std::function<absl::Status()>& op, const std::string& what) {
+    absl::Time give_up = absl::InfiniteFuture();
+    for (absl::Status s = op(); !s.ok(); s = op()) {
+      if (budget_ <= absl::ZeroDuration() || absl::IsDataLoss(s) || absl::IsUnimplemented(s) ||
+          absl::IsInvalidArgument(s))
+        Fail(s, what);
+      if (give_up == absl::InfiniteFuture()) give_up = absl::Now() + budget_;
+      for (;;) {
+        if (absl::Now() > give_up) Fail(s, absl::StrCat(what, " (no recovery within --reconnect-timeout)"));
+        if (!g_.quiet) std::fprintf(stderr, "\nvioguest: %s: %s; re-initialising the device\n", what.c_str(),
+                                    std::string(s.message()).c_str());
+        absl::SleepFor(absl::Milliseconds(50));
+        if (absl::Status i = blk_.Init(o_); i.ok()) break;
+        else s = i;
+      }
+      reconnects_++;
+    }
+  }
+  uint64_t reconnects() const { return reconnects_; }
+
+ private:
+  const Guest& g_;
+  BlkDriver& blk_;
+  const BlkDriverOptions& o_;
+  absl::Duration budget_;
+  uint64_t reconnects_ = 0;
+};
+
+int BlkTransfer(Guest& g, BlkDriver& blk, const BlkDriverOptions& o, const Args& a, const std::string& cmd) {
   const BlkInfo& info = blk.info();
+  Recovery recover(g, blk, o, absl::Seconds(static_cast<int64_t>(Size(a, "reconnect-timeout", 0))));
   const Range r = GetRange(a, info);
   const bool has_seed = a.opts.count("seed");
   if ((cmd == "write" || cmd == "verify") && !has_seed) Usage(absl::StrCat("blk ", cmd, " needs --seed"));
@@ -279,9 +324,9 @@ int BlkTransfer(Guest& g, BlkDriver& blk, const Args& a, const std::string& cmd)
     const uint64_t off = r.offset + done;
     if (cmd == "write") {
       pattern::Fill(seed, off, b);
-      if (absl::Status s = blk.Write(off / 512, b); !s.ok()) Fail(s, absl::StrCat("write at ", off));
+      recover.Run([&] { return blk.Write(off / 512, b); }, absl::StrCat("write at ", off));
     } else {
-      if (absl::Status s = blk.Read(off / 512, b); !s.ok()) Fail(s, absl::StrCat("read at ", off));
+      recover.Run([&] { return blk.Read(off / 512, b); }, absl::StrCat("read at ", off));
       if (cmd == "verify") {
         const int64_t bad = pattern::FirstMismatch(seed, off, b);
         if (bad >= 0) {
@@ -300,7 +345,12 @@ int BlkTransfer(Guest& g, BlkDriver& blk, const Args& a, const std::string& cmd)
     }
   }
   if (cmd == "write") {
-    if (absl::Status s = blk.Flush(); !s.ok() && !absl::IsUnimplemented(s)) Fail(s, "flush");
+    recover.Run(
+        [&] {
+          absl::Status s = blk.Flush();
+          return absl::IsUnimplemented(s) ? absl::OkStatus() : s;
+        },
+        "flush");
   }
   if (out_fd >= 0) ::close(out_fd);
   const double secs = Seconds(start);
@@ -308,9 +358,10 @@ int BlkTransfer(Guest& g, BlkDriver& blk, const Args& a, const std::string& cmd)
   std::printf("%s %" PRIu64 " bytes at offset %" PRIu64 " in %.2f s (%.1f MB/s), checksum %016" PRIx64 "%s\n", cmd.c_str(),
               r.length, r.offset, secs, r.length / std::max(secs, 1e-9) / 1e6, sum.Value(),
               cmd == "verify" ? ", verified" : "");
-  std::printf("result device=blk op=%s bytes=%" PRIu64 " seconds=%.3f mbps=%.1f checksum=%016" PRIx64 " verified=%s\n",
+  std::printf("result device=blk op=%s bytes=%" PRIu64 " seconds=%.3f mbps=%.1f checksum=%016" PRIx64
+              " verified=%s reconnects=%" PRIu64 "\n",
               cmd.c_str(), r.length, secs, r.length / std::max(secs, 1e-9) / 1e6, sum.Value(),
-              cmd == "verify" ? "yes" : "n/a");
+              cmd == "verify" ? "yes" : "n/a", recover.reconnects());
   return 0;
 }
 
@@ -482,7 +533,7 @@ int Blk(Guest& g, const Args& a) {
     std::printf("flushed\n");
     return 0;
   }
-  if (cmd == "read" || cmd == "write" || cmd == "verify") return BlkTransfer(g, blk, a, cmd);
+  if (cmd == "read" || cmd == "write" || cmd == "verify") return BlkTransfer(g, blk, o, a, cmd);
   if (cmd == "bench") return BlkBench(g, blk, a);
   Usage(absl::StrCat("unknown blk command '", cmd, "'"));
 }
