@@ -182,6 +182,18 @@ TEST_F(CrqTest, InjectedDropLosesMessageSilently) {
   EXPECT_EQ(hv_.Stats().messages_delivered, 1u);
 }
 
+TEST_F(CrqTest, InjectedFullQueueAnswersDroppedAndLandsNothing) {
+  Connect();
+  ASSERT_TRUE(hv_.InjectFullQueue(kServer, kServerUnit, 2).ok());
+  EXPECT_EQ(hv_.SendCrq(kClient, kClientUnit, 0x8000000000000001, 0), kHDropped);
+  EXPECT_EQ(hv_.SendCrq(kClient, kClientUnit, 0x8000000000000002, 0), kHDropped);
+  EXPECT_EQ(Slot(server_mem_, 0), CrqMessage{});
+  EXPECT_EQ(hv_.SendCrq(kClient, kClientUnit, 0x8000000000000003, 7), kHSuccess);
+  EXPECT_EQ(Slot(server_mem_, 0), (CrqMessage{0x8000000000000003, 7}));
+  EXPECT_EQ(hv_.Stats().messages_delivered, 1u);
+  EXPECT_FALSE(hv_.InjectFullQueue(kServer, 0x9999, 1).ok());
+}
+
 // ---- H_FREE_CRQ, partner failure, migration ----------------------------------------
 
 TEST_F(CrqTest, FreePostsDeregisteredEventToPartner) {

@@ -1,6 +1,9 @@
 #include "server.h"
 
 #include <fcntl.h>
+
+#include <map>
+#include <memory>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -111,38 +114,176 @@ class ServerAttachment final : public Attachment {
   std::string name_;
 };
 
-// virtio over CRQ (docs/transports/crq.md): vios is a partition of the crqd
-// emulator (its own RemotePartition, so one crq attachment per partition id)
-// and serves one server adapter from the Asio loop. The partition's interrupt
-// eventfd and the device's completion eventfd are watched with async_wait; on
-// readiness the interrupt is drained and the dispatcher polled with a zero
-// timeout. A steady_timer covers the server's backed-off retries (and a
-// 100 ms safety tick, so nothing ever depends on one wake-up alone).
+// virtio over CRQ (docs/transports/crq.md). vios is ONE partition of the crqd
+// emulator per (crqd socket, partition id), as a VIO server is one partition
+// with many server adapters: every crq attachment naming the same pair shares
+// a CrqPartitionHost, which owns the RemotePartition, hands each adapter its
+// own area of the partition's memory (queue page + bounce buffer) and serves
+// them all from the Asio loop with one CrqDispatcher. The partition's
+// interrupt eventfd (one for all its adapters) and each device's completion
+// eventfd are watched with async_wait; on readiness the interrupt is drained
+// and the dispatcher polled with a zero timeout. A steady_timer covers the
+// servers' backed-off retries (and a 100 ms safety tick, so nothing ever
+// depends on one wake-up alone).
+class CrqPartitionHost : public std::enable_shared_from_this<CrqPartitionHost> {
+ public:
+  // The host of (socket, id), joining crqd the first time (memory_bytes is
+  // that first join's size; later attachments share it).
+  static absl::StatusOr<std::shared_ptr<CrqPartitionHost>> Get(asio::io_context& io,
+                                                               const crq::RemotePartitionOptions& po) {
+    const std::string key = absl::StrCat(po.socket_path, "#", po.id);
+    if (auto h = Registry()[key].lock()) return h;
+    auto p = crq::RemotePartition::Connect(po);
+    if (!p.ok()) return absl::Status(p.status().code(), absl::StrCat("crqd ", po.socket_path, ": ", p.status().message()));
+    std::shared_ptr<CrqPartitionHost> h(new CrqPartitionHost(io, std::move(*p), key));
+    h->Start();
+    Registry()[key] = h;
+    return h;
+  }
+  ~CrqPartitionHost() {
+    Stop();
+    Registry().erase(key_);
+    p_.reset();  // closes the connection to crqd
+  }
+
+  crq::RemotePartition& partition() { return *p_; }
+  // The next free area of `bytes` (page multiple) in the partition's memory.
+  absl::StatusOr<uint64_t> AllocateArea(uint64_t bytes) {
+    if (bytes > p_->memory_size() - next_area_)
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "crq partition %u: no room for another adapter (%u of %u bytes used; raise memory-mib on its first attachment)",
+          p_->id(), next_area_, p_->memory_size()));
+    const uint64_t at = next_area_;
+    next_area_ += bytes;
+    return at;
+  }
+  void Add(crq::CrqServer* s, int device_fd) {
+    dispatcher_.Add(s);
+    if (device_fd >= 0) {
+      auto w = std::make_unique<asio::posix::stream_descriptor>(io_);
+      w->assign(device_fd);
+      WaitDev(w.get());
+      device_watch_[s] = std::move(w);
+    }
+    Poll();
+  }
+  void Remove(crq::CrqServer* s) {
+    dispatcher_.Remove(s);
+    auto it = device_watch_.find(s);
+    if (it != device_watch_.end()) {
+      boost::system::error_code ec;
+      it->second->cancel(ec);
+      (void)it->second->release();  // the device owns the fd
+      device_watch_.erase(it);
+    }
+  }
+  void Poll() {
+    if (stopped_) return;
+    dispatcher_.Poll(absl::ZeroDuration());
+    // Next: a retry deadline, else the safety tick.
+    const absl::Time next = std::min(dispatcher_.NextDeadline(), absl::Now() + absl::Milliseconds(100));
+    const auto in = std::chrono::nanoseconds(absl::ToInt64Nanoseconds(std::max(next - absl::Now(), absl::ZeroDuration())));
+    timer_.expires_after(in);
+    timer_.async_wait([self = weak_from_this()](const boost::system::error_code& ec) {
+      auto h = self.lock();
+      if (ec || !h || h->stopped_) return;
+      h->Poll();
+    });
+  }
+  uint64_t wakeups() const { return wakeups_; }
+
+ private:
+  CrqPartitionHost(asio::io_context& io, std::unique_ptr<crq::RemotePartition> p, std::string key)
+      : io_(io), p_(std::move(p)), key_(std::move(key)), dispatcher_(*p_), irq_(io), timer_(io) {}
+  static std::map<std::string, std::weak_ptr<CrqPartitionHost>>& Registry() {
+    static auto* r = new std::map<std::string, std::weak_ptr<CrqPartitionHost>>;
+    return *r;
+  }
+  void Start() {
+    const int irq = p_->interrupt_fd();
+    ::fcntl(irq, F_SETFL, ::fcntl(irq, F_GETFL) | O_NONBLOCK);
+    irq_.assign(irq);
+    WaitIrq();
+  }
+  void Stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    boost::system::error_code ec;
+    timer_.cancel();
+    irq_.cancel(ec);
+    // Not ours to close: the partition owns it.
+    if (irq_.is_open()) (void)irq_.release();
+  }
+  // Re-armed before the work, in the same handler: an edge that comes while
+  // we work is delivered to the new wait.
+  void WaitIrq() {
+    irq_.async_wait(asio::posix::stream_descriptor::wait_read,
+                    [self = weak_from_this()](const boost::system::error_code& ec) {
+                      auto h = self.lock();
+                      if (ec || !h || h->stopped_) return;
+                      ++h->wakeups_;
+                      h->WaitIrq();
+                      uint64_t v;
+                      while (::read(h->p_->interrupt_fd(), &v, sizeof v) == sizeof v) {
+                      }
+                      h->Poll();
+                    });
+  }
+  void WaitDev(asio::posix::stream_descriptor* w) {
+    w->async_wait(asio::posix::stream_descriptor::wait_read,
+                  [self = weak_from_this(), w](const boost::system::error_code& ec) {
+                    auto h = self.lock();
+                    if (ec || !h || h->stopped_) return;
+                    ++h->wakeups_;
+                    h->WaitDev(w);
+                    h->Poll();
+                  });
+  }
+
+  asio::io_context& io_;
+  std::unique_ptr<crq::RemotePartition> p_;
+  std::string key_;
+  crq::CrqDispatcher dispatcher_;
+  asio::posix::stream_descriptor irq_;
+  asio::steady_timer timer_;
+  std::map<crq::CrqServer*, std::unique_ptr<asio::posix::stream_descriptor>> device_watch_;
+  uint64_t next_area_ = 0;
+  bool stopped_ = false;
+  uint64_t wakeups_ = 0;
+};
+
+// One server adapter of a shared CrqPartitionHost.
 class CrqAttachment final : public Attachment {
  public:
   static absl::StatusOr<std::unique_ptr<CrqAttachment>> Create(asio::io_context& io, std::shared_ptr<VirtioDevice> dev,
                                                                const crq::RemotePartitionOptions& po,
-                                                               const crq::CrqServerOptions& so, std::string where) {
-    auto p = crq::RemotePartition::Connect(po);
-    if (!p.ok()) return absl::Status(p.status().code(), absl::StrCat("crqd ", po.socket_path, ": ", p.status().message()));
-    auto s = crq::CrqServer::Create(**p, dev, so);
+                                                               crq::CrqServerOptions so, std::string where) {
+    auto host = CrqPartitionHost::Get(io, po);
+    if (!host.ok()) return host.status();
+    // This adapter's area: one queue page, then the bounce buffer, mapped at
+    // IOBA 0 of its own LIOBN.
+    const uint64_t bounce = (uint64_t{so.max_transfer} + crq::kTcePageSize - 1) & ~(crq::kTcePageSize - 1);
+    auto area = (*host)->AllocateArea(crq::kTcePageSize + bounce);
+    if (!area.ok()) return area.status();
+    so.memory_offset = *area;
+    so.window_ioba = 0;
+    auto s = crq::CrqServer::Create((*host)->partition(), dev, so);
     if (!s.ok()) return s.status();
-    std::unique_ptr<CrqAttachment> a(new CrqAttachment(io, std::move(*p), std::move(*s), std::move(dev), std::move(where)));
-    a->Start();
+    std::unique_ptr<CrqAttachment> a(new CrqAttachment(std::move(*host), std::move(*s), std::move(dev), std::move(where)));
+    a->host_->Add(a->s_.get(), a->dev_->event_fd());
     return a;
   }
   ~CrqAttachment() override {
     Stop();
-    dispatcher_.Remove(s_.get());
     s_.reset();  // H_FREE_CRQ: the client sees FF 02
-    p_.reset();  // closes the connection to crqd
+    host_.reset();  // the last adapter of the partition closes its crqd connection
   }
   std::string transport() const override { return "crq"; }
   std::string where() const override { return where_; }
   bool connected() const override { return s_->state() == crq::CrqServer::State::kConnected; }
   uint8_t device_status() const override { return s_->controller().status(); }
   std::string last_error() const override {
-    if (!p_->connected()) return "crqd connection lost";
+    if (!host_->partition().connected()) return "crqd connection lost";
     return s_->last_close_reason();
   }
   std::vector<std::pair<std::string, uint64_t>> Counters() const override {
@@ -154,6 +295,7 @@ class CrqAttachment final : public Attachment {
             {"used_sent", c.used_sent.load()},
             {"dropped_retries", c.dropped_retries.load()},
             {"stale_generation", c.stale_generation.load()},
+            {"protocol_errors", c.protocol_errors.load()},
             {"closes", c.closes.load()},
             {"partner_resets", c.partner_resets.load()},
             {"connections", c.connections.load()},
@@ -162,92 +304,34 @@ class CrqAttachment final : public Attachment {
             {"copies", m.copies()},
             {"copy_bytes", m.bytes()},
             {"copy_failures", m.failures()},
-            {"wakeups", wakeups_}};
+            {"partition_wakeups", host_->wakeups()}};
   }
   void StopAccepting() override {}
   absl::Status Quiesce() override {
-    // Finish what is in flight: run the server until the device has nothing
+    // Finish what is in flight: run the servers until the device has nothing
     // outstanding (Quiesce waits for the backend), then flush.
-    Poll();
+    host_->Poll();
     absl::Status st = dev_->Quiesce();
-    Poll();
+    host_->Poll();
     Stop();
     return st;
   }
 
  private:
-  CrqAttachment(asio::io_context& io, std::unique_ptr<crq::RemotePartition> p, std::unique_ptr<crq::CrqServer> s,
+  CrqAttachment(std::shared_ptr<CrqPartitionHost> host, std::unique_ptr<crq::CrqServer> s,
                 std::shared_ptr<VirtioDevice> dev, std::string where)
-      : p_(std::move(p)), s_(std::move(s)), dev_(std::move(dev)), where_(std::move(where)), dispatcher_(*p_),
-        irq_(io), devfd_(io), timer_(io) {
-    dispatcher_.Add(s_.get());
-  }
-
-  void Start() {
-    const int irq = p_->interrupt_fd();
-    ::fcntl(irq, F_SETFL, ::fcntl(irq, F_GETFL) | O_NONBLOCK);
-    irq_.assign(irq);
-    WaitIrq();
-    if (const int fd = dev_->event_fd(); fd >= 0) {
-      devfd_.assign(fd);
-      WaitDev();
-    }
-    Poll();
-  }
+      : host_(std::move(host)), s_(std::move(s)), dev_(std::move(dev)), where_(std::move(where)) {}
   void Stop() {
     if (stopped_) return;
     stopped_ = true;
-    boost::system::error_code ec;
-    timer_.cancel();
-    irq_.cancel(ec);
-    devfd_.cancel(ec);
-    // Not ours to close: the partition and the device own these fds.
-    if (irq_.is_open()) (void)irq_.release();
-    if (devfd_.is_open()) (void)devfd_.release();
-  }
-  // Re-armed before the work, in the same handler: an edge that comes while
-  // we work is delivered to the new wait.
-  void WaitIrq() {
-    irq_.async_wait(asio::posix::stream_descriptor::wait_read, [this](const boost::system::error_code& ec) {
-      if (ec || stopped_) return;
-      ++wakeups_;
-      WaitIrq();
-      uint64_t v;
-      while (::read(p_->interrupt_fd(), &v, sizeof v) == sizeof v) {
-      }
-      Poll();
-    });
-  }
-  void WaitDev() {
-    devfd_.async_wait(asio::posix::stream_descriptor::wait_read, [this](const boost::system::error_code& ec) {
-      if (ec || stopped_) return;
-      ++wakeups_;
-      WaitDev();
-      Poll();
-    });
-  }
-  void Poll() {
-    if (stopped_) return;
-    dispatcher_.Poll(absl::ZeroDuration());
-    // Next: a retry deadline, else the safety tick.
-    const absl::Time next = std::min(dispatcher_.NextDeadline(), absl::Now() + absl::Milliseconds(100));
-    const auto in = std::chrono::nanoseconds(absl::ToInt64Nanoseconds(std::max(next - absl::Now(), absl::ZeroDuration())));
-    timer_.expires_after(in);
-    timer_.async_wait([this](const boost::system::error_code& ec) {
-      if (ec || stopped_) return;
-      Poll();
-    });
+    host_->Remove(s_.get());
   }
 
-  std::unique_ptr<crq::RemotePartition> p_;
+  std::shared_ptr<CrqPartitionHost> host_;
   std::unique_ptr<crq::CrqServer> s_;
   std::shared_ptr<VirtioDevice> dev_;
   std::string where_;
-  crq::CrqDispatcher dispatcher_;
-  asio::posix::stream_descriptor irq_, devfd_;
-  asio::steady_timer timer_;
   bool stopped_ = false;
-  uint64_t wakeups_ = 0;
 };
 
 absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io, AttachSpec& spec,
@@ -294,7 +378,7 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     auto liobn = o.Uint("liobn", 0, 0, 0xffffffffu);
     auto rliobn = o.Uint("remote-liobn", 0, 0, 0xffffffffu);
     auto rwin = o.Uint("remote-window-mib", 0, 1, 1 << 20);
-    auto mem = o.Uint("memory-mib", 1, 1, 1 << 16);
+    auto mem = o.Uint("memory-mib", 16, 1, 1 << 16);
     auto mt = o.Uint("max-transfer", crq::kMaxTransfer, 4096, crq::kMaxTransfer);
     for (const absl::Status& s : {sock.status(), pid.status(), unit.status(), liobn.status(), rliobn.status(),
                                   rwin.status(), mem.status(), mt.status()})
@@ -313,7 +397,7 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     so.remote_window_bytes = *rwin << 20;
     so.max_transfer = static_cast<uint32_t>(*mt);
     so.name = absl::StrCat(spec.device, "@crq");
-    auto a = CrqAttachment::Create(io, std::move(dev), po, so,
+    auto a = CrqAttachment::Create(io, std::move(dev), po, std::move(so),
                                    absl::StrFormat("%s p%u u%#x", *sock, *pid, *unit));
     if (!a.ok()) return absl::Status(a.status().code(), absl::StrCat(o.origin(), ": ", a.status().message()));
     return std::unique_ptr<Attachment>(std::move(*a));

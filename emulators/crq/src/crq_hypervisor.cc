@@ -142,6 +142,7 @@ absl::Status Hypervisor::RemovePartition(PartitionId id) {
       Detach(*ep);
       ep->free_busy = 0;
       ep->drop_next = 0;
+      ep->full_next = 0;
       std::fill(ep->window->tces.begin(), ep->window->tces.end(), 0);
     }
     p->present = false;
@@ -361,6 +362,10 @@ int64_t Hypervisor::SendCrq(PartitionId caller, uint64_t unit, uint64_t msg_hi, 
     if (ep == nullptr || !IsSendableHeader(HeaderByte(msg_hi))) return kHParameter;
     Endpoint& to = *ep->partner;
     if (to.queue_pages.empty() || !to.enabled) return kHClosed;
+    if (to.full_next > 0) {  // as if its queue were full
+      --to.full_next;
+      return kHDropped;
+    }
     if (to.drop_next > 0) {
       --to.drop_next;
       ++stats_.messages_lost;
@@ -559,6 +564,14 @@ absl::Status Hypervisor::InjectFreeBusy(PartitionId partition, UnitAddress unit,
   Endpoint* ep = FindEndpoint(partition, unit);
   if (ep == nullptr) return absl::NotFoundError(absl::StrFormat("no adapter %u:%#x", partition, unit));
   ep->free_busy = n;
+  return absl::OkStatus();
+}
+
+absl::Status Hypervisor::InjectFullQueue(PartitionId partition, UnitAddress unit, uint32_t n) {
+  absl::MutexLock lock(&mu_);
+  Endpoint* ep = FindEndpoint(partition, unit);
+  if (ep == nullptr) return absl::NotFoundError(absl::StrFormat("no adapter %u:%#x", partition, unit));
+  ep->full_next = n;
   return absl::OkStatus();
 }
 

@@ -14,6 +14,8 @@ commands (PID, UNIT, N: decimal or 0x-hex):
                          H_ENABLE_CRQ answers H_IN_PROGRESS N times, then succeeds
   free-busy PID UNIT N   the next N H_FREE_CRQ on (PID, UNIT) return H_BUSY
   drop PID UNIT N        the next N messages to (PID, UNIT) are lost (sender: H_SUCCESS)
+  full PID UNIT N        the next N messages to (PID, UNIT) answer H_DROPPED, as
+                         if its queue were full (nothing lands)
   event PID UNIT REASON  post transport event FF REASON into (PID, UNIT)'s queue
   delay NS [busy|sleep]  add NS nanoseconds to every hypercall (0 = none)
   stats                  per-hypercall counters, messages, events, interrupts

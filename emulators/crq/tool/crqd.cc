@@ -189,6 +189,9 @@ class Daemon {
     } else if (cmd == "free-busy") {
       if (!endpoint_n(4, &pid, &unit, &n)) return "error: usage: free-busy PID UNIT N\n";
       s = hv.InjectFreeBusy(pid, unit, n);
+    } else if (cmd == "full") {
+      if (!endpoint_n(4, &pid, &unit, &n)) return "error: usage: full PID UNIT N\n";
+      s = hv.InjectFullQueue(pid, unit, n);
     } else if (cmd == "drop") {
       if (!endpoint_n(4, &pid, &unit, &n)) return "error: usage: drop PID UNIT N\n";
       s = hv.InjectDropMessages(pid, unit, n);
@@ -210,7 +213,7 @@ class Daemon {
       return out + "ok\n";
     } else {
       return absl::StrCat("error: unknown command '", cmd,
-                          "' (fail, migrate, free-busy, drop, event, delay, stats, partitions)\n");
+                          "' (fail, migrate, free-busy, drop, full, event, delay, stats, partitions)\n");
     }
     if (!s.ok()) return absl::StrCat("error: ", s.message(), "\n");
     return "ok\n";

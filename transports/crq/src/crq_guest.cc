@@ -135,7 +135,7 @@ void CrqDriverTransport::Handle(const Message& m) {
           absl::SleepFor(absl::Microseconds(100));
         }
         p_.VioSignal(o_.unit, 1);
-        p_.SendCrq(o_.unit, Message::Init(kInit).hi(), 0);
+        SendWithRetry(Message::Init(kInit));
       }
       // The partner reset: keep our queue, wait for (or send) INIT.
       state_ = State::kWaitInit;
@@ -144,7 +144,7 @@ void CrqDriverTransport::Handle(const Message& m) {
       return;
     case kValidInit:
       if (m.op == kInit) {
-        p_.SendCrq(o_.unit, Message::Init(kInitComplete).hi(), 0);
+        SendWithRetry(Message::Init(kInitComplete));
         state_ = State::kWaitVersion;
       } else if (m.op == kInitComplete && state_ == State::kWaitInit) {
         state_ = State::kWaitVersion;
@@ -189,7 +189,7 @@ absl::Status CrqDriverTransport::Handshake() {
   const absl::Time deadline = absl::Now() + o_.timeout;
   DrainLocked();  // an INIT already queued is answered, not doubled
   if (state_ == State::kWaitInit) {
-    const int64_t rc = p_.SendCrq(o_.unit, Message::Init(kInit).hi(), 0);
+    const int64_t rc = SendWithRetry(Message::Init(kInit));  // H_DROPPED: backs off, retries
     if (rc != kHSuccess && rc != kHClosed)
       return absl::UnavailableError(absl::StrCat("crq: INIT: ", std::string(ReturnCodeName(rc))));
   }

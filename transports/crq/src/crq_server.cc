@@ -140,13 +140,23 @@ absl::Status CrqServer::Register() {
   return absl::OkStatus();
 }
 
-bool CrqServer::Send(const Message& m) { return p_.SendCrq(o_.unit, m.hi(), m.lo()) == kHSuccess; }
+bool CrqServer::Send(const Message& m) {
+  const int64_t rc = p_.SendCrq(o_.unit, m.hi(), m.lo());
+  if (rc != kHDropped) return rc == kHSuccess;
+  // The client's queue is full: it goes out from the poll loop, in order.
+  counters_.dropped_retries++;
+  pending_responses_.push_back(m);
+  BackOff();
+  return true;
+}
 
 void CrqServer::ResetDevice() {
   if (ctl_->status() != 0) (void)ctl_->SetStatus(0);  // drops the device's in-flight requests
   std::fill(pending_used_.begin(), pending_used_.end(), false);
   pending_config_ = false;
+  pending_responses_.clear();
   backoff_ = absl::ZeroDuration();
+  stuck_since_ = absl::InfiniteFuture();
 }
 
 void CrqServer::PartnerGone(const std::string& why) {
@@ -207,23 +217,19 @@ void CrqServer::Handle(const Message& m) {
 void CrqServer::Respond(const Message& req, MsgStatus st, uint16_t a, uint16_t b, uint64_t value) {
   Message r = Message::Command(static_cast<Op>(req.op | kResponse), generation_, a, b, value);
   r.status = static_cast<uint8_t>(st);
-  // The client has one request in flight and waits for this: retry a full
-  // queue with backoff for a while, then give up on the connection.
-  absl::Duration wait = absl::Microseconds(5);
-  absl::Duration total = absl::ZeroDuration();
-  for (;;) {
-    const int64_t rc = p_.SendCrq(o_.unit, r.hi(), r.lo());
-    if (rc == kHSuccess) return;
-    if (rc != kHDropped) return;  // closed: the partner's event will follow
-    counters_.dropped_retries++;
-    if (total > absl::Seconds(1)) {
-      Close("client queue full for 1 s");
-      return;
-    }
-    absl::SleepFor(wait);
-    total += wait;
-    wait = std::min(wait * 2, absl::Milliseconds(10));
+  if (pending_responses_.empty()) {
+    (void)Send(r);  // closed: the partner's event follows
+    return;
   }
+  pending_responses_.push_back(r);  // behind one already waiting: keep the order
+}
+
+void CrqServer::BackOff() {
+  if (backoff_ == absl::ZeroDuration()) {
+    backoff_ = absl::Microseconds(5);
+    retry_at_ = absl::Now() + backoff_;
+  }
+  if (stuck_since_ == absl::InfiniteFuture()) stuck_since_ = absl::Now();
 }
 
 void CrqServer::HandleCommand(const Message& m) {
@@ -269,6 +275,14 @@ void CrqServer::HandleCommand(const Message& m) {
     return;
   }
   counters_.requests++;
+  if (!pending_responses_.empty()) {
+    // Our answer to the previous request has not even reached the client's
+    // queue: this one was sent without waiting for it.
+    counters_.protocol_errors++;
+    VIOPORT_LOG(kWarning, "crq ", o_.name, ": request ", absl::StrFormat("%02x", m.op),
+                " while the previous one is unanswered (one control request in flight): status 2");
+    return Respond(m, MsgStatus::kBadState);
+  }
   auto status_of = [](const absl::Status& s) { return s.ok() ? MsgStatus::kOk : MsgStatus::kBadState; };
   switch (op) {
     case Op::kPing:
@@ -362,19 +376,19 @@ void CrqServer::SendInterrupt(uint16_t queue, bool config) {
   } else if (queue < pending_used_.size()) {
     pending_used_[queue] = true;
   }
-  if (backoff_ == absl::ZeroDuration()) backoff_ = absl::Microseconds(5);
-  retry_at_ = absl::Now() + backoff_;
-  if (stuck_since_ == absl::InfiniteFuture()) stuck_since_ = absl::Now();
+  BackOff();
 }
 
 void CrqServer::RetryPending() {
   if (backoff_ == absl::ZeroDuration() || absl::Now() < retry_at_) return;
-  bool left = false;
+  bool left = false, sent = false;
   auto try_send = [&](const Message& m) {
     const int64_t rc = p_.SendCrq(o_.unit, m.hi(), m.lo());
     if (rc == kHDropped) left = true;
+    else sent = true;
     return rc != kHDropped;
   };
+  while (!pending_responses_.empty() && try_send(pending_responses_.front())) pending_responses_.pop_front();
   for (uint16_t q = 0; q < pending_used_.size(); ++q)
     if (pending_used_[q] && try_send(Message::Command(Op::kUsed, generation_, q))) pending_used_[q] = false;
   if (pending_config_ && try_send(Message::Command(Op::kConfigChanged, generation_))) pending_config_ = false;
@@ -383,6 +397,7 @@ void CrqServer::RetryPending() {
     stuck_since_ = absl::InfiniteFuture();
     return;
   }
+  if (sent) stuck_since_ = absl::Now();  // the client is consuming, just slowly
   if (absl::Now() - stuck_since_ > absl::Seconds(30)) return Close("no progress for 30 s (client queue full)");
   backoff_ = std::min(backoff_ * 2, absl::Milliseconds(10));
   retry_at_ = absl::Now() + backoff_;

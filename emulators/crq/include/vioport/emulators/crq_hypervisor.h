@@ -161,6 +161,9 @@ class Hypervisor {
   // The next n H_SEND_CRQ messages addressed to (partition, unit) are lost:
   // the sender gets H_SUCCESS, nothing lands.
   absl::Status InjectDropMessages(PartitionId partition, UnitAddress unit, uint32_t n);
+  // The next n H_SEND_CRQ messages addressed to (partition, unit) answer
+  // H_DROPPED, as if its queue were full; nothing lands.
+  absl::Status InjectFullQueue(PartitionId partition, UnitAddress unit, uint32_t n);
   // Added to every hypercall before it takes the lock (0 = none).
   void SetHcallDelay(uint64_t nanoseconds, DelayMode mode = DelayMode::kBusyWait);
 
@@ -192,6 +195,7 @@ class Hypervisor {
     uint32_t enable_in_progress = 0;
     uint32_t free_busy = 0;
     uint32_t drop_next = 0;
+    uint32_t full_next = 0;
     uint64_t interrupts = 0;
   };
   struct Partition {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -71,6 +72,9 @@ struct CrqServerOptions {
 struct CrqServerCounters {
   std::atomic<uint64_t> messages{0}, requests{0}, notifies{0}, used_sent{0}, dropped_retries{0};
   std::atomic<uint64_t> stale_generation{0}, closes{0}, partner_resets{0}, connections{0};
+  // A control request that came while our response to the previous one was
+  // still undelivered (one control request in flight): answered status 2.
+  std::atomic<uint64_t> protocol_errors{0};
 };
 
 class CrqServer {
@@ -106,13 +110,16 @@ class CrqServer {
   void Handle(const Message& m);
   void HandleCommand(const Message& m);
   void Respond(const Message& req, MsgStatus st, uint16_t a = 0, uint16_t b = 0, uint64_t value = 0);
-  bool Send(const Message& m);  // false: H_DROPPED / closed
+  // false: closed. H_DROPPED queues it for the poll loop's retry (true).
+  bool Send(const Message& m);
   // Our own finding (malformed message, bad version): free, re-register, INIT.
   void Close(const std::string& why);
   // The partner reset (FF 01/02): drop the connection, keep our queue.
   void PartnerGone(const std::string& why);
   void ResetDevice();
   void RetryPending();
+  // Starts (or keeps) the backoff after an H_DROPPED.
+  void BackOff();
   void SendInterrupt(uint16_t queue, bool config);
   // One pass over everything pending; returns how much was handled.
   size_t Work();
@@ -133,7 +140,9 @@ class CrqServer {
   uint16_t partner_entries_ = 0;
   std::string last_close_;
   CrqServerCounters counters_;
-  // USED / CONFIG_CHANGED that met H_DROPPED, retried with backoff.
+  // Responses, USED and CONFIG_CHANGED that met H_DROPPED, retried with
+  // backoff from the poll loop (never by sleeping: other adapters share it).
+  std::deque<Message> pending_responses_;
   std::vector<bool> pending_used_;
   bool pending_config_ = false;
   absl::Duration backoff_ = absl::ZeroDuration();
