@@ -39,7 +39,7 @@ void LogMessage(LogLevel level, absl::string_view msg) {
   char when[32];
   strftime(when, sizeof when, "%H:%M:%S", &t);
   // One write per line so lines from several threads do not interleave.
-  std::string line = absl::StrCat(Tag(level), " ", when, ".", ts.tv_nsec / 1000000, " ", msg, "\n");
+  std::string line = absl::StrCat(Tag(level), " ", when, ".", absl::Dec(ts.tv_nsec / 1000000, absl::kZeroPad3), " ", msg, "\n");
   fwrite(line.data(), 1, line.size(), stderr);
 }
 

@@ -1,18 +1,31 @@
-// virtio over CRQ across three processes: crqd (the PowerVM hypervisor
-// emulator), vios serving a blk device over a server adapter
-// (--attach ...,transport=crq) and vioguest driving the client adapter
-// (--transport crq:...). Assertions are on data: the writer's, the reader's
-// and the backing file's checksums agree and the file holds the seeded
-// pattern byte for byte.
+// virtio over CRQ across processes: crqd (the PowerVM hypervisor emulator),
+// vios serving devices over server adapters (--attach ...,transport=crq) and
+// vioguest driving client adapters (--transport crq:...), plus, for the
+// hostile-client test, this process as a client partition of crqd.
+// Assertions are on data: the writer's, the reader's and the backing file's
+// checksums agree and the file holds the seeded pattern byte for byte; bytes
+// that crossed a console; vios's and crqd's counters. Faults (a guest or vios
+// killed mid-write, migrations, full queues, a hostile client) are injected
+// at points found by watching vios's counters, never after a sleep, and every
+// wait is bounded.
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
-#include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <deque>
 #include <filesystem>
+#include <functional>
+#include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,107 +33,671 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "process.h"
 #include "tool_output.h"
-#include "vioport/guest/pattern.h"
+#include "vioport/emulators/crq_remote.h"
+#include "vioport/transports/crq_protocol.h"
+
+// Sanitizer builds move a quarter of the data (every byte is ~10x dearer).
+#ifndef VIOPORT_BIG_MIB
+#define VIOPORT_BIG_MIB 256
+#endif
 
 namespace vioport {
 namespace {
 
-using testproc::Proc;
-using testproc::Spawn;
 using testproc::CheckFile;
 using testproc::Field;
+using testproc::Proc;
+using testproc::Spawn;
 
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kBig = uint64_t{VIOPORT_BIG_MIB} * kMiB;  // 256 MiB in release
 
-bool WaitForPath(const std::string& p, Proc& owner, double seconds = 10) {
+// ---- The adapter pairs crqd is configured with ---------------------------------
+//
+// One pair per device a test serves. A client's LIOBN is its unit address;
+// its DMA window is kWindowMib (vioguest's default --memory); a server's
+// window is 1 MiB (queue page + 128 KiB bounce buffer + what fits of the
+// staging slots). Every server adapter is on vios's one partition (2), as a
+// real VIO server is one partition with many adapters.
+struct Pair {
+  const char* device;  // the vios device served on the pair
+  uint32_t client_pid, client_unit;
+  uint32_t server_pid, server_unit;
+};
+constexpr uint32_t kWindowMib = 64;
+constexpr Pair kBlkPair{"d0", 1, 0x1000, 2, 0x2000};
+constexpr Pair kHostilePair{"bad", 3, 0x1001, 2, 0x2001};  // the hostile client is this process
+constexpr Pair kRngPair{"r0", 5, 0x1002, 2, 0x2002};
+constexpr Pair kConsolePair{"c0", 7, 0x1003, 2, 0x2003};
+constexpr uint32_t ServerPid(const Pair& p) { return p.server_pid; }
+
+template <typename Pred>
+bool WaitFor(Pred pred, double seconds) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  struct stat st;
-  while (std::chrono::steady_clock::now() < end) {
-    if (::stat(p.c_str(), &st) == 0) return true;
-    if (!owner.Running()) return false;
+  for (;;) {
+    if (pred()) return true;
+    if (std::chrono::steady_clock::now() > end) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  return false;
+}
+
+std::vector<uint8_t> ReadAll(const std::string& path) {
+  std::vector<uint8_t> out;
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return out;
+  uint8_t buf[65536];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.insert(out.end(), buf, buf + n);
+  ::close(fd);
+  return out;
 }
 
 class CrqProcess : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/vioport-crqproc-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    const std::string base = std::filesystem::exists("/dev/shm") ? "/dev/shm" : "/tmp";  // tmpfs: fast files
+    std::string tmpl = base + "/vioport-crqproc-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
     dir_ = tmpl;
   }
   void TearDown() override {
-    for (Proc* p : {&vios_, &crqd_})
-      if (p->pid > 0 && p->Running()) {
-        p->Signal(SIGKILL);
-        p->Wait(10);
+    for (Proc& p : procs_)
+      if (p.pid > 0 && p.Running()) {
+        p.Signal(SIGKILL);
+        p.Wait(10);
       }
     if (!HasFailure()) std::filesystem::remove_all(dir_);
     else std::fprintf(stderr, "logs kept in %s\n", dir_.c_str());
   }
+
   std::string Path(const std::string& name) const { return dir_ + "/" + name; }
-  Proc Guest(const std::vector<std::string>& cmd) {
-    std::vector<std::string> argv = {VIOGUEST_BIN, "--transport",
-                                     "crq:" + Path("crqd.sock") + ",partition=1,unit=0x1000,liobn=0x1000",
-                                     "--memory", "64", "--quiet"};
+
+  void MakeDisk(const std::string& path, uint64_t bytes) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(bytes)), 0);
+    ::close(fd);
+  }
+
+  // Keeps every child; TearDown kills the ones still running.
+  Proc& Start(const std::vector<std::string>& argv, const std::string& tag) {
+    procs_.push_back(Spawn(argv, dir_, tag));
+    return procs_.back();
+  }
+  // Waits for every path to exist while `owner` runs.
+  static bool WaitForPaths(const std::vector<std::string>& paths, Proc& owner, double seconds = 10) {
+    return WaitFor(
+        [&] {
+          if (!owner.Running()) return true;
+          return std::all_of(paths.begin(), paths.end(), [](const std::string& p) { return std::filesystem::exists(p); });
+        },
+        seconds) &&
+           owner.Running();
+  }
+
+  // crqd with one adapter pair per entry.
+  void StartCrqd(const std::vector<Pair>& pairs) {
+    std::vector<std::string> argv = {CRQD_BIN, "--socket", Path("crqd.sock"), "--control", Path("crqd.ctl")};
+    for (const Pair& p : pairs)
+      argv.insert(argv.end(), {"--pair", absl::StrFormat("client=%u:%#x:%#x:%u,server=%u:%#x:%#x:1", p.client_pid,
+                                                         p.client_unit, p.client_unit, kWindowMib, ServerPid(p),
+                                                         p.server_unit, p.server_unit)});
+    crqd_ = &Start(argv, "crqd");
+    ASSERT_GT(crqd_->pid, 0);
+    ASSERT_TRUE(WaitForPaths({Path("crqd.sock"), Path("crqd.ctl")}, *crqd_)) << crqd_->err();
+  }
+
+  // vios with `devices` (--device specs), serving each pair's device over it.
+  void StartVios(const std::vector<std::string>& devices, const std::vector<Pair>& pairs) {
+    vios_args_ = {VIOS_BIN};
+    for (const std::string& d : devices) vios_args_.insert(vios_args_.end(), {"--device", d});
+    for (const Pair& p : pairs)
+      vios_args_.insert(vios_args_.end(),
+                        {"--attach", absl::StrFormat("%s,transport=crq,crqd=%s,partition=%u,unit=%#x,liobn=%#x,"
+                                                     "remote-liobn=%#x,remote-window-mib=%u",
+                                                     p.device, Path("crqd.sock"), ServerPid(p), p.server_unit,
+                                                     p.server_unit, p.client_unit, kWindowMib)});
+    vios_args_.insert(vios_args_.end(), {"--control", Path("vios.ctl")});
+    vios_pids_.clear();
+    for (const Pair& p : pairs) vios_pids_.insert(ServerPid(p));
+    SpawnVios();
+  }
+  // The control socket is bound once every attachment exists (its server
+  // adapter registered).
+  void SpawnVios() {
+    vios_ = &Start(vios_args_, "vios");
+    ASSERT_GT(vios_->pid, 0);
+    ASSERT_TRUE(WaitForPaths({Path("vios.ctl")}, *vios_)) << vios_->err();
+  }
+  // After vios died: once crqd has dropped its partitions (a new HELLO with
+  // their ids would be refused), the same vios again.
+  void RestartVios() {
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          for (uint32_t id : CrqdPartitions())
+            if (vios_pids_.count(id)) return false;
+          return true;
+        },
+        10))
+        << "crqd still lists vios's partitions:\n" << Crqctl("partitions");
+    std::filesystem::remove(Path("vios.ctl"));  // left behind by the dead vios
+    SpawnVios();
+  }
+
+  std::string Transport(const Pair& p) const {
+    return absl::StrFormat("crq:%s,partition=%u,unit=%#x,liobn=%#x", Path("crqd.sock"), p.client_pid, p.client_unit,
+                           p.client_unit);
+  }
+  // vioguest on pair `p`, running in the background.
+  Proc& StartGuest(const Pair& p, const std::vector<std::string>& cmd) {
+    // crqd frees a partition id only once its thread for the last process
+    // with that id has read the EOF: a guest started right after another one
+    // exited on the same partition could be refused ("already connected").
+    EXPECT_TRUE(WaitFor([&] { return !CrqdPartitions().count(p.client_pid); }, 10)) << Crqctl("partitions");
+    std::vector<std::string> argv = {VIOGUEST_BIN, "--transport", Transport(p)};
     argv.insert(argv.end(), cmd.begin(), cmd.end());
-    Proc p = Spawn(argv, dir_, "vioguest");
-    p.Wait(120);
-    return p;
+    return Start(argv, "vioguest");
+  }
+  Proc& Guest(const Pair& p, const std::vector<std::string>& cmd, double timeout = 120) {
+    Proc& g = StartGuest(p, cmd);
+    g.Wait(timeout);
+    return g;
+  }
+  static std::vector<std::string> BlkCmd(const std::string& op, uint64_t seed, uint64_t offset, uint64_t length,
+                                         double reconnect_timeout = 0) {
+    std::vector<std::string> cmd = {"blk", op, "--seed", absl::StrCat(seed), "--offset", absl::StrCat(offset),
+                                    "--length", absl::StrCat(length)};
+    if (reconnect_timeout > 0) cmd.insert(cmd.end(), {"--reconnect-timeout", absl::StrCat(reconnect_timeout)});
+    return cmd;
+  }
+
+  // A finished `blk write` and a later `blk verify` of [offset, offset+length)
+  // with `seed`: both succeeded, the reader saw the seeded data, and the
+  // writer's, the reader's and the backing file's checksums are one.
+  void ExpectWrittenAndVerified(const Proc& w, const Proc& v, const std::string& disk, uint64_t seed, uint64_t offset,
+                                uint64_t length) {
+    EXPECT_EQ(w.status, 0) << w.err() << w.out();
+    EXPECT_EQ(v.status, 0) << v.err() << v.out();
+    EXPECT_EQ(Field(w.out(), "bytes"), absl::StrCat(length)) << w.out();
+    EXPECT_EQ(Field(v.out(), "bytes"), absl::StrCat(length)) << v.out();
+    EXPECT_EQ(Field(v.out(), "verified"), "yes") << v.out();
+    int64_t bad;
+    const std::string file_sum = CheckFile(disk, seed, offset, length, &bad);
+    EXPECT_EQ(bad, -1) << "backing file differs from the seeded data at byte " << bad;
+    EXPECT_EQ(Field(w.out(), "checksum"), file_sum);
+    EXPECT_EQ(Field(v.out(), "checksum"), file_sum);
+  }
+  // Write, then verify with a fresh vioguest, then the file.
+  void WriteAndVerify(const Pair& p, const std::string& disk, uint64_t seed, uint64_t offset, uint64_t length) {
+    Proc& w = Guest(p, BlkCmd("write", seed, offset, length));
+    ASSERT_EQ(w.status, 0) << w.err() << w.out();
+    Proc& v = Guest(p, BlkCmd("verify", seed, offset, length));
+    ExpectWrittenAndVerified(w, v, disk, seed, offset, length);
+  }
+
+  // Control clients.
+  std::string Ctl(const char* bin, const std::string& ctl, const std::string& cmd, int* code) {
+    std::vector<std::string> argv = {bin, "--control", ctl};
+    for (absl::string_view w : absl::StrSplit(cmd, ' ', absl::SkipEmpty())) argv.emplace_back(w);
+    Proc p = Spawn(argv, dir_, std::filesystem::path(bin).filename().string());
+    p.Wait(30);
+    if (code) *code = p.status;
+    return p.out() + p.err();
+  }
+  std::string Viosctl(const std::string& cmd, int* code = nullptr) { return Ctl(VIOSCTL_BIN, Path("vios.ctl"), cmd, code); }
+  std::string Crqctl(const std::string& cmd, int* code = nullptr) { return Ctl(CRQCTL_BIN, Path("crqd.ctl"), cmd, code); }
+  // crqctl COMMAND, which must answer ok.
+  void Inject(const std::string& cmd) {
+    int code = -1;
+    const std::string out = Crqctl(cmd, &code);
+    ASSERT_EQ(code, 0) << "crqctl " << cmd << ": " << out;
+  }
+
+  // viosctl stats: counter `id.name` (e.g. "d0", "crq.closes"); ~0 if absent.
+  uint64_t Stat(const std::string& id, const std::string& name) {
+    const std::string key = absl::StrCat(id, ".", name);
+    for (absl::string_view line : absl::StrSplit(Viosctl("stats " + id), '\n')) {
+      std::vector<absl::string_view> kv = absl::StrSplit(line, ' ');
+      uint64_t v;
+      if (kv.size() == 2 && kv[0] == key && absl::SimpleAtoi(kv[1], &v)) return v;
+    }
+    return ~0ull;
+  }
+  // crqctl stats: `field` of the line "hcall NAME calls=... not_success=...";
+  // 0 if there is no such line (never called), ~0 if crqd did not answer.
+  uint64_t HcallStat(const std::string& hcall, const std::string& field) {
+    int code = -1;
+    const std::string out = Crqctl("stats", &code);
+    if (code != 0) return ~0ull;
+    for (absl::string_view line : absl::StrSplit(out, '\n')) {
+      std::vector<absl::string_view> w = absl::StrSplit(line, ' ');
+      if (w.size() < 2 || w[0] != "hcall" || w[1] != hcall) continue;
+      for (absl::string_view kv : w) {
+        uint64_t v;
+        if (absl::ConsumePrefix(&kv, field + "=") && absl::SimpleAtoi(kv, &v)) return v;
+      }
+      return ~0ull;
+    }
+    return 0;
+  }
+  // crqctl partitions: the ids connected now.
+  std::set<uint32_t> CrqdPartitions() {
+    std::set<uint32_t> ids;
+    for (absl::string_view line : absl::StrSplit(Crqctl("partitions"), '\n')) {
+      uint32_t id;
+      if (absl::ConsumePrefix(&line, "partition ") && absl::SimpleAtoi(line, &id)) ids.insert(id);
+    }
+    return ids;
+  }
+  // Waits until vios has written `bytes` to device `id` while `writer` runs:
+  // the writer has made progress and is mid-way. False if it ended first.
+  bool WaitForBytesWritten(const std::string& id, uint64_t bytes, Proc& writer, double seconds = 60) {
+    uint64_t got = 0;
+    WaitFor(
+        [&] {
+          got = Stat(id, "bytes_written");
+          return (got != ~0ull && got >= bytes) || !writer.Running();
+        },
+        seconds);
+    return got != ~0ull && got >= bytes && writer.Running();
+  }
+  // Polls vios's log until it has `text` (bounded).
+  bool ViosLogHas(const std::string& text, double seconds = 10) {
+    return WaitFor([&] { return absl::StrContains(vios_->err(), text); }, seconds);
   }
 
   std::string dir_;
-  Proc crqd_, vios_;
+  std::deque<Proc> procs_;
+  Proc* crqd_ = nullptr;
+  Proc* vios_ = nullptr;
+  std::vector<std::string> vios_args_;
+  std::set<uint32_t> vios_pids_;
 };
 
+// ---- Data ----------------------------------------------------------------------
+
 TEST_F(CrqProcess, BlkWriteVerifyOverCrqd) {
-  const uint64_t bytes = 16 << 20;
+  // 256 MiB written and verified on a larger disk; the rest stays zero.
+  const uint64_t disk_bytes = kBig + 16 * kMiB;
   const std::string disk = Path("disk.img");
-  {
-    const int fd = ::open(disk.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(::ftruncate(fd, 64 << 20), 0);
-    ::close(fd);
+  MakeDisk(disk, disk_bytes);
+  StartCrqd({kBlkPair});
+  StartVios({"blk,id=d0,path=" + disk}, {kBlkPair});
+
+  WriteAndVerify(kBlkPair, disk, 7, 0, kBig);
+  EXPECT_GE(Stat("d0", "bytes_written"), kBig);
+  EXPECT_GE(Stat("d0", "bytes_read"), kBig);
+  EXPECT_EQ(Stat("d0", "crq.closes"), 0u);
+  std::vector<uint8_t> tail(disk_bytes - kBig), zeros(disk_bytes - kBig);
+  const int fd = ::open(disk.c_str(), O_RDONLY);
+  ASSERT_EQ(::pread(fd, tail.data(), tail.size(), static_cast<off_t>(kBig)), static_cast<ssize_t>(tail.size()));
+  ::close(fd);
+  EXPECT_TRUE(tail == zeros) << "bytes past the written range changed";
+
+  vios_->Signal(SIGTERM);
+  EXPECT_EQ(vios_->Wait(30), 0) << vios_->err();
+  crqd_->Signal(SIGTERM);
+  EXPECT_EQ(crqd_->Wait(30), 0) << crqd_->err();
+}
+
+TEST_F(CrqProcess, RngOverCrqd) {
+  const std::string disk = Path("disk.img");
+  MakeDisk(disk, 16 * kMiB);
+  StartCrqd({kBlkPair, kRngPair});
+  StartVios({"blk,id=d0,path=" + disk, "rng,id=r0"}, {kBlkPair, kRngPair});
+
+  std::vector<uint8_t> reads[2];
+  for (int i = 0; i < 2; ++i) {
+    const std::string out = Path(absl::StrCat("rng", i, ".bin"));
+    Proc& r = Guest(kRngPair, {"rng", "--length", "1M", "--out", out}, 60);
+    ASSERT_EQ(r.status, 0) << r.err() << r.out();
+    EXPECT_EQ(Field(r.out(), "bytes"), absl::StrCat(kMiB));
+    reads[i] = ReadAll(out);
+    ASSERT_EQ(reads[i].size(), kMiB) << out;
+    std::set<uint8_t> distinct(reads[i].begin(), reads[i].end());
+    EXPECT_GE(distinct.size(), 250u) << "read " << i;
   }
-  // One adapter pair: client partition 1 (64 MiB window), server partition 2.
-  crqd_ = Spawn({CRQD_BIN, "--socket", Path("crqd.sock"), "--control", Path("crqd.ctl"), "--pair",
-                 "client=1:0x1000:0x1000:64,server=2:0x2000:0x2000:1"},
-                dir_, "crqd");
-  ASSERT_GT(crqd_.pid, 0);
-  ASSERT_TRUE(WaitForPath(Path("crqd.sock"), crqd_)) << crqd_.err();
-  vios_ = Spawn({VIOS_BIN, "--device", "blk,id=d0,path=" + disk, "--attach",
-                 "d0,transport=crq,crqd=" + Path("crqd.sock") +
-                     ",partition=2,unit=0x2000,liobn=0x2000,remote-liobn=0x1000,remote-window-mib=64",
-                 "--control", Path("vios.ctl")},
-                dir_, "vios");
-  ASSERT_GT(vios_.pid, 0);
-  // The control socket is bound once every attachment exists (the server
-  // adapter is registered).
-  ASSERT_TRUE(WaitForPath(Path("vios.ctl"), vios_)) << vios_.err();
+  EXPECT_TRUE(reads[0] != reads[1]) << "two reads returned the same MiB";
+  EXPECT_GE(Stat("r0", "bytes"), 2 * kMiB);
+  // The blk pair next to it is unaffected.
+  WriteAndVerify(kBlkPair, disk, 3, kMiB, 8 * kMiB);
+}
 
-  Proc w = Guest({"blk", "write", "--seed", "7", "--length", "16M"});
-  ASSERT_EQ(w.status, 0) << w.err() << w.out();
-  Proc v = Guest({"blk", "verify", "--seed", "7", "--length", "16M"});
-  ASSERT_EQ(v.status, 0) << v.err() << v.out();
-  EXPECT_EQ(Field(v.out(), "verified"), "yes");
-  EXPECT_EQ(Field(w.out(), "bytes"), absl::StrCat(bytes));
-  EXPECT_EQ(Field(v.out(), "bytes"), absl::StrCat(bytes));
+TEST_F(CrqProcess, ConsoleBothDirectionsOverCrqd) {
+  const std::string sock = Path("c0.sock");
+  StartCrqd({kConsolePair});
+  StartVios({"console,id=c0,socket=" + sock}, {kConsolePair});
 
-  vios_.Signal(SIGTERM);
-  EXPECT_EQ(vios_.Wait(30), 0) << vios_.err();
+  // The host end: this test, on vios's console socket.
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(sock.size(), sizeof addr.sun_path);
+  std::memcpy(addr.sun_path, sock.c_str(), sock.size() + 1);
+  ASSERT_TRUE(WaitFor([&] { return ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0; }, 10))
+      << std::strerror(errno);
+  // (vios accepts it once a guest has started the device.)
+  const std::string to_host = "guest-to-host:crq-console-0123456789";
+  const std::string to_guest = "host-to-guest:crq-console-9876543210";
+  Proc& g = StartGuest(kConsolePair, {"console", "--send", to_host, "--expect", to_guest, "--timeout", "20"});
+  std::string got;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!absl::StrContains(got, to_host) && std::chrono::steady_clock::now() < end) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buf[256];
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_EQ(got, to_host);
+  ASSERT_EQ(::write(fd, to_guest.data(), to_guest.size()), static_cast<ssize_t>(to_guest.size()));
+  EXPECT_EQ(g.Wait(30), 0) << g.err() << g.out();
+  EXPECT_EQ(Field(g.out(), "verified"), "yes") << g.out();
+  // What the guest sent and received, exactly: nothing more crossed.
+  EXPECT_EQ(Field(g.out(), "bytes"), absl::StrCat(to_host.size() + to_guest.size())) << g.out();
+  EXPECT_EQ(Stat("c0", "tx_bytes"), to_host.size());
+  EXPECT_EQ(Stat("c0", "rx_bytes"), to_guest.size());
+  EXPECT_EQ(Stat("c0", "tx_dropped"), 0u);
+  EXPECT_EQ(Stat("c0", "clients"), 1u);
+}
 
+// ---- Faults --------------------------------------------------------------------
+
+TEST_F(CrqProcess, GuestKilledMidWriteThenANewGuestIsServed) {
+  const std::string disk = Path("disk.img");
+  MakeDisk(disk, kBig);
+  StartCrqd({kBlkPair});
+  StartVios({"blk,id=d0,path=" + disk}, {kBlkPair});
+  ASSERT_EQ(Stat("d0", "crq.partner_resets"), 0u);
+
+  Proc& w = StartGuest(kBlkPair, BlkCmd("write", 1, 0, kBig));
+  ASSERT_TRUE(WaitForBytesWritten("d0", kBig / 8, w)) << "the writer ended first: " << w.err() << w.out();
+  w.Signal(SIGKILL);
+  EXPECT_EQ(w.Wait(10), 128 + SIGKILL);
+  EXPECT_TRUE(crqd_->Running()) << crqd_->err();
+  EXPECT_TRUE(vios_->Running()) << vios_->err();
+  // crqd removed the dead partition (its connection closed) and vios saw FF 01.
+  std::set<uint32_t> ids;
+  EXPECT_TRUE(WaitFor([&] { return !(ids = CrqdPartitions()).count(kBlkPair.client_pid); }, 10))
+      << Crqctl("partitions");
+  EXPECT_TRUE(ids.count(ServerPid(kBlkPair))) << Crqctl("partitions");
+  EXPECT_TRUE(WaitFor([&] { return Stat("d0", "crq.partner_resets") >= 1; }, 10)) << Viosctl("stats d0");
+  EXPECT_TRUE(ViosLogHas("partner failed")) << vios_->err();
+  // What vios acknowledged before the kill is in the file (the writer goes
+  // in order, 1 MiB at a time).
   int64_t bad;
-  const std::string file_sum = CheckFile(disk, 7, 0, bytes, &bad);
-  EXPECT_EQ(bad, -1) << "backing file differs from the seeded data at byte " << bad;
-  EXPECT_FALSE(Field(w.out(), "checksum").empty());
-  EXPECT_EQ(Field(w.out(), "checksum"), file_sum);
-  EXPECT_EQ(Field(v.out(), "checksum"), file_sum);
+  CheckFile(disk, 1, 0, kBig / 16, &bad);
+  EXPECT_EQ(bad, -1) << "acknowledged data of the killed guest differ at byte " << bad;
 
-  crqd_.Signal(SIGTERM);
-  EXPECT_EQ(crqd_.Wait(30), 0) << crqd_.err();
+  // A new guest on the same adapter: another seed, at an offset.
+  WriteAndVerify(kBlkPair, disk, 29, kBig / 4 + 4096, kBig / 8);
+  EXPECT_TRUE(vios_->Running()) << vios_->err();
+  EXPECT_EQ(Stat("d0", "crq.closes"), 0u);
+}
+
+TEST_F(CrqProcess, ViosKilledMidWriteAndRestartedGuestReconnects) {
+  const std::string disk = Path("disk.img");
+  const uint64_t bytes = kBig / 2;
+  MakeDisk(disk, bytes);
+  StartCrqd({kBlkPair});
+  StartVios({"blk,id=d0,path=" + disk}, {kBlkPair});
+
+  Proc& w = StartGuest(kBlkPair, BlkCmd("write", 41, 0, bytes, 30));
+  ASSERT_TRUE(WaitForBytesWritten("d0", bytes / 8, w)) << "the writer ended first: " << w.err() << w.out();
+  vios_->Signal(SIGKILL);
+  EXPECT_EQ(vios_->Wait(10), 128 + SIGKILL);
+  ASSERT_TRUE(w.Running()) << "the guest did not wait for the server: " << w.err() << w.out();
+  RestartVios();
+  EXPECT_EQ(w.Wait(90), 0) << w.err() << w.out();
+  uint64_t reconnects = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(Field(w.out(), "reconnects"), &reconnects)) << w.out();
+  EXPECT_GE(reconnects, 1u) << w.out();
+  EXPECT_TRUE(crqd_->Running()) << crqd_->err();
+
+  Proc& v = Guest(kBlkPair, BlkCmd("verify", 41, 0, bytes));
+  ExpectWrittenAndVerified(w, v, disk, 41, 0, bytes);
+  vios_->Signal(SIGTERM);
+  EXPECT_EQ(vios_->Wait(30), 0) << vios_->err();
+}
+
+TEST_F(CrqProcess, BothSidesMigratedMidWrite) {
+  const std::string disk = Path("disk.img");
+  const uint64_t bytes = kBig / 2;
+  MakeDisk(disk, bytes);
+  StartCrqd({kBlkPair});
+  StartVios({"blk,id=d0,path=" + disk}, {kBlkPair});
+  const uint64_t enable_failed = HcallStat("H_ENABLE_CRQ", "not_success");
+  ASSERT_NE(enable_failed, ~0ull) << Crqctl("stats");
+
+  Proc& w = StartGuest(kBlkPair, BlkCmd("write", 43, 0, bytes, 30));
+  ASSERT_TRUE(WaitForBytesWritten("d0", bytes / 8, w)) << "the writer ended first: " << w.err() << w.out();
+  // The client's adapter migrates: FF 06, H_ENABLE_CRQ busy 5 times.
+  Inject(absl::StrFormat("migrate %u %#x 5", kBlkPair.client_pid, kBlkPair.client_unit));
+  ASSERT_TRUE(WaitForBytesWritten("d0", bytes * 3 / 8, w)) << "the writer ended first: " << w.err() << w.out();
+  // Then the server's.
+  Inject(absl::StrFormat("migrate %u %#x 5", ServerPid(kBlkPair), kBlkPair.server_unit));
+  EXPECT_EQ(w.Wait(90), 0) << w.err() << w.out();
+  EXPECT_TRUE(ViosLogHas("migrated")) << vios_->err();
+
+  Proc& v = Guest(kBlkPair, BlkCmd("verify", 43, 0, bytes));
+  ExpectWrittenAndVerified(w, v, disk, 43, 0, bytes);
+  // Both migrations happened: each side's H_ENABLE_CRQ answered H_IN_PROGRESS 5 times.
+  EXPECT_GE(HcallStat("H_ENABLE_CRQ", "not_success") - enable_failed, 10u) << Crqctl("stats");
+  EXPECT_GE(Stat("d0", "crq.partner_resets"), 1u);
+  EXPECT_TRUE(vios_->Running()) << vios_->err();
+}
+
+TEST_F(CrqProcess, FullQueuesBothWaysMidWrite) {
+  const std::string disk = Path("disk.img");
+  const uint64_t bytes = kBig / 2;
+  MakeDisk(disk, bytes);
+  StartCrqd({kBlkPair});
+  StartVios({"blk,id=d0,path=" + disk}, {kBlkPair});
+  const uint64_t send_failed = HcallStat("H_SEND_CRQ", "not_success");
+  ASSERT_NE(send_failed, ~0ull) << Crqctl("stats");
+
+  Proc& w = StartGuest(kBlkPair, BlkCmd("write", 47, 0, bytes, 30));
+  ASSERT_TRUE(WaitForBytesWritten("d0", bytes / 8, w)) << "the writer ended first: " << w.err() << w.out();
+  // The next 40 messages to each side answer H_DROPPED, as if its queue were full.
+  Inject(absl::StrFormat("full %u %#x 40", kBlkPair.client_pid, kBlkPair.client_unit));
+  Inject(absl::StrFormat("full %u %#x 40", ServerPid(kBlkPair), kBlkPair.server_unit));
+  EXPECT_EQ(w.Wait(90), 0) << w.err() << w.out();
+
+  Proc& v = Guest(kBlkPair, BlkCmd("verify", 47, 0, bytes));
+  ExpectWrittenAndVerified(w, v, disk, 47, 0, bytes);
+  // Every injected H_DROPPED was met (both sides retry until delivered), and
+  // vios retried its own.
+  EXPECT_GE(HcallStat("H_SEND_CRQ", "not_success") - send_failed, 80u) << Crqctl("stats");
+  EXPECT_GE(Stat("d0", "crq.dropped_retries"), 1u) << Viosctl("stats d0");
+  EXPECT_EQ(Stat("d0", "crq.closes"), 0u) << vios_->err();
+  EXPECT_TRUE(vios_->Running()) << vios_->err();
+}
+
+// ---- A hostile client partition: this process ------------------------------------
+
+// A client partition that speaks whatever it is told on its adapter: its
+// queue is the first page of its memory, mapped at IOBA 0 of its window.
+class RawClient {
+ public:
+  RawClient(std::unique_ptr<crq::RemotePartition> p, uint32_t unit)
+      : p_(std::move(p)), unit_(unit), q_(p_->memory(), crq::kTcePageSize) {}
+  bool Register() {
+    if (p_->PutTce(unit_, 0, crq::MakeTce(0, crq::kTceRead | crq::kTceWrite)) != crq::kHSuccess) return false;
+    q_.Reset();
+    const int64_t rc = p_->RegCrq(unit_, 0, crq::kTcePageSize);
+    if (rc != crq::kHSuccess && rc != crq::kHClosed) return false;
+    return p_->VioSignal(unit_, 1) == crq::kHSuccess;
+  }
+  int64_t Send(const crq::Message& m) { return p_->SendCrq(unit_, m.hi(), m.lo()); }
+  // The next entry of our queue, or valid == 0 after `timeout`.
+  crq::Message Next(std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    crq::Message m;
+    while (!q_.Pop(&m)) {
+      if (std::chrono::steady_clock::now() > end) return crq::Message{0};
+      pollfd fd{p_->interrupt_fd(), POLLIN, 0};
+      if (::poll(&fd, 1, 1) > 0) {
+        uint64_t v;
+        (void)!::read(p_->interrupt_fd(), &v, sizeof v);
+      }
+    }
+    return m;
+  }
+  // INIT -> INIT COMPLETE (answering the server's INIT if it sends one).
+  bool Handshake() {
+    if (Send(crq::Message::Init(crq::kInit)) != crq::kHSuccess) return false;
+    for (;;) {
+      const crq::Message m = Next();
+      if (m.valid == 0) return false;
+      if (m.valid == crq::kValidInit && m.op == crq::kInitComplete) return true;
+      if (m.valid == crq::kValidInit && m.op == crq::kInit) Send(crq::Message::Init(crq::kInitComplete));
+    }
+  }
+  // VERSION `major`.0 with a new generation; the server's answer.
+  crq::Message Version(uint16_t major) {
+    generation_ = static_cast<uint8_t>(generation_ + 1);
+    if (generation_ == 0) generation_ = 1;
+    Send(crq::Message::Command(crq::Op::kVersion, generation_, static_cast<uint16_t>(major << 8), 0,
+                               crq::VersionCaps{256, 4096, 4}.Encode()));
+    return NextCommand();
+  }
+  crq::Message NextCommand() {
+    for (;;) {
+      const crq::Message m = Next();
+      if (m.valid == 0 || m.valid == crq::kValidCommand) return m;
+    }
+  }
+  // The server closed the connection: FF 02, then its INIT, which we answer
+  // with INIT COMPLETE (the next connection starts at VERSION).
+  bool SawClose() {
+    bool deregistered = false;
+    for (;;) {
+      const crq::Message m = Next();
+      if (m.valid == 0) return false;
+      if (m.valid == crq::kValidEvent && m.op == crq::kEventDeregistered) deregistered = true;
+      if (deregistered && m.valid == crq::kValidInit && m.op == crq::kInit)
+        return Send(crq::Message::Init(crq::kInitComplete)) == crq::kHSuccess;
+    }
+  }
+  uint8_t generation() const { return generation_; }
+
+ private:
+  std::unique_ptr<crq::RemotePartition> p_;
+  uint32_t unit_;
+  crq::CrqQueue q_;
+  uint8_t generation_ = 0;
+};
+
+TEST_F(CrqProcess, HostileClientIsClosedEachTimeOthersKeepWorking) {
+  const std::string disk = Path("disk.img"), bad_disk = Path("bad.img");
+  const uint64_t bytes = kBig / 4;
+  MakeDisk(disk, bytes);
+  MakeDisk(bad_disk, kMiB);
+  StartCrqd({kBlkPair, kHostilePair});
+  StartVios({"blk,id=d0,path=" + disk, "blk,id=bad,path=" + bad_disk}, {kBlkPair, kHostilePair});
+
+  crq::RemotePartitionOptions po;
+  po.socket_path = Path("crqd.sock");
+  po.id = kHostilePair.client_pid;
+  po.memory_bytes = kMiB;
+  auto partition = crq::RemotePartition::Connect(po);
+  ASSERT_TRUE(partition.ok()) << partition.status();
+  RawClient raw(std::move(*partition), kHostilePair.client_unit);
+  ASSERT_TRUE(raw.Register());
+  ASSERT_TRUE(raw.Handshake());
+
+  using crq::Message;
+  using crq::Op;
+  // Each case starts on a connection waiting for VERSION and makes the server
+  // close it, which the log names.
+  struct Case {
+    std::string reason;
+    std::function<void()> run;
+  };
+  auto version_ok = [&] {
+    const Message r = raw.Version(crq::kVersionMajor);
+    ASSERT_EQ(r.op, static_cast<uint8_t>(Op::kVersion) | crq::kResponse);
+    ASSERT_EQ(r.status, 0);
+  };
+  const std::vector<Case> cases = {
+      {"bad valid byte 90",
+       [&] {
+         Message m = Message::Command(Op::kGetStatus, 1);
+         m.valid = 0x90;
+         ASSERT_EQ(raw.Send(m), crq::kHSuccess);
+       }},
+      {"command 05 before VERSION", [&] { ASSERT_EQ(raw.Send(Message::Command(Op::kGetStatus, 1)), crq::kHSuccess); }},
+      {"client protocol version 7.0, server 1.0",
+       [&] {
+         const Message r = raw.Version(7);
+         EXPECT_EQ(r.op, static_cast<uint8_t>(Op::kVersion) | crq::kResponse);
+         EXPECT_EQ(r.status, static_cast<uint8_t>(crq::MsgStatus::kVersionMismatch));
+         EXPECT_EQ(r.a >> 8, crq::kVersionMajor);
+       }},
+      // The first IOBA past the window's end.
+      {absl::StrFormat("queue 0 ring IOBA %#x outside the client's window", uint64_t{kWindowMib} << 20),
+       [&] {
+         version_ok();
+         ASSERT_EQ(raw.Send(Message::Command(Op::kSetQueue, raw.generation(), 0,
+                                             static_cast<uint16_t>(crq::QueueField::kDesc), uint64_t{kWindowMib} << 20)),
+                   crq::kHSuccess);
+         const Message r = raw.NextCommand();
+         EXPECT_EQ(r.op, static_cast<uint8_t>(Op::kSetQueue) | crq::kResponse);
+         EXPECT_EQ(r.status, static_cast<uint8_t>(crq::MsgStatus::kOutOfRange));
+       }},
+      {"READ_CONFIG length 9",
+       [&] {
+         version_ok();
+         ASSERT_EQ(raw.Send(Message::Command(Op::kReadConfig, raw.generation(), 0, 9)), crq::kHSuccess);
+       }},
+      {"unknown opcode 55",
+       [&] {
+         version_ok();
+         ASSERT_EQ(raw.Send(Message::Command(static_cast<Op>(0x55), raw.generation(), 0xffff, 0xffff, ~0ull)),
+                   crq::kHSuccess);
+       }},
+  };
+
+  // A real guest on the other pair writes while the first half of the cases
+  // run, and verifies during the second half.
+  Proc& w = StartGuest(kBlkPair, BlkCmd("write", 53, 0, bytes));
+  EXPECT_TRUE(WaitForBytesWritten("d0", kMiB, w)) << w.err() << w.out();
+  Proc* v = nullptr;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(cases[i].reason);
+    if (i == cases.size() / 2) {
+      ASSERT_EQ(w.Wait(120), 0) << w.err() << w.out();
+      v = &StartGuest(kBlkPair, BlkCmd("verify", 53, 0, bytes));
+    }
+    cases[i].run();
+    ASSERT_TRUE(raw.SawClose()) << "no FF 02 + INIT after the case";
+    EXPECT_TRUE(ViosLogHas("crq bad@crq: closing the connection: " + cases[i].reason)) << vios_->err();
+    ASSERT_FALSE(HasFatalFailure());
+  }
+  ASSERT_NE(v, nullptr);
+  v->Wait(120);
+  ExpectWrittenAndVerified(w, *v, disk, 53, 0, bytes);
+
+  // After all that, a well-behaved connection on the hostile adapter works.
+  version_ok();
+  ASSERT_EQ(raw.Send(Message::Command(Op::kPing, raw.generation())), crq::kHSuccess);
+  EXPECT_EQ(raw.NextCommand().op, static_cast<uint8_t>(Op::kPing) | crq::kResponse);
+
+  EXPECT_TRUE(vios_->Running()) << vios_->err();
+  EXPECT_EQ(Stat("bad", "crq.closes"), cases.size()) << Viosctl("stats bad");
+  EXPECT_EQ(Stat("d0", "crq.closes"), 0u) << Viosctl("stats d0");
+  EXPECT_EQ(Stat("bad", "bytes_written"), 0u);
+  // Nothing reached the hostile client's disk.
+  EXPECT_TRUE(ReadAll(bad_disk) == std::vector<uint8_t>(kMiB)) << "bad.img changed";
 }
 
 }  // namespace

@@ -38,19 +38,25 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
                                         flight survive a vios restart unless
                                         inflight=off
       ID,transport=crq,crqd=SOCKET,partition=PID,unit=UNIT,liobn=LIOBN,
-         remote-liobn=RLIOBN,remote-window-mib=N[,memory-mib=N][,max-transfer=B]
+         remote-liobn=RLIOBN,remote-window-mib=N[,memory-mib=N]
+         [,max-transfer=B][,staging=N][,spin-us=N]
                                         PowerVM: serve a client partition over a
                                         CRQ adapter pair of the crqd emulator
                                         (docs/transports/crq.md). vios joins
-                                        crqd on SOCKET as partition PID (memory-mib
-                                        of RAM, default 1), registers server
-                                        adapter UNIT, maps its queue page and
-                                        bounce buffer in its window LIOBN and
-                                        copies to/from the client's window RLIOBN
-                                        (remote-window-mib: its size, as in the
-                                        crqd --pair). Numbers take 0x. crqd takes
-                                        one connection per partition id, so one
-                                        crq attachment per PID per vios
+                                        crqd on SOCKET as partition PID, once
+                                        for all its crq attachments naming PID
+                                        (a VIO server partition with many
+                                        adapters; memory-mib of RAM, default 64,
+                                        taken from the first), registers server
+                                        adapter UNIT, maps its queue page,
+                                        bounce buffer and N staging buffers of
+                                        256 KiB (default 32; as many as fit) in
+                                        its window LIOBN, and copies to/from the
+                                        client's window RLIOBN (remote-window-mib:
+                                        its size, as in the crqd --pair).
+                                        spin-us: keep serving the partition N
+                                        us past the last work before sleeping
+                                        (default 20). Numbers take 0x
   --config FILE        the same in TOML: [[device]] and [[attach]] tables with
                        the keys above (type/id, device/transport), plus
                        top-level control = "PATH" and log-level = "LEVEL"

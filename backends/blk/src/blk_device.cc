@@ -188,6 +188,7 @@ ActivateContext BlkDevice::Reset() {
     WaitIdle(q, /*drop=*/true);
     for (Request& r : q.reqs) {
       if (!r.in_use) continue;
+      ReleaseStaging(r);  // before the memory goes with the ring
       r.chain = DescriptorChain();
       r.in_use = false;
       r.op = Request::Op::kNone;

@@ -40,6 +40,11 @@ struct BlkDevice::Request {
   uint32_t iov_first = 0;  // first iovec not completely transferred yet
   std::vector<iovec> iov;
   std::vector<uint8_t> bounce;
+  // Instead of `bounce` while the request lives: a staging buffer of the
+  // chain's memory (GuestMemory::AcquireStaging), given back on release.
+  uint8_t* staging = nullptr;
+  GuestMemory* staging_from = nullptr;
+  uint8_t* BounceData() { return staging ? staging : bounce.data(); }
 };
 
 struct BlkDevice::Queue {

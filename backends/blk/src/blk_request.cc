@@ -161,11 +161,12 @@ void BlkDevice::Submit(Queue& q, Request& r) {
     // Next step: [pos, pos + n) of the data through the bounce buffer.
     const uint64_t pos = r.data_len - r.remaining;
     const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(r.remaining, kBounceStep));
-    if (r.bounce.size() < n) r.bounce.resize(n);
+    if (!r.staging && (r.staging = r.chain.memory()->AcquireStaging(kBounceStep))) r.staging_from = r.chain.memory();
+    if (!r.staging && r.bounce.size() < n) r.bounce.resize(n);
     if (r.op == Request::Op::kWrite &&
-        r.chain.Read(sizeof(blk::ReqHeader) + pos, r.bounce.data(), n) != RingError::kNone)
+        r.chain.Read(sizeof(blk::ReqHeader) + pos, r.BounceData(), n) != RingError::kNone)
       return Abandon(q, r);
-    r.iov.assign(1, iovec{r.bounce.data(), n});
+    r.iov.assign(1, iovec{r.BounceData(), n});
     r.iov_first = 0;
   }
   if (inline_io_ && (r.op == Request::Op::kRead || r.op == Request::Op::kWrite || r.op == Request::Op::kZeroFill)) {
@@ -273,7 +274,7 @@ void BlkDevice::OnCompletion(Queue& q, Request& r, int res, bool drop) {
       }
       uint64_t done = std::min<uint64_t>(static_cast<uint64_t>(res), r.remaining);
       if (r.bounced && r.op == Request::Op::kRead &&
-          r.chain.Write(r.data_len - r.remaining, r.bounce.data(), done) != RingError::kNone)
+          r.chain.Write(r.data_len - r.remaining, r.BounceData(), done) != RingError::kNone)
         return Abandon(q, r);
       r.offset += done;
       r.remaining -= done;
@@ -359,7 +360,14 @@ void BlkDevice::ReleaseFlushes(Queue& q) {
   q.parked_flushes.erase(q.parked_flushes.begin(), q.parked_flushes.begin() + static_cast<ptrdiff_t>(n));
 }
 
+void BlkDevice::ReleaseStaging(Request& r) {
+  if (r.staging) r.staging_from->ReleaseStaging(r.staging);
+  r.staging = nullptr;
+  r.staging_from = nullptr;
+}
+
 void BlkDevice::Release(Queue& q, Request& r) {
+  ReleaseStaging(r);
   r.in_use = false;
   r.op = Request::Op::kNone;
   q.free.push_back(q.IndexOf(r));

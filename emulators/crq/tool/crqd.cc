@@ -311,10 +311,19 @@ class Daemon {
       return;
     }
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!connected_.insert(id).second) {
-        Refuse(fd, absl::StrCat("partition ", id, " is already connected"));
-        return;
+      // A partition that just exited may still hold its id until its thread
+      // reads the EOF: a restarted one waits for that, up to a second.
+      std::unique_lock<std::mutex> lock(mu_);
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      while (!connected_.insert(id).second) {
+        if (std::chrono::steady_clock::now() >= until) {
+          lock.unlock();
+          Refuse(fd, absl::StrCat("partition ", id, " is already connected"));
+          return;
+        }
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        lock.lock();
       }
     }
     auto release_id = [&] {

@@ -140,10 +140,13 @@ void CrqDriverTransport::Handle(const Message& m) {
       // The partner reset: keep our queue, wait for (or send) INIT.
       state_ = State::kWaitInit;
       needs_reset_ = true;
+      resets_++;
       events_++;
       return;
     case kValidInit:
       if (m.op == kInit) {
+        if (state_ == State::kConnected) needs_reset_ = true;  // the server restarted
+        resets_++;
         SendWithRetry(Message::Init(kInitComplete));
         state_ = State::kWaitVersion;
       } else if (m.op == kInitComplete && state_ == State::kWaitInit) {
@@ -218,8 +221,12 @@ absl::Status CrqDriverTransport::Handshake() {
 absl::StatusOr<Message> CrqDriverTransport::RequestLocked(const Message& m) {
   requests_++;
   have_response_ = false;
+  const uint64_t epoch = resets_;
   const int64_t rc = SendWithRetry(m);
-  if (rc != kHSuccess) return absl::UnavailableError(absl::StrCat("crq: H_SEND_CRQ: ", std::string(ReturnCodeName(rc))));
+  if (rc != kHSuccess) {
+    if (m.op != static_cast<uint8_t>(Op::kVersion)) needs_reset_ = true;  // H_CLOSED: the partner is gone
+    return absl::UnavailableError(absl::StrCat("crq: H_SEND_CRQ: ", std::string(ReturnCodeName(rc))));
+  }
   const absl::Time deadline = absl::Now() + o_.timeout;
   for (;;) {
     DrainLocked();
@@ -228,7 +235,10 @@ absl::StatusOr<Message> CrqDriverTransport::RequestLocked(const Message& m) {
         return absl::InternalError(absl::StrFormat("crq: response %02x to request %02x", response_.op, m.op));
       return response_;
     }
-    if (state_ == State::kWaitInit) return absl::UnavailableError("crq: connection reset");
+    // A partner event or an INIT since we sent it: that connection is gone,
+    // whatever state the same drain left us in.
+    if (state_ == State::kWaitInit || (resets_ != epoch && m.op != static_cast<uint8_t>(Op::kVersion)))
+      return absl::UnavailableError("crq: connection reset");
     if (absl::Now() > deadline) {
       // The server is gone or stuck: the connection is lost. Later requests
       // fail at once (DEVICE_NEEDS_RESET) instead of each waiting the

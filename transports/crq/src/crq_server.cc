@@ -44,8 +44,51 @@ absl::Status CrqCopyMemory::Map(int64_t rc, uint64_t addr, uint64_t len, const c
   }
 }
 
+void CrqCopyMemory::SetStaging(uint64_t staging_ioba, uint8_t* staging_host, uint32_t count) {
+  staging_ioba_ = staging_ioba;
+  staging_ = staging_host;
+  staging_count_ = count;
+  staging_free_.clear();
+  for (uint32_t i = count; i > 0; --i) staging_free_.push_back(i - 1);
+}
+
+uint8_t* CrqCopyMemory::AcquireStaging(size_t bytes) {
+  if (bytes > kMaxStaging || staging_free_.empty()) return nullptr;
+  const uint32_t i = staging_free_.back();
+  staging_free_.pop_back();
+  return staging_ + uint64_t{i} * kMaxStaging;
+}
+
+void CrqCopyMemory::ReleaseStaging(uint8_t* buffer) {
+  if (buffer == nullptr || buffer < staging_) return;
+  const uint64_t off = static_cast<uint64_t>(buffer - staging_);
+  if (off % kMaxStaging == 0 && off / kMaxStaging < staging_count_)
+    staging_free_.push_back(static_cast<uint32_t>(off / kMaxStaging));
+}
+
+uint64_t CrqCopyMemory::StagingIoba(const void* p, uint64_t len) const {
+  const auto* b = static_cast<const uint8_t*>(p);
+  if (staging_count_ == 0 || b < staging_ || b >= staging_ + uint64_t{staging_count_} * kMaxStaging) return 0;
+  const uint64_t off = static_cast<uint64_t>(b - staging_);
+  if (off % kMaxStaging + len > kMaxStaging) return 0;  // must stay inside one slot
+  return staging_ioba_ + off;
+}
+
 absl::Status CrqCopyMemory::Read(uint64_t addr, void* dst, uint64_t len) {
   reads_.fetch_add(1, std::memory_order_relaxed);
+  if (const uint64_t ioba = StagingIoba(dst, len); ioba != 0) {
+    // Straight into the backend's buffer: no bounce, no memcpy.
+    direct_.fetch_add(1, std::memory_order_relaxed);
+    for (uint64_t off = 0; off < len;) {
+      const uint64_t n = std::min<uint64_t>(max_transfer_, len - off);
+      copies_.fetch_add(1, std::memory_order_relaxed);
+      const int64_t rc = p_.CopyRdma(n, remote_, addr + off, local_, ioba + off);
+      if (rc != kHSuccess) return Map(rc, addr + off, n, "read");
+      bytes_.fetch_add(n, std::memory_order_relaxed);
+      off += n;
+    }
+    return absl::OkStatus();
+  }
   const uint64_t chunk = std::min<uint64_t>(max_transfer_, bounce_bytes_);
   for (uint64_t off = 0; off < len;) {
     const uint64_t n = std::min(chunk, len - off);
@@ -61,6 +104,18 @@ absl::Status CrqCopyMemory::Read(uint64_t addr, void* dst, uint64_t len) {
 
 absl::Status CrqCopyMemory::Write(uint64_t addr, const void* src, uint64_t len) {
   writes_.fetch_add(1, std::memory_order_relaxed);
+  if (const uint64_t ioba = StagingIoba(src, len); ioba != 0) {
+    direct_.fetch_add(1, std::memory_order_relaxed);
+    for (uint64_t off = 0; off < len;) {
+      const uint64_t n = std::min<uint64_t>(max_transfer_, len - off);
+      copies_.fetch_add(1, std::memory_order_relaxed);
+      const int64_t rc = p_.CopyRdma(n, local_, ioba + off, remote_, addr + off);
+      if (rc != kHSuccess) return Map(rc, addr + off, n, "write");
+      bytes_.fetch_add(n, std::memory_order_relaxed);
+      off += n;
+    }
+    return absl::OkStatus();
+  }
   const uint64_t chunk = std::min<uint64_t>(max_transfer_, bounce_bytes_);
   for (uint64_t off = 0; off < len;) {
     const uint64_t n = std::min(chunk, len - off);
@@ -92,13 +147,18 @@ struct CrqServer::Sink final : InterruptSink {
   }
 };
 
+uint64_t AreaBytes(const CrqServerOptions& o) {
+  const uint64_t bounce = (uint64_t{o.max_transfer} + kTcePageSize - 1) & ~(kTcePageSize - 1);
+  return kTcePageSize + bounce + uint64_t{o.staging_slots} * GuestMemory::kMaxStaging;
+}
+
 absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::shared_ptr<VirtioDevice> device,
                                                             const CrqServerOptions& o) {
   if (o.memory_offset % kTcePageSize || o.window_ioba % kTcePageSize || o.max_transfer == 0 ||
       o.max_transfer > kMaxTransfer || o.crq_entries != kTcePageSize / 16)
     return absl::InvalidArgumentError("crq: bad server options");
   const uint64_t bounce_bytes = (o.max_transfer + kTcePageSize - 1) & ~(kTcePageSize - 1);
-  if (o.memory_offset + kTcePageSize + bounce_bytes > p.memory_size())
+  if (o.memory_offset + AreaBytes(o) > p.memory_size())
     return absl::InvalidArgumentError("crq: server area outside the partition's memory");
   std::unique_ptr<CrqServer> s(new CrqServer(p, o));
   // Map the queue page and the bounce buffer in our own window.
@@ -110,6 +170,22 @@ absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::
   s->queue_ = CrqQueue(area, kTcePageSize);
   s->mem_ = std::make_shared<CrqCopyMemory>(p, o.liobn, o.remote_liobn, o.window_ioba + kTcePageSize,
                                             area + kTcePageSize, o.max_transfer, o.remote_window_bytes);
+  // Staging slots, as many as the LOCAL window takes (H_PUT_TCE refuses an
+  // IOBA past its end).
+  const uint64_t staging_at = kTcePageSize + bounce_bytes;
+  uint32_t slots = 0;
+  for (; slots < o.staging_slots; ++slots) {
+    bool ok = true;
+    for (uint64_t off = 0; ok && off < GuestMemory::kMaxStaging; off += kTcePageSize) {
+      const uint64_t rel = staging_at + uint64_t{slots} * GuestMemory::kMaxStaging + off;
+      ok = p.PutTce(o.liobn, o.window_ioba + rel, MakeTce(o.memory_offset + rel, kTceRead | kTceWrite)) == kHSuccess;
+    }
+    if (!ok) break;
+  }
+  if (slots < o.staging_slots)
+    VIOPORT_LOG(kInfo, "crq ", o.name, ": ", slots, " of ", o.staging_slots,
+                " staging slots fit in the LOCAL window; the rest of the bounce buffers are ordinary memory");
+  s->mem_->SetStaging(o.window_ioba + staging_at, area + staging_at, slots);
   s->sink_ = std::make_shared<Sink>();
   s->sink_->s = s.get();
   s->pending_used_.assign(device->num_queues(), false);
@@ -234,7 +310,12 @@ void CrqServer::BackOff() {
 
 void CrqServer::HandleCommand(const Message& m) {
   const State st = state_.load();
-  if (st == State::kWaitInit) return Close(absl::StrFormat("command %02x before INIT", m.op));
+  if (st == State::kWaitInit) {
+    // Leftovers of a connection the partner (or a migration) reset: the
+    // client sent them before it saw the event. Dropped, not an error.
+    counters_.stale_generation++;
+    return;
+  }
   if (m.op & kResponse) {
     if (m.op != (static_cast<uint8_t>(Op::kPing) | kResponse))
       return Close(absl::StrFormat("unexpected response %02x", m.op));
@@ -406,12 +487,15 @@ void CrqServer::RetryPending() {
 size_t CrqServer::Work() {
   size_t n = queue_.Drain([&](const Message& m) { Handle(m); });
   VirtioDevice& dev = ctl_->device();
-  if (ctl_->running() && dev.event_fd() >= 0 && dev.ProcessEvents()) ++n;
+  // Whether or not the device runs: its events (a console's host socket, a
+  // completion after a reset) drain its eventfd, or a watcher of that fd
+  // would spin on it.
+  if (dev.event_fd() >= 0 && dev.ProcessEvents()) ++n;
   RetryPending();
   return n;
 }
 
-int CrqServer::DeviceEventFd() { return ctl_->running() ? ctl_->device().event_fd() : -1; }
+int CrqServer::DeviceEventFd() { return ctl_->device().event_fd(); }
 
 namespace {
 
@@ -455,10 +539,14 @@ absl::Time CrqDispatcher::NextDeadline() const {
   return t;
 }
 
-void CrqDispatcher::Poll(absl::Duration timeout) {
+size_t CrqDispatcher::Work() {
   size_t n = 0;
   for (CrqServer* s : servers_) n += s->Work();
-  if (n > 0) return;
+  return n;
+}
+
+void CrqDispatcher::Poll(absl::Duration timeout) {
+  if (Work() > 0) return;
   absl::Time deadline = absl::Now() + timeout;
   for (CrqServer* s : servers_) deadline = std::min(deadline, s->RetryAt());
   WaitForWork(p_, servers_, deadline, [](CrqServer* s) { return s->DeviceEventFd(); });

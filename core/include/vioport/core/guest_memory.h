@@ -57,6 +57,19 @@ class GuestMemory {
   // report the error.
   virtual bool Accessible(uint64_t addr, uint64_t len, Access access) = 0;
 
+  // Staging buffers (copy-only memories may offer them): host memory the
+  // channel copies to and from directly, so a Read() into one or a Write()
+  // from one skips the memory's own intermediate copy. For PowerVM these are
+  // pages of the server's own DMA window: H_COPY_RDMA moves the data between
+  // the client's buffer and the backend's, with no memcpy through a private
+  // bounce buffer. AcquireStaging returns a buffer of at least `bytes`
+  // (<= kMaxStaging), or nullptr if none is free or the memory has none;
+  // callers then use ordinary memory, which works the same, one copy slower.
+  // Give every buffer back with ReleaseStaging before the memory goes.
+  static constexpr size_t kMaxStaging = 256 << 10;
+  virtual uint8_t* AcquireStaging(size_t /*bytes*/) { return nullptr; }
+  virtual void ReleaseStaging(uint8_t* /*buffer*/) {}
+
  protected:
   explicit GuestMemory(bool zero_copy) : zero_copy_(zero_copy) {}
   // Mapping for memories that are not (only) one flat range.

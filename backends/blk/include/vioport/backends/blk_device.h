@@ -102,6 +102,7 @@ class BlkDevice final : public VirtioDevice {
   void OnCompletion(Queue& q, Request& r, int res, bool drop) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseFlushes(Queue& q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Release(Queue& q, Request& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static void ReleaseStaging(Request& r);
   // A chain whose copy faulted: returning it breaks the queue (no status written).
   void Abandon(Queue& q, Request& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Finish(Queue& q, Request& r, uint8_t status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

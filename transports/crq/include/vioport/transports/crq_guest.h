@@ -93,6 +93,7 @@ class CrqDriverTransport final : public DriverTransport {
   Message response_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> used_{0}, config_changed_{0}, events_{0}, requests_{0};
   std::atomic<uint64_t> seen_{0};
+  uint64_t resets_ ABSL_GUARDED_BY(mu_) = 0;  // partner events and INITs received
   std::vector<std::string> errors_;
   // The device status and config generation last read or written, valid
   // while config_changed_ == seen (see GetStatusLocked).

@@ -34,6 +34,14 @@ class CrqCopyMemory final : public GuestMemory {
   absl::Status Read(uint64_t addr, void* dst, uint64_t len) override;
   absl::Status Write(uint64_t addr, const void* src, uint64_t len) override;
   bool Accessible(uint64_t addr, uint64_t len, Access access) override;
+  // Staging buffers: `count` slots of kMaxStaging bytes at staging_host,
+  // mapped read|write at staging_ioba.. in LOCAL. A Read() into / Write()
+  // from a slot copies between the client's window and the slot directly.
+  void SetStaging(uint64_t staging_ioba, uint8_t* staging_host, uint32_t count);
+  uint8_t* AcquireStaging(size_t bytes) override;
+  void ReleaseStaging(uint8_t* buffer) override;
+  uint32_t staging_slots() const { return staging_count_; }
+  uint64_t direct_copies() const { return direct_.load(std::memory_order_relaxed); }  // no memcpy
 
   void set_max_transfer(uint32_t n) { max_transfer_ = n; }
   uint64_t reads() const { return reads_.load(std::memory_order_relaxed); }    // Read() calls
@@ -44,6 +52,8 @@ class CrqCopyMemory final : public GuestMemory {
 
  private:
   absl::Status Map(int64_t rc, uint64_t addr, uint64_t len, const char* what);
+  // The IOBA of [p, p + len) if it lies in one staging slot, else 0.
+  uint64_t StagingIoba(const void* p, uint64_t len) const;
   Partition& p_;
   Liobn local_, remote_;
   uint64_t bounce_ioba_;
@@ -51,6 +61,11 @@ class CrqCopyMemory final : public GuestMemory {
   uint32_t bounce_bytes_;
   uint64_t window_;
   uint32_t max_transfer_;
+  uint64_t staging_ioba_ = 0;
+  uint8_t* staging_ = nullptr;
+  uint32_t staging_count_ = 0;
+  std::vector<uint32_t> staging_free_;
+  std::atomic<uint64_t> direct_{0};
   std::atomic<uint64_t> reads_{0}, writes_{0}, copies_{0}, bytes_{0}, failures_{0};
 };
 
@@ -60,14 +75,22 @@ struct CrqServerOptions {
   Liobn remote_liobn = 0;          // REMOTE: the client's window
   uint64_t remote_window_bytes = 0;  // its size (ibm,my-dma-window); ring IOBAs beyond it are refused
   // This adapter's area of the partition's memory (real address, page
-  // aligned): one queue page, then the bounce buffer. Mapped at IOBA
-  // window_ioba.. in LOCAL, so the window needs 4 KiB + max_transfer.
+  // aligned): one queue page, then the bounce buffer, then the staging
+  // slots. Mapped at IOBA window_ioba.. in LOCAL, so the window needs
+  // 4 KiB + max_transfer (+ 256 KiB per staging slot). AreaBytes() is its size.
   uint64_t memory_offset = 0;
   uint64_t window_ioba = 0;
   uint32_t max_transfer = kMaxTransfer;
+  // Staging slots (GuestMemory::kMaxStaging each) after the bounce buffer,
+  // for backends' bounce buffers (GuestMemory::AcquireStaging): 0 = none.
+  // Slots whose pages do not fit in the LOCAL window are left out.
+  uint32_t staging_slots = 0;
   uint16_t crq_entries = 256;  // one page
   std::string name = "crq";
 };
+
+// Bytes of partition memory (and LOCAL window) a server with these options uses.
+uint64_t AreaBytes(const CrqServerOptions& o);
 
 struct CrqServerCounters {
   std::atomic<uint64_t> messages{0}, requests{0}, notifies{0}, used_sent{0}, dropped_retries{0};
@@ -125,7 +148,7 @@ class CrqServer {
   size_t Work();
   // When a retry is due (InfiniteFuture: none).
   absl::Time RetryAt() const { return backoff_ == absl::ZeroDuration() ? absl::InfiniteFuture() : retry_at_; }
-  // The device's completion eventfd while it is running, else -1.
+  // The device's event eventfd (-1: it has none).
   int DeviceEventFd();
 
   Partition& p_;
@@ -167,6 +190,9 @@ class CrqDispatcher {
   // a server has a retry due) for an interrupt or a completion, then runs
   // all pending work again.
   void Poll(absl::Duration timeout);
+  // One pass over every server's pending work, no waiting; returns how much
+  // was handled (an event loop spinning briefly before it sleeps calls this).
+  size_t Work();
   size_t size() const { return servers_.size(); }
   // The earliest retry deadline of any server (InfiniteFuture: none), for an
   // event loop that calls Poll(ZeroDuration()) on readiness and needs to
