@@ -542,15 +542,18 @@ class RawClient {
   crq::Message Next(std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
     const auto end = std::chrono::steady_clock::now() + timeout;
     crq::Message m;
-    while (!q_.Pop(&m)) {
-      if (std::chrono::steady_clock::now() > end) return crq::Message{0};
-      pollfd fd{p_->interrupt_fd(), POLLIN, 0};
-      if (::poll(&fd, 1, 1) > 0) {
-        uint64_t v;
-        (void)!::read(p_->interrupt_fd(), &v, sizeof v);
+    for (;;) {
+      while (!q_.Pop(&m)) {
+        if (std::chrono::steady_clock::now() > end) return crq::Message{0};
+        pollfd fd{p_->interrupt_fd(), POLLIN, 0};
+        if (::poll(&fd, 1, 1) > 0) {
+          uint64_t v;
+          (void)!::read(p_->interrupt_fd(), &v, sizeof v);
+        }
       }
+      // Skip the server's flow-control reports (CREDIT, one per 32 consumed).
+      if (m.valid != crq::kValidCommand || m.op != static_cast<uint8_t>(crq::Op::kCredit)) return m;
     }
-    return m;
   }
   // INIT -> INIT COMPLETE (answering the server's INIT if it sends one).
   bool Handshake() {

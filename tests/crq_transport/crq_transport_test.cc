@@ -303,12 +303,20 @@ class RawClient {
   Message Next(absl::Duration timeout = absl::Seconds(2)) {
     const absl::Time deadline = absl::Now() + timeout;
     Message m;
-    while (!q_.Pop(&m)) {
-      if (absl::Now() > deadline) return Message{0};
-      absl::SleepFor(absl::Microseconds(100));
+    for (;;) {
+      while (!q_.Pop(&m)) {
+        if (absl::Now() > deadline) return Message{0};
+        absl::SleepFor(absl::Microseconds(100));
+      }
+      // The server's flow-control reports (one per 32 messages it consumed).
+      if (m.valid == kValidCommand && m.op == static_cast<uint8_t>(Op::kCredit)) {
+        credits_++;
+        continue;
+      }
+      return m;
     }
-    return m;
   }
+  int credits() const { return credits_; }
   // INIT -> INIT COMPLETE (the server may have sent its own INIT first).
   bool Handshake() {
     Send(Message::Init(kInit));
@@ -319,8 +327,8 @@ class RawClient {
       if (m.valid == kValidInit && m.op == kInit) Send(Message::Init(kInitComplete));
     }
   }
-  bool Version(uint16_t major, Message* reply) {
-    Send(Message::Command(Op::kVersion, 1, major << 8, 0, VersionCaps{256, 4096, 4}.Encode()));
+  bool Version(uint16_t major, Message* reply, uint16_t entries = 256) {
+    Send(Message::Command(Op::kVersion, 1, major << 8, 0, VersionCaps{entries, 4096, 4}.Encode()));
     for (;;) {
       Message m = Next();
       if (m.valid == 0) return false;
@@ -344,6 +352,7 @@ class RawClient {
  private:
   Partition& p_;
   CrqQueue q_;
+  int credits_ = 0;
 };
 
 TEST(CrqTransport, HostileClientIsDisconnectedOthersKeepWorking) {
@@ -423,6 +432,78 @@ TEST(CrqTransport, HostileClientIsDisconnectedOthersKeepWorking) {
       << bad->last_close_reason();
 }
 
+TEST(CrqFlowControl, WindowCreditsAndWraparound) {
+  FlowControl f;
+  f.Reset(/*partner_entries=*/8, /*my_entries=*/16);
+  EXPECT_EQ(f.limit(), 4);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(f.CanSend());
+    f.Sent();
+  }
+  EXPECT_FALSE(f.CanSend());
+  EXPECT_FALSE(f.Credit(5));  // more than was sent
+  EXPECT_TRUE(f.Credit(3));
+  EXPECT_EQ(f.outstanding(), 1);
+  EXPECT_TRUE(f.CanSend());
+  EXPECT_FALSE(f.Credit(2));  // going backwards is "more than sent" modulo 2^16
+  // The receiver reports every eighth of its own queue (16 / 8 = 2).
+  f.Consumed();
+  EXPECT_FALSE(f.ShouldReport());
+  f.Consumed();
+  EXPECT_TRUE(f.ShouldReport());
+  EXPECT_EQ(f.Report(), 2);
+  EXPECT_FALSE(f.ShouldReport());
+  // Counters wrap at 2^16: 70000 messages sent and credited one by one.
+  f.Reset(256, 256);
+  for (uint32_t i = 1; i <= 70000; ++i) {
+    ASSERT_TRUE(f.CanSend());
+    f.Sent();
+    ASSERT_TRUE(f.Credit(static_cast<uint16_t>(i)));
+  }
+  EXPECT_EQ(f.outstanding(), 0);
+}
+
+// Flow control: a client that advertises 8 CRQ entries gets at most 4 of
+// the server's messages into its queue until it reports them consumed with
+// CREDIT; the rest wait, in order, and go out when the CREDIT comes. A
+// request sent while the answer to the previous one is still waiting is a
+// second request in flight: answered status 2, not executed.
+TEST(CrqTransport, ServerKeepsHalfTheClientQueueAndWaitsForCredit) {
+  Rig rig;
+  TempFile file(1 << 20);
+  auto srv = rig.Serve(OpenBlk(file), true);
+  rig.Start({srv});
+  RawClient raw(*rig.hostile);
+  ASSERT_TRUE(raw.Handshake());
+  Message reply;
+  ASSERT_TRUE(raw.Version(kVersionMajor, &reply, /*entries=*/8));
+  ASSERT_EQ(reply.status, 0);
+  for (int i = 0; i < 6; ++i) raw.Send(Message::Command(Op::kPing, 1, static_cast<uint16_t>(i)));
+  // Four answers, then nothing: the fifth waits for credit.
+  for (int i = 0; i < 4; ++i) {
+    const Message m = raw.Next(absl::Seconds(2));
+    ASSERT_EQ(m.op, static_cast<uint8_t>(Op::kPing) | kResponse) << i;
+    EXPECT_EQ(m.status, 0);
+  }
+  EXPECT_EQ(raw.Next(absl::Milliseconds(200)).valid, 0);
+  EXPECT_GE(srv->counters().flow_blocked.load(), 1u);
+  // The sixth came while the fifth's answer was undelivered.
+  EXPECT_EQ(srv->counters().protocol_errors.load(), 1u);
+  raw.Send(Message::Command(Op::kCredit, 1, 4));
+  Message m = raw.Next();
+  EXPECT_EQ(m.op, static_cast<uint8_t>(Op::kPing) | kResponse);
+  EXPECT_EQ(m.status, 0);
+  m = raw.Next();
+  EXPECT_EQ(m.op, static_cast<uint8_t>(Op::kPing) | kResponse);
+  EXPECT_EQ(m.status, static_cast<uint8_t>(MsgStatus::kBadState));
+  // A CREDIT for messages never sent is a protocol error: closed.
+  raw.Send(Message::Command(Op::kCredit, 1, 100));
+  EXPECT_TRUE(raw.SawClose());
+  rig.Stop();
+  EXPECT_EQ(srv->counters().closes.load(), 1u);
+  EXPECT_NE(srv->last_close_reason().find("CREDIT"), std::string::npos) << srv->last_close_reason();
+}
+
 // Two adapters of one server partition share its interrupt eventfd. Served by
 // one dispatcher that may sleep 1 s when idle, every message must still be
 // handled at once, whichever adapter's edge woke the dispatcher: pair A's
@@ -464,6 +545,9 @@ TEST(CrqTransport, SharedInterruptEventfdLosesNoWakeup) {
   rig.Stop();
   EXPECT_EQ(a->counters().closes.load() + b->counters().closes.load(), 0u);
   EXPECT_GE(b->counters().requests.load(), 51u);  // VERSION + pings
+  // 50 pings consumed: the server reported them once (every 32).
+  EXPECT_EQ(raw.credits(), 1);
+  EXPECT_EQ(b->counters().credits_sent.load(), 1u);
 }
 
 }  // namespace

@@ -72,6 +72,7 @@ absl::StatusOr<std::unique_ptr<CrqDriverTransport>> CrqDriverTransport::Connect(
   if (rc != kHSuccess) return absl::InternalError(absl::StrCat("crq: H_PUT_TCE (queue): ", std::string(ReturnCodeName(rc))));
   absl::MutexLock l(&t->mu_);
   t->queue_ = CrqQueue(p.memory() + o.memory_offset, kTcePageSize);
+  t->queue_entries_ = t->queue_.entries();
   if (absl::Status s = t->Register(); !s.ok()) return s;
   if (absl::Status s = t->Handshake(); !s.ok()) return s;
   return t;
@@ -123,7 +124,34 @@ void CrqDriverTransport::WaitIrq(absl::Duration timeout) {
   }
 }
 
-void CrqDriverTransport::DrainLocked() { queue_.Drain([&](const Message& m) { Handle(m); }); }
+void CrqDriverTransport::DrainLocked() {
+  backlog_ = 0;
+  queue_.Drain([&](const Message& m) { Handle(m); });
+  if (backlog_ > max_backlog_.load()) max_backlog_ = backlog_;
+  if (state_ != State::kConnected) return;
+  if (flow_.ShouldReport()) {
+    credits_sent_++;
+    SendWithRetry(Message::Command(Op::kCredit, generation_, flow_.Report()));
+  }
+  FlushLocked();
+}
+
+bool CrqDriverTransport::SendCountedLocked(const Message& m) {
+  if (!flow_.CanSend()) return false;
+  const int64_t rc = SendWithRetry(m);
+  if (rc == kHSuccess) flow_.Sent();
+  else needs_reset_ = true;  // H_CLOSED (or a queue full for 30 s): the partner is gone
+  return true;
+}
+
+void CrqDriverTransport::FlushLocked() {
+  if (state_ != State::kConnected) return;
+  if (pending_ping_ &&
+      SendCountedLocked(Message::Command(static_cast<Op>(static_cast<uint8_t>(Op::kPing) | kResponse), generation_)))
+    pending_ping_ = false;
+  for (uint16_t q = 0; q < pending_notify_.size(); ++q)
+    if (pending_notify_[q] && SendCountedLocked(Message::Command(Op::kNotify, generation_, q))) pending_notify_[q] = false;
+}
 
 void CrqDriverTransport::Handle(const Message& m) {
   switch (m.valid) {
@@ -160,6 +188,14 @@ void CrqDriverTransport::Handle(const Message& m) {
   }
   const bool version_reply = m.op == (static_cast<uint8_t>(Op::kVersion) | kResponse);
   if (m.generation != generation_ && !version_reply) return;  // an old connection's leftover
+  if (m.op == static_cast<uint8_t>(Op::kCredit)) {
+    if (!flow_.Credit(m.a)) Error(absl::StrFormat("CREDIT for %u messages, more than were sent", m.a));
+    return;
+  }
+  if (!version_reply) {
+    flow_.Consumed();
+    backlog_++;
+  }
   if (m.op & kResponse) {
     response_ = m;
     have_response_ = true;
@@ -172,8 +208,7 @@ void CrqDriverTransport::Handle(const Message& m) {
     config_changed_++;
     events_++;
   } else if (m.op == static_cast<uint8_t>(Op::kPing)) {
-    Message r = Message::Command(static_cast<Op>(m.op | kResponse), generation_);
-    p_.SendCrq(o_.unit, r.hi(), r.lo());
+    pending_ping_ = true;  // answered by FlushLocked, under flow control
   }
 }
 
@@ -203,7 +238,7 @@ absl::Status CrqDriverTransport::Handshake() {
   }
   generation_ = static_cast<uint8_t>(generation_ + 1);
   if (generation_ == 0) generation_ = 1;
-  const VersionCaps mine{static_cast<uint16_t>(queue_.entries()), o_.max_transfer, 0xffff};
+  const VersionCaps mine{AdvertisedEntries(), o_.max_transfer, 0xffff};
   auto r = RequestLocked(Message::Command(Op::kVersion, generation_, kVersionMajor << 8 | kVersionMinor, 0,
                                           mine.Encode()));
   if (!r.ok()) return r.status();
@@ -212,6 +247,9 @@ absl::Status CrqDriverTransport::Handshake() {
   if (r->status != 0) return absl::UnavailableError(absl::StrFormat("crq: VERSION status %u", r->status));
   const VersionCaps theirs = VersionCaps::Decode(r->value);
   max_transfer_ = std::min(theirs.max_transfer, o_.max_transfer);
+  flow_.Reset(theirs.crq_entries, AdvertisedEntries());
+  pending_ping_ = false;
+  std::fill(pending_notify_.begin(), pending_notify_.end(), false);
   state_ = State::kConnected;
   needs_reset_ = false;
   cache_ = {};
@@ -222,7 +260,20 @@ absl::StatusOr<Message> CrqDriverTransport::RequestLocked(const Message& m) {
   requests_++;
   have_response_ = false;
   const uint64_t epoch = resets_;
+  const bool counted = m.op != static_cast<uint8_t>(Op::kVersion);
+  const absl::Time credit_deadline = absl::Now() + o_.timeout;
+  while (counted && !flow_.CanSend()) {  // half the server's queue unconsumed: wait for its CREDIT
+    flow_waits_++;
+    if (absl::Now() > credit_deadline) {
+      needs_reset_ = true;
+      return absl::DeadlineExceededError("crq: no CREDIT from the server");
+    }
+    WaitIrq(absl::Milliseconds(1));
+    DrainLocked();
+    if (state_ != State::kConnected) return absl::UnavailableError("crq: connection reset");
+  }
   const int64_t rc = SendWithRetry(m);
+  if (rc == kHSuccess && counted) flow_.Sent();
   if (rc != kHSuccess) {
     if (m.op != static_cast<uint8_t>(Op::kVersion)) needs_reset_ = true;  // H_CLOSED: the partner is gone
     return absl::UnavailableError(absl::StrCat("crq: H_SEND_CRQ: ", std::string(ReturnCodeName(rc))));
@@ -377,7 +428,13 @@ absl::Status CrqDriverTransport::EnableQueue(uint16_t q, uint32_t size, uint64_t
 void CrqDriverTransport::Notify(uint16_t q, uint32_t) {
   if (state_ != State::kConnected) return;
   std::atomic_thread_fence(std::memory_order_seq_cst);  // avail entries before the server's copy
-  SendWithRetry(Message::Command(Op::kNotify, generation_, q));
+  absl::MutexLock l(&mu_);
+  if (q >= pending_notify_.size()) pending_notify_.resize(q + 1, false);
+  if (pending_notify_[q]) return;  // one already waits for credit: coalesced
+  if (!SendCountedLocked(Message::Command(Op::kNotify, generation_, q))) {
+    flow_waits_++;
+    pending_notify_[q] = true;  // sent when the server's CREDIT comes (DrainLocked)
+  }
 }
 
 bool CrqDriverTransport::WaitForInterrupt(uint16_t, absl::Duration timeout) {

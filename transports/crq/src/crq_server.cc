@@ -217,13 +217,34 @@ absl::Status CrqServer::Register() {
 }
 
 bool CrqServer::Send(const Message& m) {
+  if (!pending_responses_.empty()) {  // behind others: keep the order
+    pending_responses_.push_back({m, false});
+    return true;
+  }
   const int64_t rc = p_.SendCrq(o_.unit, m.hi(), m.lo());
   if (rc != kHDropped) return rc == kHSuccess;
   // The client's queue is full: it goes out from the poll loop, in order.
   counters_.dropped_retries++;
-  pending_responses_.push_back(m);
+  pending_responses_.push_back({m, false});
   BackOff();
   return true;
+}
+
+bool CrqServer::TrySend(const Message& m) {
+  if (!flow_.CanSend()) {
+    counters_.flow_blocked++;
+    if (stuck_since_ == absl::InfiniteFuture()) stuck_since_ = absl::Now();
+    return false;
+  }
+  const int64_t rc = p_.SendCrq(o_.unit, m.hi(), m.lo());
+  if (rc == kHSuccess) {
+    flow_.Sent();
+    return true;
+  }
+  if (rc != kHDropped) return true;  // closed: the partner's event follows
+  counters_.dropped_retries++;
+  BackOff();
+  return false;
 }
 
 void CrqServer::ResetDevice() {
@@ -293,11 +314,8 @@ void CrqServer::Handle(const Message& m) {
 void CrqServer::Respond(const Message& req, MsgStatus st, uint16_t a, uint16_t b, uint64_t value) {
   Message r = Message::Command(static_cast<Op>(req.op | kResponse), generation_, a, b, value);
   r.status = static_cast<uint8_t>(st);
-  if (pending_responses_.empty()) {
-    (void)Send(r);  // closed: the partner's event follows
-    return;
-  }
-  pending_responses_.push_back(r);  // behind one already waiting: keep the order
+  if (pending_responses_.empty() && TrySend(r)) return;
+  pending_responses_.push_back({r, true});  // keeps the order behind any already waiting
 }
 
 void CrqServer::BackOff() {
@@ -306,6 +324,12 @@ void CrqServer::BackOff() {
     retry_at_ = absl::Now() + backoff_;
   }
   if (stuck_since_ == absl::InfiniteFuture()) stuck_since_ = absl::Now();
+}
+
+void CrqServer::ReportCredit() {
+  if (state_ != State::kConnected || !flow_.ShouldReport()) return;
+  counters_.credits_sent++;
+  Send(Message::Command(Op::kCredit, generation_, flow_.Report()));
 }
 
 void CrqServer::HandleCommand(const Message& m) {
@@ -319,6 +343,7 @@ void CrqServer::HandleCommand(const Message& m) {
   if (m.op & kResponse) {
     if (m.op != (static_cast<uint8_t>(Op::kPing) | kResponse))
       return Close(absl::StrFormat("unexpected response %02x", m.op));
+    if (st == State::kConnected && m.generation == generation_) flow_.Consumed();
     return;
   }
   const Op op = static_cast<Op>(m.op);
@@ -328,7 +353,10 @@ void CrqServer::HandleCommand(const Message& m) {
     const VersionCaps mine{o_.crq_entries, o_.max_transfer, ctl_->num_queues()};
     if (major != kVersionMajor) {
       generation_ = m.generation;
-      Respond(m, MsgStatus::kVersionMismatch, kVersionMajor << 8 | kVersionMinor, 0, mine.Encode());
+      Message r = Message::Command(static_cast<Op>(m.op | kResponse), generation_, kVersionMajor << 8 | kVersionMinor,
+                                   0, mine.Encode());
+      r.status = static_cast<uint8_t>(MsgStatus::kVersionMismatch);
+      Send(r);
       return Close(absl::StrFormat("client protocol version %u.%u, server %u.%u", major, m.a & 0xff,
                                    kVersionMajor, kVersionMinor));
     }
@@ -342,7 +370,10 @@ void CrqServer::HandleCommand(const Message& m) {
     mem_->set_max_transfer(max_transfer_);
     state_ = State::kConnected;
     counters_.connections++;
-    Respond(m, MsgStatus::kOk, kVersionMajor << 8 | kVersionMinor, 0, mine.Encode());
+    // VERSION and its answer are outside flow control; counting starts here.
+    flow_.Reset(theirs.crq_entries, o_.crq_entries);
+    Send(Message::Command(static_cast<Op>(m.op | kResponse), generation_, kVersionMajor << 8 | kVersionMinor, 0,
+                          mine.Encode()));
     return;
   }
   if (st != State::kConnected) return Close(absl::StrFormat("command %02x before VERSION", m.op));
@@ -350,6 +381,13 @@ void CrqServer::HandleCommand(const Message& m) {
     counters_.stale_generation++;
     return;
   }
+  if (op == Op::kCredit) {
+    counters_.credits_received++;
+    if (!flow_.Credit(m.a))
+      return Close(absl::StrFormat("CREDIT for %u messages, more than were sent", m.a));
+    return;  // what it freed goes out from RetryPending in this pass
+  }
+  flow_.Consumed();
   if (op == Op::kNotify) {
     counters_.notifies++;
     ctl_->NotifyQueue(m.a);
@@ -445,47 +483,74 @@ void CrqServer::SendInterrupt(uint16_t queue, bool config) {
   if (config ? pending_config_ : (queue < pending_used_.size() && pending_used_[queue])) return;  // coalesced
   const Message m = config ? Message::Command(Op::kConfigChanged, generation_)
                            : Message::Command(Op::kUsed, generation_, queue);
-  const int64_t rc = p_.SendCrq(o_.unit, m.hi(), m.lo());
-  if (rc == kHSuccess) {
+  if (TrySend(m)) {
     counters_.used_sent++;
     return;
   }
-  if (rc != kHDropped) return;
-  counters_.dropped_retries++;
   if (config) {
     pending_config_ = true;
   } else if (queue < pending_used_.size()) {
     pending_used_[queue] = true;
   }
-  BackOff();
+}
+
+bool CrqServer::HasPending() const {
+  return !pending_responses_.empty() || pending_config_ ||
+         std::find(pending_used_.begin(), pending_used_.end(), true) != pending_used_.end();
 }
 
 void CrqServer::RetryPending() {
-  if (backoff_ == absl::ZeroDuration() || absl::Now() < retry_at_) return;
-  bool left = false, sent = false;
-  auto try_send = [&](const Message& m) {
-    const int64_t rc = p_.SendCrq(o_.unit, m.hi(), m.lo());
-    if (rc == kHDropped) left = true;
-    else sent = true;
-    return rc != kHDropped;
-  };
-  while (!pending_responses_.empty() && try_send(pending_responses_.front())) pending_responses_.pop_front();
-  for (uint16_t q = 0; q < pending_used_.size(); ++q)
-    if (pending_used_[q] && try_send(Message::Command(Op::kUsed, generation_, q))) pending_used_[q] = false;
-  if (pending_config_ && try_send(Message::Command(Op::kConfigChanged, generation_))) pending_config_ = false;
-  if (!left) {
-    backoff_ = absl::ZeroDuration();
+  if (!HasPending()) return;
+  if (backoff_ != absl::ZeroDuration() && absl::Now() < retry_at_) return;  // waiting out an H_DROPPED
+  const absl::Duration backoff = backoff_;
+  backoff_ = absl::ZeroDuration();  // TrySend / Send set it again on H_DROPPED
+  bool sent = false;
+  while (!pending_responses_.empty()) {
+    const Outgoing o = pending_responses_.front();
+    pending_responses_.pop_front();
+    bool ok;
+    if (o.counted) {
+      ok = TrySend(o.m);
+    } else {
+      const int64_t rc = p_.SendCrq(o_.unit, o.m.hi(), o.m.lo());
+      ok = rc != kHDropped;
+      if (!ok) BackOff();
+    }
+    if (!ok) {
+      pending_responses_.push_front(o);
+      break;
+    }
+    sent = true;
+  }
+  if (pending_responses_.empty()) {
+    for (uint16_t q = 0; q < pending_used_.size(); ++q)
+      if (pending_used_[q] && TrySend(Message::Command(Op::kUsed, generation_, q))) {
+        pending_used_[q] = false;
+        counters_.used_sent++;
+        sent = true;
+      }
+    if (pending_config_ && TrySend(Message::Command(Op::kConfigChanged, generation_))) {
+      pending_config_ = false;
+      counters_.used_sent++;
+      sent = true;
+    }
+  }
+  if (backoff_ != absl::ZeroDuration()) {  // met H_DROPPED again: back off further
+    backoff_ = std::min(std::max(backoff, absl::Microseconds(5)) * 2, absl::Milliseconds(10));
+    retry_at_ = absl::Now() + backoff_;
+  }
+  if (!HasPending()) {
     stuck_since_ = absl::InfiniteFuture();
     return;
   }
   if (sent) stuck_since_ = absl::Now();  // the client is consuming, just slowly
-  if (absl::Now() - stuck_since_ > absl::Seconds(30)) return Close("no progress for 30 s (client queue full)");
-  backoff_ = std::min(backoff_ * 2, absl::Milliseconds(10));
-  retry_at_ = absl::Now() + backoff_;
+  if (absl::Now() - stuck_since_ > absl::Seconds(30))
+    return Close("no progress for 30 s (client queue full or no CREDIT)");
 }
 
 size_t CrqServer::Work() {
   size_t n = queue_.Drain([&](const Message& m) { Handle(m); });
+  ReportCredit();
   VirtioDevice& dev = ctl_->device();
   // Whether or not the device runs: its events (a console's host socket, a
   // completion after a reset) drain its eventfd, or a watcher of that fd

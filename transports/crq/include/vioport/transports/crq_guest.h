@@ -31,6 +31,10 @@ struct CrqGuestOptions {
   uint64_t memory_bytes = 0;
   uint32_t max_transfer = 128 * 1024;
   absl::Duration timeout = absl::Seconds(5);  // per control request / handshake
+  // The CRQ entries advertised in VERSION (0: what the queue page holds). A
+  // client may advertise fewer; the server then keeps fewer of its
+  // messages outstanding (half of these).
+  uint16_t advertised_entries = 0;
 };
 
 class CrqDriverTransport final : public DriverTransport {
@@ -62,6 +66,11 @@ class CrqDriverTransport final : public DriverTransport {
   uint64_t used_messages() const { return used_.load(); }
   uint64_t control_requests() const { return requests_.load(); }
   const std::vector<std::string>& errors() const { return errors_; }
+  // Flow control: sends that waited for the server's CREDIT, CREDITs sent,
+  // and the most server messages found in our queue at once.
+  uint64_t flow_waits() const { return flow_waits_.load(); }
+  uint64_t credits_sent() const { return credits_sent_.load(); }
+  uint64_t max_backlog() const { return max_backlog_.load(); }
 
  private:
   enum class State : uint8_t { kWaitInit, kWaitVersion, kConnected };
@@ -77,6 +86,14 @@ class CrqDriverTransport final : public DriverTransport {
   // GET_STATUS, answered from the cache while no CONFIG_CHANGED came since.
   absl::StatusOr<Message> GetStatusLocked(bool need_generation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t SendWithRetry(const Message& m);
+  // A message under flow control: false (nothing sent) if the window is full.
+  bool SendCountedLocked(const Message& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // NOTIFYs and a PING answer that waited for credit.
+  void FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint16_t AdvertisedEntries() const {
+    const uint64_t real = queue_entries_;
+    return static_cast<uint16_t>(o_.advertised_entries && o_.advertised_entries < real ? o_.advertised_entries : real);
+  }
   void WaitIrq(absl::Duration timeout);
   void Error(const std::string& why);
 
@@ -94,6 +111,12 @@ class CrqDriverTransport final : public DriverTransport {
   std::atomic<uint64_t> used_{0}, config_changed_{0}, events_{0}, requests_{0};
   std::atomic<uint64_t> seen_{0};
   uint64_t resets_ ABSL_GUARDED_BY(mu_) = 0;  // partner events and INITs received
+  uint64_t queue_entries_ = 0;
+  FlowControl flow_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> pending_notify_ ABSL_GUARDED_BY(mu_);
+  bool pending_ping_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t backlog_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<uint64_t> flow_waits_{0}, credits_sent_{0}, max_backlog_{0};
   std::vector<std::string> errors_;
   // The device status and config generation last read or written, valid
   // while config_changed_ == seen (see GetStatusLocked).

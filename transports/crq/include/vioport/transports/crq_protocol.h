@@ -37,6 +37,7 @@ enum class Op : uint8_t {
   kUsed = 0x11,
   kConfigChanged = 0x12,
   kPing = 0x13,
+  kCredit = 0x14,  // both ways, no response: `a` = messages consumed (mod 2^16)
 };
 
 enum class MsgStatus : uint8_t {
@@ -119,6 +120,41 @@ struct VersionCaps {
   static VersionCaps Decode(uint64_t v) {
     return {static_cast<uint16_t>(v >> 48), static_cast<uint32_t>(v >> 16), static_cast<uint16_t>(v)};
   }
+};
+
+// Flow control of one connection (docs/transports/crq.md, "Flow control").
+// Counted: every 0x80 message of the connection except VERSION, its
+// response and CREDIT. A side keeps what it sent and the partner has not
+// reported consumed below half the partner's queue; the receiver reports
+// its consumed count with CREDIT every eighth of its own queue.
+class FlowControl {
+ public:
+  // At VERSION: both counts restart.
+  void Reset(uint16_t partner_entries, uint16_t my_entries) {
+    sent_ = acked_ = consumed_ = reported_ = 0;
+    limit_ = static_cast<uint16_t>(partner_entries / 2 > 0 ? partner_entries / 2 : 1);
+    report_every_ = static_cast<uint16_t>(my_entries / 8 > 0 ? my_entries / 8 : 1);
+  }
+  bool CanSend() const { return outstanding() < limit_; }
+  void Sent() { ++sent_; }
+  // The partner's CREDIT; false if it reports more than we ever sent.
+  bool Credit(uint16_t consumed_by_partner) {
+    if (static_cast<uint16_t>(consumed_by_partner - acked_) > outstanding()) return false;
+    acked_ = consumed_by_partner;
+    return true;
+  }
+  void Consumed() { ++consumed_; }
+  bool ShouldReport() const { return static_cast<uint16_t>(consumed_ - reported_) >= report_every_; }
+  uint16_t Report() {
+    reported_ = consumed_;
+    return consumed_;
+  }
+  uint16_t outstanding() const { return static_cast<uint16_t>(sent_ - acked_); }
+  uint16_t limit() const { return limit_; }
+
+ private:
+  uint16_t sent_ = 0, acked_ = 0, consumed_ = 0, reported_ = 0;
+  uint16_t limit_ = 1, report_every_ = 1;
 };
 
 // The consumer side of the partition's own receive queue (a ring of 16-byte

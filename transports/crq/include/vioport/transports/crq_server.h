@@ -95,6 +95,9 @@ uint64_t AreaBytes(const CrqServerOptions& o);
 struct CrqServerCounters {
   std::atomic<uint64_t> messages{0}, requests{0}, notifies{0}, used_sent{0}, dropped_retries{0};
   std::atomic<uint64_t> stale_generation{0}, closes{0}, partner_resets{0}, connections{0};
+  // Sends held back because the client had half its queue unconsumed, and
+  // CREDIT messages sent / received.
+  std::atomic<uint64_t> flow_blocked{0}, credits_sent{0}, credits_received{0};
   // A control request that came while our response to the previous one was
   // still undelivered (one control request in flight): answered status 2.
   std::atomic<uint64_t> protocol_errors{0};
@@ -133,16 +136,24 @@ class CrqServer {
   void Handle(const Message& m);
   void HandleCommand(const Message& m);
   void Respond(const Message& req, MsgStatus st, uint16_t a = 0, uint16_t b = 0, uint64_t value = 0);
-  // false: closed. H_DROPPED queues it for the poll loop's retry (true).
+  // Uncounted (INIT, CREDIT): false if closed; H_DROPPED queues it (true).
   bool Send(const Message& m);
+  // Counted: now if the flow-control window and the client's queue allow;
+  // false = keep it pending (the caller queues or marks it).
+  bool TrySend(const Message& m);
   // Our own finding (malformed message, bad version): free, re-register, INIT.
   void Close(const std::string& why);
   // The partner reset (FF 01/02): drop the connection, keep our queue.
   void PartnerGone(const std::string& why);
   void ResetDevice();
+  // Sends what is pending, in order, as far as credit and the queue allow.
   void RetryPending();
+  bool HasPending() const;
   // Starts (or keeps) the backoff after an H_DROPPED.
   void BackOff();
+  // CREDIT with our consumed count, when an eighth of our queue was consumed
+  // since the last one.
+  void ReportCredit();
   void SendInterrupt(uint16_t queue, bool config);
   // One pass over everything pending; returns how much was handled.
   size_t Work();
@@ -165,7 +176,12 @@ class CrqServer {
   CrqServerCounters counters_;
   // Responses, USED and CONFIG_CHANGED that met H_DROPPED, retried with
   // backoff from the poll loop (never by sleeping: other adapters share it).
-  std::deque<Message> pending_responses_;
+  struct Outgoing {
+    Message m;
+    bool counted;  // under flow control (not INIT / CREDIT)
+  };
+  std::deque<Outgoing> pending_responses_;
+  FlowControl flow_;
   std::vector<bool> pending_used_;
   bool pending_config_ = false;
   absl::Duration backoff_ = absl::ZeroDuration();
