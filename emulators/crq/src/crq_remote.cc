@@ -75,24 +75,24 @@ bool RecvWithFd(int sock, void* msg, size_t len, int* fd) {
   return ok;
 }
 
-bool RecvSpinning(int sock, void* msg, size_t len, std::chrono::microseconds spin) {
-  const auto until = std::chrono::steady_clock::now() + spin;
-  for (uint32_t i = 0;; ++i) {
-    iovec iov{msg, len};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    const bool last = spin.count() <= 0 || ((i & 15) == 15 && std::chrono::steady_clock::now() >= until);
-    const ssize_t n = ::recvmsg(sock, &mh, last ? 0 : MSG_DONTWAIT);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !last) {
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
-      continue;
-    }
-    // Without a control buffer, fds a peer attached are closed by the kernel.
-    return n == static_cast<ssize_t>(len) && (mh.msg_flags & MSG_TRUNC) == 0;
+void Kick(int sock) {
+  const uint8_t one = 1;
+  // Non-blocking: a full socket buffer already holds kicks enough.
+  (void)!::send(sock, &one, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+bool SleepOnSocket(int sock, int timeout_ms) {
+  pollfd fd{sock, POLLIN | POLLRDHUP, 0};
+  const int n = ::poll(&fd, 1, timeout_ms);
+  if (n < 0) return errno == EINTR;
+  if (n == 0) return true;
+  if (fd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return false;
+  for (;;) {
+    uint8_t kicks[64];
+    const ssize_t r = ::recv(sock, kicks, sizeof kicks, MSG_DONTWAIT);
+    if (r > 0) continue;
+    if (r == 0) return false;  // EOF
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
   }
 }
 
@@ -155,6 +155,19 @@ absl::StatusOr<std::unique_ptr<RemotePartition>> RemotePartition::Connect(const 
   }
   if (irq < 0) return absl::InternalError("crqd sent no interrupt eventfd");
   p->irq_fd_ = irq;
+  wire::MailboxReply mr;
+  int mbfd = -1;
+  if (!wire::RecvWithFd(s, &mr, sizeof mr, &mbfd) || mr.magic != wire::kHelloMagic || mbfd < 0 ||
+      mr.bytes < sizeof(wire::Mailbox)) {
+    if (mbfd >= 0) ::close(mbfd);
+    return absl::InternalError("crqd: no hypercall mailbox after HELLO");
+  }
+  void* mb = ::mmap(nullptr, mr.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mbfd, 0);
+  ::close(mbfd);
+  if (mb == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap mailbox: ", std::strerror(errno)));
+  p->mailbox_ = static_cast<wire::Mailbox*>(mb);
+  p->mailbox_bytes_ = mr.bytes;
+  p->seq_ = p->mailbox_->request_seq.load();
   p->wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
   if (p->wake_fd_ < 0) return absl::ResourceExhaustedError(absl::StrCat("eventfd: ", std::strerror(errno)));
   RemotePartition* raw = p.get();
@@ -174,6 +187,7 @@ RemotePartition::~RemotePartition() {
     sock_ = -1;
   }
   if (mem_) ::munmap(mem_, size_);
+  if (mailbox_) ::munmap(mailbox_, mailbox_bytes_);
   for (int fd : {memfd_, irq_fd_, wake_fd_})
     if (fd >= 0) ::close(fd);
 }
@@ -216,17 +230,37 @@ void RemotePartition::Disconnect() {
 
 HcallResult RemotePartition::Hcall(uint64_t opcode, std::span<const uint64_t> args) {
   absl::MutexLock lock(&mu_);
-  if (dead_.load(std::memory_order_acquire) || sock_ < 0) return HcallResult{kHHardware, 0};
+  if (dead_.load(std::memory_order_acquire) || sock_ < 0 || mailbox_ == nullptr) return HcallResult{kHHardware, 0};
   if (args.size() > wire::kMaxArgs) return HcallResult{kHParameter, 0};
-  wire::Request req;
-  req.opcode = opcode;
-  std::copy(args.begin(), args.end(), req.args);
-  wire::Response resp;
-  if (!wire::SendWithFd(sock_, &req, sizeof req, -1) || !wire::RecvSpinning(sock_, &resp, sizeof resp, spin_)) {
-    MarkDead();
-    return HcallResult{kHHardware, 0};
+  wire::Mailbox& mb = *mailbox_;
+  std::atomic_ref<uint64_t>(mb.opcode).store(opcode, std::memory_order_relaxed);
+  for (size_t i = 0; i < wire::kMaxArgs; ++i)
+    std::atomic_ref<uint64_t>(mb.args[i]).store(i < args.size() ? args[i] : 0, std::memory_order_relaxed);
+  const uint32_t seq = ++seq_;
+  // seq_cst store, then load: crqd's sleeping flag is set before it looks at
+  // request_seq a last time, so one of us sees the other.
+  mb.request_seq.store(seq, std::memory_order_seq_cst);
+  if (mb.crqd_sleeping.load(std::memory_order_seq_cst)) wire::Kick(sock_);
+  const auto spin_until = std::chrono::steady_clock::now() + spin_;
+  for (uint32_t i = 0; mb.response_seq.load(std::memory_order_acquire) != seq; ++i) {
+    if ((i & 63) != 63 || std::chrono::steady_clock::now() < spin_until) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+      continue;
+    }
+    // Sleep until crqd kicks us (or 20 ms, to look at dead_ again).
+    mb.partition_sleeping.store(1, std::memory_order_seq_cst);
+    if (mb.response_seq.load(std::memory_order_seq_cst) != seq && !wire::SleepOnSocket(sock_, 20)) {
+      mb.partition_sleeping.store(0, std::memory_order_relaxed);
+      MarkDead();
+      return HcallResult{kHHardware, 0};
+    }
+    mb.partition_sleeping.store(0, std::memory_order_relaxed);
+    if (dead_.load(std::memory_order_acquire)) return HcallResult{kHHardware, 0};
   }
-  return HcallResult{resp.rc, resp.r4};
+  return HcallResult{std::atomic_ref<int64_t>(mb.rc).load(std::memory_order_relaxed),
+                     std::atomic_ref<uint64_t>(mb.r4).load(std::memory_order_relaxed)};
 }
 
 }  // namespace vioport::crq

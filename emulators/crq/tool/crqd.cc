@@ -59,8 +59,8 @@ usage: crqd --socket PATH --control PATH --pair PAIR [--pair PAIR ...]
   --hcall-delay-ns N added to every hypercall (default 0).
   --delay-mode M     busy (default) or sleep.
   --spin-us N        after answering a hypercall, poll that partition's
-                     connection N microseconds for the next one before
-                     blocking (default 50; 0: block at once). A blocking
+                     hypercall mailbox N microseconds for the next one before
+                     sleeping (default 50; 0: sleep at once). A blocking
                      wake-up costs tens of microseconds; a partition's
                      hypercalls come in bursts.
 
@@ -348,20 +348,66 @@ class Daemon {
       release_id();
       return;
     }
+    // The hypercall mailbox: shared memory with the partition (see crq_remote.h).
+    wire::Mailbox* mb = nullptr;
+    const int mbfd = ::memfd_create(absl::StrCat("crqd-mailbox-", id).c_str(), MFD_CLOEXEC);
+    if (mbfd >= 0 && ::ftruncate(mbfd, wire::kMailboxBytes) == 0) {
+      void* m2 = ::mmap(nullptr, wire::kMailboxBytes, PROT_READ | PROT_WRITE, MAP_SHARED, mbfd, 0);
+      if (m2 != MAP_FAILED) mb = new (m2) wire::Mailbox();
+    }
     wire::HelloReply ok;
-    bool alive = wire::SendWithFd(fd, &ok, sizeof ok, irq);
+    if (mb == nullptr) {
+      ok.status = 1;
+      std::snprintf(ok.error, sizeof ok.error, "crqd: cannot create the hypercall mailbox");
+    }
+    bool alive = wire::SendWithFd(fd, &ok, sizeof ok, mb ? irq : -1) && mb != nullptr;
+    if (alive) {
+      wire::MailboxReply mr;
+      mr.bytes = wire::kMailboxBytes;
+      alive = wire::SendWithFd(fd, &mr, sizeof mr, mbfd);
+    }
+    if (mbfd >= 0) ::close(mbfd);
     if (alive) {
       accepted_.fetch_add(1);
       std::fprintf(stderr, "crqd: partition %u connected (%llu bytes)\n", id, static_cast<unsigned long long>(size));
     }
+    uint32_t last = 0;
     while (alive) {
-      wire::Request req;
-      if (!wire::RecvSpinning(fd, &req, sizeof req, spin)) break;
-      requests_.fetch_add(1, std::memory_order_relaxed);
-      const HcallResult r = hv.Hcall(id, req.opcode, std::span<const uint64_t>(req.args, wire::kMaxArgs));
-      const wire::Response resp{r.rc, r.r4};
-      alive = wire::SendWithFd(fd, &resp, sizeof resp, -1);
+      // Wait for the next call: poll the mailbox for `spin`, then sleep on
+      // the socket (a kick, or EOF: the partition died) with the flag set.
+      const auto spin_until = std::chrono::steady_clock::now() + spin;
+      for (uint32_t i = 0; alive && mb->request_seq.load(std::memory_order_acquire) == last; ++i) {
+        if ((i & 63) != 63 || std::chrono::steady_clock::now() < spin_until) {
+#if defined(__x86_64__) || defined(__i386__)
+          __builtin_ia32_pause();
+#endif
+          continue;
+        }
+        mb->crqd_sleeping.store(1, std::memory_order_seq_cst);
+        if (mb->request_seq.load(std::memory_order_seq_cst) == last) alive = wire::SleepOnSocket(fd, 1000);
+        mb->crqd_sleeping.store(0, std::memory_order_relaxed);
+      }
+      if (!alive) break;
+      // Untrusted: every field loaded once, then validated by the hypervisor.
+      const uint32_t seq = mb->request_seq.load(std::memory_order_acquire);
+      last = seq;
+      uint64_t args[wire::kMaxArgs];
+      const uint64_t opcode = std::atomic_ref<uint64_t>(mb->opcode).load(std::memory_order_relaxed);
+      for (size_t i = 0; i < wire::kMaxArgs; ++i)
+        args[i] = std::atomic_ref<uint64_t>(mb->args[i]).load(std::memory_order_relaxed);
+      // A partition calling without pause never lets us sleep on its socket:
+      // look at it now and then, or crqd could not stop.
+      if ((requests_.fetch_add(1, std::memory_order_relaxed) & 1023) == 1023) {
+        pollfd pf{fd, POLLRDHUP, 0};
+        if (::poll(&pf, 1, 0) > 0 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) break;
+      }
+      const HcallResult r = hv.Hcall(id, opcode, std::span<const uint64_t>(args, wire::kMaxArgs));
+      std::atomic_ref<int64_t>(mb->rc).store(r.rc, std::memory_order_relaxed);
+      std::atomic_ref<uint64_t>(mb->r4).store(r.r4, std::memory_order_relaxed);
+      mb->response_seq.store(seq, std::memory_order_seq_cst);
+      if (mb->partition_sleeping.load(std::memory_order_seq_cst)) wire::Kick(fd);
     }
+    if (mb) ::munmap(mb, wire::kMailboxBytes);
     // The partition died (or crqd is stopping): partners see FF 01.
     (void)hv.RemovePartition(id);
     ::close(irq);

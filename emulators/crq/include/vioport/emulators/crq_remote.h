@@ -10,9 +10,16 @@
 //                      could shrink it would make the hypervisor fault)
 //   crqd -> partition  HelloReply{kHelloMagic, status (0 = accepted), error text}
 //                      + SCM_RIGHTS: the interrupt eventfd (only if accepted)
-//   then, per hypercall:
-//   partition -> crqd  Request{opcode, args[8]}
-//   crqd -> partition  Response{rc, r4}
+//   crqd -> partition  MailboxReply{kHelloMagic} + SCM_RIGHTS: a memfd holding
+//                      the partition's Mailbox (only if accepted)
+// then every hypercall goes through the Mailbox, shared memory between the
+// partition and crqd: the partition writes opcode and arguments and bumps
+// request_seq; crqd, polling it, runs the call, writes rc/r4 and sets
+// response_seq to the same number. A side that stops polling says so
+// (crqd_sleeping / partition_sleeping) and sleeps in poll() on the socket;
+// the other wakes it with a one-byte kick message. No syscall on a call
+// while both sides poll, as a hypercall on hardware is a trap on the
+// caller's own CPU, not a message to another process.
 // The caller's identity is the connection's HELLO id, never a message field.
 // Closing the connection is the partition's death: crqd removes it (partners
 // see FF 01) and unmaps its memory. One connection per partition id at a time.
@@ -34,7 +41,7 @@ namespace vioport::crq {
 
 namespace wire {
 inline constexpr uint32_t kHelloMagic = 0x43525144;  // "CRQD"
-inline constexpr uint32_t kWireVersion = 1;
+inline constexpr uint32_t kWireVersion = 2;
 inline constexpr size_t kMaxArgs = 8;
 
 struct Hello {
@@ -49,26 +56,38 @@ struct HelloReply {
   int32_t status = 0;  // 0 = accepted
   char error[120] = {};
 };
-struct Request {
+struct MailboxReply {
+  uint32_t magic = kHelloMagic;
+  uint32_t bytes = 0;  // size of the mailbox memfd
+};
+// One per partition, in a memfd crqd creates. The partition is untrusted:
+// crqd loads every field once and validates the call as any hypercall.
+struct Mailbox {
+  alignas(64) std::atomic<uint32_t> request_seq{0};
+  std::atomic<uint32_t> crqd_sleeping{0};
   uint64_t opcode = 0;
   uint64_t args[kMaxArgs] = {};
-};
-struct Response {
+  alignas(64) std::atomic<uint32_t> response_seq{0};
+  std::atomic<uint32_t> partition_sleeping{0};
   int64_t rc = 0;
   uint64_t r4 = 0;
 };
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+inline constexpr size_t kMailboxBytes = 4096;
+static_assert(sizeof(Mailbox) <= kMailboxBytes);
+
+// A one-byte wake-up for a side sleeping on the socket.
+void Kick(int sock);
+// Sleeps until the socket has something (a kick, EOF) or `timeout_ms`
+// passes, then consumes any kicks without blocking. Returns false once the
+// socket is closed or in error (the partner is gone).
+bool SleepOnSocket(int sock, int timeout_ms);
 
 // Sends `msg` (and `fd` if >= 0) as one SEQPACKET message; false on error.
 bool SendWithFd(int sock, const void* msg, size_t len, int fd);
 // Receives one message of exactly `len` bytes (and an fd, if `fd` is not
 // null: -1 when none came). Returns false on EOF, error or a wrong size.
 bool RecvWithFd(int sock, void* msg, size_t len, int* fd);
-// Receives one fd-less message of exactly `len` bytes, polling the socket
-// without blocking for up to `spin` first (a blocking wake-up costs tens of
-// microseconds; a hypercall's answer or a partition's next hypercall usually
-// comes sooner), then blocking. Fds that came along are closed. Returns false
-// on EOF, error or a wrong size.
-bool RecvSpinning(int sock, void* msg, size_t len, std::chrono::microseconds spin);
 }  // namespace wire
 
 struct RemotePartitionOptions {
@@ -77,7 +96,7 @@ struct RemotePartitionOptions {
   uint64_t memory_bytes = 0;  // whole 4 KiB pages
   // Connecting is retried until this elapses (crqd may still be starting).
   std::chrono::milliseconds connect_timeout{5000};
-  // How long a hypercall polls for crqd's answer before blocking.
+  // How long a hypercall polls the mailbox for crqd's answer before sleeping.
   std::chrono::microseconds spin{50};
 };
 
@@ -112,6 +131,9 @@ class RemotePartition final : public Partition {
   int memfd_ = -1, irq_fd_ = -1, wake_fd_ = -1;
   uint8_t* mem_ = nullptr;
   uint64_t size_ = 0;
+  wire::Mailbox* mailbox_ = nullptr;
+  size_t mailbox_bytes_ = 0;
+  uint32_t seq_ = 0;
   std::chrono::microseconds spin_{0};
   absl::Mutex mu_;  // one hypercall at a time; guards the socket's lifetime
   int sock_ ABSL_GUARDED_BY(mu_) = -1;
