@@ -3,8 +3,9 @@
 # same workloads over shm, in one run, with the machine's memcpy bandwidth
 # measured in the same run. Three columns per workload, one at a time:
 #   crq      vios's crq attachment as shipped (staging buffers on)
-#   crq-0    the same with staging=0: the straightforward copy path, every
-#            byte also memcpy'd through the adapter's bounce buffer
+#   crq-0    the same with staging=0,read-ahead=off: the straightforward
+#            copy path (every byte also memcpy'd through the adapter's bounce
+#            buffer, one H_COPY_RDMA per request header)
 #   shm      hypervisor-less shared memory (zero copy), the baseline
 # For the crq columns it also reports, from vios's counters, H_COPY_RDMA calls,
 # bytes copied and CRQ messages (both directions) per request.
@@ -61,7 +62,7 @@ CRQ="crqd=$work/crqd.sock,partition=2,remote-window-mib=256,memory-mib=64"
 "$VIOS" --device "blk,id=crq,path=$work/crq.img" --device "blk,id=crq0,path=$work/crq0.img" \
   --device "blk,id=shm,path=$work/shm.img" \
   --attach "crq,transport=crq,$CRQ,unit=0x2000,liobn=0x2000,remote-liobn=0x1000" \
-  --attach "crq0,transport=crq,$CRQ,unit=0x2001,liobn=0x2001,remote-liobn=0x3000,staging=0" \
+  --attach "crq0,transport=crq,$CRQ,unit=0x2001,liobn=0x2001,remote-liobn=0x3000,staging=0,read-ahead=off" \
   --attach "shm,transport=shm,path=$work/shm.sock" \
   --control "$work/vios.ctl" --log-level warning 2>"$work/vios.log" &
 pids+=($!)

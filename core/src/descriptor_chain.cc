@@ -50,7 +50,7 @@ RingError DescriptorChain::Copy(uint64_t offset, P buf, uint64_t len) {
       if constexpr (kWrite)
         st = mem_->Write(s.addr + offset, buf + done, n);
       else
-        st = mem_->Read(s.addr + offset, buf + done, n);
+        st = mem_->ReadBuffer(s.addr + offset, buf + done, n);
       if (!st.ok()) {
         fault_ = internal::RingErrorFromMemoryStatus(st);
         return fault_;

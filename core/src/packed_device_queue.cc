@@ -77,6 +77,7 @@ RingError PackedDeviceQueue::FetchWindow() {
   // writes a chain's head flags last).
   const uint32_t w = std::min<uint32_t>(kWindow, cfg_.size - next_avail_);
   const uint64_t addr = cfg_.desc_addr + 16ull * next_avail_;
+  mem_->NewAvailableBatch();
   std::vector<uint8_t>& first = window_first_;  // sized 16 * kWindow at Init
   absl::Status s = mem_->Read(addr, first.data(), 16ull * w);
   if (!s.ok()) return RingErrorFromMemoryStatus(s);

@@ -107,6 +107,7 @@ bool SplitDeviceQueue::Store16(uint8_t* host, uint64_t addr, uint16_t v) {
 }
 
 bool SplitDeviceQueue::LoadAvailIdx(uint16_t* idx) {
+  if (!avail_h_) mem_->NewAvailableBatch();
   return Load16(avail_h_ ? avail_h_ + L::kAvailIdx : nullptr, cfg_.driver_addr + L::kAvailIdx, idx);
 }
 

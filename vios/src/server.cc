@@ -322,6 +322,7 @@ class CrqAttachment final : public Attachment {
             {"copy_bytes", m.bytes()},
             {"copy_failures", m.failures()},
             {"copies_direct", m.direct_copies()},
+            {"read_ahead_hits", m.read_ahead_hits()},
             {"staging_slots", m.staging_slots()},
             {"partition_wakeups", host_->wakeups()}};
   }
@@ -401,8 +402,9 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     auto mt = o.Uint("max-transfer", crq::kMaxTransfer, 4096, crq::kMaxTransfer);
     auto staging = o.Uint("staging", 32, 0, 1024);
     auto spin = o.Uint("spin-us", 20, 0, 1000);
+    auto read_ahead = o.Bool("read-ahead", true);
     for (const absl::Status& s : {sock.status(), pid.status(), unit.status(), liobn.status(), rliobn.status(),
-                                  rwin.status(), mem.status(), mt.status(), staging.status(), spin.status()})
+                                  rwin.status(), mem.status(), mt.status(), staging.status(), spin.status(), read_ahead.status()})
       if (!s.ok()) return s;
     for (const char* k : {"partition", "unit", "liobn", "remote-liobn", "remote-window-mib"})
       if (!o.Has(k)) return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": option '", k, "' is required"));
@@ -418,6 +420,7 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     so.remote_window_bytes = *rwin << 20;
     so.max_transfer = static_cast<uint32_t>(*mt);
     so.staging_slots = static_cast<uint32_t>(*staging);
+    so.read_ahead = *read_ahead;
     so.name = absl::StrCat(spec.device, "@crq");
     auto a = CrqAttachment::Create(io, std::move(dev), po, std::move(so), absl::Microseconds(*spin),
                                    absl::StrFormat("%s p%u u%#x", *sock, *pid, *unit));

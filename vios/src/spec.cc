@@ -39,7 +39,7 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
                                         inflight=off
       ID,transport=crq,crqd=SOCKET,partition=PID,unit=UNIT,liobn=LIOBN,
          remote-liobn=RLIOBN,remote-window-mib=N[,memory-mib=N]
-         [,max-transfer=B][,staging=N][,spin-us=N]
+         [,max-transfer=B][,staging=N][,read-ahead=off][,spin-us=N]
                                         PowerVM: serve a client partition over a
                                         CRQ adapter pair of the crqd emulator
                                         (docs/transports/crq.md). vios joins
@@ -54,6 +54,9 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
                                         its window LIOBN, and copies to/from the
                                         client's window RLIOBN (remote-window-mib:
                                         its size, as in the crqd --pair).
+                                        read-ahead: small buffer reads (request
+                                        headers) copy their whole page once
+                                        per batch (default on).
                                         spin-us: keep serving the partition N
                                         us past the last work before sleeping
                                         (default 20). Numbers take 0x

@@ -102,8 +102,34 @@ absl::Status CrqCopyMemory::Read(uint64_t addr, void* dst, uint64_t len) {
   return absl::OkStatus();
 }
 
+absl::Status CrqCopyMemory::ReadBuffer(uint64_t addr, void* dst, uint64_t len) {
+  const uint64_t page = addr & ~(kTcePageSize - 1);
+  if (!read_ahead_ || len == 0 || len > kReadAheadMax || ((addr + len - 1) & ~(kTcePageSize - 1)) != page ||
+      page + kTcePageSize > window_)
+    return Read(addr, dst, len);
+  ReadAhead& ra = ra_[(page / kTcePageSize) % kReadAheadPages];
+  if (!ra.valid || ra.page != page) {
+    // One copy of the page: its TCE is one entry, so the permission that
+    // allows these bytes allows all of it. A failure: the exact read reports it.
+    ra.valid = false;
+    if (!Read(page, ra.data, kTcePageSize).ok()) return Read(addr, dst, len);
+    ra.valid = true;
+    ra.page = page;
+  } else {
+    ra_hits_.fetch_add(1, std::memory_order_relaxed);
+  }
+  std::memcpy(dst, ra.data + (addr - page), len);
+  return absl::OkStatus();
+}
+
+void CrqCopyMemory::NewAvailableBatch() {
+  for (size_t i = 0; i < kReadAheadPages; ++i) ra_[i].valid = false;
+}
+
 absl::Status CrqCopyMemory::Write(uint64_t addr, const void* src, uint64_t len) {
   writes_.fetch_add(1, std::memory_order_relaxed);
+  for (size_t i = 0; i < kReadAheadPages; ++i)  // a page we wrote is no longer what we read
+    if (ra_[i].valid && ra_[i].page < addr + len && addr < ra_[i].page + kTcePageSize) ra_[i].valid = false;
   if (const uint64_t ioba = StagingIoba(src, len); ioba != 0) {
     direct_.fetch_add(1, std::memory_order_relaxed);
     for (uint64_t off = 0; off < len;) {
@@ -186,6 +212,7 @@ absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::
     VIOPORT_LOG(kInfo, "crq ", o.name, ": ", slots, " of ", o.staging_slots,
                 " staging slots fit in the LOCAL window; the rest of the bounce buffers are ordinary memory");
   s->mem_->SetStaging(o.window_ioba + staging_at, area + staging_at, slots);
+  s->mem_->set_read_ahead(o.read_ahead);
   s->sink_ = std::make_shared<Sink>();
   s->sink_->s = s.get();
   s->pending_used_.assign(device->num_queues(), false);
@@ -252,6 +279,7 @@ void CrqServer::ResetDevice() {
   std::fill(pending_used_.begin(), pending_used_.end(), false);
   pending_config_ = false;
   pending_responses_.clear();
+  mem_->NewAvailableBatch();
   backoff_ = absl::ZeroDuration();
   stuck_since_ = absl::InfiniteFuture();
 }

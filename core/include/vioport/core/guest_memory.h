@@ -67,6 +67,18 @@ class GuestMemory {
   // callers then use ordinary memory, which works the same, one copy slower.
   // Give every buffer back with ReleaseStaging before the memory goes.
   static constexpr size_t kMaxStaging = 256 << 10;
+
+  // Reads of a chain's buffers (never of the rings) come through here, so a
+  // copy-only memory may serve small ones from a read-ahead of the page
+  // around them: one copy brings in the request headers of a whole batch.
+  // Such data is only as fresh as the last NewAvailableBatch().
+  virtual absl::Status ReadBuffer(uint64_t addr, void* dst, uint64_t len) { return Read(addr, dst, len); }
+  // The device is about to look for newly available buffers (a split ring's
+  // avail index, a packed ring's descriptor flags): anything read ahead may
+  // be older than the chains it will find, so it is dropped. A chain is only
+  // read after the look that found it, so what ReadBuffer serves is never
+  // older than the chain.
+  virtual void NewAvailableBatch() {}
   virtual uint8_t* AcquireStaging(size_t /*bytes*/) { return nullptr; }
   virtual void ReleaseStaging(uint8_t* /*buffer*/) {}
 

@@ -38,6 +38,14 @@ class CrqCopyMemory final : public GuestMemory {
   // mapped read|write at staging_ioba.. in LOCAL. A Read() into / Write()
   // from a slot copies between the client's window and the slot directly.
   void SetStaging(uint64_t staging_ioba, uint8_t* staging_host, uint32_t count);
+  // Reads of up to kReadAheadMax bytes inside one 4 KiB page copy the whole
+  // page once (one TCE: the same permission for all of it) and serve later
+  // small reads in it from here until NewAvailableBatch() or a write to it.
+  absl::Status ReadBuffer(uint64_t addr, void* dst, uint64_t len) override;
+  void NewAvailableBatch() override;
+  void set_read_ahead(bool on) { read_ahead_ = on; }
+  uint64_t read_ahead_hits() const { return ra_hits_.load(std::memory_order_relaxed); }
+  static constexpr uint64_t kReadAheadMax = 512;
   uint8_t* AcquireStaging(size_t bytes) override;
   void ReleaseStaging(uint8_t* buffer) override;
   uint32_t staging_slots() const { return staging_count_; }
@@ -66,6 +74,15 @@ class CrqCopyMemory final : public GuestMemory {
   uint32_t staging_count_ = 0;
   std::vector<uint32_t> staging_free_;
   std::atomic<uint64_t> direct_{0};
+  struct ReadAhead {
+    bool valid = false;
+    uint64_t page = 0;
+    uint8_t data[4096];
+  };
+  static constexpr size_t kReadAheadPages = 4;
+  std::unique_ptr<ReadAhead[]> ra_ = std::make_unique<ReadAhead[]>(kReadAheadPages);
+  bool read_ahead_ = true;
+  std::atomic<uint64_t> ra_hits_{0};
   std::atomic<uint64_t> reads_{0}, writes_{0}, copies_{0}, bytes_{0}, failures_{0};
 };
 
@@ -85,6 +102,8 @@ struct CrqServerOptions {
   // for backends' bounce buffers (GuestMemory::AcquireStaging): 0 = none.
   // Slots whose pages do not fit in the LOCAL window are left out.
   uint32_t staging_slots = 0;
+  // Page read-ahead for small buffer reads (CrqCopyMemory::ReadBuffer).
+  bool read_ahead = true;
   uint16_t crq_entries = 256;  // one page
   std::string name = "crq";
 };
