@@ -2,8 +2,10 @@
 # Quick start, command one: installs what is missing, builds vioport (optimised)
 # and runs the demo: one vios serving a file-backed blk, an rng and a console to
 # vioguest processes over hypervisor-less shared memory, a second disk over
-# vhost-user to vioguest playing the VMM, and a third over vhost-user to a real
-# Linux guest booted by QEMU (TCG); then a result table.
+# vhost-user to vioguest playing the VMM, a third over vhost-user to a real
+# Linux guest booted by QEMU (TCG), and a fourth over PowerVM CRQ (vios and
+# vioguest as partitions of the crqd hypervisor emulator, data moved only by
+# H_COPY_RDMA); then a result table.
 #   --size MIB      disk size (default 256)
 #   --bench-secs N  seconds for each 4 KiB QD32 random-read row (default 3)
 #   --no-linux      skip the QEMU guest (it downloads Debian's cloud kernel once)
@@ -24,25 +26,33 @@ done
 
 scripts/install-deps.sh
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DVIOPORT_BENCHMARKS=OFF >/dev/null
-cmake --build build/release --target vios vioguest viosctl
+cmake --build build/release --target vios vioguest viosctl crqd
 BIN=build/release
 
 base=/tmp
 [[ -d /dev/shm ]] && base=/dev/shm
 work=$(mktemp -d "$base/vioport-demo.XXXXXX")
 vios_pid=""
+crqd_pid=""
 cleanup() {
   [[ -n "$vios_pid" ]] && kill "$vios_pid" 2>/dev/null && wait "$vios_pid" 2>/dev/null || true
+  [[ -n "$crqd_pid" ]] && kill "$crqd_pid" 2>/dev/null && wait "$crqd_pid" 2>/dev/null || true
   exec 3>&- 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 truncate -s "${SIZE_MIB}M" "$work/disk.img"
-truncate -s 64M "$work/disk1.img" "$work/disk2.img"
+truncate -s 64M "$work/disk1.img" "$work/disk2.img" "$work/disk3.img"
 mkfifo "$work/console.in"
 echo "== vios: blk (file-backed, $SIZE_MIB MiB in $work), rng, console (vios's stdio) over shm;"
-echo "   two more 64 MiB disks over vhost-user (KVM's back-end protocol)"
+echo "   two more 64 MiB disks over vhost-user (KVM's back-end protocol), one over PowerVM CRQ"
+# The PowerVM hypervisor emulator: one adapter pair, client partition 1
+# (the guest, 64 MiB DMA window) and server partition 2 (vios).
+$BIN/emulators/crq/crqd --socket "$work/crqd.sock" --control "$work/crqd.ctl" \
+  --pair client=1:0x1000:0x1000:64,server=2:0x2000:0x2000:16 2>"$work/crqd.log" &
+crqd_pid=$!
+for _ in $(seq 200); do [[ -S "$work/crqd.sock" ]] && break; sleep 0.05; done
 $BIN/vios/vios \
   --device "blk,id=disk0,path=$work/disk.img" \
   --device rng,id=rng0 \
@@ -54,6 +64,8 @@ $BIN/vios/vios \
   --attach "con0,transport=shm,path=$work/con0.sock" \
   --attach "disk1,transport=vhost-user,socket=$work/disk1.sock" \
   --attach "disk2,transport=vhost-user,socket=$work/disk2.sock" \
+  --device "blk,id=disk3,path=$work/disk3.img" \
+  --attach "disk3,transport=crq,crqd=$work/crqd.sock,partition=2,unit=0x2000,liobn=0x2000,remote-liobn=0x1000,remote-window-mib=64" \
   --control "$work/vios.ctl" --log-level warning \
   <"$work/console.in" >"$work/console.out" 2>"$work/vios.log" &
 vios_pid=$!
@@ -104,6 +116,19 @@ row blk vhost-user "read 64 MiB" "$(field mbps <<<"$out")" "$v"
 out=$(vmm disk1 blk bench --pattern randread --bs 4K --qd 32 --time "$BENCH_SECS")
 echo "$out" | grep -v '^result'
 row blk vhost-user "4K randread QD32: $(field iops <<<"$out") IOPS" "$(field mbps <<<"$out")" "-"
+
+echo "== blk over PowerVM CRQ: vioguest is client partition 1 of crqd, vios server partition 2;"
+echo "   vios never maps the guest's memory, every byte moves by H_COPY_RDMA"
+crq() { $BIN/guest/tool/vioguest --quiet --transport "crq:$work/crqd.sock,partition=1,unit=0x1000,liobn=0x1000" "$@"; }
+out=$(crq blk write --seed 5)
+row blk crq "write 64 MiB + flush" "$(field mbps <<<"$out")" "-"
+wsum=$(field checksum <<<"$out")
+out=$(crq blk verify --seed 5)
+[[ "$(field checksum <<<"$out")" == "$wsum" && "$(field verified <<<"$out")" == yes ]] && v=yes || v=NO
+row blk crq "read 64 MiB" "$(field mbps <<<"$out")" "$v"
+out=$(crq blk bench --pattern randread --bs 4K --qd 32 --time "$BENCH_SECS")
+echo "$out" | grep -v '^result'
+row blk crq "4K randread QD32: $(field iops <<<"$out") IOPS" "$(field mbps <<<"$out")" "-"
 
 if ((LINUX)); then
   echo "== blk over vhost-user to a real Linux guest: QEMU (TCG) boots Debian's cloud kernel;"

@@ -3,7 +3,8 @@
 stream to a CrqServer serving an RngDevice. A good handshake (INIT, VERSION,
 DEVICE_INFO, features, status, split-ring set-up in mapped client memory, a
 NOTIFY that the device serves), and variants: no window mapped, bad version,
-stale generations, out-of-window ring, bad opcodes and fields, reconnects.
+stale generations, out-of-window ring, bad opcodes and fields, reconnects,
+flow control (a small advertised queue, CREDITs good and bogus).
 Writes tests/fuzz/corpus/crq/."""
 import os, struct
 
@@ -13,7 +14,7 @@ VALID_CMD, VALID_INIT, VALID_EVENT = 0x80, 0xC0, 0xFF
 INIT, INIT_COMPLETE = 0x01, 0x02
 (VERSION, DEVICE_INFO, GET_FEATURES, SET_FEATURES, GET_STATUS, SET_STATUS, READ_CONFIG, WRITE_CONFIG,
  QUEUE_INFO, SET_QUEUE) = range(1, 11)
-NOTIFY, USED, CONFIG_CHANGED, PING = 0x10, 0x11, 0x12, 0x13
+NOTIFY, USED, CONFIG_CHANGED, PING, CREDIT = 0x10, 0x11, 0x12, 0x13, 0x14
 Q_SIZE, Q_DESC, Q_DRIVER, Q_DEVICE, Q_ENABLE = range(5)
 ACK, DRIVER, DRIVER_OK, FEATURES_OK = 1, 2, 4, 8
 VERSION_1 = 1 << 32
@@ -86,6 +87,10 @@ SEEDS = {
                     cmd(SET_QUEUE, 1, 3, Q_SIZE, 8) + cmd(SET_QUEUE, 1, 0, 9, 0) + init() + version() +
                     cmd(SET_STATUS, 1, value=0x100) + init() + version() + entry(VALID_EVENT, 0x02) +
                     entry(0x40, 1) + init() + version() + cmd(0x55, 1, 0xFFFF, 0xFFFF, 2**64 - 1),
+    # 8 entries advertised: the server may have 4 answers outstanding; pings
+    # beyond that wait for CREDIT (and overlap: status 2), then a bogus CREDIT.
+    "flow_control": b"\x01" + init() + version(1, entries=8) + cmd(PING) * 6 + cmd(CREDIT, 1, 4) +
+                    cmd(PING) + cmd(CREDIT, 1, 7) + good(1) + cmd(CREDIT, 1, 0xFFFF),
 }
 
 os.makedirs(OUT, exist_ok=True)
