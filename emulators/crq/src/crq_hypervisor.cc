@@ -559,28 +559,24 @@ absl::Status Hypervisor::InjectMigration(PartitionId partition, UnitAddress unit
   return absl::OkStatus();
 }
 
-absl::Status Hypervisor::InjectFreeBusy(PartitionId partition, UnitAddress unit, uint32_t n) {
+absl::Status Hypervisor::SetFault(PartitionId partition, UnitAddress unit, uint32_t Endpoint::*counter, uint32_t n) {
   absl::MutexLock lock(&mu_);
   Endpoint* ep = FindEndpoint(partition, unit);
   if (ep == nullptr) return absl::NotFoundError(absl::StrFormat("no adapter %u:%#x", partition, unit));
-  ep->free_busy = n;
+  ep->*counter = n;
   return absl::OkStatus();
+}
+
+absl::Status Hypervisor::InjectFreeBusy(PartitionId partition, UnitAddress unit, uint32_t n) {
+  return SetFault(partition, unit, &Endpoint::free_busy, n);
 }
 
 absl::Status Hypervisor::InjectFullQueue(PartitionId partition, UnitAddress unit, uint32_t n) {
-  absl::MutexLock lock(&mu_);
-  Endpoint* ep = FindEndpoint(partition, unit);
-  if (ep == nullptr) return absl::NotFoundError(absl::StrFormat("no adapter %u:%#x", partition, unit));
-  ep->full_next = n;
-  return absl::OkStatus();
+  return SetFault(partition, unit, &Endpoint::full_next, n);
 }
 
 absl::Status Hypervisor::InjectDropMessages(PartitionId partition, UnitAddress unit, uint32_t n) {
-  absl::MutexLock lock(&mu_);
-  Endpoint* ep = FindEndpoint(partition, unit);
-  if (ep == nullptr) return absl::NotFoundError(absl::StrFormat("no adapter %u:%#x", partition, unit));
-  ep->drop_next = n;
-  return absl::OkStatus();
+  return SetFault(partition, unit, &Endpoint::drop_next, n);
 }
 
 // ---- Observation --------------------------------------------------------------

@@ -74,32 +74,35 @@ uint64_t CrqCopyMemory::StagingIoba(const void* p, uint64_t len) const {
   return staging_ioba_ + off;
 }
 
+absl::Status CrqCopyMemory::Copy(bool to_client, uint64_t addr, uint64_t len, uint64_t local_ioba, uint8_t* bounce_from) {
+  // Through the bounce buffer (bounce_from: our side of the data) a step is
+  // at most the buffer; straight from/to a staging slot it is the transfer
+  // size, and the slot's IOBA advances with the data.
+  const bool bounced = bounce_from != nullptr;
+  const uint64_t step = bounced ? std::min<uint64_t>(max_transfer_, bounce_bytes_) : max_transfer_;
+  for (uint64_t off = 0; off < len;) {
+    const uint64_t n = std::min(step, len - off);
+    const uint64_t local = bounced ? local_ioba : local_ioba + off;
+    if (bounced && to_client) std::memcpy(bounce_, bounce_from + off, n);
+    copies_.fetch_add(1, std::memory_order_relaxed);
+    const int64_t rc = to_client ? p_.CopyRdma(n, local_, local, remote_, addr + off)
+                                 : p_.CopyRdma(n, remote_, addr + off, local_, local);
+    if (rc != kHSuccess) return Map(rc, addr + off, n, to_client ? "write" : "read");
+    if (bounced && !to_client) std::memcpy(bounce_from + off, bounce_, n);
+    bytes_.fetch_add(n, std::memory_order_relaxed);
+    off += n;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CrqCopyMemory::Read(uint64_t addr, void* dst, uint64_t len) {
   reads_.fetch_add(1, std::memory_order_relaxed);
   if (const uint64_t ioba = StagingIoba(dst, len); ioba != 0) {
     // Straight into the backend's buffer: no bounce, no memcpy.
     direct_.fetch_add(1, std::memory_order_relaxed);
-    for (uint64_t off = 0; off < len;) {
-      const uint64_t n = std::min<uint64_t>(max_transfer_, len - off);
-      copies_.fetch_add(1, std::memory_order_relaxed);
-      const int64_t rc = p_.CopyRdma(n, remote_, addr + off, local_, ioba + off);
-      if (rc != kHSuccess) return Map(rc, addr + off, n, "read");
-      bytes_.fetch_add(n, std::memory_order_relaxed);
-      off += n;
-    }
-    return absl::OkStatus();
+    return Copy(false, addr, len, ioba, nullptr);
   }
-  const uint64_t chunk = std::min<uint64_t>(max_transfer_, bounce_bytes_);
-  for (uint64_t off = 0; off < len;) {
-    const uint64_t n = std::min(chunk, len - off);
-    copies_.fetch_add(1, std::memory_order_relaxed);
-    const int64_t rc = p_.CopyRdma(n, remote_, addr + off, local_, bounce_ioba_);
-    if (rc != kHSuccess) return Map(rc, addr + off, n, "read");
-    std::memcpy(static_cast<uint8_t*>(dst) + off, bounce_, n);
-    bytes_.fetch_add(n, std::memory_order_relaxed);
-    off += n;
-  }
-  return absl::OkStatus();
+  return Copy(false, addr, len, bounce_ioba_, static_cast<uint8_t*>(dst));
 }
 
 absl::Status CrqCopyMemory::ReadBuffer(uint64_t addr, void* dst, uint64_t len) {
@@ -132,27 +135,9 @@ absl::Status CrqCopyMemory::Write(uint64_t addr, const void* src, uint64_t len) 
     if (ra_[i].valid && ra_[i].page < addr + len && addr < ra_[i].page + kTcePageSize) ra_[i].valid = false;
   if (const uint64_t ioba = StagingIoba(src, len); ioba != 0) {
     direct_.fetch_add(1, std::memory_order_relaxed);
-    for (uint64_t off = 0; off < len;) {
-      const uint64_t n = std::min<uint64_t>(max_transfer_, len - off);
-      copies_.fetch_add(1, std::memory_order_relaxed);
-      const int64_t rc = p_.CopyRdma(n, local_, ioba + off, remote_, addr + off);
-      if (rc != kHSuccess) return Map(rc, addr + off, n, "write");
-      bytes_.fetch_add(n, std::memory_order_relaxed);
-      off += n;
-    }
-    return absl::OkStatus();
+    return Copy(true, addr, len, ioba, nullptr);
   }
-  const uint64_t chunk = std::min<uint64_t>(max_transfer_, bounce_bytes_);
-  for (uint64_t off = 0; off < len;) {
-    const uint64_t n = std::min(chunk, len - off);
-    std::memcpy(bounce_, static_cast<const uint8_t*>(src) + off, n);
-    copies_.fetch_add(1, std::memory_order_relaxed);
-    const int64_t rc = p_.CopyRdma(n, local_, bounce_ioba_, remote_, addr + off);
-    if (rc != kHSuccess) return Map(rc, addr + off, n, "write");
-    bytes_.fetch_add(n, std::memory_order_relaxed);
-    off += n;
-  }
-  return absl::OkStatus();
+  return Copy(true, addr, len, bounce_ioba_, const_cast<uint8_t*>(static_cast<const uint8_t*>(src)));
 }
 
 bool CrqCopyMemory::Accessible(uint64_t addr, uint64_t len, Access) {

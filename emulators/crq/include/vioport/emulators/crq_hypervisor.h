@@ -198,6 +198,8 @@ class Hypervisor {
     uint32_t full_next = 0;
     uint64_t interrupts = 0;
   };
+  // Sets one of an endpoint's fault counters (free_busy, drop_next, full_next).
+  absl::Status SetFault(PartitionId partition, UnitAddress unit, uint32_t Endpoint::*counter, uint32_t n);
   struct Partition {
     uint8_t* memory = nullptr;
     uint64_t size = 0;

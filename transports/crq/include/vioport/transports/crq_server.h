@@ -60,6 +60,10 @@ class CrqCopyMemory final : public GuestMemory {
 
  private:
   absl::Status Map(int64_t rc, uint64_t addr, uint64_t len, const char* what);
+  // H_COPY_RDMA between the client's [addr, addr + len) and our LOCAL window
+  // at local_ioba, split at the transfer size; with bounce_from, through the
+  // bounce buffer from/to that host memory (never written when to_client).
+  absl::Status Copy(bool to_client, uint64_t addr, uint64_t len, uint64_t local_ioba, uint8_t* bounce_from);
   // The IOBA of [p, p + len) if it lies in one staging slot, else 0.
   uint64_t StagingIoba(const void* p, uint64_t len) const;
   Partition& p_;
