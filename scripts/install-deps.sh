@@ -15,6 +15,9 @@ PACKAGES=(
   libbenchmark-dev
   libtomlplusplus-dev
   libxen-dev
+  # real xenstore clients (xenstore-read/-write/-ls/-watch ...) the xenstore
+  # emulator (emulators/xen) is tested against
+  xenstore-utils
   liburing-dev
   # real peers for the vhost-user transport: QEMU (TCG) booting a Linux guest,
   # qemu-storage-daemon (in qemu-utils), and the guest's busybox initramfs
