@@ -30,13 +30,12 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "vioport/emulators/xen_types.h"
 
 namespace vioport::xen {
 
-using DomId = uint16_t;
 using EvtchnPort = uint32_t;
 
-inline constexpr DomId kDomidSelf = 0x7FF0;  // DOMID_SELF
 
 enum class EvtchnState : uint8_t { kClosed = 0, kUnbound = 1, kInterdomain = 2 };
 

@@ -70,14 +70,13 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "vioport/emulators/xen_types.h"
 
 namespace vioport::xen {
 
-using DomId = uint16_t;
 using GrantRef = uint32_t;
 using GrantHandle = uint32_t;
 
-inline constexpr DomId kDomidSelf = 0x7FF0;
 inline constexpr uint64_t kXenPageSize = 4096;
 inline constexpr uint32_t kGrantEntryV1Bytes = 8;
 inline constexpr uint32_t kGrantEntriesPerFrame = kXenPageSize / kGrantEntryV1Bytes;  // 512
