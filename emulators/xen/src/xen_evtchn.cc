@@ -65,15 +65,21 @@ int64_t EventChannels::AllocUnbound(DomId caller, DomId remote) {
     stats_.errors++;
     return -ESRCH;
   }
+  const int64_t p = NewPort(*d);
+  if (p < 0) return p;
+  d->ports[p] = Port{EvtchnState::kUnbound, remote, 0, false, false};
+  return p;
+}
+
+int64_t EventChannels::NewPort(Domain& d) {
   // The lowest closed port, else a new one.
   EvtchnPort p = 1;
-  while (p < d->ports.size() && d->ports[p].state != EvtchnState::kClosed) ++p;
+  while (p < d.ports.size() && d.ports[p].state != EvtchnState::kClosed) ++p;
   if (p > max_ports_) {
     stats_.errors++;
     return -ENOSPC;
   }
-  if (p == d->ports.size()) d->ports.emplace_back();
-  d->ports[p] = Port{EvtchnState::kUnbound, remote, 0, false, false};
+  if (p == d.ports.size()) d.ports.emplace_back();
   return p;
 }
 
@@ -95,13 +101,9 @@ int64_t EventChannels::BindInterdomain(DomId caller, DomId remote, EvtchnPort re
       stats_.errors++;
       return -EINVAL;
     }
-    EvtchnPort p = 1;
-    while (p < d->ports.size() && d->ports[p].state != EvtchnState::kClosed) ++p;
-    if (p > max_ports_) {
-      stats_.errors++;
-      return -ENOSPC;
-    }
-    if (p == d->ports.size()) d->ports.emplace_back();
+    const int64_t np = NewPort(*d);
+    if (np < 0) return np;
+    const EvtchnPort p = static_cast<EvtchnPort>(np);
     // d may have grown: re-find the remote port (same domain when looping back).
     rp = FindPort(*r, remote_port);
     d->ports[p] = Port{EvtchnState::kInterdomain, remote, remote_port, false, false};
@@ -130,17 +132,29 @@ bool EventChannels::Raise(Domain& d, EvtchnPort port) {
   return true;
 }
 
+EventChannels::Port* EventChannels::OpenPort(DomId caller, EvtchnPort port, Domain*& d, int64_t& err) {
+  d = Find(caller);
+  if (!d) {
+    err = -ESRCH;
+    return nullptr;
+  }
+  Port* p = FindPort(*d, port);
+  if (!p || p->state == EvtchnState::kClosed) {
+    stats_.errors++;
+    err = -EINVAL;
+    return nullptr;
+  }
+  return p;
+}
+
 int64_t EventChannels::Send(DomId caller, EvtchnPort port) {
   std::vector<DomId> notify;
   {
     absl::MutexLock l(&mu_);
-    Domain* d = Find(caller);
-    if (!d) return -ESRCH;
-    Port* p = FindPort(*d, port);
-    if (!p || p->state == EvtchnState::kClosed) {
-      stats_.errors++;
-      return -EINVAL;
-    }
+    Domain* d = nullptr;
+    int64_t err = 0;
+    Port* p = OpenPort(caller, port, d, err);
+    if (!p) return err;
     stats_.sends++;
     if (p->state == EvtchnState::kUnbound) {  // nobody to tell: dropped, as on Xen
       stats_.dropped_unbound++;
@@ -164,13 +178,10 @@ void EventChannels::Unbind(DomId dom, EvtchnPort port, DomId closer) {
 
 int64_t EventChannels::Close(DomId caller, EvtchnPort port) {
   absl::MutexLock l(&mu_);
-  Domain* d = Find(caller);
-  if (!d) return -ESRCH;
-  Port* p = FindPort(*d, port);
-  if (!p || p->state == EvtchnState::kClosed) {
-    stats_.errors++;
-    return -EINVAL;
-  }
+  Domain* d = nullptr;
+  int64_t err = 0;
+  Port* p = OpenPort(caller, port, d, err);
+  if (!p) return err;
   if (p->state == EvtchnState::kInterdomain) {
     const DomId rd = p->remote_dom;
     const EvtchnPort rp = p->remote_port;
@@ -194,13 +205,10 @@ int64_t EventChannels::Unmask(DomId caller, EvtchnPort port) {
   std::vector<DomId> notify;
   {
     absl::MutexLock l(&mu_);
-    Domain* d = Find(caller);
-    if (!d) return -ESRCH;
-    Port* p = FindPort(*d, port);
-    if (!p || p->state == EvtchnState::kClosed) {
-      stats_.errors++;
-      return -EINVAL;
-    }
+    Domain* d = nullptr;
+    int64_t err = 0;
+    Port* p = OpenPort(caller, port, d, err);
+    if (!p) return err;
     if (!p->masked) return 0;
     p->masked = false;
     if (p->pending) {  // an event came while masked: deliver it now

@@ -98,7 +98,12 @@ class EventChannels {
   // masked. Returns true if it was delivered now.
   bool Raise(Domain& d, EvtchnPort port) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Domain* Find(DomId dom) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The lowest closed port of `d` (grown by one if none), or -ENOSPC.
+  int64_t NewPort(Domain& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Port* FindPort(Domain& d, EvtchnPort port) const;
+  // The caller's open port (d set to its domain), or null with err = -ESRCH
+  // (unknown caller) or -EINVAL (no such port, or closed).
+  Port* OpenPort(DomId caller, EvtchnPort port, Domain*& d, int64_t& err) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Signals the domains collected while the lock was held.
   void Notify(const std::vector<DomId>& doms);
   // Back to unbound (reserved for `closer`) if `port` of `dom` is bound to it.
