@@ -170,9 +170,13 @@ TEST(CrqTransport, BlkWriteReadVerifyAndCopyCounts) {
   std::printf("per 4 KiB read: %.2f Read() + %.2f Write() = %.2f H_COPY_RDMA, %.0f bytes\n", reads, writes, copies,
               bytes);
   // Batched: avail index + avail run + descriptor table (or chain) + header in;
-  // data + status + used entry + used index out. Bounded, not per byte.
-  EXPECT_LE(reads, 8.0);
-  EXPECT_LE(writes, 5.0);
+  // data + status + used entry + used index out. Bounded, not per byte: 8 and
+  // 5 per request. On a loaded machine the server may wake once more than
+  // the requests need (a notification it finds already served): that pass
+  // costs one avail-index read and one avail_event write, so two such passes
+  // are allowed over the run, and no more.
+  EXPECT_LE(m.reads() - r0, 8u * kRequests + 2);
+  EXPECT_LE(m.writes() - w0, 5u * kRequests + 2);
   EXPECT_GE(bytes, 4096.0 + 16 + 1);
   // The whole 256-entry table is one copy; with one request per batch the
   // header's page is read ahead for that request alone.

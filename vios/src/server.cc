@@ -501,11 +501,15 @@ absl::Status Server::Remove(const std::string& id) {
 }
 
 std::string Server::List() const {
-  std::string out = absl::StrFormat("%-10s %-8s %-10s %-44s %-10s %s\n", "ID", "TYPE", "TRANSPORT", "WHERE", "GUEST",
-                                    "STATUS");
+  // WHERE is as wide as the longest (a crq attachment names socket, partition and unit).
+  int where = 44;
+  for (const auto& [id, e] : devices_)
+    if (e.attachment) where = std::max(where, static_cast<int>(e.attachment->where().size()));
+  std::string out = absl::StrFormat("%-10s %-8s %-10s %-*s %-10s %s\n", "ID", "TYPE", "TRANSPORT", where, "WHERE",
+                                    "GUEST", "STATUS");
   for (const auto& [id, e] : devices_) {
     const Attachment* a = e.attachment.get();
-    absl::StrAppendFormat(&out, "%-10s %-8s %-10s %-44s %-10s %s\n", id, e.spec.type, a ? a->transport() : "-",
+    absl::StrAppendFormat(&out, "%-10s %-8s %-10s %-*s %-10s %s\n", id, e.spec.type, a ? a->transport() : "-", where,
                           a ? a->where() : "-", a ? (a->connected() ? "connected" : "waiting") : "-",
                           a ? StatusBits(a->device_status()) : "-");
   }
