@@ -157,12 +157,7 @@ void CrqDriverTransport::Handle(const Message& m) {
   switch (m.valid) {
     case kValidEvent:
       if (m.op == kEventMigrated) {
-        for (int i = 0; i < 10000; ++i) {
-          const int64_t rc = p_.EnableCrq(o_.unit);
-          if (rc != kHInProgress && rc != kHBusy && !IsLongBusy(rc)) break;
-          absl::SleepFor(absl::Microseconds(100));
-        }
-        p_.VioSignal(o_.unit, 1);
+        EnableAfterMigration(p_, o_.unit);
         SendWithRetry(Message::Init(kInit));
       }
       // The partner reset: keep our queue, wait for (or send) INIT.

@@ -294,12 +294,7 @@ void CrqServer::Handle(const Message& m) {
   switch (m.valid) {
     case kValidEvent:
       if (m.op == kEventMigrated) {
-        for (int i = 0; i < 10000; ++i) {
-          const int64_t rc = p_.EnableCrq(o_.unit);
-          if (rc != kHInProgress && rc != kHBusy && !IsLongBusy(rc)) break;
-          std::this_thread::sleep_for(std::chrono::microseconds(100));
-        }
-        p_.VioSignal(o_.unit, 1);
+        EnableAfterMigration(p_, o_.unit);
         PartnerGone("migrated");
         Send(Message::Init(kInit));
       } else {

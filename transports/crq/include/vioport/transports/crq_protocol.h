@@ -4,8 +4,10 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 
 #include "vioport/emulators/crq_partition.h"
 
@@ -121,6 +123,18 @@ struct VersionCaps {
     return {static_cast<uint16_t>(v >> 48), static_cast<uint32_t>(v >> 16), static_cast<uint16_t>(v)};
   }
 };
+
+// After a migration event (FF 06): H_ENABLE_CRQ until it stops answering
+// H_IN_PROGRESS or busy (the hypervisor may need a few tries, up to ~1 s
+// here), then interrupts back on. Both sides then start again from INIT.
+inline void EnableAfterMigration(Partition& p, uint64_t unit) {
+  for (int i = 0; i < 10000; ++i) {
+    const int64_t rc = p.EnableCrq(unit);
+    if (rc != kHInProgress && rc != kHBusy && !IsLongBusy(rc)) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  p.VioSignal(unit, 1);
+}
 
 // Flow control of one connection (docs/transports/crq.md, "Flow control").
 // Counted: every 0x80 message of the connection except VERSION, its
