@@ -36,6 +36,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "process.h"
+#include "process_test.h"
 #include "tool_output.h"
 #include "vioport/emulators/crq_remote.h"
 #include "vioport/transports/crq_protocol.h"
@@ -95,38 +96,11 @@ std::vector<uint8_t> ReadAll(const std::string& path) {
   return out;
 }
 
-class CrqProcess : public ::testing::Test {
+class CrqProcess : public testproc::ProcessTest {
  protected:
-  void SetUp() override {
-    const std::string base = std::filesystem::exists("/dev/shm") ? "/dev/shm" : "/tmp";  // tmpfs: fast files
-    std::string tmpl = base + "/vioport-crqproc-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    for (Proc& p : procs_)
-      if (p.pid > 0 && p.Running()) {
-        p.Signal(SIGKILL);
-        p.Wait(10);
-      }
-    if (!HasFailure()) std::filesystem::remove_all(dir_);
-    else std::fprintf(stderr, "logs kept in %s\n", dir_.c_str());
-  }
+  CrqProcess() : ProcessTest("vioport-crqproc") {}
 
-  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
-
-  void MakeDisk(const std::string& path, uint64_t bytes) {
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(bytes)), 0);
-    ::close(fd);
-  }
-
-  // Keeps every child; TearDown kills the ones still running.
-  Proc& Start(const std::vector<std::string>& argv, const std::string& tag) {
-    procs_.push_back(Spawn(argv, dir_, tag));
-    return procs_.back();
-  }
+  Proc& Start(const std::vector<std::string>& argv, const std::string& tag) { return Keep(Spawn(argv, dir_, tag)); }
   // Waits for every path to exist while `owner` runs.
   static bool WaitForPaths(const std::vector<std::string>& paths, Proc& owner, double seconds = 10) {
     return WaitFor(
@@ -258,13 +232,7 @@ class CrqProcess : public ::testing::Test {
 
   // viosctl stats: counter `id.name` (e.g. "d0", "crq.closes"); ~0 if absent.
   uint64_t Stat(const std::string& id, const std::string& name) {
-    const std::string key = absl::StrCat(id, ".", name);
-    for (absl::string_view line : absl::StrSplit(Viosctl("stats " + id), '\n')) {
-      std::vector<absl::string_view> kv = absl::StrSplit(line, ' ');
-      uint64_t v;
-      if (kv.size() == 2 && kv[0] == key && absl::SimpleAtoi(kv[1], &v)) return v;
-    }
-    return ~0ull;
+    return testproc::StatValue(Viosctl("stats " + id), id, name);
   }
   // crqctl stats: `field` of the line "hcall NAME calls=... not_success=...";
   // 0 if there is no such line (never called), ~0 if crqd did not answer.
@@ -310,8 +278,6 @@ class CrqProcess : public ::testing::Test {
   }
 
   void WriteThroughFaults(uint64_t seed, const std::string& fault, uint32_t n, const std::function<void()>& before);
-  std::string dir_;
-  std::deque<Proc> procs_;
   Proc* crqd_ = nullptr;
   Proc* vios_ = nullptr;
   std::vector<std::string> vios_args_;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "vioport/guest/pattern.h"
 
@@ -27,6 +28,17 @@ inline std::string Field(const std::string& out, const std::string& key) {
       if (absl::StartsWith(kv, key + "=")) return std::string(kv.substr(key.size() + 1));
   }
   return "";
+}
+
+// `viosctl stats ID` output -> the value of counter ID.NAME (~0 if absent).
+inline uint64_t StatValue(const std::string& stats, const std::string& id, const std::string& name) {
+  const std::string key = id + "." + name;
+  for (absl::string_view line : absl::StrSplit(stats, '\n')) {
+    std::vector<absl::string_view> kv = absl::StrSplit(line, ' ');
+    uint64_t v;
+    if (kv.size() == 2 && kv[0] == key && absl::SimpleAtoi(kv[1], &v)) return v;
+  }
+  return ~0ull;
 }
 
 // Checks [offset, offset+length) of a backing file against the seeded

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "process.h"
+#include "process_test.h"
 #include "tool_output.h"
 #include "vioport/core/driver.h"
 #include "vioport/guest/pattern.h"
@@ -38,41 +39,16 @@ using testproc::Field;
 #define VIOPORT_BIG_MIB 256
 #endif
 
-class ViosSystem : public ::testing::Test {
+class ViosSystem : public testproc::ProcessTest {
  protected:
-  void SetUp() override {
-    const char* base = std::filesystem::exists("/dev/shm") ? "/dev/shm" : "/tmp";
-    dir_ = absl::StrCat(base, "/vioport-sys-", ::getpid(), "-",
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override {
-    for (Proc& p : procs_)
-      if (p.Running()) {
-        p.Signal(SIGKILL);
-        p.Wait(10);
-      }
-    if (!HasFailure()) std::filesystem::remove_all(dir_);
-    else std::fprintf(stderr, "test files kept in %s\n", dir_.c_str());
-  }
-
-  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
-
-  void MakeDisk(const std::string& path, uint64_t bytes) {
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(bytes)), 0);
-    ::close(fd);
-  }
+  ViosSystem() : ProcessTest("vioport-sys") {}
 
   // Starts vios and waits until every socket it was told to listen on exists.
   Proc& StartVios(std::vector<std::string> args, const std::vector<std::string>& sockets) {
     args.insert(args.begin(), VIOS_BIN);
     args.push_back("--control");
     args.push_back(Path("ctl"));
-    procs_.push_back(Spawn(args, dir_, "vios"));
-    Proc& p = procs_.back();
+    Proc& p = Keep(Spawn(args, dir_, "vios"));
     std::vector<std::string> wait_for = sockets;
     wait_for.push_back(Path("ctl"));
     for (int i = 0; i < 1000; ++i) {
@@ -116,16 +92,8 @@ class ViosSystem : public ::testing::Test {
   }
   // Counter `id.name` from viosctl stats.
   uint64_t Stat(const std::string& id, const std::string& name) {
-    for (absl::string_view line : absl::StrSplit(Ctl("stats " + id), '\n')) {
-      std::vector<absl::string_view> kv = absl::StrSplit(line, ' ');
-      uint64_t v;
-      if (kv.size() == 2 && kv[0] == absl::StrCat(id, ".", name) && absl::SimpleAtoi(kv[1], &v)) return v;
-    }
-    return ~0ull;
+    return testproc::StatValue(Ctl("stats " + id), id, name);
   }
-
-  std::string dir_;
-  std::deque<Proc> procs_;
 };
 
 
