@@ -139,6 +139,26 @@ void WriteVerify(BlkDriver& drv, const TempFile& file, uint64_t seed, uint64_t s
   EXPECT_EQ(pattern::FirstMismatch(seed, sector * 512, file.Pread(sector * 512, bytes)), -1);
 }
 
+// One blk device on pair A, served; the client connected and its blk driver
+// initialised. Members go in reverse: driver, transport, rig (stops the
+// server), file.
+class CrqBlk : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    srv = rig.Serve(OpenBlk(file), false);
+    rig.Start({srv});
+    t = rig.Guest();
+    ASSERT_TRUE(t);
+    drv = std::make_unique<BlkDriver>(*t);
+    ASSERT_TRUE(drv->Init(DriverOpts()).ok());
+  }
+  TempFile file{1 << 20};
+  Rig rig;
+  CrqServer* srv = nullptr;
+  std::unique_ptr<CrqDriverTransport> t;
+  std::unique_ptr<BlkDriver> drv;
+};
+
 TEST(CrqTransport, BlkWriteReadVerifyAndCopyCounts) {
   Rig rig;
   TempFile file(8 << 20);
@@ -233,20 +253,12 @@ TEST(CrqTransport, TcePermissionsAreEnforcedAndNothingIsCopied) {
   EXPECT_FALSE(m.Read(ro.device_addr, got.data(), 16).ok());
 }
 
-TEST(CrqTransport, DeviceWriteIntoReadOnlyBufferIsARingError) {
-  Rig rig;
-  TempFile file(1 << 20);
-  auto srv = rig.Serve(OpenBlk(file), false);
-  rig.Start({srv});
-  auto t = rig.Guest();
-  ASSERT_TRUE(t);
-  BlkDriver drv(*t);
-  ASSERT_TRUE(drv.Init(DriverOpts()).ok());
+TEST_F(CrqBlk, DeviceWriteIntoReadOnlyBufferIsARingError) {
   // A read request whose data buffer the client mapped device-readable only.
   DmaBuffer ro = *t->dma().Allocate(4096, 4096, Access::kRead);
   std::memset(ro.host, 0x5A, 4096);
-  ASSERT_TRUE(drv.Submit(0, BlkOp::kRead, 0, &ro, 4096, 7).ok());
-  drv.Kick(0);
+  ASSERT_TRUE(drv->Submit(0, BlkOp::kRead, 0, &ro, 4096, 7).ok());
+  drv->Kick(0);
   const absl::Time deadline = absl::Now() + absl::Seconds(5);
   while (!(t->GetStatus() & status::kDeviceNeedsReset) && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
   EXPECT_TRUE(t->GetStatus() & status::kDeviceNeedsReset);
@@ -254,47 +266,31 @@ TEST(CrqTransport, DeviceWriteIntoReadOnlyBufferIsARingError) {
   EXPECT_EQ(ro.host[4095], 0x5A);
   EXPECT_GE(srv->memory().failures(), 1u);
   // Recovery: re-initialise, I/O works again.
-  ASSERT_TRUE(drv.Init(DriverOpts()).ok());
-  WriteVerify(drv, file, 9, 8, 8192);
+  ASSERT_TRUE(drv->Init(DriverOpts()).ok());
+  WriteVerify(*drv, file, 9, 8, 8192);
 }
 
-TEST(CrqTransport, ClientFreeCrqThenReconnect) {
-  Rig rig;
-  TempFile file(1 << 20);
-  auto srv = rig.Serve(OpenBlk(file), false);
-  rig.Start({srv});
-  auto t = rig.Guest();
-  ASSERT_TRUE(t);
-  BlkDriver drv(*t);
-  ASSERT_TRUE(drv.Init(DriverOpts()).ok());
-  WriteVerify(drv, file, 1, 0, 8192);
+TEST_F(CrqBlk, ClientFreeCrqThenReconnect) {
+  WriteVerify(*drv, file, 1, 0, 8192);
   const uint8_t gen = t->generation();
   ASSERT_TRUE(t->Reconnect().ok());  // H_FREE_CRQ: the server sees FF 02
   EXPECT_EQ(t->generation(), static_cast<uint8_t>(gen + 1));
   EXPECT_GE(srv->counters().partner_resets.load(), 1u);
-  ASSERT_TRUE(drv.Init(DriverOpts()).ok());
-  WriteVerify(drv, file, 2, 16, 8192);
+  ASSERT_TRUE(drv->Init(DriverOpts()).ok());
+  WriteVerify(*drv, file, 2, 16, 8192);
   EXPECT_GE(srv->counters().connections.load(), 2u);
 }
 
-TEST(CrqTransport, ServerPartnerFailureShowsNeedsResetAndRecovers) {
-  Rig rig;
-  TempFile file(1 << 20);
-  auto srv = rig.Serve(OpenBlk(file), false);
-  rig.Start({srv});
-  auto t = rig.Guest();
-  ASSERT_TRUE(t);
-  BlkDriver drv(*t);
-  ASSERT_TRUE(drv.Init(DriverOpts()).ok());
-  WriteVerify(drv, file, 3, 0, 4096);
+TEST_F(CrqBlk, ServerPartnerFailureShowsNeedsResetAndRecovers) {
+  WriteVerify(*drv, file, 3, 0, 4096);
   ASSERT_TRUE(rig.hv.InjectPartnerFailed(kServer, 0x2000).ok());  // FF 01 to the client
   const absl::Time deadline = absl::Now() + absl::Seconds(5);
   while (!(t->GetStatus() & status::kDeviceNeedsReset) && absl::Now() < deadline) {
     t->WaitForInterrupt(0, absl::Milliseconds(1));
   }
-  EXPECT_TRUE(drv.driver().NeedsReset());
-  ASSERT_TRUE(drv.Init(DriverOpts()).ok());
-  WriteVerify(drv, file, 4, 32, 4096);
+  EXPECT_TRUE(drv->driver().NeedsReset());
+  ASSERT_TRUE(drv->Init(DriverOpts()).ok());
+  WriteVerify(*drv, file, 4, 32, 4096);
 }
 
 // A raw client on pair B that speaks whatever it likes.
