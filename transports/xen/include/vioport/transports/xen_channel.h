@@ -1,0 +1,112 @@
+#pragma once
+
+// The Xen channel as the transport uses it: what libxen gives a user-space
+// frontend or backend (xengntshr, xengnttab, xenevtchn, xenstore), behind
+// one interface with two implementations selected at run time:
+//   * OpenEmulatorChannel: a domain process of the emulator (xenemud);
+//   * OpenLibxenChannel:   real Xen through Debian's libxengnttab,
+//     libxenevtchn and libxenstore (/dev/xen/*), in dom0 or a driver domain.
+// The transport (xen_guest.h, xen_server.h) names nothing else of Xen.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace vioport::xen {
+
+using DomId = uint16_t;
+using GrantRef = uint32_t;
+using EvtchnPort = uint32_t;
+
+// Pages this domain shares (xengntshr_share_pages): zeroed, contiguous here,
+// granted to one domain at the refs listed (refs[i] for page i).
+struct SharedPages {
+  uint8_t* addr = nullptr;
+  std::vector<GrantRef> refs;
+  bool writable = false;
+};
+
+// One segment of a grant copy (xengnttab_grant_copy_segment_t): one side is
+// a grant of another domain, the other a local buffer. Neither side may
+// cross a page of the grant (GNTST_bad_copy_arg).
+struct GrantCopySegment {
+  bool to_foreign = false;  // false: foreign -> local (read); true: local -> foreign (write)
+  DomId domid = 0;
+  GrantRef ref = 0;
+  uint16_t offset = 0;      // within the granted page
+  void* local = nullptr;
+  uint16_t len = 0;
+  int16_t status = 0;       // out: GNTST code
+};
+
+class XenChannel {
+ public:
+  virtual ~XenChannel() = default;
+
+  // "xenemud:PATH" or "xen"; for logs.
+  virtual std::string name() const = 0;
+  // This domain's id.
+  virtual DomId self() const = 0;
+
+  // ---- Granting (frontend) -------------------------------------------------
+  // `count` zeroed pages granted to `grantee`, device access read-write or
+  // read-only. An error (ResourceExhausted) when the pool or the grant table
+  // is full.
+  virtual absl::StatusOr<SharedPages> SharePages(DomId grantee, uint32_t count, bool writable) = 0;
+  // Ends access and gives the pages back. Pages the grantee still maps are
+  // kept (Xen refuses to end access while mapped) and retried on later
+  // calls; the memory must not be used by the caller any more.
+  virtual void UnsharePages(const SharedPages& pages) = 0;
+
+  // ---- Reaching grants (backend) -------------------------------------------
+  // Maps one granted page (xengnttab_map_grant_ref). The error's message
+  // names the GNTST code (e.g. "GNTST_general_error").
+  virtual absl::StatusOr<uint8_t*> MapGrant(DomId granter, GrantRef ref, bool writable) = 0;
+  virtual absl::Status UnmapGrant(uint8_t* addr) = 0;
+  // Grant copy; every segment gets its status.
+  virtual void GrantCopy(std::span<GrantCopySegment> segments) = 0;
+  // Buffers the local side of GrantCopy can use without an intermediate copy
+  // (the emulator copies between domains' memory, so a local buffer outside
+  // the domain's RAM costs a memcpy more). nullptr when none left; any
+  // pointer works in GrantCopy.
+  virtual uint8_t* AllocCopyBuffer(size_t bytes) = 0;
+  virtual void FreeCopyBuffer(uint8_t* buffer) = 0;
+
+  // ---- Event channels (xenevtchn) -------------------------------------------
+  // Readable when ports are pending; PendingPorts() then names them.
+  virtual int event_fd() = 0;
+  virtual absl::StatusOr<EvtchnPort> BindUnboundPort(DomId remote) = 0;
+  virtual absl::StatusOr<EvtchnPort> BindInterdomain(DomId remote, EvtchnPort remote_port) = 0;
+  virtual absl::Status Notify(EvtchnPort port) = 0;
+  virtual absl::Status Unmask(EvtchnPort port) = 0;
+  virtual absl::Status Unbind(EvtchnPort port) = 0;
+  // Clears event_fd()'s readiness and appends every pending port (each left
+  // masked until Unmask). Call from one thread at a time.
+  virtual void PendingPorts(std::vector<EvtchnPort>& out) = 0;
+
+  // ---- xenstore --------------------------------------------------------------
+  // The socket libxenstore should use (XENSTORED_PATH); empty for the
+  // default (real Xen: /dev/xen/xenbus or xenstored's socket).
+  virtual std::string xenstore_path() const = 0;
+};
+
+// A domain of the emulator: connects to `xenemud --domains SOCKET` as `self`.
+struct EmulatorChannelOptions {
+  std::string socket;
+  DomId self = 0;
+  uint64_t memory_bytes = 8 << 20;  // RAM (grant table, copy buffers)
+  uint32_t grant_pages = 0;         // pages this domain can share (frontends)
+  uint32_t spin_us = 50;
+};
+absl::StatusOr<std::unique_ptr<XenChannel>> OpenEmulatorChannel(const EmulatorChannelOptions& options);
+
+// Real Xen. Fails at once, naming the missing device node (/dev/xen/evtchn,
+// /dev/xen/gntdev, /dev/xen/gntalloc, xenstore), where Xen is not running.
+absl::StatusOr<std::unique_ptr<XenChannel>> OpenLibxenChannel();
+
+}  // namespace vioport::xen
