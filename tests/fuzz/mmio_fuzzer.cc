@@ -1,10 +1,10 @@
 // libFuzzer target for the shm transport's device side at the register
 // level: a hostile guest's REG_WRITE stream (any offset, width, value, in any
 // order), QueueNotify doorbells and its own scribbles on guest memory, all
-// against MmioRegisters + DeviceController + an echo device with two queues.
+// against MmioMirror + DeviceController + an echo device with two queues.
 //
 // Input: a sequence of 8-byte ops {kind u8, size u8, offset u16, value u32}:
-//   kind % 4 == 0  REG_WRITE(offset & 0x1ff, size, value) via MmioRegisters
+//   kind % 4 == 0  REG_WRITE(offset & 0x1ff, size, value) via MmioMirror (registers and configuration)
 //                  (offsets >= 0x100 are config writes, as shm.cc does)
 //   kind % 4 == 1  QueueNotify(value & 0xffff)
 //   kind % 4 == 2  guest memory poke: 4 bytes `value` at offset*4 in the region
@@ -16,7 +16,7 @@
 #include <cstring>
 #include <vector>
 
-#include "../../transports/shm/src/mmio_registers.h"
+#include "vioport/core/mmio.h"
 #include "vioport/core/device_controller.h"
 #include "vioport/testing/echo_device.h"
 #include "vioport/transports/shm_protocol.h"
@@ -49,7 +49,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   {
     DeviceController ctl(dev, region, std::make_shared<NullSink>());
     const uint32_t version = size > 0 && (data[0] & 1) ? 1 : 2;
-    shm::MmioRegisters regs(ctl, version);
+    std::vector<uint8_t> page(mmio::kPageSize);
+    mmio::MmioMirror mirror(ctl, version, page.data());
+    mmio::MmioRegisters& regs = mirror.registers();
     for (size_t i = 1; i + 8 <= size; i += 8) {
       const uint8_t kind = data[i];
       const uint8_t width = data[i + 1];
@@ -59,15 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::memcpy(&value, data + i + 4, 4);
       switch (kind % 4) {
         case 0: {
-          const uint32_t o = off & 0x1ff;
-          if (o >= shm::kConfigOffset) {
-            const uint32_t w = width % 5;
-            if ((w == 1 || w == 2 || w == 4) && o - shm::kConfigOffset + w <= dev->config_size())
-              (void)ctl.WriteConfig(o - static_cast<uint32_t>(shm::kConfigOffset),
-                                    {reinterpret_cast<const uint8_t*>(&value), w});
-          } else {
-            (void)regs.Write(o, width % 5, value);
-          }
+          (void)mirror.Write(off & 0x1ff, width % 5, value);
           break;
         }
         case 1: ctl.NotifyQueue(static_cast<uint16_t>(value)); break;

@@ -101,6 +101,7 @@ absl::StatusOr<std::unique_ptr<ShmDriverTransport>> ShmDriverTransport::Connect(
   t->config_call_ = m->fds[0];
   t->kick_.assign(m->fds.begin() + 1, m->fds.begin() + 1 + nq);
   t->call_.assign(m->fds.begin() + 1 + nq, m->fds.end());
+  t->SetMirror(t->map_, static_cast<uint16_t>(nq));
   if (t->ReadRegister(reg::kMagic) != shm::kMagicValue || t->ReadRegister(reg::kVersion) != o.mmio_version)
     return absl::InvalidArgumentError(absl::StrCat(o.socket_path, ": register page has no virtio-mmio signature"));
   t->dma_ = std::make_unique<BufferDmaAllocator>(t->map_ + shm::kRegisterPageSize, shm::kRegisterPageSize,
@@ -131,11 +132,6 @@ void ShmDriverTransport::MarkDead(const std::string& why) {
 std::string ShmDriverTransport::disconnect_reason() const {
   absl::MutexLock l(&why_mu_);
   return why_;
-}
-
-uint32_t ShmDriverTransport::ReadRegister(uint32_t offset) {
-  if (offset >= shm::kRegisterPageSize - 3) return ~0u;
-  return Reg32(map_, offset & ~3u).load(std::memory_order_acquire);
 }
 
 bool ShmDriverTransport::WriteRegister(uint32_t offset, uint32_t value, uint32_t size) {
@@ -169,88 +165,6 @@ bool ShmDriverTransport::WriteRegister(uint32_t offset, uint32_t value, uint32_t
   }
 }
 
-uint8_t ShmDriverTransport::GetStatus() { return static_cast<uint8_t>(ReadRegister(reg::kStatus)); }
-
-void ShmDriverTransport::SetStatus(uint8_t s) { WriteRegister(reg::kStatus, s); }
-
-uint64_t ShmDriverTransport::GetDeviceFeatures() {
-  WriteRegister(reg::kDeviceFeaturesSel, 0);
-  uint64_t f = ReadRegister(reg::kDeviceFeatures);
-  WriteRegister(reg::kDeviceFeaturesSel, 1);
-  f |= uint64_t{ReadRegister(reg::kDeviceFeatures)} << 32;
-  return f;
-}
-
-void ShmDriverTransport::SetDriverFeatures(uint64_t f) {
-  WriteRegister(reg::kDriverFeaturesSel, 0);
-  WriteRegister(reg::kDriverFeatures, static_cast<uint32_t>(f));
-  WriteRegister(reg::kDriverFeaturesSel, 1);
-  WriteRegister(reg::kDriverFeatures, static_cast<uint32_t>(f >> 32));
-}
-
-uint32_t ShmDriverTransport::GetConfigGeneration() {
-  // Odd while the device rewrites the config mirror (a seqlock).
-  for (uint32_t spins = 0;; ++spins) {
-    const uint32_t g = ReadRegister(reg::kConfigGeneration);
-    if (!(g & 1) || dead_.load()) return g;
-    if (spins > 1000) std::this_thread::yield();
-  }
-}
-
-void ShmDriverTransport::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
-  if (offset > shm::kMaxConfigSize || out.size() > shm::kMaxConfigSize - offset) {
-    std::memset(out.data(), 0xff, out.size());
-    return;
-  }
-  const uint8_t* src = map_ + shm::kConfigOffset + offset;
-  std::atomic_thread_fence(std::memory_order_acquire);
-  for (size_t i = 0; i < out.size(); ++i)
-    out[i] = std::atomic_ref<const uint8_t>(src[i]).load(std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_acquire);
-}
-
-void ShmDriverTransport::WriteConfig(uint32_t offset, std::span<const uint8_t> in) {
-  size_t i = 0;
-  while (i < in.size()) {
-    const uint32_t off = offset + static_cast<uint32_t>(i);
-    uint32_t w = 1;
-    if (!(off & 3) && in.size() - i >= 4) w = 4;
-    else if (!(off & 1) && in.size() - i >= 2) w = 2;
-    uint32_t v = 0;
-    std::memcpy(&v, in.data() + i, w);
-    WriteRegister(static_cast<uint32_t>(shm::kConfigOffset) + off, v, w);
-    i += w;
-  }
-}
-
-uint32_t ShmDriverTransport::GetQueueMaxSize(uint16_t q) {
-  if (q >= kick_.size()) return 0;
-  if (!WriteRegister(reg::kQueueSel, q)) return 0;
-  return ReadRegister(reg::kQueueSizeMax);
-}
-
-absl::Status ShmDriverTransport::EnableQueue(uint16_t q, uint32_t size, uint64_t desc, uint64_t driver, uint64_t device) {
-  if (q >= kick_.size()) return absl::OutOfRangeError(absl::StrCat("queue ", q, " does not exist"));
-  if (ReadRegister(reg::kVersion) != 2)
-    return absl::UnimplementedError("legacy (version 1) queues are set up with raw register writes");
-  const std::pair<uint32_t, uint32_t> writes[] = {
-      {reg::kQueueSel, q},
-      {reg::kQueueSize, size},
-      {reg::kQueueDescLow, static_cast<uint32_t>(desc)},
-      {reg::kQueueDescHigh, static_cast<uint32_t>(desc >> 32)},
-      {reg::kQueueDriverLow, static_cast<uint32_t>(driver)},
-      {reg::kQueueDriverHigh, static_cast<uint32_t>(driver >> 32)},
-      {reg::kQueueDeviceLow, static_cast<uint32_t>(device)},
-      {reg::kQueueDeviceHigh, static_cast<uint32_t>(device >> 32)},
-      {reg::kQueueReady, 1},
-  };
-  for (const auto& [off, v] : writes)
-    if (!WriteRegister(off, v))
-      return absl::InvalidArgumentError(absl::StrFormat("queue %u: device refused register 0x%03x = 0x%x", q, off, v));
-  if (ReadRegister(reg::kQueueReady) != 1) return absl::InternalError(absl::StrCat("queue ", q, " did not become ready"));
-  return absl::OkStatus();
-}
-
 void ShmDriverTransport::Notify(uint16_t q, uint32_t) {
   if (q >= kick_.size()) return;
   const uint64_t one = 1;
@@ -281,8 +195,7 @@ bool ShmDriverTransport::WaitForInterrupt(uint16_t q, absl::Duration timeout) {
     seen |= shm::kIntConfig;
   }
   if (p[2].revents & (POLLHUP | POLLERR)) MarkDead("device hung up");
-  // InterruptACK: the status word is shared, clear what we handled.
-  if (seen) Reg32(map_, reg::kInterruptStatus).fetch_and(~seen, std::memory_order_acq_rel);
+  AckInterrupt(seen);
   return seen != 0 || dead_.load();
 }
 

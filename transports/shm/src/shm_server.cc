@@ -20,9 +20,9 @@
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/post.hpp"
 #include "boost/asio/posix/stream_descriptor.hpp"
-#include "mmio_registers.h"
 #include "vioport/core/device_controller.h"
 #include "vioport/core/log.h"
+#include "vioport/core/mmio.h"
 #include "vioport/transports/shm_protocol.h"
 
 namespace vioport {
@@ -117,10 +117,7 @@ struct ShmConnection : std::enable_shared_from_this<ShmConnection> {
   std::vector<std::unique_ptr<asio::posix::stream_descriptor>> kick_watch;
   std::unique_ptr<asio::posix::stream_descriptor> event_watch;
   std::unique_ptr<DeviceController> ctl;
-  std::unique_ptr<shm::MmioRegisters> regs;
-  uint32_t mirror_gen = 0;        // ConfigGeneration as published (even)
-  uint32_t published_ctl_gen = ~0u;
-  std::vector<uint8_t> config_scratch;
+  std::unique_ptr<mmio::MmioMirror> mirror;
 
   ShmConnection(ShmServer::Impl* s, SeqSocket so) : srv(s), sock(std::move(so)) {}
   ~ShmConnection() { Teardown(); }
@@ -385,25 +382,12 @@ void ShmConnection::OnMessage(shm::ReceivedMsg& m) {
   const uint32_t off = m.header.offset, size = m.header.size;
   const uint32_t value = static_cast<uint32_t>(static_cast<uint64_t>(m.header.value));
   srv->register_writes++;
-  absl::Status s;
-  if (off >= shm::kConfigOffset) {
-    if (size != 1 && size != 2 && size != 4) {
-      s = absl::InvalidArgumentError(absl::StrCat("config write of ", size, " bytes"));
-    } else if (off - shm::kConfigOffset + size > ctl->device().config_size()) {
-      s = absl::OutOfRangeError(absl::StrFormat("config write at 0x%x past the config space", off));
-    } else {
-      uint8_t b[4];
-      std::memcpy(b, &value, 4);  // little-endian host: the low `size` bytes
-      s = ctl->WriteConfig(off - static_cast<uint32_t>(shm::kConfigOffset), {b, size});
-    }
-  } else {
-    s = regs->Write(off, size, value);
-  }
+  const absl::Status s = mirror->Write(off, size, value);
   if (!s.ok()) {
     srv->register_writes_ignored++;
     VIOPORT_LOG(kInfo, srv->self->opts_.name, ": register write ignored: ", s.message());
   }
-  PublishMirror();
+  srv->self->status_.store(ctl->status(), std::memory_order_release);
   MsgHeader ack{};
   ack.type = static_cast<uint32_t>(MsgType::kRegAck);
   ack.seq = static_cast<uint32_t>(m.header.seq);
@@ -464,10 +448,9 @@ absl::Status ShmConnection::Hello(shm::ReceivedMsg& m) {
     return s;
   ctl = std::make_unique<DeviceController>(srv->device, mem, irq, srv->self->opts_.transport_features);
   ctl->SetPolled(srv->self->opts_.poll);
-  regs = std::make_unique<shm::MmioRegisters>(*ctl, version);
-  irq->on_config = [this] { PublishMirror(); };
-  config_scratch.resize(dev.config_size());
   std::memset(map, 0, shm::kRegisterPageSize);
+  mirror = std::make_unique<mmio::MmioMirror>(*ctl, version, map);
+  irq->on_config = [this] { PublishMirror(); };
   PublishMirror();
 
   MsgHeader w{};
@@ -538,28 +521,9 @@ void ShmConnection::WatchEvents() {
 }
 
 void ShmConnection::PublishMirror() {
-  if (!map || !ctl) return;
-  using namespace shm::reg;
-  for (uint32_t off : {kMagic, kVersion, kDeviceId, kVendorId, kDeviceFeatures, kQueueSizeMax, kQueueReady, kQueuePfn,
-                       kShmLenLow, kShmLenHigh, kShmBaseLow, kShmBaseHigh})
-    Reg32(map, off).store(regs->Read(off), std::memory_order_relaxed);
-  Reg32(map, kStatus).store(ctl->status(), std::memory_order_release);
+  if (!mirror) return;
+  mirror->Publish();
   srv->self->status_.store(ctl->status(), std::memory_order_release);
-  // Config: a seqlock on ConfigGeneration (odd while rewriting), so a guest
-  // never takes a half-written config for a consistent one.
-  const uint32_t size = ctl->device().config_size();
-  if (size) (void)ctl->ReadConfig(0, {config_scratch.data(), size});
-  uint8_t* cfg = map + shm::kConfigOffset;
-  if (ctl->config_generation() != published_ctl_gen ||
-      (size && std::memcmp(cfg, config_scratch.data(), size) != 0)) {
-    Reg32(map, kConfigGeneration).store(mirror_gen + 1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
-    for (uint32_t i = 0; i < size; ++i)
-      std::atomic_ref<uint8_t>(cfg[i]).store(config_scratch[i], std::memory_order_relaxed);
-    mirror_gen += 2;
-    Reg32(map, kConfigGeneration).store(mirror_gen, std::memory_order_release);
-    published_ctl_gen = ctl->config_generation();
-  }
 }
 
 void ShmConnection::Close(const std::string& why, bool tell_guest) {
@@ -595,8 +559,8 @@ void ShmConnection::Teardown() {
   }
   // Device first: Reset waits for its in-flight requests, then nothing
   // touches the region any more and it can go.
+  mirror.reset();
   ctl.reset();
-  regs.reset();
   if (irq) {
     irq->dead = true;
     irq->on_config = nullptr;

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "vioport/core/buffer_dma.h"
 #include "vioport/core/driver.h"
+#include "vioport/core/mmio.h"
 
 namespace vioport {
 
@@ -25,32 +26,21 @@ struct ShmGuestOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
 };
 
-class ShmDriverTransport final : public DriverTransport {
+class ShmDriverTransport final : public mmio::MmioMirrorDriver {
  public:
   static absl::StatusOr<std::unique_ptr<ShmDriverTransport>> Connect(const ShmGuestOptions& options);
   ~ShmDriverTransport() override;
 
   // DriverTransport.
+  // DriverTransport (registers and configuration: MmioMirrorDriver).
   uint32_t GetDeviceId() override { return device_id_; }
-  uint8_t GetStatus() override;
-  void SetStatus(uint8_t status) override;
-  uint64_t GetDeviceFeatures() override;
-  void SetDriverFeatures(uint64_t features) override;
-  uint32_t GetConfigGeneration() override;
-  void ReadConfig(uint32_t offset, std::span<uint8_t> out) override;
-  void WriteConfig(uint32_t offset, std::span<const uint8_t> in) override;
-  uint32_t GetQueueMaxSize(uint16_t queue) override;
-  absl::Status EnableQueue(uint16_t queue, uint32_t size, uint64_t desc, uint64_t driver, uint64_t device) override;
   void Notify(uint16_t queue, uint32_t data) override;
   DmaAllocator& dma() override { return *dma_; }
   uint64_t SupportedTransportFeatures() override;
   bool WaitForInterrupt(uint16_t queue, absl::Duration timeout) override;
 
-  // Raw register access, as a driver of real virtio-mmio hardware would do
-  // it. Writes go to the device and wait for its answer; false if the device
-  // ignored the write (or the connection is gone).
-  uint32_t ReadRegister(uint32_t offset);
-  bool WriteRegister(uint32_t offset, uint32_t value, uint32_t size = 4);
+  // A register write: sent, then the device's answer awaited.
+  bool WriteRegister(uint32_t offset, uint32_t value, uint32_t size = 4) override;
 
   uint32_t device_id() const { return device_id_; }
   uint16_t num_queues() const { return static_cast<uint16_t>(kick_.size()); }
@@ -62,6 +52,7 @@ class ShmDriverTransport final : public DriverTransport {
 
  private:
   ShmDriverTransport() = default;
+  bool gone() const override { return dead_.load(); }
   void MarkDead(const std::string& why);
 
   int sock_ = -1;

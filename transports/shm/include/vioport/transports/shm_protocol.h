@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "vioport/core/mmio.h"
 #include "vioport/core/spec.h"
 
 namespace vioport::shm {
@@ -26,46 +27,13 @@ inline constexpr uint64_t kMinRegionSize = 64 * 1024;
 inline constexpr uint64_t kMaxRegionSize = uint64_t{64} << 30;
 inline constexpr uint16_t kMaxQueues = 64;  // 2 fds a queue + 1 must fit one SCM_RIGHTS message
 
-// virtio-mmio register offsets (virtio 1.2 §4.2.2; L = legacy, version 1 only).
-namespace reg {
-inline constexpr uint32_t kMagic = 0x000;
-inline constexpr uint32_t kVersion = 0x004;
-inline constexpr uint32_t kDeviceId = 0x008;
-inline constexpr uint32_t kVendorId = 0x00c;
-inline constexpr uint32_t kDeviceFeatures = 0x010;
-inline constexpr uint32_t kDeviceFeaturesSel = 0x014;
-inline constexpr uint32_t kDriverFeatures = 0x020;
-inline constexpr uint32_t kDriverFeaturesSel = 0x024;
-inline constexpr uint32_t kGuestPageSize = 0x028;  // L
-inline constexpr uint32_t kQueueSel = 0x030;
-inline constexpr uint32_t kQueueSizeMax = 0x034;
-inline constexpr uint32_t kQueueSize = 0x038;
-inline constexpr uint32_t kQueueAlign = 0x03c;  // L
-inline constexpr uint32_t kQueuePfn = 0x040;    // L
-inline constexpr uint32_t kQueueReady = 0x044;
-inline constexpr uint32_t kQueueNotify = 0x050;
-inline constexpr uint32_t kInterruptStatus = 0x060;
-inline constexpr uint32_t kInterruptAck = 0x064;
-inline constexpr uint32_t kStatus = 0x070;
-inline constexpr uint32_t kQueueDescLow = 0x080;
-inline constexpr uint32_t kQueueDescHigh = 0x084;
-inline constexpr uint32_t kQueueDriverLow = 0x090;
-inline constexpr uint32_t kQueueDriverHigh = 0x094;
-inline constexpr uint32_t kQueueDeviceLow = 0x0a0;
-inline constexpr uint32_t kQueueDeviceHigh = 0x0a4;
-inline constexpr uint32_t kShmSel = 0x0ac;
-inline constexpr uint32_t kShmLenLow = 0x0b0;
-inline constexpr uint32_t kShmLenHigh = 0x0b4;
-inline constexpr uint32_t kShmBaseLow = 0x0b8;
-inline constexpr uint32_t kShmBaseHigh = 0x0bc;
-inline constexpr uint32_t kQueueReset = 0x0c0;
-inline constexpr uint32_t kConfigGeneration = 0x0fc;
-}  // namespace reg
-
-inline constexpr uint32_t kMagicValue = 0x74726976;  // "virt"
-inline constexpr uint32_t kVendorValue = 0x50524956;  // "VIRP": vioport
-inline constexpr uint32_t kIntUsedBuffer = 1;
-inline constexpr uint32_t kIntConfig = 2;
+// The register map and interrupt bits are virtio-mmio's (vioport/core/mmio.h).
+namespace reg = mmio::reg;
+using mmio::kIntConfig;
+using mmio::kIntUsedBuffer;
+using mmio::kMagicValue;
+using mmio::kVendorValue;
+static_assert(kRegisterPageSize == mmio::kPageSize && kConfigOffset == mmio::kConfigOffset);
 
 inline constexpr uint32_t kProtocolVersion = 1;
 inline constexpr uint32_t kMaxMessageBytes = 512;

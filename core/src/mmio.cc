@@ -1,9 +1,13 @@
-#include "mmio_registers.h"
+#include "vioport/core/mmio.h"
 
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "vioport/transports/shm_protocol.h"
 
-namespace vioport::shm {
+namespace vioport::mmio {
 
 MmioRegisters::MmioRegisters(DeviceController& ctl, uint32_t version)
     : ctl_(ctl), version_(version), queues_(ctl.num_queues()) {
@@ -135,4 +139,145 @@ uint32_t MmioRegisters::Read(uint32_t offset) const {
   }
 }
 
-}  // namespace vioport::shm
+
+namespace {
+std::atomic_ref<uint32_t> Reg32(uint8_t* page, uint32_t off) {
+  return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page + off));
+}
+}  // namespace
+
+MmioMirror::MmioMirror(DeviceController& ctl, uint32_t version, uint8_t* page)
+    : ctl_(ctl), regs_(ctl, version), page_(page), scratch_(ctl.device().config_size()) {}
+
+absl::Status MmioMirror::Write(uint32_t off, uint32_t size, uint32_t value) {
+  absl::Status s;
+  if (off >= kConfigOffset) {
+    if (size != 1 && size != 2 && size != 4) {
+      s = absl::InvalidArgumentError(absl::StrCat("config write of ", size, " bytes"));
+    } else if (off - kConfigOffset + size > ctl_.device().config_size()) {
+      s = absl::OutOfRangeError(absl::StrFormat("config write at 0x%x past the config space", off));
+    } else {
+      uint8_t b[4];
+      std::memcpy(b, &value, 4);  // little-endian host: the low `size` bytes
+      s = ctl_.WriteConfig(off - kConfigOffset, {b, size});
+    }
+  } else {
+    s = regs_.Write(off, size, value);
+  }
+  Publish();
+  return s;
+}
+
+void MmioMirror::Publish() {
+  using namespace reg;
+  for (uint32_t off : {kMagic, kVersion, kDeviceId, kVendorId, kDeviceFeatures, kQueueSizeMax, kQueueReady, kQueuePfn,
+                       kShmLenLow, kShmLenHigh, kShmBaseLow, kShmBaseHigh})
+    Reg32(page_, off).store(regs_.Read(off), std::memory_order_relaxed);
+  Reg32(page_, kStatus).store(ctl_.status(), std::memory_order_release);
+  // Config: a seqlock on ConfigGeneration (odd while rewriting), so a driver
+  // never takes a half-written config for a consistent one.
+  const uint32_t size = ctl_.device().config_size();
+  if (size) (void)ctl_.ReadConfig(0, {scratch_.data(), size});
+  uint8_t* cfg = page_ + kConfigOffset;
+  if (ctl_.config_generation() != published_ctl_gen_ || (size && std::memcmp(cfg, scratch_.data(), size) != 0)) {
+    Reg32(page_, kConfigGeneration).store(mirror_gen_ + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    for (uint32_t i = 0; i < size; ++i) std::atomic_ref<uint8_t>(cfg[i]).store(scratch_[i], std::memory_order_relaxed);
+    mirror_gen_ += 2;
+    Reg32(page_, kConfigGeneration).store(mirror_gen_, std::memory_order_release);
+    published_ctl_gen_ = ctl_.config_generation();
+  }
+}
+
+uint32_t MmioMirrorDriver::ReadRegister(uint32_t offset) {
+  if (!page_ || offset >= kPageSize - 3) return ~0u;
+  return Reg32(page_, offset & ~3u).load(std::memory_order_acquire);
+}
+
+void MmioMirrorDriver::AckInterrupt(uint32_t bits) {
+  if (page_ && bits) Reg32(page_, reg::kInterruptStatus).fetch_and(~bits, std::memory_order_acq_rel);
+}
+
+uint8_t MmioMirrorDriver::GetStatus() { return static_cast<uint8_t>(ReadRegister(reg::kStatus)); }
+
+void MmioMirrorDriver::SetStatus(uint8_t s) { WriteRegister(reg::kStatus, s); }
+
+uint64_t MmioMirrorDriver::GetDeviceFeatures() {
+  WriteRegister(reg::kDeviceFeaturesSel, 0);
+  uint64_t f = ReadRegister(reg::kDeviceFeatures);
+  WriteRegister(reg::kDeviceFeaturesSel, 1);
+  f |= uint64_t{ReadRegister(reg::kDeviceFeatures)} << 32;
+  return f;
+}
+
+void MmioMirrorDriver::SetDriverFeatures(uint64_t f) {
+  WriteRegister(reg::kDriverFeaturesSel, 0);
+  WriteRegister(reg::kDriverFeatures, static_cast<uint32_t>(f));
+  WriteRegister(reg::kDriverFeaturesSel, 1);
+  WriteRegister(reg::kDriverFeatures, static_cast<uint32_t>(f >> 32));
+}
+
+uint32_t MmioMirrorDriver::GetConfigGeneration() {
+  // Odd while the device rewrites the config mirror (a seqlock).
+  for (uint32_t spins = 0;; ++spins) {
+    const uint32_t g = ReadRegister(reg::kConfigGeneration);
+    if (!(g & 1) || gone()) return g;
+    if (spins > 1000) std::this_thread::yield();
+  }
+}
+
+void MmioMirrorDriver::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
+  constexpr uint32_t kMax = kPageSize - kConfigOffset;
+  if (!page_ || offset > kMax || out.size() > kMax - offset) {
+    std::memset(out.data(), 0xff, out.size());
+    return;
+  }
+  const uint8_t* src = page_ + kConfigOffset + offset;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = std::atomic_ref<const uint8_t>(src[i]).load(std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_acquire);
+}
+
+void MmioMirrorDriver::WriteConfig(uint32_t offset, std::span<const uint8_t> in) {
+  size_t i = 0;
+  while (i < in.size()) {
+    const uint32_t off = offset + static_cast<uint32_t>(i);
+    uint32_t w = 1;
+    if (!(off & 3) && in.size() - i >= 4) w = 4;
+    else if (!(off & 1) && in.size() - i >= 2) w = 2;
+    uint32_t v = 0;
+    std::memcpy(&v, in.data() + i, w);
+    WriteRegister(kConfigOffset + off, v, w);
+    i += w;
+  }
+}
+
+uint32_t MmioMirrorDriver::GetQueueMaxSize(uint16_t q) {
+  if (q >= num_queues_) return 0;
+  if (!WriteRegister(reg::kQueueSel, q)) return 0;
+  return ReadRegister(reg::kQueueSizeMax);
+}
+
+absl::Status MmioMirrorDriver::EnableQueue(uint16_t q, uint32_t size, uint64_t desc, uint64_t driver, uint64_t device) {
+  if (q >= num_queues_) return absl::OutOfRangeError(absl::StrCat("queue ", q, " does not exist"));
+  if (ReadRegister(reg::kVersion) != 2)
+    return absl::UnimplementedError("legacy (version 1) queues are set up with raw register writes");
+  const std::pair<uint32_t, uint32_t> writes[] = {
+      {reg::kQueueSel, q},
+      {reg::kQueueSize, size},
+      {reg::kQueueDescLow, static_cast<uint32_t>(desc)},
+      {reg::kQueueDescHigh, static_cast<uint32_t>(desc >> 32)},
+      {reg::kQueueDriverLow, static_cast<uint32_t>(driver)},
+      {reg::kQueueDriverHigh, static_cast<uint32_t>(driver >> 32)},
+      {reg::kQueueDeviceLow, static_cast<uint32_t>(device)},
+      {reg::kQueueDeviceHigh, static_cast<uint32_t>(device >> 32)},
+      {reg::kQueueReady, 1},
+  };
+  for (const auto& [off, v] : writes)
+    if (!WriteRegister(off, v))
+      return absl::InvalidArgumentError(absl::StrFormat("queue %u: device refused register 0x%03x = 0x%x", q, off, v));
+  if (ReadRegister(reg::kQueueReady) != 1) return absl::InternalError(absl::StrCat("queue ", q, " did not become ready"));
+  return absl::OkStatus();
+}
+
+}  // namespace vioport::mmio
