@@ -1,5 +1,7 @@
 #include "vioport/core/device_controller.h"
 
+#include <chrono>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "vioport/core/log.h"
@@ -237,6 +239,30 @@ void DeviceController::OnConfigChanged() {
   if ((status() & status::kDriverOk) && interrupt_) {
     counters_.config_interrupts++;
     interrupt_->ConfigInterrupt();
+  }
+}
+
+void DeviceController::ServeWhileBusy(uint32_t spin_us) {
+  if (!spin_us) return;
+  using Clock = std::chrono::steady_clock;
+  const auto window = std::chrono::microseconds(spin_us);
+  const auto start = Clock::now();
+  auto idle_until = start + window;
+  const auto hard_stop = start + 20 * window;
+  VirtioDevice& dev = device();
+  for (;;) {
+    if (!running() || (status() & status::kDeviceNeedsReset)) return;
+    bool progress = dev.ProcessEvents();
+    for (uint16_t i = 0; i < num_queues(); ++i) {
+      const DeviceQueue* q = active_queue(i);
+      if (!q) continue;
+      const uint64_t before = q->counters().popped;
+      dev.QueueNotify(i);
+      progress |= q->counters().popped != before || q->in_flight() != 0;
+    }
+    const auto now = Clock::now();
+    if (progress) idle_until = now + window;
+    if (now >= idle_until || now >= hard_stop) return;
   }
 }
 

@@ -483,29 +483,7 @@ void ShmConnection::WatchKick(uint16_t q) {
 }
 
 void ShmConnection::SpinWhileBusy() {
-  const uint32_t spin = srv->self->opts_.spin_us;
-  if (!spin || !ctl) return;
-  using Clock = std::chrono::steady_clock;
-  const auto window = std::chrono::microseconds(spin);
-  const auto start = Clock::now();
-  auto idle_until = start + window;
-  const auto hard_stop = start + 20 * window;
-  VirtioDevice& dev = *srv->device;
-  const uint16_t nq = ctl->num_queues();
-  for (;;) {
-    if (!ctl->running() || (ctl->status() & status::kDeviceNeedsReset)) return;
-    bool progress = dev.ProcessEvents();
-    for (uint16_t i = 0; i < nq; ++i) {
-      const DeviceQueue* q = ctl->active_queue(i);
-      if (!q) continue;
-      const uint64_t before = q->counters().popped;
-      dev.QueueNotify(i);
-      progress |= q->counters().popped != before || q->in_flight() != 0;
-    }
-    const auto now = Clock::now();
-    if (progress) idle_until = now + window;
-    if (now >= idle_until || now >= hard_stop) return;
-  }
+  if (ctl) ctl->ServeWhileBusy(srv->self->opts_.spin_us);
 }
 
 void ShmConnection::WatchEvents() {

@@ -78,6 +78,11 @@ class DeviceController {
 
   // Notify-in. Ignored (counted) before DRIVER_OK, after NEEDS_RESET, or out of range.
   void NotifyQueue(uint16_t q);
+  // After a kick or a completion: serves every active queue and the device's
+  // events, and keeps doing so for `spin_us` past the last progress (bounded
+  // to 20x that), so a driver refilling its queue within the window never
+  // pays a wake-up (~50 us). Returns at once when not running.
+  void ServeWhileBusy(uint32_t spin_us);
 
   // Replace the memory (e.g. vhost-user SET_MEM_TABLE); only while not running.
   absl::Status SetMemory(std::shared_ptr<GuestMemory> memory);

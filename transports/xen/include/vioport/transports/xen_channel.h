@@ -68,6 +68,16 @@ class XenChannel {
   // names the GNTST code (e.g. "GNTST_general_error").
   virtual absl::StatusOr<uint8_t*> MapGrant(DomId granter, GrantRef ref, bool writable) = 0;
   virtual absl::Status UnmapGrant(uint8_t* addr) = 0;
+  // Maps consecutive-or-not refs of one granter contiguously here
+  // (xengnttab_map_domain_grant_refs): refs[i] at addr + i * 4096.
+  virtual absl::StatusOr<uint8_t*> MapGrants(DomId granter, std::span<const GrantRef> refs, bool writable) {
+    if (refs.size() == 1) return MapGrant(granter, refs[0], writable);
+    return absl::UnimplementedError("this channel maps one grant at a time");
+  }
+  virtual absl::Status UnmapGrants(uint8_t* addr, uint32_t count) {
+    if (count == 1) return UnmapGrant(addr);
+    return absl::UnimplementedError("this channel maps one grant at a time");
+  }
   // Grant copy; every segment gets its status.
   virtual void GrantCopy(std::span<GrantCopySegment> segments) = 0;
   // Buffers the local side of GrantCopy can use without an intermediate copy
