@@ -16,88 +16,6 @@
 
 namespace vioport::crq {
 
-namespace wire {
-
-bool SendWithFd(int sock, const void* msg, size_t len, int fd) {
-  iovec iov{const_cast<void*>(msg), len};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  if (fd >= 0) {
-    mh.msg_control = control;
-    mh.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  for (;;) {
-    const ssize_t n = ::sendmsg(sock, &mh, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    return n == static_cast<ssize_t>(len);
-  }
-}
-
-bool RecvWithFd(int sock, void* msg, size_t len, int* fd) {
-  if (fd) *fd = -1;
-  iovec iov{msg, len};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)] = {};
-  mh.msg_control = control;
-  mh.msg_controllen = sizeof control;
-  ssize_t n;
-  do {
-    n = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  // Any fds that came along are taken (or closed if not wanted).
-  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int got;
-      std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
-      if (fd && *fd < 0) {
-        *fd = got;
-      } else {
-        ::close(got);
-      }
-    }
-  }
-  const bool ok = n == static_cast<ssize_t>(len) && (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == 0;
-  if (!ok && fd && *fd >= 0) {
-    ::close(*fd);
-    *fd = -1;
-  }
-  return ok;
-}
-
-void Kick(int sock) {
-  const uint8_t one = 1;
-  // Non-blocking: a full socket buffer already holds kicks enough.
-  (void)!::send(sock, &one, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-}
-
-bool SleepOnSocket(int sock, int timeout_ms) {
-  pollfd fd{sock, POLLIN | POLLRDHUP, 0};
-  const int n = ::poll(&fd, 1, timeout_ms);
-  if (n < 0) return errno == EINTR;
-  if (n == 0) return true;
-  if (fd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return false;
-  for (;;) {
-    uint8_t kicks[64];
-    const ssize_t r = ::recv(sock, kicks, sizeof kicks, MSG_DONTWAIT);
-    if (r > 0) continue;
-    if (r == 0) return false;  // EOF
-    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
-  }
-}
-
-}  // namespace wire
-
 absl::StatusOr<std::unique_ptr<RemotePartition>> RemotePartition::Connect(const RemotePartitionOptions& o) {
   if (o.memory_bytes == 0 || o.memory_bytes % kTcePageSize)
     return absl::InvalidArgumentError(absl::StrCat("partition memory of ", o.memory_bytes, " bytes (whole 4 KiB pages)"));
@@ -162,10 +80,10 @@ absl::StatusOr<std::unique_ptr<RemotePartition>> RemotePartition::Connect(const 
     if (mbfd >= 0) ::close(mbfd);
     return absl::InternalError("crqd: no hypercall mailbox after HELLO");
   }
-  void* mb = ::mmap(nullptr, mr.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mbfd, 0);
+  wire::Mailbox* mb = emu::MapMailbox(mbfd, mr.bytes);
   ::close(mbfd);
-  if (mb == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap mailbox: ", std::strerror(errno)));
-  p->mailbox_ = static_cast<wire::Mailbox*>(mb);
+  if (mb == nullptr) return absl::ResourceExhaustedError(absl::StrCat("mmap mailbox: ", std::strerror(errno)));
+  p->mailbox_ = mb;
   p->mailbox_bytes_ = mr.bytes;
   p->seq_ = p->mailbox_->request_seq.load();
   p->wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
@@ -187,7 +105,7 @@ RemotePartition::~RemotePartition() {
     sock_ = -1;
   }
   if (mem_) ::munmap(mem_, size_);
-  if (mailbox_) ::munmap(mailbox_, mailbox_bytes_);
+  if (mailbox_) emu::UnmapMailbox(mailbox_, mailbox_bytes_);
   for (int fd : {memfd_, irq_fd_, wake_fd_})
     if (fd >= 0) ::close(fd);
 }
@@ -232,35 +150,17 @@ HcallResult RemotePartition::Hcall(uint64_t opcode, std::span<const uint64_t> ar
   absl::MutexLock lock(&mu_);
   if (dead_.load(std::memory_order_acquire) || sock_ < 0 || mailbox_ == nullptr) return HcallResult{kHHardware, 0};
   if (args.size() > wire::kMaxArgs) return HcallResult{kHParameter, 0};
-  wire::Mailbox& mb = *mailbox_;
-  std::atomic_ref<uint64_t>(mb.opcode).store(opcode, std::memory_order_relaxed);
-  for (size_t i = 0; i < wire::kMaxArgs; ++i)
-    std::atomic_ref<uint64_t>(mb.args[i]).store(i < args.size() ? args[i] : 0, std::memory_order_relaxed);
-  const uint32_t seq = ++seq_;
-  // seq_cst store, then load: crqd's sleeping flag is set before it looks at
-  // request_seq a last time, so one of us sees the other.
-  mb.request_seq.store(seq, std::memory_order_seq_cst);
-  if (mb.crqd_sleeping.load(std::memory_order_seq_cst)) wire::Kick(sock_);
-  const auto spin_until = std::chrono::steady_clock::now() + spin_;
-  for (uint32_t i = 0; mb.response_seq.load(std::memory_order_acquire) != seq; ++i) {
-    if ((i & 63) != 63 || std::chrono::steady_clock::now() < spin_until) {
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
-      continue;
-    }
-    // Sleep until crqd kicks us (or 20 ms, to look at dead_ again).
-    mb.partition_sleeping.store(1, std::memory_order_seq_cst);
-    if (mb.response_seq.load(std::memory_order_seq_cst) != seq && !wire::SleepOnSocket(sock_, 20)) {
-      mb.partition_sleeping.store(0, std::memory_order_relaxed);
+  emu::MailboxAnswer answer;
+  switch (emu::MailboxCall(*mailbox_, sock_, seq_, opcode, args, spin_, dead_, &answer)) {
+    case emu::CallOutcome::kAnswered:
+      return HcallResult{answer.rc, answer.r4};
+    case emu::CallOutcome::kServerGone:
       MarkDead();
       return HcallResult{kHHardware, 0};
-    }
-    mb.partition_sleeping.store(0, std::memory_order_relaxed);
-    if (dead_.load(std::memory_order_acquire)) return HcallResult{kHHardware, 0};
+    case emu::CallOutcome::kAbandoned:
+      break;
   }
-  return HcallResult{std::atomic_ref<int64_t>(mb.rc).load(std::memory_order_relaxed),
-                     std::atomic_ref<uint64_t>(mb.r4).load(std::memory_order_relaxed)};
+  return HcallResult{kHHardware, 0};
 }
 
 }  // namespace vioport::crq

@@ -38,6 +38,7 @@
 #include "vioport/emulators/crq_hcall.h"
 #include "vioport/emulators/crq_hypervisor.h"
 #include "vioport/emulators/crq_remote.h"
+#include "vioport/emulators/hcall_mailbox.h"
 
 namespace {
 
@@ -349,12 +350,8 @@ class Daemon {
       return;
     }
     // The hypercall mailbox: shared memory with the partition (see crq_remote.h).
-    wire::Mailbox* mb = nullptr;
-    const int mbfd = ::memfd_create(absl::StrCat("crqd-mailbox-", id).c_str(), MFD_CLOEXEC);
-    if (mbfd >= 0 && ::ftruncate(mbfd, wire::kMailboxBytes) == 0) {
-      void* m2 = ::mmap(nullptr, wire::kMailboxBytes, PROT_READ | PROT_WRITE, MAP_SHARED, mbfd, 0);
-      if (m2 != MAP_FAILED) mb = new (m2) wire::Mailbox();
-    }
+    int mbfd = -1;
+    wire::Mailbox* mb = vioport::emu::CreateMailbox(absl::StrCat("crqd-mailbox-", id), &mbfd);
     wire::HelloReply ok;
     if (mb == nullptr) {
       ok.status = 1;
@@ -371,43 +368,16 @@ class Daemon {
       accepted_.fetch_add(1);
       std::fprintf(stderr, "crqd: partition %u connected (%llu bytes)\n", id, static_cast<unsigned long long>(size));
     }
-    uint32_t last = 0;
-    while (alive) {
-      // Wait for the next call: poll the mailbox for `spin`, then sleep on
-      // the socket (a kick, or EOF: the partition died) with the flag set.
-      const auto spin_until = std::chrono::steady_clock::now() + spin;
-      for (uint32_t i = 0; alive && mb->request_seq.load(std::memory_order_acquire) == last; ++i) {
-        if ((i & 63) != 63 || std::chrono::steady_clock::now() < spin_until) {
-#if defined(__x86_64__) || defined(__i386__)
-          __builtin_ia32_pause();
-#endif
-          continue;
-        }
-        mb->crqd_sleeping.store(1, std::memory_order_seq_cst);
-        if (mb->request_seq.load(std::memory_order_seq_cst) == last) alive = wire::SleepOnSocket(fd, 1000);
-        mb->crqd_sleeping.store(0, std::memory_order_relaxed);
-      }
-      if (!alive) break;
-      // Untrusted: every field loaded once, then validated by the hypervisor.
-      const uint32_t seq = mb->request_seq.load(std::memory_order_acquire);
-      last = seq;
-      uint64_t args[wire::kMaxArgs];
-      const uint64_t opcode = std::atomic_ref<uint64_t>(mb->opcode).load(std::memory_order_relaxed);
-      for (size_t i = 0; i < wire::kMaxArgs; ++i)
-        args[i] = std::atomic_ref<uint64_t>(mb->args[i]).load(std::memory_order_relaxed);
-      // A partition calling without pause never lets us sleep on its socket:
-      // look at it now and then, or crqd could not stop.
-      if ((requests_.fetch_add(1, std::memory_order_relaxed) & 1023) == 1023) {
-        pollfd pf{fd, POLLRDHUP, 0};
-        if (::poll(&pf, 1, 0) > 0 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) break;
-      }
-      const HcallResult r = hv.Hcall(id, opcode, std::span<const uint64_t>(args, wire::kMaxArgs));
-      std::atomic_ref<int64_t>(mb->rc).store(r.rc, std::memory_order_relaxed);
-      std::atomic_ref<uint64_t>(mb->r4).store(r.r4, std::memory_order_relaxed);
-      mb->response_seq.store(seq, std::memory_order_seq_cst);
-      if (mb->partition_sleeping.load(std::memory_order_seq_cst)) wire::Kick(fd);
+    // Each call: poll the mailbox for `spin`, then sleep on the socket (a
+    // kick, or EOF: the partition died); see hcall_mailbox.h.
+    vioport::emu::MailboxServer server(mb, fd, spin);
+    vioport::emu::MailboxServer::Request req;
+    while (alive && server.Next(&req)) {
+      requests_.fetch_add(1, std::memory_order_relaxed);
+      const HcallResult r = hv.Hcall(id, req.opcode, std::span<const uint64_t>(req.args, wire::kMaxArgs));
+      server.Answer(req, r.rc, r.r4);
     }
-    if (mb) ::munmap(mb, wire::kMailboxBytes);
+    vioport::emu::UnmapMailbox(mb);
     // The partition died (or crqd is stopping): partners see FF 01.
     (void)hv.RemovePartition(id);
     ::close(irq);

@@ -47,6 +47,8 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(std::weak_ptr<XenStoreServer::Impl> server, Stream::socket socket, uint32_t domid)
       : server_(std::move(server)), socket_(std::move(socket)), domid_(domid) {}
 
+  uint32_t domid() const { return domid_; }
+
   void Start(XenStore& store) {
     std::weak_ptr<Session> weak = shared_from_this();
     conn_ = store.Connect(domid_, [weak](const XsHeader& hdr, std::string_view payload) {
@@ -153,6 +155,8 @@ void XenStoreServer::Impl::Accept(Stream::acceptor* acceptor, uint32_t domid) {
                                                              Stream::socket socket) {
     auto self = weak.lock();
     if (!self || self->closed) return;
+    // Closed by StopListening: the acceptor may be gone already.
+    if (ec == asio::error::operation_aborted) return;
     if (!ec) {
       auto session = std::make_shared<Session>(weak, std::move(socket), domid);
       self->sessions.insert(session);
@@ -184,6 +188,28 @@ absl::Status XenStoreServer::Listen(const std::string& path, uint32_t domid) {
   impl_->paths.push_back(path);
   impl_->Accept(raw, domid);
   return absl::OkStatus();
+}
+
+absl::Status XenStoreServer::StopListening(const std::string& path) {
+  for (size_t i = 0; i < impl_->paths.size(); ++i) {
+    if (impl_->paths[i] != path) continue;
+    // Destroying the acceptor cancels its pending accept, whose handler
+    // then sees operation_aborted and does not touch it.
+    ::unlink(path.c_str());
+    impl_->acceptors.erase(impl_->acceptors.begin() + static_cast<std::ptrdiff_t>(i));
+    impl_->paths.erase(impl_->paths.begin() + static_cast<std::ptrdiff_t>(i));
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat("not listening on ", path));
+}
+
+size_t XenStoreServer::CloseConnectionsOf(uint32_t domid) {
+  // Shutdown erases from the set: collect first.
+  std::vector<std::shared_ptr<Session>> of;
+  for (const auto& s : impl_->sessions)
+    if (s->domid() == domid) of.push_back(s);
+  for (const auto& s : of) s->Shutdown(false);
+  return of.size();
 }
 
 void XenStoreServer::Close() {

@@ -16,7 +16,7 @@
 // partition and crqd: the partition writes opcode and arguments and bumps
 // request_seq; crqd, polling it, runs the call, writes rc/r4 and sets
 // response_seq to the same number. A side that stops polling says so
-// (crqd_sleeping / partition_sleeping) and sleeps in poll() on the socket;
+// (server_sleeping / client_sleeping) and sleeps in poll() on the socket;
 // the other wakes it with a one-byte kick message. No syscall on a call
 // while both sides poll, as a hypercall on hardware is a trap on the
 // caller's own CPU, not a message to another process.
@@ -35,6 +35,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "vioport/emulators/hcall_mailbox.h"
 #include "vioport/emulators/crq_partition.h"
 
 namespace vioport::crq {
@@ -42,7 +43,7 @@ namespace vioport::crq {
 namespace wire {
 inline constexpr uint32_t kHelloMagic = 0x43525144;  // "CRQD"
 inline constexpr uint32_t kWireVersion = 2;
-inline constexpr size_t kMaxArgs = 8;
+inline constexpr size_t kMaxArgs = emu::kMailboxArgs;
 
 struct Hello {
   uint32_t magic = kHelloMagic;
@@ -60,34 +61,14 @@ struct MailboxReply {
   uint32_t magic = kHelloMagic;
   uint32_t bytes = 0;  // size of the mailbox memfd
 };
-// One per partition, in a memfd crqd creates. The partition is untrusted:
-// crqd loads every field once and validates the call as any hypercall.
-struct Mailbox {
-  alignas(64) std::atomic<uint32_t> request_seq{0};
-  std::atomic<uint32_t> crqd_sleeping{0};
-  uint64_t opcode = 0;
-  uint64_t args[kMaxArgs] = {};
-  alignas(64) std::atomic<uint32_t> response_seq{0};
-  std::atomic<uint32_t> partition_sleeping{0};
-  int64_t rc = 0;
-  uint64_t r4 = 0;
-};
-static_assert(std::atomic<uint32_t>::is_always_lock_free);
-inline constexpr size_t kMailboxBytes = 4096;
-static_assert(sizeof(Mailbox) <= kMailboxBytes);
-
-// A one-byte wake-up for a side sleeping on the socket.
-void Kick(int sock);
-// Sleeps until the socket has something (a kick, EOF) or `timeout_ms`
-// passes, then consumes any kicks without blocking. Returns false once the
-// socket is closed or in error (the partner is gone).
-bool SleepOnSocket(int sock, int timeout_ms);
-
-// Sends `msg` (and `fd` if >= 0) as one SEQPACKET message; false on error.
-bool SendWithFd(int sock, const void* msg, size_t len, int fd);
-// Receives one message of exactly `len` bytes (and an fd, if `fd` is not
-// null: -1 when none came). Returns false on EOF, error or a wrong size.
-bool RecvWithFd(int sock, void* msg, size_t len, int* fd);
+// One per partition, in a memfd crqd creates (the layout and the
+// poll-then-sleep protocol are shared with xenemud: hcall_mailbox.h).
+using Mailbox = emu::Mailbox;
+inline constexpr size_t kMailboxBytes = emu::kMailboxBytes;
+using emu::wire::Kick;
+using emu::wire::RecvWithFd;
+using emu::wire::SendWithFd;
+using emu::wire::SleepOnSocket;
 }  // namespace wire
 
 struct RemotePartitionOptions {

@@ -25,24 +25,43 @@
 //     (connections there act as this domid) from HELLO until the domain dies,
 //     and creates /local/domain/ID owned by it (@introduceDomain).
 //
-// Wire protocol (Unix SOCK_SEQPACKET to xenemud --domains PATH):
+// Wire protocol (Unix SOCK_SEQPACKET to xenemud --domains PATH; structs in
+// namespace wire below, host byte order):
 //   domain -> xenemud  Hello{magic, version, domid, grant_frames,
 //                      memory_bytes, grant_pages} + SCM_RIGHTS: RAM memfd
-//   xenemud -> domain  HelloReply{status, error, xenstore_path} +
-//                      SCM_RIGHTS: the event eventfd, the mailbox memfd and
-//                      the map socket (the domain's end of a socketpair)
+//                      (sealed F_SEAL_SHRINK, at least memory_bytes long)
+//   xenemud -> domain  HelloReply{status, error, mailbox_bytes,
+//                      xenstore_path} + SCM_RIGHTS: the event eventfd, the
+//                      mailbox memfd and the map socket (the domain's end of
+//                      a socketpair); on refusal only status and error
 //   xenemud -> domain  PoolPages{first_index, count} + up to kPoolFdsPerMsg
 //                      page memfds, until grant_pages are sent
-// then hypercalls through the Mailbox (shared memory, polled by both sides
-// for a while, then a one-byte kick on the main socket, as crqd's), and
-// grant maps through the map socket (a request and an answer carrying the
-// page's fd: a read-only map gets a read-only file description, so the
-// backend cannot mmap it writable). The caller's identity is the
-// connection's HELLO domid, never a message field. Closing the connection is
-// the domain's death: its ports close (peers return to unbound), its own
-// mappings are unmapped, xenstore removes /local/domain/ID and fires
-// @releaseDomain; pages it granted stay valid for a backend still mapping
-// them, until that backend unmaps.
+// xenemud refuses: a bad magic or version; a domid >= DOMID_SELF or one
+// connected (after waiting up to a second for a dying connection of that
+// id) or still a zombie (below); grant_frames outside 1..--max-grant-frames;
+// RAM not whole pages, not holding the table, the argument page and one
+// more page, or beyond its limit; grant_pages over what is left of the pool
+// cap (--max-grant-pages, over all domains).
+// Then hypercalls through the Mailbox (emu::Mailbox, hcall_mailbox.h:
+// shared memory polled by both sides for a while, then a one-byte kick on
+// the main socket, as crqd's; opcodes in wire::Op), and grant maps through
+// the map socket (MapRequest, answered by MapReply + the page's fd when
+// okay: a read-only map gets a read-only file description, so the backend
+// cannot mmap it writable; a granted frame that is RAM, not a pool page, is
+// GNTST_bad_page). Array arguments (copy segments, pending ports) sit in
+// the caller's argument page, as guest handles do on Xen: xenemud reads
+// them once and validates them. The caller's identity is the connection's
+// HELLO domid, never a message field.
+// xenstore: domain ID's socket is xenemud's --xenstore PATH with ".dID"
+// appended (dom0: PATH itself), listening from HELLO until the domain dies.
+// Closing the connection is the domain's death: its ports close (peers
+// return to unbound), its own mappings are unmapped, every backend
+// directory it owned (/local/domain/ID/backend/*/*/*) gets state 6
+// (Closed), xenstore removes /local/domain/ID (not dom0's) and fires
+// @releaseDomain, and its xenstore socket and connections go. Pages it
+// granted stay valid for a backend still mapping them, until that backend
+// unmaps; until then the dead domain is a zombie and its id cannot connect
+// again (as on Xen, where a dying domain keeps its id).
 
 #include <atomic>
 #include <chrono>
@@ -53,6 +72,7 @@
 #include <string>
 #include <thread>
 
+
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -61,6 +81,80 @@
 #include "vioport/emulators/xen_types.h"
 
 namespace vioport::xen {
+
+namespace wire {
+inline constexpr uint32_t kHelloMagic = 0x58454E44;  // "XEND"
+inline constexpr uint32_t kWireVersion = 1;
+// Pool page fds per PoolPages message (SCM_RIGHTS carries at most 253).
+inline constexpr uint32_t kPoolFdsPerMsg = 250;
+
+struct Hello {
+  uint32_t magic = kHelloMagic;
+  uint32_t version = kWireVersion;
+  uint32_t domid = 0;
+  uint32_t grant_frames = 0;
+  uint64_t memory_bytes = 0;
+  uint32_t grant_pages = 0;
+  uint32_t reserved = 0;
+};
+struct HelloReply {
+  uint32_t magic = kHelloMagic;
+  int32_t status = 0;     // 0 = accepted
+  uint32_t mailbox_bytes = 0;
+  uint32_t reserved = 0;
+  char error[120] = {};
+  char xenstore_path[108] = {};  // sockaddr_un.sun_path
+};
+struct PoolPages {
+  uint32_t magic = kHelloMagic;
+  uint32_t first_index = 0;  // pool page index of the first fd
+  uint32_t count = 0;        // fds in this message
+  uint32_t reserved = 0;
+};
+// The map socket: one request, one answer (+ the page's fd when okay).
+struct MapRequest {
+  uint32_t magic = kHelloMagic;
+  uint32_t granter = 0;
+  uint32_t ref = 0;
+  uint32_t readonly = 1;
+};
+struct MapReply {
+  uint32_t magic = kHelloMagic;
+  int32_t status = 0;  // GNTST code
+  uint32_t handle = 0;
+  uint32_t reserved = 0;
+};
+
+// Mailbox opcodes (emu::Mailbox; args[] as listed; rc as listed, -errno or
+// a GNTST code). The argument page is RAM frame grant_frames.
+enum Op : uint64_t {
+  kSetupTable = 1,             // first_frame, nr_frames -> GNTST
+  kGrantCopy = 2,              // count: CopySegmentWire[count] in the argument page, statuses written back -> GNTST_okay or -errno
+  kGrantUnmap = 3,             // handle -> GNTST
+  kEvtchnAllocUnbound = 4,     // remote -> port or -errno
+  kEvtchnBindInterdomain = 5,  // remote, remote_port -> port or -errno
+  kEvtchnSend = 6,             // port -> 0 or -errno
+  kEvtchnClose = 7,            // port
+  kEvtchnUnmask = 8,           // port
+  kEvtchnPending = 9,          // max -> n: n ports (u32) in the argument page
+};
+// struct gnttab_copy as it sits in the argument page.
+struct CopySegmentWire {
+  uint32_t source_ref_or_gmfn = 0;
+  uint16_t source_domid = 0;
+  uint16_t source_offset = 0;
+  uint32_t dest_ref_or_gmfn = 0;
+  uint16_t dest_domid = 0;
+  uint16_t dest_offset = 0;
+  uint16_t len = 0;
+  uint16_t flags = 0;
+  int16_t status = 0;  // written by xenemud
+  uint16_t reserved = 0;
+};
+static_assert(sizeof(CopySegmentWire) == 24);
+inline constexpr uint32_t kCopySegmentsPerCall = 4096 / sizeof(CopySegmentWire);  // 170
+inline constexpr uint32_t kPendingPortsPerCall = 4096 / sizeof(uint32_t);
+}  // namespace wire
 
 struct RemoteDomainOptions {
   std::string socket_path;         // xenemud --domains PATH
@@ -83,7 +177,9 @@ struct GrantMapping {
 class RemoteDomain {
  public:
   // Creates and seals RAM, connects, HELLO, receives the eventfd, mailbox,
-  // map socket and pool pages, maps the pool, sets up the grant table.
+  // map socket and pool pages, maps the pool. xenemud has set up the grant
+  // table (GNTTABOP_setup_table on frames 0..grant_frames-1) before it
+  // answers, so grant_table() can be written at once.
   // Fails (clear message) if xenemud refuses, e.g. the domid is connected.
   static absl::StatusOr<std::unique_ptr<RemoteDomain>> Connect(const RemoteDomainOptions& options);
   ~RemoteDomain();  // closes the connection: xenemud removes the domain
@@ -91,7 +187,10 @@ class RemoteDomain {
   RemoteDomain& operator=(const RemoteDomain&) = delete;
 
   DomId id() const;
-  bool connected() const;  // false once xenemud has gone or after Disconnect
+  // False once xenemud has gone or after Disconnect. From then on every call
+  // fails at once (GNTST_general_error, -ENODEV, Pending 0) and event_fd() is
+  // readable, so waiters wake and find out.
+  bool connected() const;
   void Disconnect();       // the domain "dies" now; memory stays mapped until destruction
 
   // ---- Memory --------------------------------------------------------------
@@ -112,7 +211,10 @@ class RemoteDomain {
   // socket) read-only or read-write; status is Xen's (bad_domain, bad_gntref,
   // general_error for wrong domid / readonly / not permitted, no_space when
   // out of handles, bad_page for a frame that is not a pool page).
-  GrantMapping Map(DomId granter, GrantRef ref, bool readonly);
+  // `at`: where to map it (MAP_FIXED over a page of address space the
+  // caller reserved, e.g. to lay several grants out contiguously), or
+  // nullptr for anywhere. Unmap releases that page of address space.
+  GrantMapping Map(DomId granter, GrantRef ref, bool readonly, uint8_t* at = nullptr);
   // Unmaps (munmap, then GNTTABOP_unmap_grant_ref); returns the GNTST code.
   int16_t Unmap(const GrantMapping& m);
   // GNTTABOP_copy. The local side of each segment is a RAM frame of this
@@ -128,7 +230,8 @@ class RemoteDomain {
   int64_t Unmask(EvtchnPort port);
   int64_t Close(EvtchnPort port);
   // Delivered ports (each left masked until Unmask), at most out.size();
-  // returns how many were written. Read event_fd() first to clear it.
+  // returns how many were written (at most wire::kPendingPortsPerCall per
+  // call; call again for the rest). Read event_fd() first to clear it.
   size_t Pending(std::span<EvtchnPort> out);
 
   // ---- xenstore ------------------------------------------------------------

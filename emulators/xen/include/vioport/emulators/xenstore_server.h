@@ -42,6 +42,12 @@ class XenStoreServer {
   // Listens on `path` (a stale socket file there is replaced); connections
   // accepted there act as `domid`.
   absl::Status Listen(const std::string& path, uint32_t domid);
+  // Stops accepting on `path` (one Listen's socket) and removes its socket
+  // file; connections already accepted stay. NotFound if not listening there.
+  absl::Status StopListening(const std::string& path);
+  // Closes every connection acting as `domid` (a domain that died: its
+  // watches and transactions go away). Returns how many.
+  size_t CloseConnectionsOf(uint32_t domid);
   // Stops accepting, closes every connection (their watches and
   // transactions go away) and removes the socket files.
   void Close();

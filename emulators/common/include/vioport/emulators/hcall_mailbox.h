@@ -1,0 +1,129 @@
+#pragma once
+
+// The plumbing an emulator daemon (crqd, xenemud) and its guest processes
+// share, so that a hypercall costs what it costs on hardware: no syscall
+// while both sides are busy.
+//
+//   * SCM_RIGHTS messages on Unix SOCK_SEQPACKET sockets: HELLO and its
+//     reply carry memfds and eventfds (one message = one struct + fds).
+//   * Mailbox: one 4 KiB shared page per guest. The guest (client) writes
+//     opcode and arguments and bumps request_seq; the daemon (server),
+//     polling it, runs the call, writes rc/r4 and sets response_seq to the
+//     same number. A side that stops polling says so (server_sleeping /
+//     client_sleeping) and sleeps in poll() on the connection's socket; the
+//     other wakes it with a one-byte kick. The seq_cst store of one side's
+//     flag before its last look at the other side's seq, against the other
+//     side's seq_cst store before looking at the flag, means no wake-up is
+//     lost.
+//   * The server also notices the client's death on that same socket (EOF),
+//     and the client notices the server's (SleepOnSocket false).
+//
+// The mailbox lives in a memfd the server creates; the client is untrusted:
+// the server loads every field once (MailboxServer::Next) and validates the
+// call like any hypercall.
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace vioport::emu {
+
+inline constexpr size_t kMailboxArgs = 8;
+
+struct Mailbox {
+  alignas(64) std::atomic<uint32_t> request_seq{0};
+  std::atomic<uint32_t> server_sleeping{0};
+  uint64_t opcode = 0;
+  uint64_t args[kMailboxArgs] = {};
+  alignas(64) std::atomic<uint32_t> response_seq{0};
+  std::atomic<uint32_t> client_sleeping{0};
+  int64_t rc = 0;
+  uint64_t r4 = 0;
+};
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+inline constexpr size_t kMailboxBytes = 4096;
+static_assert(sizeof(Mailbox) <= kMailboxBytes);
+
+// SCM_RIGHTS can carry at most SCM_MAX_FD (253) descriptors per message.
+inline constexpr size_t kMaxFdsPerMessage = 253;
+
+namespace wire {
+// Sends `msg` with `fds` (at most kMaxFdsPerMessage) as one SEQPACKET
+// message; false on error.
+bool SendWithFds(int sock, const void* msg, size_t len, std::span<const int> fds);
+// One fd, or none if `fd` < 0.
+bool SendWithFd(int sock, const void* msg, size_t len, int fd);
+// Receives one message of exactly `len` bytes and appends the fds that came
+// with it to `fds` (at most `max_fds`; any beyond are closed, as are all of
+// them when `fds` is null). Returns false on EOF, error, a wrong size or a
+// truncated control part; then no fd is kept.
+bool RecvWithFds(int sock, void* msg, size_t len, std::vector<int>* fds, size_t max_fds);
+// One fd (-1 when none came), if `fd` is not null.
+bool RecvWithFd(int sock, void* msg, size_t len, int* fd);
+
+// A one-byte wake-up for a side sleeping on the socket.
+void Kick(int sock);
+// Sleeps until the socket has something (a kick, EOF) or `timeout_ms`
+// passes, then consumes any kicks without blocking. Returns false once the
+// socket is closed or in error (the partner is gone).
+bool SleepOnSocket(int sock, int timeout_ms);
+}  // namespace wire
+
+// The server side creates the mailbox: a memfd of kMailboxBytes, mapped.
+// Returns nullptr (and *fd = -1) on failure; the caller closes *fd once it
+// has been sent and unmaps with UnmapMailbox.
+Mailbox* CreateMailbox(const std::string& name, int* fd);
+// The client side maps the memfd it received (`bytes` as announced, at
+// least sizeof(Mailbox)); nullptr on failure. Does not close `fd`.
+Mailbox* MapMailbox(int fd, size_t bytes);
+void UnmapMailbox(Mailbox* mb, size_t bytes = kMailboxBytes);
+
+struct MailboxAnswer {
+  int64_t rc = 0;
+  uint64_t r4 = 0;
+};
+
+enum class CallOutcome {
+  kAnswered,    // *answer holds the server's rc/r4
+  kServerGone,  // the socket closed: the server died (the caller marks itself dead)
+  kAbandoned,   // `dead` became true while waiting
+};
+
+// The client side of one call. Callers serialise calls (one mailbox, one
+// call in flight); `seq` is the caller's counter, bumped here. Polls for the
+// answer for `spin`, then sleeps on `sock` (waking every 20 ms to look at
+// `dead`, which another thread may set when it notices the server's death).
+CallOutcome MailboxCall(Mailbox& mb, int sock, uint32_t& seq, uint64_t opcode, std::span<const uint64_t> args,
+                        std::chrono::microseconds spin, const std::atomic<bool>& dead, MailboxAnswer* answer);
+
+// The server side: one client's mailbox and connection socket.
+class MailboxServer {
+ public:
+  struct Request {
+    uint32_t seq = 0;
+    uint64_t opcode = 0;
+    uint64_t args[kMailboxArgs] = {};
+  };
+  MailboxServer(Mailbox* mb, int sock, std::chrono::microseconds spin) : mb_(mb), sock_(sock), spin_(spin) {}
+  // Waits for the next call: polls the mailbox for `spin`, then sleeps on the
+  // socket with server_sleeping set (a kick wakes it). Every field is loaded
+  // once into `req`. Returns false once the client is gone (EOF or error on
+  // the socket; also checked every 1024 calls, since a client calling
+  // without pause never lets the server sleep).
+  bool Next(Request* req);
+  // Publishes the answer to `req` and kicks the client if it sleeps.
+  void Answer(const Request& req, int64_t rc, uint64_t r4);
+
+ private:
+  Mailbox* mb_;
+  int sock_;
+  std::chrono::microseconds spin_;
+  uint32_t last_ = 0;
+  uint64_t calls_ = 0;
+};
+
+}  // namespace vioport::emu

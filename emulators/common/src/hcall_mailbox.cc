@@ -1,0 +1,208 @@
+#include "vioport/emulators/hcall_mailbox.h"
+
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <new>
+
+namespace vioport::emu {
+
+namespace wire {
+
+bool SendWithFds(int sock, const void* msg, size_t len, std::span<const int> fds) {
+  if (fds.size() > kMaxFdsPerMessage) return false;
+  iovec iov{const_cast<void*>(msg), len};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
+  if (!fds.empty()) {
+    mh.msg_control = control;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  for (;;) {
+    const ssize_t n = ::sendmsg(sock, &mh, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    return n == static_cast<ssize_t>(len);
+  }
+}
+
+bool SendWithFd(int sock, const void* msg, size_t len, int fd) {
+  if (fd < 0) return SendWithFds(sock, msg, len, {});
+  return SendWithFds(sock, msg, len, std::span<const int>(&fd, 1));
+}
+
+bool RecvWithFds(int sock, void* msg, size_t len, std::vector<int>* fds, size_t max_fds) {
+  iovec iov{msg, len};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  // Any fds that came along are taken (or closed if not wanted).
+  std::vector<int> got;
+  if (n >= 0) {
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        got.push_back(fd);
+      }
+    }
+  }
+  const bool ok = n == static_cast<ssize_t>(len) && (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == 0;
+  const size_t keep = ok && fds ? std::min(got.size(), max_fds) : 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (i < keep) {
+      fds->push_back(got[i]);
+    } else {
+      ::close(got[i]);
+    }
+  }
+  return ok;
+}
+
+bool RecvWithFd(int sock, void* msg, size_t len, int* fd) {
+  if (fd) *fd = -1;
+  std::vector<int> fds;
+  if (!RecvWithFds(sock, msg, len, fd ? &fds : nullptr, 1)) return false;
+  if (fd && !fds.empty()) *fd = fds[0];
+  return true;
+}
+
+void Kick(int sock) {
+  const uint8_t one = 1;
+  // Non-blocking: a full socket buffer already holds kicks enough.
+  (void)!::send(sock, &one, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+bool SleepOnSocket(int sock, int timeout_ms) {
+  pollfd fd{sock, POLLIN | POLLRDHUP, 0};
+  const int n = ::poll(&fd, 1, timeout_ms);
+  if (n < 0) return errno == EINTR;
+  if (n == 0) return true;
+  if (fd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return false;
+  for (;;) {
+    uint8_t kicks[64];
+    const ssize_t r = ::recv(sock, kicks, sizeof kicks, MSG_DONTWAIT);
+    if (r > 0) continue;
+    if (r == 0) return false;  // EOF
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+  }
+}
+
+}  // namespace wire
+
+Mailbox* CreateMailbox(const std::string& name, int* fd) {
+  *fd = ::memfd_create(name.c_str(), MFD_CLOEXEC);
+  if (*fd < 0) return nullptr;
+  if (::ftruncate(*fd, kMailboxBytes) == 0) {
+    void* m = ::mmap(nullptr, kMailboxBytes, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    if (m != MAP_FAILED) return new (m) Mailbox();
+  }
+  ::close(*fd);
+  *fd = -1;
+  return nullptr;
+}
+
+Mailbox* MapMailbox(int fd, size_t bytes) {
+  if (fd < 0 || bytes < sizeof(Mailbox)) return nullptr;
+  void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  return m == MAP_FAILED ? nullptr : static_cast<Mailbox*>(m);
+}
+
+void UnmapMailbox(Mailbox* mb, size_t bytes) {
+  if (mb) ::munmap(mb, bytes);
+}
+
+namespace {
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+}  // namespace
+
+CallOutcome MailboxCall(Mailbox& mb, int sock, uint32_t& seq_counter, uint64_t opcode, std::span<const uint64_t> args,
+                        std::chrono::microseconds spin, const std::atomic<bool>& dead, MailboxAnswer* answer) {
+  std::atomic_ref<uint64_t>(mb.opcode).store(opcode, std::memory_order_relaxed);
+  for (size_t i = 0; i < kMailboxArgs; ++i)
+    std::atomic_ref<uint64_t>(mb.args[i]).store(i < args.size() ? args[i] : 0, std::memory_order_relaxed);
+  const uint32_t seq = ++seq_counter;
+  // seq_cst store, then load: the server's sleeping flag is set before it
+  // looks at request_seq a last time, so one of us sees the other.
+  mb.request_seq.store(seq, std::memory_order_seq_cst);
+  if (mb.server_sleeping.load(std::memory_order_seq_cst)) wire::Kick(sock);
+  const auto spin_until = std::chrono::steady_clock::now() + spin;
+  for (uint32_t i = 0; mb.response_seq.load(std::memory_order_acquire) != seq; ++i) {
+    if ((i & 63) != 63 || std::chrono::steady_clock::now() < spin_until) {
+      CpuRelax();
+      continue;
+    }
+    // Sleep until the server kicks us (or 20 ms, to look at `dead` again).
+    mb.client_sleeping.store(1, std::memory_order_seq_cst);
+    if (mb.response_seq.load(std::memory_order_seq_cst) != seq && !wire::SleepOnSocket(sock, 20)) {
+      mb.client_sleeping.store(0, std::memory_order_relaxed);
+      return CallOutcome::kServerGone;
+    }
+    mb.client_sleeping.store(0, std::memory_order_relaxed);
+    if (dead.load(std::memory_order_acquire)) return CallOutcome::kAbandoned;
+  }
+  answer->rc = std::atomic_ref<int64_t>(mb.rc).load(std::memory_order_relaxed);
+  answer->r4 = std::atomic_ref<uint64_t>(mb.r4).load(std::memory_order_relaxed);
+  return CallOutcome::kAnswered;
+}
+
+bool MailboxServer::Next(Request* req) {
+  bool alive = true;
+  const auto spin_until = std::chrono::steady_clock::now() + spin_;
+  for (uint32_t i = 0; alive && mb_->request_seq.load(std::memory_order_acquire) == last_; ++i) {
+    if ((i & 63) != 63 || std::chrono::steady_clock::now() < spin_until) {
+      CpuRelax();
+      continue;
+    }
+    mb_->server_sleeping.store(1, std::memory_order_seq_cst);
+    if (mb_->request_seq.load(std::memory_order_seq_cst) == last_) alive = wire::SleepOnSocket(sock_, 1000);
+    mb_->server_sleeping.store(0, std::memory_order_relaxed);
+  }
+  if (!alive) return false;
+  // A client calling without pause never lets us sleep on its socket: look
+  // at it now and then, or the server could not notice its death.
+  if ((++calls_ & 1023) == 0) {
+    pollfd pf{sock_, POLLRDHUP, 0};
+    if (::poll(&pf, 1, 0) > 0 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) return false;
+  }
+  // Untrusted: every field loaded once.
+  req->seq = mb_->request_seq.load(std::memory_order_acquire);
+  last_ = req->seq;
+  req->opcode = std::atomic_ref<uint64_t>(mb_->opcode).load(std::memory_order_relaxed);
+  for (size_t i = 0; i < kMailboxArgs; ++i)
+    req->args[i] = std::atomic_ref<uint64_t>(mb_->args[i]).load(std::memory_order_relaxed);
+  return true;
+}
+
+void MailboxServer::Answer(const Request& req, int64_t rc, uint64_t r4) {
+  std::atomic_ref<int64_t>(mb_->rc).store(rc, std::memory_order_relaxed);
+  std::atomic_ref<uint64_t>(mb_->r4).store(r4, std::memory_order_relaxed);
+  mb_->response_seq.store(req.seq, std::memory_order_seq_cst);
+  if (mb_->client_sleeping.load(std::memory_order_seq_cst)) wire::Kick(sock_);
+}
+
+}  // namespace vioport::emu

@@ -1,0 +1,106 @@
+#pragma once
+
+// xenemud's hypervisor half: domains as processes (the client side and the
+// wire protocol are in vioport/emulators/xen_remote.h). One thread per
+// domain serves its hypercall mailbox (grant copy and unmap, setup_table,
+// event channels) and one its map socket (grant maps answered with the one
+// page's fd); the grant-table and event-channel models are shared by all.
+// xenstore work (a domain's socket, /local/domain/ID, @introduceDomain and
+// @releaseDomain, closing its backends) is posted to the io_context thread
+// that runs the XenStore, which is not thread-safe.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <boost/asio/io_context.hpp>
+
+#include "absl/status/status.h"
+#include "vioport/emulators/xen_evtchn.h"
+#include "vioport/emulators/xen_grants.h"
+#include "vioport/emulators/xenstore.h"
+#include "vioport/emulators/xenstore_server.h"
+
+namespace vioport::xen {
+
+struct DomainServiceOptions {
+  std::string socket_path;    // --domains: domains connect here (SOCK_SEQPACKET)
+  std::string xenstore_path;  // --xenstore: domain ID's own socket is PATH.dID (dom0 uses PATH)
+  // The pool cap over all domains (gntalloc's system-wide limit). Each pool
+  // page is one mapping here (pages of different memfds never merge), and
+  // vm.max_map_count is 65530 by default: keep the cap well below it.
+  uint64_t max_grant_pages = 32768;
+  uint32_t max_grant_frames = 64;               // per domain (gnttab_max_frames)
+  uint32_t max_maptrack = 1024;                 // live map handles per grantee
+  uint64_t max_memory_bytes = uint64_t{4} << 30;  // RAM per domain
+  std::chrono::microseconds spin{50};           // mailbox polling before sleeping
+};
+
+class DomainService {
+ public:
+  // `io` must keep running (on one thread, the XenStore's) until Shutdown
+  // has returned: domain threads post xenstore work there and wait for it.
+  DomainService(boost::asio::io_context& io, XenStore& store, XenStoreServer& xs_server,
+                DomainServiceOptions options);
+  ~DomainService();
+  DomainService(const DomainService&) = delete;
+  DomainService& operator=(const DomainService&) = delete;
+
+  // Listens on options.socket_path and starts accepting domains.
+  absl::Status Start();
+  // Stops accepting, shuts every domain's connection (each dies as if its
+  // process had gone) and joins their threads. Not on the io thread.
+  void Shutdown();
+
+ private:
+  struct Domain;
+  struct Conn {
+    int fd = -1;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+
+  void AcceptLoop();
+  void Serve(int fd);
+  bool Refuse(int fd, const std::string& why);
+  // Serves one domain's map socket until it closes.
+  void ServeMaps(const std::shared_ptr<Domain>& d, int fd);
+  void Hypercall(Domain& d, const uint64_t* args, uint64_t opcode, int64_t* rc);
+  // The domain died: everything but its memory goes; the memory too unless
+  // others still map its pages (then it is a zombie until they unmap).
+  void Die(const std::shared_ptr<Domain>& d, bool log);
+  // Frees the memory of zombies no one maps any more.
+  void Reap();
+  static void FreeMemory(Domain& d);
+  // Runs `f` on the io thread and waits for it.
+  void OnIo(std::function<void()> f);
+  // The toolstack's part of a death: every backend directory `dom` owned
+  // gets state 6 (Closed), so its frontends notice. On the io thread.
+  void CloseBackendsOf(DomId dom);
+
+  boost::asio::io_context& io_;
+  XenStore& store_;
+  XenStoreServer& xs_server_;
+  const DomainServiceOptions options_;
+  GrantTables grants_;
+  EventChannels evtchn_;
+  int listen_fd_ = -1, wake_fd_ = -1;
+  std::thread acceptor_;
+  uint64_t toolstack_conn_ = 0;  // a dom0 XenStore connection (io thread only)
+  bool toolstack_open_ = false;
+
+  std::mutex mu_;
+  std::list<std::unique_ptr<Conn>> conns_;         // guarded by mu_
+  std::map<DomId, std::shared_ptr<Domain>> domains_;  // live and zombie; guarded by mu_
+  uint64_t pool_in_use_ = 0;                        // guarded by mu_
+  bool stopping_ = false;                           // guarded by mu_
+};
+
+}  // namespace vioport::xen
