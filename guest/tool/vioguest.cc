@@ -26,6 +26,8 @@
 #include "vioport/guest/pattern.h"
 #include "vioport/guest/rng_driver.h"
 #include "vioport/transports/crq_guest.h"
+#include "vioport/transports/xen_channel.h"
+#include "vioport/transports/xen_guest.h"
 #include "vioport/transports/shm_guest.h"
 #include "vioport/transports/vhost_user_guest.h"
 
@@ -75,6 +77,13 @@ common options:
                           its DMA window LIOBN (window-mib: its size as in crqd
                           --pair, default --memory); the server is vios --attach
                           ...,transport=crq. Numbers take 0x.
+  --transport xen:emu:SOCKET,domid=F[,devid=N] | xen:xen[,devid=N]
+                          Xen grants: this process is frontend domain F of the
+                          xenemud emulator (xenemud --domains SOCKET; --memory
+                          MiB of grantable pages, default 16 here), or a real
+                          Xen domain through
+                          libxen, and drives its virtio device N (default 0) as
+                          vios --attach ...,transport=xen,domid=F set it up
   --memory MIB            guest memory to share (default 64)
   --guest-base B          vhost-user: guest-physical address of the memory (default 0)
   --packed                use packed rings (default split)
@@ -162,11 +171,32 @@ uint64_t Size(const Args& a, const std::string& key, uint64_t dflt) {
 
 struct Guest {
   std::unique_ptr<crq::RemotePartition> partition;  // crq: outlives the transport
+  std::unique_ptr<xen::XenChannel> xen_channel;      // xen: outlives the transport
   std::unique_ptr<DriverTransport> transport;
   uint64_t ring_features = 0;
   WaitPolicy wait;
   bool quiet = false;
 };
+
+// KEY=NUMBER pairs after a transport's channel (parts[0]); numbers take 0x.
+std::map<std::string, uint64_t> TransportKeys(const std::string& t, const std::vector<std::string>& parts,
+                                              std::initializer_list<const char*> allowed) {
+  std::map<std::string, uint64_t> kv;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const size_t eq = parts[i].find('=');
+    if (eq == std::string::npos) Usage(absl::StrCat("--transport ", t, ": '", parts[i], "' is not KEY=VALUE"));
+    const std::string k = parts[i].substr(0, eq), v = parts[i].substr(eq + 1);
+    bool known = false;
+    for (const char* ok : allowed) known |= k == ok;
+    if (!known) Usage(absl::StrCat("--transport ", t, ": unknown key '", k, "'"));
+    char* end = nullptr;
+    errno = 0;
+    const uint64_t n = std::strtoull(v.c_str(), &end, 0);
+    if (v.empty() || *end || errno) Usage(absl::StrCat("--transport ", t, ": ", k, "=", v, " is not a number"));
+    kv[k] = n;
+  }
+  return kv;
+}
 
 Guest Connect(const Args& a, const std::string& device) {
   auto it = a.opts.find("transport");
@@ -195,19 +225,7 @@ Guest Connect(const Args& a, const std::string& device) {
     std::vector<std::string> parts = absl::StrSplit(t.substr(4), ',');
     crq::RemotePartitionOptions po;
     po.socket_path = parts[0];
-    std::map<std::string, uint64_t> kv;
-    for (size_t i = 1; i < parts.size(); ++i) {
-      const size_t eq = parts[i].find('=');
-      if (eq == std::string::npos) Usage(absl::StrCat("--transport ", t, ": '", parts[i], "' is not KEY=VALUE"));
-      const std::string k = parts[i].substr(0, eq), v = parts[i].substr(eq + 1);
-      if (k != "partition" && k != "unit" && k != "liobn" && k != "window-mib")
-        Usage(absl::StrCat("--transport ", t, ": unknown key '", k, "'"));
-      char* end = nullptr;
-      errno = 0;
-      const uint64_t n = std::strtoull(v.c_str(), &end, 0);
-      if (v.empty() || *end || errno) Usage(absl::StrCat("--transport ", t, ": ", k, "=", v, " is not a number"));
-      kv[k] = n;
-    }
+    std::map<std::string, uint64_t> kv = TransportKeys(t, parts, {"partition", "unit", "liobn", "window-mib"});
     for (const char* k : {"partition", "unit", "liobn"})
       if (!kv.count(k)) Usage(absl::StrCat("--transport ", t, ": ", k, "= is required"));
     if (po.socket_path.empty()) Usage("--transport crq: needs the crqd socket path");
@@ -226,9 +244,38 @@ Guest Connect(const Args& a, const std::string& device) {
     auto c = crq::CrqDriverTransport::Connect(*g.partition, o);
     if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
     g.transport = std::move(*c);
+  } else if (t.rfind("xen:", 0) == 0) {
+    std::vector<std::string> parts = absl::StrSplit(t.substr(4), ',');
+    std::map<std::string, uint64_t> kv = TransportKeys(t, parts, {"domid", "devid"});
+    // Grantable pages are a scarce resource (gntalloc's limit; one file
+    // descriptor each in the emulator): 16 MiB unless --memory says.
+    const uint64_t mem = Size(a, "memory", 16) << 20;
+    absl::StatusOr<std::unique_ptr<xen::XenChannel>> ch;
+    if (parts[0] == "xen") {
+      ch = xen::OpenLibxenChannel();
+    } else if (parts[0].rfind("emu:", 0) == 0 && parts[0].size() > 4) {
+      if (!kv.count("domid") || kv["domid"] == 0 || kv["domid"] >= 0x7ff0)
+        Usage(absl::StrCat("--transport ", t, ": domid=F (1..32751) is required with the emulator"));
+      xen::EmulatorChannelOptions eo;
+      eo.socket = parts[0].substr(4);
+      eo.self = static_cast<xen::DomId>(kv["domid"]);
+      eo.grant_pages = static_cast<uint32_t>(mem / 4096);
+      eo.memory_bytes = 4 << 20;
+      ch = xen::OpenEmulatorChannel(eo);
+    } else {
+      Usage(absl::StrCat("--transport ", t, ": the channel is emu:SOCKET or xen"));
+    }
+    if (!ch.ok()) Fail(ch.status(), absl::StrCat("--transport ", t));
+    g.xen_channel = std::move(*ch);
+    xen::XenGuestOptions o;
+    o.devid = static_cast<uint32_t>(kv.count("devid") ? kv["devid"] : 0);
+    auto c = xen::XenDriverTransport::Connect(*g.xen_channel, o);
+    if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
+    g.transport = std::move(*c);
   } else {
     Usage(absl::StrCat("--transport ", t,
-                       ": unknown transport (this vioguest speaks shm:PATH, vhost-user:PATH and crq:PATH,...)"));
+                       ": unknown transport (this vioguest speaks shm:PATH, vhost-user:PATH, crq:PATH,... and "
+                       "xen:CHANNEL,...)"));
   }
   g.ring_features = feature::Bit(feature::kVersion1);
   if (!a.flags.count("no-event-idx")) g.ring_features |= feature::Bit(feature::kEventIdx);

@@ -53,6 +53,8 @@ using testproc::CheckFile;
 using testproc::Field;
 using testproc::Proc;
 using testproc::Spawn;
+using testproc::WaitFor;
+using testproc::ReadAll;
 
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kBig = uint64_t{VIOPORT_BIG_MIB} * kMiB;  // 256 MiB in release
@@ -76,41 +78,9 @@ constexpr Pair kRngPair{"r0", 5, 0x1002, 2, 0x2002};
 constexpr Pair kConsolePair{"c0", 7, 0x1003, 2, 0x2003};
 constexpr uint32_t ServerPid(const Pair& p) { return p.server_pid; }
 
-template <typename Pred>
-bool WaitFor(Pred pred, double seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  for (;;) {
-    if (pred()) return true;
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-}
-
-std::vector<uint8_t> ReadAll(const std::string& path) {
-  std::vector<uint8_t> out;
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return out;
-  uint8_t buf[65536];
-  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.insert(out.end(), buf, buf + n);
-  ::close(fd);
-  return out;
-}
-
 class CrqProcess : public testproc::ProcessTest {
  protected:
   CrqProcess() : ProcessTest("vioport-crqproc") {}
-
-  Proc& Start(const std::vector<std::string>& argv, const std::string& tag) { return Keep(Spawn(argv, dir_, tag)); }
-  // Waits for every path to exist while `owner` runs.
-  static bool WaitForPaths(const std::vector<std::string>& paths, Proc& owner, double seconds = 10) {
-    return WaitFor(
-        [&] {
-          if (!owner.Running()) return true;
-          return std::all_of(paths.begin(), paths.end(), [](const std::string& p) { return std::filesystem::exists(p); });
-        },
-        seconds) &&
-           owner.Running();
-  }
 
   // crqd with one adapter pair per entry.
   void StartCrqd(const std::vector<Pair>& pairs) {
@@ -180,30 +150,6 @@ class CrqProcess : public testproc::ProcessTest {
     g.Wait(timeout);
     return g;
   }
-  static std::vector<std::string> BlkCmd(const std::string& op, uint64_t seed, uint64_t offset, uint64_t length,
-                                         double reconnect_timeout = 0) {
-    std::vector<std::string> cmd = {"blk", op, "--seed", absl::StrCat(seed), "--offset", absl::StrCat(offset),
-                                    "--length", absl::StrCat(length)};
-    if (reconnect_timeout > 0) cmd.insert(cmd.end(), {"--reconnect-timeout", absl::StrCat(reconnect_timeout)});
-    return cmd;
-  }
-
-  // A finished `blk write` and a later `blk verify` of [offset, offset+length)
-  // with `seed`: both succeeded, the reader saw the seeded data, and the
-  // writer's, the reader's and the backing file's checksums are one.
-  void ExpectWrittenAndVerified(const Proc& w, const Proc& v, const std::string& disk, uint64_t seed, uint64_t offset,
-                                uint64_t length) {
-    EXPECT_EQ(w.status, 0) << w.err() << w.out();
-    EXPECT_EQ(v.status, 0) << v.err() << v.out();
-    EXPECT_EQ(Field(w.out(), "bytes"), absl::StrCat(length)) << w.out();
-    EXPECT_EQ(Field(v.out(), "bytes"), absl::StrCat(length)) << v.out();
-    EXPECT_EQ(Field(v.out(), "verified"), "yes") << v.out();
-    int64_t bad;
-    const std::string file_sum = CheckFile(disk, seed, offset, length, &bad);
-    EXPECT_EQ(bad, -1) << "backing file differs from the seeded data at byte " << bad;
-    EXPECT_EQ(Field(w.out(), "checksum"), file_sum);
-    EXPECT_EQ(Field(v.out(), "checksum"), file_sum);
-  }
   // Write, then verify with a fresh vioguest, then the file.
   void WriteAndVerify(const Pair& p, const std::string& disk, uint64_t seed, uint64_t offset, uint64_t length) {
     Proc& w = Guest(p, BlkCmd("write", seed, offset, length));
@@ -212,15 +158,6 @@ class CrqProcess : public testproc::ProcessTest {
     ExpectWrittenAndVerified(w, v, disk, seed, offset, length);
   }
 
-  // Control clients.
-  std::string Ctl(const char* bin, const std::string& ctl, const std::string& cmd, int* code) {
-    std::vector<std::string> argv = {bin, "--control", ctl};
-    for (absl::string_view w : absl::StrSplit(cmd, ' ', absl::SkipEmpty())) argv.emplace_back(w);
-    Proc p = Spawn(argv, dir_, std::filesystem::path(bin).filename().string());
-    p.Wait(30);
-    if (code) *code = p.status;
-    return p.out() + p.err();
-  }
   std::string Viosctl(const std::string& cmd, int* code = nullptr) { return Ctl(VIOSCTL_BIN, Path("vios.ctl"), cmd, code); }
   std::string Crqctl(const std::string& cmd, int* code = nullptr) { return Ctl(CRQCTL_BIN, Path("crqd.ctl"), cmd, code); }
   // crqctl COMMAND, which must answer ok.
@@ -339,32 +276,17 @@ TEST_F(CrqProcess, ConsoleBothDirectionsOverCrqd) {
   StartVios({"console,id=c0,socket=" + sock}, {kConsolePair});
 
   // The host end: this test, on vios's console socket.
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(fd, 0);
+  const int fd = testproc::ConnectUnixStream(sock, 10);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
   struct Closer {
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  ASSERT_LT(sock.size(), sizeof addr.sun_path);
-  std::memcpy(addr.sun_path, sock.c_str(), sock.size() + 1);
-  ASSERT_TRUE(WaitFor([&] { return ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0; }, 10))
-      << std::strerror(errno);
   // (vios accepts it once a guest has started the device.)
   const std::string to_host = "guest-to-host:crq-console-0123456789";
   const std::string to_guest = "host-to-guest:crq-console-9876543210";
   Proc& g = StartGuest(kConsolePair, {"console", "--send", to_host, "--expect", to_guest, "--timeout", "20"});
-  std::string got;
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (!absl::StrContains(got, to_host) && std::chrono::steady_clock::now() < end) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    char buf[256];
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n <= 0) break;
-    got.append(buf, static_cast<size_t>(n));
-  }
+  const std::string got = testproc::ReadUntil(fd, to_host, 20);
   EXPECT_EQ(got, to_host);
   ASSERT_EQ(::write(fd, to_guest.data(), to_guest.size()), static_cast<ssize_t>(to_guest.size()));
   EXPECT_EQ(g.Wait(30), 0) << g.err() << g.out();

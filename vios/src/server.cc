@@ -23,6 +23,8 @@
 #include "vioport/core/log.h"
 #include "vioport/emulators/crq_remote.h"
 #include "vioport/transports/crq_server.h"
+#include "vioport/transports/xen_channel.h"
+#include "vioport/transports/xen_server.h"
 #include "vioport/transports/shm_server.h"
 #include "vioport/transports/vhost_user_server.h"
 
@@ -354,6 +356,62 @@ class CrqAttachment final : public Attachment {
   bool stopped_ = false;
 };
 
+// virtio over Xen grants (docs/transports/xen.md). vios is ONE domain per
+// channel (the emulator's socket, or real Xen): every xen attachment naming
+// the same channel shares its XenBackendHost - one domain connection, one
+// xenstore connection, one event-channel dispatcher on the Asio loop.
+std::map<std::string, std::weak_ptr<xen::XenBackendHost>>& XenHosts() {
+  static auto* r = new std::map<std::string, std::weak_ptr<xen::XenBackendHost>>;
+  return *r;
+}
+
+absl::StatusOr<std::shared_ptr<xen::XenBackendHost>> XenHost(asio::io_context& io, const std::string& channel,
+                                                             uint32_t self, uint64_t memory_bytes, uint32_t spin_us) {
+  const std::string key = absl::StrCat(channel, "#", self);
+  if (auto h = XenHosts()[key].lock()) return h;
+  absl::StatusOr<std::unique_ptr<xen::XenChannel>> ch;
+  if (channel == "xen") {
+    ch = xen::OpenLibxenChannel();
+  } else if (channel.rfind("emu:", 0) == 0) {
+    xen::EmulatorChannelOptions eo;
+    eo.socket = channel.substr(4);
+    eo.self = static_cast<xen::DomId>(self);
+    eo.memory_bytes = memory_bytes;
+    eo.spin_us = spin_us;
+    ch = xen::OpenEmulatorChannel(eo);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("channel '", channel, "' is not emu:SOCKET or xen"));
+  }
+  if (!ch.ok()) return ch.status();
+  auto h = xen::XenBackendHost::Create(io, std::move(*ch));
+  if (!h.ok()) return h.status();
+  XenHosts()[key] = *h;
+  return *h;
+}
+
+class XenAttachment final : public Attachment {
+ public:
+  XenAttachment(std::shared_ptr<xen::XenBackendHost> host, std::unique_ptr<xen::XenServer> s, std::string where)
+      : host_(std::move(host)), s_(std::move(s)), where_(std::move(where)) {}
+  ~XenAttachment() override {
+    s_.reset();
+    host_.reset();  // the last attachment of the domain closes its channel
+  }
+  std::string transport() const override { return "xen"; }
+  std::string where() const override { return where_; }
+  bool connected() const override { return s_->connected(); }
+  uint8_t device_status() const override { return s_->device_status(); }
+  std::string last_error() const override { return s_->last_error(); }
+  std::vector<std::pair<std::string, uint64_t>> Counters() const override { return s_->Counters(); }
+  void StopAccepting() override {}
+  absl::Status Quiesce() override { return s_->Quiesce(); }
+
+ private:
+  std::shared_ptr<xen::XenBackendHost> host_;
+  std::unique_ptr<xen::XenServer> s_;
+  std::string where_;
+};
+
 absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io, AttachSpec& spec,
                                                           std::shared_ptr<VirtioDevice> dev) {
   Options& o = spec.options;
@@ -427,8 +485,38 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     if (!a.ok()) return absl::Status(a.status().code(), absl::StrCat(o.origin(), ": ", a.status().message()));
     return std::unique_ptr<Attachment>(std::move(*a));
   }
+  if (spec.transport == "xen") {
+    auto channel = o.String("channel");
+    auto domid = o.Uint("domid", 0, 1, 0x7fef);
+    auto devid = o.Uint("devid", 0, 0, 0xffff);
+    auto self = o.Uint("self", 0, 0, 0x7fef);
+    auto grants = o.String("grants", "map");
+    auto cache = o.Uint("cache-pages", 4096, 0, 1 << 20);
+    auto mem = o.Uint("memory-mib", 64, 1, 1 << 16);
+    auto spin = o.Uint("spin-us", 20, 0, 1000);
+    for (const absl::Status& s : {channel.status(), domid.status(), devid.status(), self.status(), grants.status(),
+                                  cache.status(), mem.status(), spin.status()})
+      if (!s.ok()) return s;
+    if (!o.Has("domid")) return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": option 'domid' is required"));
+    if (*grants != "map" && *grants != "copy")
+      return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": option 'grants=", *grants, "' is not map or copy"));
+    if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+    auto host = XenHost(io, *channel, static_cast<uint32_t>(*self), *mem << 20, static_cast<uint32_t>(*spin));
+    if (!host.ok()) return absl::Status(host.status().code(), absl::StrCat(o.origin(), ": ", host.status().message()));
+    xen::XenServerOptions xo;
+    xo.name = absl::StrCat(spec.device, "@xen");
+    xo.frontend = static_cast<xen::DomId>(*domid);
+    xo.devid = static_cast<uint32_t>(*devid);
+    xo.copy = *grants == "copy";
+    xo.cache_pages = static_cast<uint32_t>(*cache);
+    xo.spin_us = static_cast<uint32_t>(*spin);
+    auto s = xen::XenServer::Create(*host, std::move(dev), xo);
+    if (!s.ok()) return absl::Status(s.status().code(), absl::StrCat(o.origin(), ": ", s.status().message()));
+    return std::unique_ptr<Attachment>(
+        new XenAttachment(std::move(*host), std::move(*s), absl::StrFormat("%s dom%u dev%u grants=%s", *channel, *domid, *devid, *grants)));
+  }
   return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": unknown transport '", spec.transport,
-                                                 "' (this vios serves: shm, vhost-user, crq)"));
+                                                 "' (this vios serves: shm, vhost-user, crq, xen)"));
 }
 
 std::string StatusBits(uint8_t s) {

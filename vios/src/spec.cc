@@ -37,6 +37,25 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
                                         -device vhost-user-blk-pci; requests in
                                         flight survive a vios restart unless
                                         inflight=off
+      ID,transport=xen,channel=emu:SOCKET|xen,domid=F[,devid=N]
+         [,grants=map|copy][,cache-pages=N][,self=B][,memory-mib=N]
+         [,spin-us=N]
+                                        Xen: serve frontend domain F's virtio
+                                        device N (default 0) over grants,
+                                        event channels and xenstore
+                                        (docs/transports/xen.md). channel:
+                                        emu:SOCKET joins the xenemud emulator
+                                        (xenemud --domains SOCKET) as domain B
+                                        (self, default 0 = dom0; memory-mib of
+                                        RAM, default 64, from the first
+                                        attachment); xen uses real Xen through
+                                        libxen (docs/transports/xen-real.md).
+                                        vios writes both xenstore directories
+                                        as the toolstack would. grants=map
+                                        (default) keeps up to cache-pages
+                                        (default 4096) persistent mappings,
+                                        then grant-copies; grants=copy copies
+                                        every access
       ID,transport=crq,crqd=SOCKET,partition=PID,unit=UNIT,liobn=LIOBN,
          remote-liobn=RLIOBN,remote-window-mib=N[,memory-mib=N]
          [,max-transfer=B][,staging=N][,read-ahead=off][,spin-us=N]

@@ -72,8 +72,10 @@ domains as processes (vioport::xen::RemoteDomain is the client):
                      still mapping them until they unmap (and its id stays
                      taken until then). One stderr line per connect and death.
   --max-grant-pages N  the grant pool cap over all domains, as gntalloc's
-                     system-wide limit (default 32768 pages). Each pool page
-                     is one memory mapping in xenemud: the kernel's
+                     system-wide limit (default 32768 pages, fewer if the
+                     open-file limit is lower: each pool page is one file
+                     descriptor in xenemud, 1024 are kept for the rest).
+                     Each is also one memory mapping: the kernel's
                      vm.max_map_count (65530 by default) bounds the total.
   --max-grant-frames N grant-table frames per domain, 512 refs each (default
                      64, Xen's gnttab_max_frames).
@@ -127,6 +129,7 @@ int main(int argc, char** argv) {
   std::vector<std::pair<uint32_t, std::string>> domains;
   vioport::xen::XenStoreServerOptions options;
   vioport::xen::DomainServiceOptions domain_options;
+  bool grant_pages_given = false;
   uint64_t n = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -162,6 +165,7 @@ int main(int argc, char** argv) {
     } else if (arg == "--max-grant-pages") {
       if (!value(&v) || !ParseNumber(v, uint64_t{1} << 24, &n)) return Fail("--max-grant-pages: a number up to 16777216");
       domain_options.max_grant_pages = n;
+      grant_pages_given = true;
     } else if (arg == "--max-grant-frames") {
       if (!value(&v) || !ParseNumber(v, 4096, &n) || n == 0) return Fail("--max-grant-frames: 1..4096");
       domain_options.max_grant_frames = static_cast<uint32_t>(n);
@@ -194,11 +198,26 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  // Each grant-pool page is an fd here (and in its domain): take every
-  // descriptor the hard limit allows.
-  if (rlimit rl{}; ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    (void)::setrlimit(RLIMIT_NOFILE, &rl);
+  // Each grant-pool page is an fd here: take every descriptor allowed. With
+  // CAP_SYS_RESOURCE that is the kernel's per-process ceiling (fs.nr_open),
+  // else the hard limit.
+  if (rlimit rl{}; ::getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    rlim_t ceiling = rl.rlim_max;
+    if (FILE* f = std::fopen("/proc/sys/fs/nr_open", "r")) {
+      unsigned long long n = 0;
+      if (std::fscanf(f, "%llu", &n) == 1 && n > ceiling) ceiling = static_cast<rlim_t>(n);
+      std::fclose(f);
+    }
+    rlimit want{ceiling, ceiling};
+    if (::setrlimit(RLIMIT_NOFILE, &want) != 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      (void)::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    // The pool cannot outgrow the descriptors: keep 1024 for everything else.
+    rlimit now{};
+    if (!grant_pages_given && ::getrlimit(RLIMIT_NOFILE, &now) == 0 && now.rlim_cur > 2048 &&
+        now.rlim_cur - 1024 < domain_options.max_grant_pages)
+      domain_options.max_grant_pages = now.rlim_cur - 1024;
   }
   std::unique_ptr<vioport::xen::DomainService> service;
   if (!domain_options.socket_path.empty()) {

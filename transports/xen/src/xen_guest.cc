@@ -72,6 +72,8 @@ class XenDriverTransport::Dma final : public DmaAllocator {
   std::map<uint8_t*, SharedPages> live_ ABSL_GUARDED_BY(mu_);
 };
 
+XenDriverTransport::XenDriverTransport(XenChannel& ch, const XenGuestOptions& o) : ch_(ch), o_(o) {}
+
 absl::StatusOr<std::unique_ptr<XenDriverTransport>> XenDriverTransport::Connect(XenChannel& ch,
                                                                                const XenGuestOptions& o) {
   std::unique_ptr<XenDriverTransport> t(new XenDriverTransport(ch, o));
@@ -79,7 +81,18 @@ absl::StatusOr<std::unique_ptr<XenDriverTransport>> XenDriverTransport::Connect(
   if (!xs.ok()) return xs.status();
   t->xs_ = std::move(*xs);
   t->dir_ = FrontendDir(ch.self(), o.devid);
-  auto be = t->xs_->Read(t->dir_ + "/backend-id");
+  // The toolstack (vios as dom0, or libxl) writes our device directory; on
+  // the emulator that happens when this domain appears, so wait for it.
+  if (absl::Status s = t->xs_->Watch(t->dir_ + "/backend-id", kBackendStateToken); !s.ok()) return s;
+  absl::StatusOr<std::string> be = t->xs_->Read(t->dir_ + "/backend-id");
+  for (const absl::Time end = absl::Now() + o.timeout; !be.ok() && absl::Now() < end;
+       be = t->xs_->Read(t->dir_ + "/backend-id")) {
+    pollfd p{t->xs_->fd(), POLLIN, 0};
+    (void)::poll(&p, 1, 50);
+    while (t->xs_->ReadWatch()) {
+    }
+  }
+  (void)t->xs_->Unwatch(t->dir_ + "/backend-id", kBackendStateToken);
   if (!be.ok())
     return absl::NotFoundError(absl::StrCat("no virtio device ", o.devid, " for domain ", ch.self(), " (",
                                             be.status().message(), "): is the backend attached?"));

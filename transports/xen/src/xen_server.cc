@@ -482,7 +482,11 @@ void XenServer::Impl::OnFrontendState() {
       SetState(XenbusState::kInitWait);
       break;
     case XenbusState::kInitialised:
-      if (connected) Disconnect("frontend reconnecting");
+      // Watches fire more than once per change: act on the value. A
+      // frontend starts a new handshake with Initialising, which we see
+      // before its Initialised (it waits for our InitWait), so Initialised
+      // while connected is the same handshake seen again.
+      if (connected) break;
       if (absl::Status s = Connect(); !s.ok()) {
         counters.refused++;
         Fail(absl::StrCat("connection refused: ", s.message()));

@@ -1,6 +1,8 @@
 #include "vioport/transports/xs_client.h"
 
+extern "C" {  // xenstore.h has no C++ guards
 #include <xenstore.h>
+}
 
 #include <cerrno>
 #include <cstdlib>
@@ -138,7 +140,7 @@ std::optional<uint64_t> ParseDecimal(const std::string& s, uint64_t max) {
   for (char c : s) {
     if (c < '0' || c > '9') return std::nullopt;
     const uint64_t d = static_cast<uint64_t>(c - '0');
-    if (v > (max - d) / 10) return std::nullopt;
+    if (d > max || v > (max - d) / 10) return std::nullopt;
     v = v * 10 + d;
   }
   return v;

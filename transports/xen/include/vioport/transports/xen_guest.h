@@ -52,7 +52,7 @@ class XenDriverTransport final : public mmio::MmioMirrorDriver {
 
  private:
   class Dma;
-  XenDriverTransport(XenChannel& ch, const XenGuestOptions& o) : ch_(ch), o_(o) {}
+  XenDriverTransport(XenChannel& ch, const XenGuestOptions& o);
   absl::Status Handshake();
   absl::StatusOr<XenbusState> WaitBackend(std::initializer_list<XenbusState> wanted);
   absl::StatusOr<XenbusState> BackendState();

@@ -26,7 +26,7 @@ enum class XenbusState : uint8_t {
 
 inline constexpr uint32_t kProtocolVersion = 1;
 inline constexpr uint32_t kMaxQueues = 64;
-inline constexpr uint32_t kMaxQueueSize = 256;  // a split ring area fits one page (queues never need two refs)
+inline constexpr uint32_t kMaxQueueSize = 32768;  // virtio's limit; ring areas may span consecutive refs
 inline constexpr uint64_t kPageSize = 4096;
 
 // Linux's grant DMA encoding: bit 63 set, ref << 12 | offset.
