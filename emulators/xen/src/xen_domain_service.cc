@@ -6,6 +6,9 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+
+#include <mutex>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -36,6 +39,47 @@ struct OwnedFd {
   ~OwnedFd() {
     if (fd >= 0) ::close(fd);
   }
+};
+
+// xenemud's end of a domain's event ring (wire::EventRing): the only
+// producer. Notifications for one domain can come from several threads at
+// once (every domain's hypercalls), hence the lock.
+class EventRingProducer {
+ public:
+  EventRingProducer(int mailbox_fd, std::shared_ptr<OwnedFd> efd) : efd_(std::move(efd)) {
+    void* m = ::mmap(nullptr, emu::kMailboxBytes, PROT_READ | PROT_WRITE, MAP_SHARED, mailbox_fd, 0);
+    if (m != MAP_FAILED) map_ = static_cast<uint8_t*>(m);
+  }
+  ~EventRingProducer() {
+    if (map_) ::munmap(map_, emu::kMailboxBytes);
+  }
+  bool ok() const { return map_ != nullptr; }
+  void Deliver(EventChannels& ev, DomId dom) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto* r = reinterpret_cast<wire::EventRing*>(map_ + wire::kEventRingOffset);
+      for (;;) {
+        // The domain's index is untrusted: anything but 0..slots in flight is "full".
+        const uint32_t used = prod_ - r->cons.load(std::memory_order_acquire);
+        if (used >= wire::kEventRingSlots) {
+          r->overflow.store(1, std::memory_order_release);
+          break;
+        }
+        const std::optional<EvtchnPort> p = ev.Pending(dom);
+        if (!p) break;
+        r->ports[prod_ % wire::kEventRingSlots].store(*p, std::memory_order_relaxed);
+        r->prod.store(++prod_, std::memory_order_release);
+      }
+    }
+    const uint64_t one = 1;
+    (void)!::write(efd_->fd, &one, sizeof one);  // a saturated counter still reads as readable
+  }
+
+ private:
+  std::mutex mu_;
+  uint8_t* map_ = nullptr;
+  uint32_t prod_ = 0;
+  std::shared_ptr<OwnedFd> efd_;
 };
 
 }  // namespace
@@ -310,13 +354,14 @@ void DomainService::Serve(int fd) {
   d->event_fd = std::make_shared<OwnedFd>(efd);
   if (absl::Status s = evtchn_.AddDomain(id); !s.ok()) return fail(std::string(s.message()));
   d->in_evtchn = true;
-  (void)evtchn_.SetNotifyCallback(id, [h = d->event_fd](DomId) {
-    const uint64_t one = 1;
-    (void)!::write(h->fd, &one, sizeof one);  // a saturated counter still reads as readable
-  });
   int mbfd = -1;
   emu::Mailbox* mb = emu::CreateMailbox(absl::StrCat("xenemud-mailbox-", id), &mbfd);
   if (mb == nullptr) return fail("cannot create the hypercall mailbox");
+  // Deliveries go into the mailbox's event ring (its own mapping, alive as
+  // long as a copy of the callback is), then the eventfd is signalled.
+  auto ring = std::make_shared<EventRingProducer>(mbfd, d->event_fd);
+  if (!ring->ok()) return fail(absl::StrCat("event ring: ", std::strerror(errno)));
+  (void)evtchn_.SetNotifyCallback(id, [this, ring](DomId dom) { ring->Deliver(evtchn_, dom); });
   struct MailboxCloser {
     emu::Mailbox* mb;
     int& fd;

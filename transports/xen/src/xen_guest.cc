@@ -279,9 +279,21 @@ bool XenDriverTransport::WriteRegister(uint32_t offset, uint32_t value, uint32_t
       MarkGone(absl::StrCat("no answer to a register write at 0x", absl::Hex(offset)));
       return false;
     }
+    UnmaskAll();
+    if (ans->seq.load(std::memory_order_acquire) == seq) continue;
     pollfd p[2] = {{ch_.event_fd(), POLLIN, 0}, {xs_->fd(), POLLIN, 0}};
     (void)::poll(p, 2, 10);
   }
+}
+
+void XenDriverTransport::UnmaskAll() {
+  std::vector<EvtchnPort> ports;
+  {
+    absl::MutexLock l(&ev_mu_);
+    ports.swap(masked_);
+  }
+  // A port that became pending while masked is delivered again here.
+  for (EvtchnPort p : ports) (void)ch_.Unmask(p);
 }
 
 void XenDriverTransport::CollectEvents() {
@@ -298,7 +310,7 @@ void XenDriverTransport::CollectEvents() {
         if (queue_ports_[q] == p) fired_[1 + q].store(true);
       others = true;
     }
-    (void)ch_.Unmask(p);
+    masked_.push_back(p);  // unmasked before we next sleep (UnmaskAll)
   }
   if (others) {
     const uint64_t one = 1;
@@ -337,6 +349,9 @@ bool XenDriverTransport::WaitForInterrupt(uint16_t q, absl::Duration timeout) {
     }
     if (gone_.load()) return true;
     if (!collected) {
+      // Ports stay masked while the driver works and polls its rings; only
+      // before sleeping are they unmasked (a pending one comes back now).
+      UnmaskAll();
       CollectEvents();
       collected = true;
       continue;

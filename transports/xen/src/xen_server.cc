@@ -280,14 +280,19 @@ void XenBackendHost::WaitEvents() {
                           h->wakeups_++;
                           h->pending_.clear();
                           h->ch_->PendingPorts(h->pending_);
+                          // Each port stays masked while its handler runs (and
+                          // spins): sends meanwhile only mark it pending, with
+                          // no wake-up. Unmasking a pending port delivers it
+                          // again, so nothing is lost; the hypercall is paid
+                          // once per wake-up, after the work.
                           for (EvtchnPort p : h->pending_) {
-                            (void)h->ch_->Unmask(p);  // unmask, then look: nothing is lost
                             auto it = h->ports_.find(p);
                             if (it != h->ports_.end()) {
                               auto fn = it->second;  // the handler may remove itself
                               fn();
                             }
                           }
+                          for (EvtchnPort p : h->pending_) (void)h->ch_->Unmask(p);
                           h->WaitEvents();
                         });
 }

@@ -154,6 +154,24 @@ struct CopySegmentWire {
 static_assert(sizeof(CopySegmentWire) == 24);
 inline constexpr uint32_t kCopySegmentsPerCall = 4096 / sizeof(CopySegmentWire);  // 170
 inline constexpr uint32_t kPendingPortsPerCall = 4096 / sizeof(uint32_t);
+
+// Delivered ports, without a hypercall: xenemud (the only producer) moves
+// each port the model delivers to the domain into this ring, in the
+// mailbox's second half, before it signals the eventfd. The domain pops
+// them; when the ring was full xenemud sets `overflow` and leaves the rest
+// in the model, where the kEvtchnPending hypercall finds them. xenemud keeps
+// its own producer index and never trusts what the domain writes here (as
+// Xen's shared_info pending bits: a guest can only confuse itself).
+inline constexpr size_t kEventRingOffset = 2048;
+inline constexpr uint32_t kEventRingSlots = 256;
+struct EventRing {
+  std::atomic<uint32_t> prod;      // xenemud
+  std::atomic<uint32_t> cons;      // the domain
+  std::atomic<uint32_t> overflow;  // set by xenemud, cleared by the domain
+  uint32_t reserved;
+  std::atomic<uint32_t> ports[kEventRingSlots];
+};
+static_assert(kEventRingOffset + sizeof(EventRing) <= 4096);
 }  // namespace wire
 
 struct RemoteDomainOptions {

@@ -60,6 +60,8 @@ class XenDriverTransport final : public mmio::MmioMirrorDriver {
   void MarkGone(const std::string& why);
   // Drains the event channel into per-port flags; wakes other waiters.
   void CollectEvents();
+  // Unmasks the ports CollectEvents left masked (the driver is about to sleep).
+  void UnmaskAll();
 
   XenChannel& ch_;
   XenGuestOptions o_;
@@ -80,6 +82,7 @@ class XenDriverTransport final : public mmio::MmioMirrorDriver {
   absl::Mutex ev_mu_;
   std::vector<std::atomic<bool>> fired_;
   int wake_fd_ = -1;  // written when a waiter collected someone else's event
+  std::vector<EvtchnPort> masked_ ABSL_GUARDED_BY(ev_mu_);  // delivered, not yet unmasked
 };
 
 }  // namespace vioport::xen
