@@ -3,9 +3,10 @@
 # and runs the demo: one vios serving a file-backed blk, an rng and a console to
 # vioguest processes over hypervisor-less shared memory, a second disk over
 # vhost-user to vioguest playing the VMM, a third over vhost-user to a real
-# Linux guest booted by QEMU (TCG), and a fourth over PowerVM CRQ (vios and
+# Linux guest booted by QEMU (TCG), a fourth over PowerVM CRQ (vios and
 # vioguest as partitions of the crqd hypervisor emulator, data moved only by
-# H_COPY_RDMA); then a result table.
+# H_COPY_RDMA), and a fifth over Xen grants (vios as dom0 and vioguest as
+# domU of the xenemud emulator, persistent grant maps); then a result table.
 #   --size MIB      disk size (default 256)
 #   --bench-secs N  seconds for each 4 KiB QD32 random-read row (default 3)
 #   --no-linux      skip the QEMU guest (it downloads Debian's cloud kernel once)
@@ -16,7 +17,7 @@ BENCH_SECS=3
 LINUX=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --no-linux) LINUX=0; shift ;;
     --size) SIZE_MIB="$2"; shift 2 ;;
     --bench-secs) BENCH_SECS="$2"; shift 2 ;;
@@ -26,7 +27,7 @@ done
 
 scripts/install-deps.sh
 cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DVIOPORT_BENCHMARKS=OFF >/dev/null
-cmake --build build/release --target vios vioguest viosctl crqd
+cmake --build build/release --target vios vioguest viosctl crqd xenemud
 BIN=build/release
 
 base=/tmp
@@ -34,25 +35,32 @@ base=/tmp
 work=$(mktemp -d "$base/vioport-demo.XXXXXX")
 vios_pid=""
 crqd_pid=""
+xenemud_pid=""
 cleanup() {
   [[ -n "$vios_pid" ]] && kill "$vios_pid" 2>/dev/null && wait "$vios_pid" 2>/dev/null || true
   [[ -n "$crqd_pid" ]] && kill "$crqd_pid" 2>/dev/null && wait "$crqd_pid" 2>/dev/null || true
+  [[ -n "$xenemud_pid" ]] && kill "$xenemud_pid" 2>/dev/null && wait "$xenemud_pid" 2>/dev/null || true
   exec 3>&- 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 truncate -s "${SIZE_MIB}M" "$work/disk.img"
-truncate -s 64M "$work/disk1.img" "$work/disk2.img" "$work/disk3.img"
+truncate -s 64M "$work/disk1.img" "$work/disk2.img" "$work/disk3.img" "$work/disk4.img"
 mkfifo "$work/console.in"
 echo "== vios: blk (file-backed, $SIZE_MIB MiB in $work), rng, console (vios's stdio) over shm;"
-echo "   two more 64 MiB disks over vhost-user (KVM's back-end protocol), one over PowerVM CRQ"
+echo "   two more 64 MiB disks over vhost-user (KVM's back-end protocol), one over PowerVM CRQ, one over Xen grants"
 # The PowerVM hypervisor emulator: one adapter pair, client partition 1
 # (the guest, 64 MiB DMA window) and server partition 2 (vios).
 $BIN/emulators/crq/crqd --socket "$work/crqd.sock" --control "$work/crqd.ctl" \
   --pair client=1:0x1000:0x1000:64,server=2:0x2000:0x2000:16 2>"$work/crqd.log" &
 crqd_pid=$!
 for _ in $(seq 200); do [[ -S "$work/crqd.sock" ]] && break; sleep 0.05; done
+# The Xen emulator: grant tables, event channels and xenstored; vios joins
+# it as dom0, the guest as domain 1.
+$BIN/emulators/xen/xenemud --xenstore "$work/xs.sock" --domains "$work/xen.sock" 2>"$work/xenemud.log" &
+xenemud_pid=$!
+for _ in $(seq 200); do [[ -S "$work/xen.sock" ]] && break; sleep 0.05; done
 $BIN/vios/vios \
   --device "blk,id=disk0,path=$work/disk.img" \
   --device rng,id=rng0 \
@@ -66,6 +74,8 @@ $BIN/vios/vios \
   --attach "disk2,transport=vhost-user,socket=$work/disk2.sock" \
   --device "blk,id=disk3,path=$work/disk3.img" \
   --attach "disk3,transport=crq,crqd=$work/crqd.sock,partition=2,unit=0x2000,liobn=0x2000,remote-liobn=0x1000,remote-window-mib=64" \
+  --device "blk,id=disk4,path=$work/disk4.img" \
+  --attach "disk4,transport=xen,channel=emu:$work/xen.sock,domid=1" \
   --control "$work/vios.ctl" --log-level warning \
   <"$work/console.in" >"$work/console.out" 2>"$work/vios.log" &
 vios_pid=$!
@@ -129,6 +139,19 @@ row blk crq "read 64 MiB" "$(field mbps <<<"$out")" "$v"
 out=$(crq blk bench --pattern randread --bs 4K --qd 32 --time "$BENCH_SECS")
 echo "$out" | grep -v '^result'
 row blk crq "4K randread QD32: $(field iops <<<"$out") IOPS" "$(field mbps <<<"$out")" "-"
+
+echo "== blk over Xen grants: vioguest is domain 1 of xenemud, vios dom0; the guest grants its"
+echo "   pages (consecutive refs), vios maps them once and keeps them (persistent grants)"
+xen() { $BIN/guest/tool/vioguest --quiet --transport "xen:emu:$work/xen.sock,domid=1" "$@"; }
+out=$(xen blk write --seed 6)
+row blk xen "write 64 MiB + flush" "$(field mbps <<<"$out")" "-"
+wsum=$(field checksum <<<"$out")
+out=$(xen blk verify --seed 6)
+[[ "$(field checksum <<<"$out")" == "$wsum" && "$(field verified <<<"$out")" == yes ]] && v=yes || v=NO
+row blk xen "read 64 MiB" "$(field mbps <<<"$out")" "$v"
+out=$(xen blk bench --pattern randread --bs 4K --qd 32 --time "$BENCH_SECS")
+echo "$out" | grep -v '^result'
+row blk xen "4K randread QD32: $(field iops <<<"$out") IOPS" "$(field mbps <<<"$out")" "-"
 
 if ((LINUX)); then
   echo "== blk over vhost-user to a real Linux guest: QEMU (TCG) boots Debian's cloud kernel;"
