@@ -1,14 +1,19 @@
 #include "vioport/emulators/hcall_mailbox.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <thread>
+#include <string>
 
 namespace vioport::emu {
 
@@ -108,7 +113,71 @@ bool SleepOnSocket(int sock, int timeout_ms) {
   }
 }
 
+bool WaitForHangup(int sock, int wake_fd) {
+  pollfd fds[2] = {{sock, POLLRDHUP, 0}, {wake_fd, POLLIN, 0}};
+  for (;;) {
+    const int n = ::poll(fds, 2, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || fds[1].revents) return false;
+    if (fds[0].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) return true;
+  }
+}
+
 }  // namespace wire
+
+int CreateSealedMemfd(const std::string& name, uint64_t bytes, uint8_t** map, std::string* error) {
+  const int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) {
+    *error = std::string("memfd_create: ") + std::strerror(errno);
+    return -1;
+  }
+  void* m = MAP_FAILED;
+  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0 ||
+      ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0 ||
+      (m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED) {
+    *error = name + ": " + std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  *map = static_cast<uint8_t*>(m);
+  return fd;
+}
+
+int ConnectToDaemon(const std::string& path, const std::string& daemon, std::chrono::milliseconds timeout,
+                    std::string* error) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path) {
+    *error = "bad " + daemon + " socket path: " + path;
+    return -1;
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+      *error = std::string("socket: ") + std::strerror(errno);
+      return -1;
+    }
+    if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return s;
+    const int err = errno;
+    ::close(s);
+    if (std::chrono::steady_clock::now() >= deadline) {
+      *error = "cannot reach " + daemon + " at " + path + ": " + std::strerror(err);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+std::string CheckSealedMemfd(int fd, uint64_t bytes) {
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) return "memory fd is not a memfd sealed F_SEAL_SHRINK";
+  struct stat sb{};
+  if (::fstat(fd, &sb) != 0 || static_cast<uint64_t>(sb.st_size) < bytes)
+    return "memfd smaller than the " + std::to_string(bytes) + " bytes announced";
+  return "";
+}
 
 Mailbox* CreateMailbox(const std::string& name, int* fd) {
   *fd = ::memfd_create(name.c_str(), MFD_CLOEXEC);

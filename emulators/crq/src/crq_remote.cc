@@ -19,37 +19,15 @@ namespace vioport::crq {
 absl::StatusOr<std::unique_ptr<RemotePartition>> RemotePartition::Connect(const RemotePartitionOptions& o) {
   if (o.memory_bytes == 0 || o.memory_bytes % kTcePageSize)
     return absl::InvalidArgumentError(absl::StrCat("partition memory of ", o.memory_bytes, " bytes (whole 4 KiB pages)"));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (o.socket_path.empty() || o.socket_path.size() >= sizeof addr.sun_path)
-    return absl::InvalidArgumentError(absl::StrCat("bad crqd socket path: ", o.socket_path));
-  std::memcpy(addr.sun_path, o.socket_path.c_str(), o.socket_path.size() + 1);
-
   std::unique_ptr<RemotePartition> p(new RemotePartition());
   p->id_ = o.id;
   p->spin_ = o.spin;
-  p->memfd_ = ::memfd_create(absl::StrCat("crq-partition-", o.id).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (p->memfd_ < 0) return absl::ResourceExhaustedError(absl::StrCat("memfd_create: ", std::strerror(errno)));
-  if (::ftruncate(p->memfd_, static_cast<off_t>(o.memory_bytes)) != 0 ||
-      ::fcntl(p->memfd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
-    return absl::ResourceExhaustedError(absl::StrCat("partition memfd: ", std::strerror(errno)));
-  void* m = ::mmap(nullptr, o.memory_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, p->memfd_, 0);
-  if (m == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap: ", std::strerror(errno)));
-  p->mem_ = static_cast<uint8_t*>(m);
+  std::string err;
+  p->memfd_ = emu::CreateSealedMemfd(absl::StrCat("crq-partition-", o.id), o.memory_bytes, &p->mem_, &err);
+  if (p->memfd_ < 0) return absl::ResourceExhaustedError(err);
   p->size_ = o.memory_bytes;
-
-  const auto deadline = std::chrono::steady_clock::now() + o.connect_timeout;
-  int s = -1;
-  for (;;) {
-    s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (s < 0) return absl::ResourceExhaustedError(absl::StrCat("socket: ", std::strerror(errno)));
-    if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) break;
-    const int err = errno;
-    ::close(s);
-    if (std::chrono::steady_clock::now() >= deadline)
-      return absl::UnavailableError(absl::StrCat("cannot reach crqd at ", o.socket_path, ": ", std::strerror(err)));
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  const int s = emu::ConnectToDaemon(o.socket_path, "crqd", o.connect_timeout, &err);
+  if (s < 0) return absl::UnavailableError(err);
   {
     absl::MutexLock lock(&p->mu_);
     p->sock_ = s;
@@ -125,19 +103,8 @@ void RemotePartition::Watch() {
     s = sock_;
   }
   // The socket is never closed before this thread is joined, so polling it
-  // without the lock is safe; POLLIN is not asked for, so responses in flight
-  // don't wake us.
-  pollfd fds[2] = {{s, POLLRDHUP, 0}, {wake_fd_, POLLIN, 0}};
-  for (;;) {
-    const int n = ::poll(fds, 2, -1);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return;
-    if (fds[1].revents) return;
-    if (fds[0].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
-      MarkDead();
-      return;
-    }
-  }
+  // without the lock is safe.
+  if (emu::wire::WaitForHangup(s, wake_fd_)) MarkDead();
 }
 
 void RemotePartition::Disconnect() {

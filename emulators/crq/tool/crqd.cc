@@ -301,14 +301,8 @@ class Daemon {
       Refuse(fd, absl::StrCat("memory of ", size, " bytes: must be whole 4 KiB pages"));
       return;
     }
-    const int seals = ::fcntl(memfd, F_GET_SEALS);
-    if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
-      Refuse(fd, "memory fd is not a memfd sealed F_SEAL_SHRINK");
-      return;
-    }
-    struct stat sb{};
-    if (::fstat(memfd, &sb) != 0 || static_cast<uint64_t>(sb.st_size) < size) {
-      Refuse(fd, absl::StrCat("memfd smaller than the ", size, " bytes announced"));
+    if (const std::string why = vioport::emu::CheckSealedMemfd(memfd, size); !why.empty()) {
+      Refuse(fd, why);
       return;
     }
     {

@@ -265,15 +265,8 @@ void DomainService::Serve(int fd) {
                             "page and one more, at most ", options_.max_memory_bytes));
     return;
   }
-  // A domain that could shrink its RAM would make the hypervisor fault.
-  const int seals = ::fcntl(memfd, F_GET_SEALS);
-  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
-    Refuse(fd, "memory fd is not a memfd sealed F_SEAL_SHRINK");
-    return;
-  }
-  struct stat sb{};
-  if (::fstat(memfd, &sb) != 0 || static_cast<uint64_t>(sb.st_size) < ram) {
-    Refuse(fd, absl::StrCat("memfd smaller than the ", ram, " bytes announced"));
+  if (const std::string why = emu::CheckSealedMemfd(memfd, ram); !why.empty()) {
+    Refuse(fd, why);
     return;
   }
   std::string xs_path = id == 0 ? options_.xenstore_path : absl::StrCat(options_.xenstore_path, ".d", id);

@@ -82,19 +82,9 @@ struct RemoteDomain::Impl {
       absl::MutexLock lock(&mu);
       s = sock;
     }
-    // The socket is never closed before this thread is joined; POLLIN is
-    // not asked for, so kicks don't wake us.
-    pollfd fds[2] = {{s, POLLRDHUP, 0}, {wake_fd, POLLIN, 0}};
-    for (;;) {
-      const int n = ::poll(fds, 2, -1);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return;
-      if (fds[1].revents) return;
-      if (fds[0].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
-        MarkDead();
-        return;
-      }
-    }
+    // The socket is never closed before this thread is joined, so polling it
+    // without the lock is safe.
+    if (emu::wire::WaitForHangup(s, wake_fd)) MarkDead();
   }
 };
 
@@ -107,39 +97,17 @@ absl::StatusOr<std::unique_ptr<RemoteDomain>> RemoteDomain::Connect(const Remote
     return absl::InvalidArgumentError(absl::StrCat("domain memory of ", o.memory_bytes,
                                                    " bytes: whole 4 KiB pages, more than the grant table (",
                                                    o.grant_frames, " frames) and the argument page"));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (o.socket_path.empty() || o.socket_path.size() >= sizeof addr.sun_path)
-    return absl::InvalidArgumentError(absl::StrCat("bad xenemud socket path: ", o.socket_path));
-  std::memcpy(addr.sun_path, o.socket_path.c_str(), o.socket_path.size() + 1);
-
   std::unique_ptr<RemoteDomain> d(new RemoteDomain());
   Impl& im = *d->impl_;
   im.id = o.id;
   im.spin = o.spin;
   im.grant_frames = o.grant_frames;
-  im.memfd = ::memfd_create(absl::StrCat("xen-domain-", o.id).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (im.memfd < 0) return absl::ResourceExhaustedError(absl::StrCat("memfd_create: ", std::strerror(errno)));
-  if (::ftruncate(im.memfd, static_cast<off_t>(o.memory_bytes)) != 0 ||
-      ::fcntl(im.memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
-    return absl::ResourceExhaustedError(absl::StrCat("domain memfd: ", std::strerror(errno)));
-  void* m = ::mmap(nullptr, o.memory_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, im.memfd, 0);
-  if (m == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap: ", std::strerror(errno)));
-  im.mem = static_cast<uint8_t*>(m);
+  std::string err;
+  im.memfd = emu::CreateSealedMemfd(absl::StrCat("xen-domain-", o.id), o.memory_bytes, &im.mem, &err);
+  if (im.memfd < 0) return absl::ResourceExhaustedError(err);
   im.mem_bytes = o.memory_bytes;
-
-  const auto deadline = std::chrono::steady_clock::now() + o.connect_timeout;
-  int s = -1;
-  for (;;) {
-    s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (s < 0) return absl::ResourceExhaustedError(absl::StrCat("socket: ", std::strerror(errno)));
-    if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) break;
-    const int err = errno;
-    ::close(s);
-    if (std::chrono::steady_clock::now() >= deadline)
-      return absl::UnavailableError(absl::StrCat("cannot reach xenemud at ", o.socket_path, ": ", std::strerror(err)));
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  const int s = emu::ConnectToDaemon(o.socket_path, "xenemud", o.connect_timeout, &err);
+  if (s < 0) return absl::UnavailableError(err);
   {
     absl::MutexLock lock(&im.mu);
     im.sock = s;

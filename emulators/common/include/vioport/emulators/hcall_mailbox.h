@@ -71,7 +71,26 @@ void Kick(int sock);
 // passes, then consumes any kicks without blocking. Returns false once the
 // socket is closed or in error (the partner is gone).
 bool SleepOnSocket(int sock, int timeout_ms);
+// Blocks until the peer of `sock` hangs up (true) or `wake_fd` becomes
+// readable or poll fails (false). POLLIN is not asked for, so kicks and
+// answers in flight do not wake it: a client's thread that notices the
+// daemon's death without a call in flight.
+bool WaitForHangup(int sock, int wake_fd);
 }  // namespace wire
+
+// A guest's RAM as a client makes it: a memfd of `bytes`, sealed against
+// shrinking and growing, mapped read-write at *map. The fd, or -1 with *error.
+int CreateSealedMemfd(const std::string& name, uint64_t bytes, uint8_t** map, std::string* error);
+// Connects a SEQPACKET socket to the daemon at `path`, retrying while it may
+// still be starting, until `timeout`. The fd, or -1 with *error (naming
+// `daemon`).
+int ConnectToDaemon(const std::string& path, const std::string& daemon, std::chrono::milliseconds timeout,
+                    std::string* error);
+
+// A guest's RAM as a daemon accepts it: a memfd sealed F_SEAL_SHRINK (one
+// that could shrink would make the daemon fault) of at least `bytes`.
+// Returns "" when acceptable, else why not.
+std::string CheckSealedMemfd(int fd, uint64_t bytes);
 
 // The server side creates the mailbox: a memfd of kMailboxBytes, mapped.
 // Returns nullptr (and *fd = -1) on failure; the caller closes *fd once it
