@@ -125,6 +125,45 @@ bool WaitForHangup(int sock, int wake_fd) {
 
 }  // namespace wire
 
+void ConnectionThreads::Add(int fd, std::function<void(int)> serve) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopped_) {
+    ::close(fd);
+    return;
+  }
+  for (auto it = conns_.begin(); it != conns_.end();) {  // reap the finished
+    if ((*it)->done.load()) {
+      (*it)->thread.join();
+      ::close((*it)->fd);
+      it = conns_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  auto c = std::make_unique<Conn>();
+  c->fd = fd;
+  Conn* raw = c.get();
+  c->thread = std::thread([raw, serve = std::move(serve)] {
+    serve(raw->fd);
+    raw->done.store(true);
+  });
+  conns_.push_back(std::move(c));
+}
+
+void ConnectionThreads::Shutdown() {
+  std::list<std::unique_ptr<Conn>> conns;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+    for (auto& c : conns_) ::shutdown(c->fd, SHUT_RDWR);
+    conns.swap(conns_);
+  }
+  for (auto& c : conns) {
+    c->thread.join();
+    ::close(c->fd);
+  }
+}
+
 int CreateSealedMemfd(const std::string& name, uint64_t bytes, uint8_t** map, std::string* error) {
   const int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) {

@@ -146,31 +146,11 @@ class Daemon {
 
   // One thread per partition connection.
   void Accept(int fd) {
-    std::lock_guard<std::mutex> lock(mu_);
-    Reap();
-    auto c = std::make_unique<Conn>();
-    c->fd = fd;
-    Conn* raw = c.get();
-    c->thread = std::thread([this, raw] {
-      Serve(raw->fd);
-      raw->done.store(true);
-    });
-    conns_.push_back(std::move(c));
+    conns_.Add(fd, [this](int c) { Serve(c); });
   }
 
   // Stops serving: every connection is shut down (its partition removed).
-  void Shutdown() {
-    std::list<std::unique_ptr<Conn>> conns;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& c : conns_) ::shutdown(c->fd, SHUT_RDWR);
-      conns.swap(conns_);
-    }
-    for (auto& c : conns) {
-      c->thread.join();
-      ::close(c->fd);
-    }
-  }
+  void Shutdown() { conns_.Shutdown(); }
 
   std::string Control(const std::string& line) {
     std::vector<std::string> t = absl::StrSplit(line, ' ', absl::SkipWhitespace());
@@ -221,23 +201,7 @@ class Daemon {
   }
 
  private:
-  struct Conn {
-    int fd = -1;
-    std::thread thread;
-    std::atomic<bool> done{false};
-  };
 
-  void Reap() {  // mu_ held
-    for (auto it = conns_.begin(); it != conns_.end();) {
-      if ((*it)->done.load()) {
-        (*it)->thread.join();
-        ::close((*it)->fd);
-        it = conns_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
 
   std::string StatsText() {
     const HypervisorStats st = hv.Stats();
@@ -381,9 +345,9 @@ class Daemon {
   }
 
   std::mutex mu_;
-  std::list<std::unique_ptr<Conn>> conns_;
   std::set<PartitionId> connected_;
   std::atomic<uint64_t> accepted_{0}, refused_{0}, requests_{0};
+  vioport::emu::ConnectionThreads conns_;  // last: its threads use the members above
 };
 
 void ServeControl(Daemon& d, int fd) {

@@ -144,24 +144,7 @@ void DomainService::AcceptLoop() {
       ::close(c);
       continue;
     }
-    // Reap the threads of domains that have gone.
-    for (auto it = conns_.begin(); it != conns_.end();) {
-      if ((*it)->done.load()) {
-        (*it)->thread.join();
-        ::close((*it)->fd);
-        it = conns_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    auto conn = std::make_unique<Conn>();
-    conn->fd = c;
-    Conn* raw = conn.get();
-    conn->thread = std::thread([this, raw] {
-      Serve(raw->fd);
-      raw->done.store(true);
-    });
-    conns_.push_back(std::move(conn));
+    conns_.Add(c, [this](int fd) { Serve(fd); });
   }
 }
 
@@ -183,16 +166,7 @@ void DomainService::Shutdown() {
   }
   if (wake_fd_ >= 0) ::close(wake_fd_);
   wake_fd_ = -1;
-  std::list<std::unique_ptr<Conn>> conns;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& c : conns_) ::shutdown(c->fd, SHUT_RDWR);
-    conns.swap(conns_);
-  }
-  for (auto& c : conns) {
-    c->thread.join();
-    ::close(c->fd);
-  }
+  conns_.Shutdown();
   // Zombies nobody will unmap any more: the process is stopping.
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& [id, d] : domains_) FreeMemory(*d);

@@ -23,6 +23,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "absl/status/status.h"
+#include "vioport/emulators/hcall_mailbox.h"
 #include "vioport/emulators/xen_evtchn.h"
 #include "vioport/emulators/xen_grants.h"
 #include "vioport/emulators/xenstore.h"
@@ -61,11 +62,6 @@ class DomainService {
 
  private:
   struct Domain;
-  struct Conn {
-    int fd = -1;
-    std::thread thread;
-    std::atomic<bool> done{false};
-  };
 
   void AcceptLoop();
   void Serve(int fd);
@@ -97,7 +93,7 @@ class DomainService {
   bool toolstack_open_ = false;
 
   std::mutex mu_;
-  std::list<std::unique_ptr<Conn>> conns_;         // guarded by mu_
+  emu::ConnectionThreads conns_;
   std::map<DomId, std::shared_ptr<Domain>> domains_;  // live and zombie; guarded by mu_
   uint64_t pool_in_use_ = 0;                        // guarded by mu_
   bool stopping_ = false;                           // guarded by mu_

@@ -23,6 +23,11 @@
 // call like any hypercall.
 
 #include <atomic>
+#include <thread>
+#include <mutex>
+#include <memory>
+#include <list>
+#include <functional>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -77,6 +82,29 @@ bool SleepOnSocket(int sock, int timeout_ms);
 // daemon's death without a call in flight.
 bool WaitForHangup(int sock, int wake_fd);
 }  // namespace wire
+
+// A daemon's connections, one thread each (crqd's partitions, xenemud's
+// domains). Thread-safe.
+class ConnectionThreads {
+ public:
+  ~ConnectionThreads() { Shutdown(); }
+  // Runs serve(fd) on a new thread; the fd is closed once it returns and
+  // the thread is reaped (at the next Add or at Shutdown).
+  void Add(int fd, std::function<void(int)> serve);
+  // Shuts every connection down (its serve() sees EOF), joins the threads
+  // and closes the fds. Later Adds close their fd at once.
+  void Shutdown();
+
+ private:
+  struct Conn {
+    int fd = -1;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+  std::mutex mu_;
+  std::list<std::unique_ptr<Conn>> conns_;
+  bool stopped_ = false;
+};
 
 // A guest's RAM as a client makes it: a memfd of `bytes`, sealed against
 // shrinking and growing, mapped read-write at *map. The fd, or -1 with *error.
