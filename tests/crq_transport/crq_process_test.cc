@@ -78,9 +78,9 @@ constexpr Pair kRngPair{"r0", 5, 0x1002, 2, 0x2002};
 constexpr Pair kConsolePair{"c0", 7, 0x1003, 2, 0x2003};
 constexpr uint32_t ServerPid(const Pair& p) { return p.server_pid; }
 
-class CrqProcess : public testproc::ProcessTest {
+class CrqProcess : public testproc::ViosProcessTest {
  protected:
-  CrqProcess() : ProcessTest("vioport-crqproc") {}
+  CrqProcess() : ViosProcessTest("vioport-crqproc", VIOS_BIN, VIOSCTL_BIN, VIOGUEST_BIN) {}
 
   // crqd with one adapter pair per entry.
   void StartCrqd(const std::vector<Pair>& pairs) {
@@ -96,7 +96,7 @@ class CrqProcess : public testproc::ProcessTest {
 
   // vios with `devices` (--device specs), serving each pair's device over it.
   void StartVios(const std::vector<std::string>& devices, const std::vector<Pair>& pairs) {
-    vios_args_ = {VIOS_BIN};
+    vios_args_.clear();
     for (const std::string& d : devices) vios_args_.insert(vios_args_.end(), {"--device", d});
     for (const Pair& p : pairs)
       vios_args_.insert(vios_args_.end(),
@@ -104,17 +104,9 @@ class CrqProcess : public testproc::ProcessTest {
                                                      "remote-liobn=%#x,remote-window-mib=%u",
                                                      p.device, Path("crqd.sock"), ServerPid(p), p.server_unit,
                                                      p.server_unit, p.client_unit, kWindowMib)});
-    vios_args_.insert(vios_args_.end(), {"--control", Path("vios.ctl")});
     vios_pids_.clear();
     for (const Pair& p : pairs) vios_pids_.insert(ServerPid(p));
     SpawnVios();
-  }
-  // The control socket is bound once every attachment exists (its server
-  // adapter registered).
-  void SpawnVios() {
-    vios_ = &Start(vios_args_, "vios");
-    ASSERT_GT(vios_->pid, 0);
-    ASSERT_TRUE(WaitForPaths({Path("vios.ctl")}, *vios_)) << vios_->err();
   }
   // After vios died: once crqd has dropped its partitions (a new HELLO with
   // their ids would be refused), the same vios again.
@@ -127,7 +119,6 @@ class CrqProcess : public testproc::ProcessTest {
         },
         10))
         << "crqd still lists vios's partitions:\n" << Crqctl("partitions");
-    std::filesystem::remove(Path("vios.ctl"));  // left behind by the dead vios
     SpawnVios();
   }
 
@@ -141,24 +132,19 @@ class CrqProcess : public testproc::ProcessTest {
     // with that id has read the EOF: a guest started right after another one
     // exited on the same partition could be refused ("already connected").
     EXPECT_TRUE(WaitFor([&] { return !CrqdPartitions().count(p.client_pid); }, 10)) << Crqctl("partitions");
-    std::vector<std::string> argv = {VIOGUEST_BIN, "--transport", Transport(p)};
-    argv.insert(argv.end(), cmd.begin(), cmd.end());
-    return Start(argv, "vioguest");
+    return StartVioguest(Transport(p), cmd);
   }
   Proc& Guest(const Pair& p, const std::vector<std::string>& cmd, double timeout = 120) {
     Proc& g = StartGuest(p, cmd);
     g.Wait(timeout);
     return g;
   }
-  // Write, then verify with a fresh vioguest, then the file.
   void WriteAndVerify(const Pair& p, const std::string& disk, uint64_t seed, uint64_t offset, uint64_t length) {
-    Proc& w = Guest(p, BlkCmd("write", seed, offset, length));
-    ASSERT_EQ(w.status, 0) << w.err() << w.out();
-    Proc& v = Guest(p, BlkCmd("verify", seed, offset, length));
-    ExpectWrittenAndVerified(w, v, disk, seed, offset, length);
+    EXPECT_TRUE(WaitFor([&] { return !CrqdPartitions().count(p.client_pid); }, 10)) << Crqctl("partitions");
+    WriteAndVerifyOver(Transport(p), disk, seed, offset, length, 120);
   }
 
-  std::string Viosctl(const std::string& cmd, int* code = nullptr) { return Ctl(VIOSCTL_BIN, Path("vios.ctl"), cmd, code); }
+
   std::string Crqctl(const std::string& cmd, int* code = nullptr) { return Ctl(CRQCTL_BIN, Path("crqd.ctl"), cmd, code); }
   // crqctl COMMAND, which must answer ok.
   void Inject(const std::string& cmd) {
@@ -167,10 +153,6 @@ class CrqProcess : public testproc::ProcessTest {
     ASSERT_EQ(code, 0) << "crqctl " << cmd << ": " << out;
   }
 
-  // viosctl stats: counter `id.name` (e.g. "d0", "crq.closes"); ~0 if absent.
-  uint64_t Stat(const std::string& id, const std::string& name) {
-    return testproc::StatValue(Viosctl("stats " + id), id, name);
-  }
   // crqctl stats: `field` of the line "hcall NAME calls=... not_success=...";
   // 0 if there is no such line (never called), ~0 if crqd did not answer.
   uint64_t HcallStat(const std::string& hcall, const std::string& field) {
@@ -197,27 +179,8 @@ class CrqProcess : public testproc::ProcessTest {
     }
     return ids;
   }
-  // Waits until vios has written `bytes` to device `id` while `writer` runs:
-  // the writer has made progress and is mid-way. False if it ended first.
-  bool WaitForBytesWritten(const std::string& id, uint64_t bytes, Proc& writer, double seconds = 60) {
-    uint64_t got = 0;
-    WaitFor(
-        [&] {
-          got = Stat(id, "bytes_written");
-          return (got != ~0ull && got >= bytes) || !writer.Running();
-        },
-        seconds);
-    return got != ~0ull && got >= bytes && writer.Running();
-  }
-  // Polls vios's log until it has `text` (bounded).
-  bool ViosLogHas(const std::string& text, double seconds = 10) {
-    return WaitFor([&] { return absl::StrContains(vios_->err(), text); }, seconds);
-  }
-
   void WriteThroughFaults(uint64_t seed, const std::string& fault, uint32_t n, const std::function<void()>& before);
   Proc* crqd_ = nullptr;
-  Proc* vios_ = nullptr;
-  std::vector<std::string> vios_args_;
   std::set<uint32_t> vios_pids_;
 };
 

@@ -181,4 +181,75 @@ class ProcessTest : public ::testing::Test {
   std::string prefix_;
 };
 
+// A ProcessTest around one vios (its control socket at Path("vios.ctl")):
+// starting it from vios_args_, viosctl and its counters, its log.
+class ViosProcessTest : public ProcessTest {
+ protected:
+  ViosProcessTest(std::string prefix, std::string vios_bin, std::string viosctl_bin, std::string vioguest_bin)
+      : ProcessTest(std::move(prefix)),
+        vios_bin_(std::move(vios_bin)),
+        viosctl_bin_(std::move(viosctl_bin)),
+        vioguest_bin_(std::move(vioguest_bin)) {}
+
+  // vioguest --transport `transport` CMD..., in the background.
+  Proc& StartVioguest(const std::string& transport, const std::vector<std::string>& cmd) {
+    std::vector<std::string> argv = {vioguest_bin_, "--transport", transport};
+    argv.insert(argv.end(), cmd.begin(), cmd.end());
+    return Start(argv, "vioguest");
+  }
+  // The same, waited for (bounded).
+  Proc& RunVioguest(const std::string& transport, const std::vector<std::string>& cmd, double timeout) {
+    Proc& g = StartVioguest(transport, cmd);
+    g.Wait(timeout);
+    return g;
+  }
+  // `blk write`, then `blk verify` by a fresh vioguest, then the file.
+  void WriteAndVerifyOver(const std::string& transport, const std::string& disk, uint64_t seed, uint64_t offset,
+                          uint64_t length, double timeout) {
+    Proc& w = RunVioguest(transport, BlkCmd("write", seed, offset, length), timeout);
+    ASSERT_EQ(w.status, 0) << w.err() << w.out();
+    Proc& v = RunVioguest(transport, BlkCmd("verify", seed, offset, length), timeout);
+    ExpectWrittenAndVerified(w, v, disk, seed, offset, length);
+  }
+
+  // vios with vios_args_ (after the binary) plus --control; waits for its
+  // control socket, which exists once every attachment does.
+  void SpawnVios() {
+    std::filesystem::remove(Path("vios.ctl"));  // left behind by a killed vios
+    std::vector<std::string> argv = {vios_bin_};
+    argv.insert(argv.end(), vios_args_.begin(), vios_args_.end());
+    argv.insert(argv.end(), {"--control", Path("vios.ctl")});
+    vios_ = &Start(argv, "vios");
+    ASSERT_GT(vios_->pid, 0);
+    ASSERT_TRUE(WaitForPaths({Path("vios.ctl")}, *vios_)) << vios_->err();
+  }
+  std::string Viosctl(const std::string& cmd, int* code = nullptr) {
+    return Ctl(viosctl_bin_.c_str(), Path("vios.ctl"), cmd, code);
+  }
+  // viosctl stats: counter `id.name` (e.g. "d0", "crq.closes"); ~0 if absent.
+  uint64_t Stat(const std::string& id, const std::string& name) { return StatValue(Viosctl("stats " + id), id, name); }
+  // Waits until vios has written `bytes` to device `id` while `writer` runs:
+  // the writer has made progress and is mid-way. False if it ended first.
+  bool WaitForBytesWritten(const std::string& id, uint64_t bytes, Proc& writer, double seconds = 90) {
+    uint64_t got = 0;
+    WaitFor(
+        [&] {
+          got = Stat(id, "bytes_written");
+          return (got != ~0ull && got >= bytes) || !writer.Running();
+        },
+        seconds);
+    return got != ~0ull && got >= bytes && writer.Running();
+  }
+  // Polls vios's log until it has `text` (bounded).
+  bool ViosLogHas(const std::string& text, double seconds = 10) {
+    return WaitFor([&] { return absl::StrContains(vios_->err(), text); }, seconds);
+  }
+
+  Proc* vios_ = nullptr;
+  std::vector<std::string> vios_args_;  // without the binary and --control
+
+ private:
+  std::string vios_bin_, viosctl_bin_, vioguest_bin_;
+};
+
 }  // namespace vioport::testproc

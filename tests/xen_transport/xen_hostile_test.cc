@@ -42,21 +42,19 @@ using xen::XenbusState;
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint32_t kHonest = 1, kHostile = 9, kStranger = 7;
 
-class XenHostile : public testproc::ProcessTest {
+class XenHostile : public testproc::ViosProcessTest {
  protected:
-  XenHostile() : ProcessTest("vioport-xenhostile") {}
+  XenHostile() : ViosProcessTest("vioport-xenhostile", VIOS_BIN, VIOSCTL_BIN, VIOGUEST_BIN) {}
 
   void SetUp() override {
     ProcessTest::SetUp();
     xenemud_ = &Start({XENEMUD_BIN, "--xenstore", Path("xs.sock"), "--domains", Path("xen.sock")}, "xenemud");
     ASSERT_TRUE(WaitForPaths({Path("xs.sock"), Path("xen.sock")}, *xenemud_)) << xenemud_->err();
     MakeDisk(Path("disk.img"), 64 * kMiB);
-    vios_ = &Start({VIOS_BIN, "--device", "blk,id=d0,path=" + Path("disk.img"), "--device", "rng,id=bad", "--attach",
-                    absl::StrFormat("d0,transport=xen,channel=emu:%s,domid=%u", Path("xen.sock"), kHonest),
-                    "--attach", absl::StrFormat("bad,transport=xen,channel=emu:%s,domid=%u", Path("xen.sock"), kHostile),
-                    "--control", Path("vios.ctl")},
-                   "vios");
-    ASSERT_TRUE(WaitForPaths({Path("vios.ctl")}, *vios_)) << vios_->err();
+    vios_args_ = {"--device", "blk,id=d0,path=" + Path("disk.img"), "--device", "rng,id=bad", "--attach",
+                  absl::StrFormat("d0,transport=xen,channel=emu:%s,domid=%u", Path("xen.sock"), kHonest), "--attach",
+                  absl::StrFormat("bad,transport=xen,channel=emu:%s,domid=%u", Path("xen.sock"), kHostile)};
+    SpawnVios();
     xen::EmulatorChannelOptions eo;
     eo.socket = Path("xen.sock");
     eo.self = kHostile;
@@ -72,13 +70,6 @@ class XenHostile : public testproc::ProcessTest {
     be_ = xen::BackendDir(0, kHostile, 0);
   }
 
-  std::string Viosctl(const std::string& cmd) { return Ctl(VIOSCTL_BIN, Path("vios.ctl"), cmd, nullptr); }
-  uint64_t Stat(const std::string& id, const std::string& name) {
-    return testproc::StatValue(Viosctl("stats " + id), id, name);
-  }
-  bool ViosLogHas(const std::string& text, double seconds = 10) {
-    return WaitFor([&] { return absl::StrContains(vios_->err(), text); }, seconds);
-  }
   int BackendState() {
     auto v = xs_->Read(be_ + "/state");
     return v.ok() ? std::atoi(v->c_str()) : -1;
@@ -128,7 +119,6 @@ class XenHostile : public testproc::ProcessTest {
   }
 
   Proc* xenemud_ = nullptr;
-  Proc* vios_ = nullptr;
   std::unique_ptr<xen::XenChannel> ch_;
   std::unique_ptr<xen::XsClient> xs_;
   std::string fe_, be_;

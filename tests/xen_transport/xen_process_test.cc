@@ -55,9 +55,9 @@ constexpr Dev kBlk{"d0", 1};
 constexpr Dev kRng{"r0", 2};
 constexpr Dev kConsole{"c0", 3};
 
-class XenProcess : public testproc::ProcessTest {
+class XenProcess : public testproc::ViosProcessTest {
  protected:
-  XenProcess() : ProcessTest("vioport-xenproc") {}
+  XenProcess() : ViosProcessTest("vioport-xenproc", VIOS_BIN, VIOSCTL_BIN, VIOGUEST_BIN) {}
 
   void StartXenemud() {
     xenemud_ = &Start({XENEMUD_BIN, "--xenstore", Path("xs.sock"), "--domains", Path("xen.sock")}, "xenemud");
@@ -67,56 +67,21 @@ class XenProcess : public testproc::ProcessTest {
   // vios (dom0) with `devices`, each attached for its frontend; `grants` map or copy.
   void StartVios(const std::vector<std::string>& devices, const std::vector<Dev>& attach,
                  const std::string& grants = "map") {
-    vios_args_ = {VIOS_BIN};
+    vios_args_.clear();
     for (const std::string& d : devices) vios_args_.insert(vios_args_.end(), {"--device", d});
     for (const Dev& d : attach)
       vios_args_.insert(vios_args_.end(),
                         {"--attach", absl::StrFormat("%s,transport=xen,channel=emu:%s,domid=%u,devid=%u,grants=%s",
                                                      d.id, Path("xen.sock"), d.domid, d.devid, grants)});
-    vios_args_.insert(vios_args_.end(), {"--control", Path("vios.ctl")});
     SpawnVios();
-  }
-  void SpawnVios() {
-    std::filesystem::remove(Path("vios.ctl"));  // left behind by a killed vios
-    vios_ = &Start(vios_args_, "vios");
-    ASSERT_GT(vios_->pid, 0);
-    ASSERT_TRUE(WaitForPaths({Path("vios.ctl")}, *vios_)) << vios_->err();
   }
   std::string Transport(const Dev& d) const {
     return absl::StrFormat("xen:emu:%s,domid=%u,devid=%u", Path("xen.sock"), d.domid, d.devid);
   }
-  Proc& StartGuest(const Dev& d, const std::vector<std::string>& cmd) {
-    std::vector<std::string> argv = {VIOGUEST_BIN, "--transport", Transport(d)};
-    argv.insert(argv.end(), cmd.begin(), cmd.end());
-    return Start(argv, "vioguest");
-  }
-  Proc& Guest(const Dev& d, const std::vector<std::string>& cmd, double timeout = 180) {
-    Proc& g = StartGuest(d, cmd);
-    g.Wait(timeout);
-    return g;
-  }
+  Proc& StartGuest(const Dev& d, const std::vector<std::string>& cmd) { return StartVioguest(Transport(d), cmd); }
+  Proc& Guest(const Dev& d, const std::vector<std::string>& cmd) { return RunVioguest(Transport(d), cmd, 180); }
   void WriteAndVerify(const Dev& d, const std::string& disk, uint64_t seed, uint64_t offset, uint64_t length) {
-    Proc& w = Guest(d, BlkCmd("write", seed, offset, length));
-    ASSERT_EQ(w.status, 0) << w.err() << w.out();
-    Proc& v = Guest(d, BlkCmd("verify", seed, offset, length));
-    ExpectWrittenAndVerified(w, v, disk, seed, offset, length);
-  }
-  std::string Viosctl(const std::string& cmd, int* code = nullptr) { return Ctl(VIOSCTL_BIN, Path("vios.ctl"), cmd, code); }
-  uint64_t Stat(const std::string& id, const std::string& name) {
-    return testproc::StatValue(Viosctl("stats " + id), id, name);
-  }
-  bool WaitForBytesWritten(const std::string& id, uint64_t bytes, Proc& writer, double seconds = 90) {
-    uint64_t got = 0;
-    WaitFor(
-        [&] {
-          got = Stat(id, "bytes_written");
-          return (got != ~0ull && got >= bytes) || !writer.Running();
-        },
-        seconds);
-    return got != ~0ull && got >= bytes && writer.Running();
-  }
-  bool ViosLogHas(const std::string& text, double seconds = 10) {
-    return WaitFor([&] { return absl::StrContains(vios_->err(), text); }, seconds);
+    WriteAndVerifyOver(Transport(d), disk, seed, offset, length, 180);
   }
   void StopAll() {
     vios_->Signal(SIGTERM);
@@ -126,8 +91,6 @@ class XenProcess : public testproc::ProcessTest {
   }
 
   Proc* xenemud_ = nullptr;
-  Proc* vios_ = nullptr;
-  std::vector<std::string> vios_args_;
 };
 
 // ---- Data ------------------------------------------------------------------------
@@ -178,7 +141,7 @@ TEST_F(XenProcess, RngAndConsole) {
   std::vector<uint8_t> reads[2];
   for (int i = 0; i < 2; ++i) {
     const std::string out = Path(absl::StrCat("rng", i, ".bin"));
-    Proc& r = Guest(kRng, {"rng", "--length", "1M", "--out", out}, 60);
+    Proc& r = Guest(kRng, {"rng", "--length", "1M", "--out", out});
     ASSERT_EQ(r.status, 0) << r.err() << r.out();
     reads[i] = ReadAll(out);
     ASSERT_EQ(reads[i].size(), kMiB) << out;
