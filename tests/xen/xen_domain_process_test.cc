@@ -31,6 +31,7 @@ extern "C" {
 }
 
 #include "vioport/emulators/xen_remote.h"
+#include "xenemud_child.h"
 #include "vioport/transports/xen_channel.h"
 
 namespace vioport::xen {
@@ -46,32 +47,13 @@ class Xenemud {
     dir_ = mkdtemp(tmpl);
     xs_ = dir_ + "/xs";
     domains_ = dir_ + "/domains";
-    std::vector<std::string> args = {XENEMUD_BIN, "--xenstore", xs_, "--domains", domains_};
+    std::vector<std::string> args = {"--xenstore", xs_, "--domains", domains_};
     args.insert(args.end(), extra.begin(), extra.end());
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(XENEMUD_BIN, argv.data());
-      _exit(127);
-    }
+    pid_ = child::SpawnXenemud(args);
   }
   ~Xenemud() {
     if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      int status = 0;
-      const auto deadline = Clock::now() + std::chrono::seconds(20);
-      while (waitpid(pid_, &status, WNOHANG) == 0) {
-        if (Clock::now() > deadline) {
-          kill(pid_, SIGKILL);
-          waitpid(pid_, &status, 0);
-          ADD_FAILURE() << "xenemud ignored SIGTERM";
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
-      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+      child::StopXenemud(pid_, 20);
     }
     std::system(("rm -rf " + dir_).c_str());
   }

@@ -28,6 +28,7 @@ extern "C" {
 }
 
 #include "vioport/emulators/xenstore_wire.h"
+#include "xenemud_child.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wrestrict"  // GCC bug 105329 (std::string operator+)
@@ -50,12 +51,8 @@ class Daemon {
     dom0_ = dir_ + "/xs";
     d5_ = dir_ + "/d5";
     d6_ = dir_ + "/d6";
-    pid_ = fork();
-    if (pid_ == 0) {
-      execl(XENEMUD_BIN, XENEMUD_BIN, "--xenstore", dom0_.c_str(), "--domain", ("5=" + d5_).c_str(), "--domain",
-            ("6=" + d6_).c_str(), "--max-output", "65536", static_cast<char*>(nullptr));
-      _exit(127);
-    }
+    pid_ = child::SpawnXenemud({"--xenstore", dom0_, "--domain", "5=" + d5_, "--domain", "6=" + d6_, "--max-output",
+                                  "65536"});
     // Ready when every socket accepts (bounded).
     const auto deadline = Clock::now() + std::chrono::seconds(10);
     for (const auto& p : {dom0_, d5_, d6_}) {
@@ -67,19 +64,7 @@ class Daemon {
     }
   }
   ~Daemon() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    const auto deadline = Clock::now() + std::chrono::seconds(10);
-    while (waitpid(pid_, &status, WNOHANG) == 0) {
-      if (Clock::now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-        ADD_FAILURE() << "xenemud ignored SIGTERM";
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+    child::StopXenemud(pid_, 10);
     std::system(("rm -rf " + dir_).c_str());
   }
   static int Connect(const std::string& path) {
