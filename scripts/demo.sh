@@ -116,42 +116,35 @@ grep -q "hello from the guest" "$work/console.out" && sent=yes || sent=no
 [[ "$(field verified <<<"$out")" == yes && "$sent" == yes ]] && v=yes || v=NO
 row console shm "echo both ways" "-" "$v"
 
+# A 64 MiB disk's three rows: write + flush, verify against the writer's
+# checksum, and a 4 KiB QD32 random-read benchmark, through `$@` (a vioguest
+# invocation up to its command).
+blk_rows() {
+  local name=$1 seed=$2
+  shift 2
+  out=$("$@" blk write --seed "$seed")
+  row blk "$name" "write 64 MiB + flush" "$(field mbps <<<"$out")" "-"
+  wsum=$(field checksum <<<"$out")
+  out=$("$@" blk verify --seed "$seed")
+  [[ "$(field checksum <<<"$out")" == "$wsum" && "$(field verified <<<"$out")" == yes ]] && v=yes || v=NO
+  row blk "$name" "read 64 MiB" "$(field mbps <<<"$out")" "$v"
+  out=$("$@" blk bench --pattern randread --bs 4K --qd 32 --time "$BENCH_SECS")
+  echo "$out" | grep -v '^result'
+  row blk "$name" "4K randread QD32: $(field iops <<<"$out") IOPS" "$(field mbps <<<"$out")" "-"
+}
+
 echo "== blk over vhost-user: vioguest plays the VMM (guest RAM in a memfd, vios maps it)"
-out=$(vmm disk1 blk write --seed 4)
-row blk vhost-user "write 64 MiB + flush" "$(field mbps <<<"$out")" "-"
-wsum=$(field checksum <<<"$out")
-out=$(vmm disk1 blk verify --seed 4)
-[[ "$(field checksum <<<"$out")" == "$wsum" && "$(field verified <<<"$out")" == yes ]] && v=yes || v=NO
-row blk vhost-user "read 64 MiB" "$(field mbps <<<"$out")" "$v"
-out=$(vmm disk1 blk bench --pattern randread --bs 4K --qd 32 --time "$BENCH_SECS")
-echo "$out" | grep -v '^result'
-row blk vhost-user "4K randread QD32: $(field iops <<<"$out") IOPS" "$(field mbps <<<"$out")" "-"
+blk_rows vhost-user 4 vmm disk1
 
 echo "== blk over PowerVM CRQ: vioguest is client partition 1 of crqd, vios server partition 2;"
 echo "   vios never maps the guest's memory, every byte moves by H_COPY_RDMA"
 crq() { $BIN/guest/tool/vioguest --quiet --transport "crq:$work/crqd.sock,partition=1,unit=0x1000,liobn=0x1000" "$@"; }
-out=$(crq blk write --seed 5)
-row blk crq "write 64 MiB + flush" "$(field mbps <<<"$out")" "-"
-wsum=$(field checksum <<<"$out")
-out=$(crq blk verify --seed 5)
-[[ "$(field checksum <<<"$out")" == "$wsum" && "$(field verified <<<"$out")" == yes ]] && v=yes || v=NO
-row blk crq "read 64 MiB" "$(field mbps <<<"$out")" "$v"
-out=$(crq blk bench --pattern randread --bs 4K --qd 32 --time "$BENCH_SECS")
-echo "$out" | grep -v '^result'
-row blk crq "4K randread QD32: $(field iops <<<"$out") IOPS" "$(field mbps <<<"$out")" "-"
+blk_rows crq 5 crq
 
 echo "== blk over Xen grants: vioguest is domain 1 of xenemud, vios dom0; the guest grants its"
 echo "   pages (consecutive refs), vios maps them once and keeps them (persistent grants)"
 xen() { $BIN/guest/tool/vioguest --quiet --transport "xen:emu:$work/xen.sock,domid=1" "$@"; }
-out=$(xen blk write --seed 6)
-row blk xen "write 64 MiB + flush" "$(field mbps <<<"$out")" "-"
-wsum=$(field checksum <<<"$out")
-out=$(xen blk verify --seed 6)
-[[ "$(field checksum <<<"$out")" == "$wsum" && "$(field verified <<<"$out")" == yes ]] && v=yes || v=NO
-row blk xen "read 64 MiB" "$(field mbps <<<"$out")" "$v"
-out=$(xen blk bench --pattern randread --bs 4K --qd 32 --time "$BENCH_SECS")
-echo "$out" | grep -v '^result'
-row blk xen "4K randread QD32: $(field iops <<<"$out") IOPS" "$(field mbps <<<"$out")" "-"
+blk_rows xen 6 xen
 
 if ((LINUX)); then
   echo "== blk over vhost-user to a real Linux guest: QEMU (TCG) boots Debian's cloud kernel;"
