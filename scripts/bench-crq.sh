@@ -15,6 +15,7 @@
 #   --build DIR         build directory (default build/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 SECS=5
 SIZE=512
 DELAY=0
@@ -57,7 +58,7 @@ for d in crq crq0 shm; do dd if=/dev/urandom of="$work/$d.img" bs=1M count="$SIZ
   --pair client=1:0x1000:0x1000:256,server=2:0x2000:0x2000:16 \
   --pair client=3:0x3000:0x3000:256,server=2:0x2001:0x2001:16 2>"$work/crqd.log" &
 pids+=($!)
-for _ in $(seq 200); do [[ -S "$work/crqd.sock" ]] && break; sleep 0.025; done
+wait_socket "$work/crqd.sock" || true
 CRQ="crqd=$work/crqd.sock,partition=2,remote-window-mib=256,memory-mib=64"
 "$VIOS" --device "blk,id=crq,path=$work/crq.img" --device "blk,id=crq0,path=$work/crq0.img" \
   --device "blk,id=shm,path=$work/shm.img" \
@@ -66,7 +67,7 @@ CRQ="crqd=$work/crqd.sock,partition=2,remote-window-mib=256,memory-mib=64"
   --attach "shm,transport=shm,path=$work/shm.sock" \
   --control "$work/vios.ctl" --log-level warning 2>"$work/vios.log" &
 pids+=($!)
-for _ in $(seq 200); do [[ -S "$work/vios.ctl" ]] && break; sleep 0.025; done
+wait_socket "$work/vios.ctl" || true
 [[ -S "$work/vios.ctl" ]] || { echo "bench-crq.sh: vios did not start: $(tail -2 "$work/vios.log")" >&2; exit 1; }
 
 declare -A TRANSPORT=(
@@ -75,9 +76,6 @@ declare -A TRANSPORT=(
   [shm]="shm:$work/shm.sock")
 WORKLOADS=("randread 4K 1" "randread 4K 32" "randwrite 4K 32" "read 64K 32" "write 64K 32")
 declare -A IOPS MBPS P50 PER
-field() { sed -n 's/^result .*[ ]'"$1"'=\([^ ]*\).*/\1/p' | tail -1; }
-lat() { sed -n 's/^vioguest .*p50 *\([0-9.]*\).*/\1/p' | tail -1; }
-stat() { "$VIOSCTL" --control "$work/vios.ctl" stats "$1" | awk -v k="$1.$2" '$1 == k {print $2}'; }
 counters() {  # ops copies bytes messages of device $1
   local id=$1
   echo "$(( $(stat "$id" reads) + $(stat "$id" writes) )) $(stat "$id" crq.copies) $(stat "$id" crq.copy_bytes)" \

@@ -7,6 +7,7 @@
 # Prints one table; docs/performance.md records its output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 SECS=5
 MODE=both
 SIZE=1024
@@ -29,8 +30,6 @@ trap cleanup EXIT
 # A fully allocated file, so reads are not served from holes.
 dd if=/dev/urandom of="$work/disk.img" bs=1M count="$SIZE" status=none
 
-field() { sed -n 's/^result .*[ ]'"$1"'=\([^ ]*\).*/\1/p' | tail -1; }
-lat() { sed -n 's/^'"$1"' .*p50 *\([0-9.]*\).*/\1/p' | tail -1; }
 modes=(event poll)
 [[ "$MODE" != both ]] && modes=("$MODE")
 printf '%-6s %-10s %-4s %4s | %12s %9s %8s | %12s %9s %8s | %7s\n' mode pattern bs qd "vioport IOPS" "MB/s" "p50 us" "file IOPS" "MB/s" "p50 us" ratio

@@ -11,6 +11,7 @@
 # Prints one table with IOPS, p50 latency and the ratio vios/QSD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 SECS=5
 SIZE=1024
 QSD_AIO=io_uring
@@ -46,8 +47,6 @@ dd if=/dev/urandom of="$work/disk.img" bs=1M count="$SIZE" status=none
 
 WORKLOADS=("randread 4K 1" "randread 4K 32" "randwrite 4K 1" "randwrite 4K 32")
 declare -A IOPS P50 SKIP
-field() { sed -n 's/^result .*[ ]'"$1"'=\([^ ]*\).*/\1/p' | tail -1; }
-lat() { sed -n 's/^vioguest .*p50 *\([0-9.]*\).*/\1/p' | tail -1; }
 
 # run_backend NAME SOCKET WORKLOAD COMMAND...: starts the back-end, runs
 # one workload against it, stops it with SIGTERM (it must exit 0).

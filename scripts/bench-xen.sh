@@ -13,6 +13,7 @@
 #   --build DIR  build directory (default build/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 SECS=5
 SIZE=512
 BUILD=build/release
@@ -46,7 +47,7 @@ for d in map copy shm; do dd if=/dev/urandom of="$work/$d.img" bs=1M count="$SIZ
 
 "$XENEMUD" --xenstore "$work/xs.sock" --domains "$work/xen.sock" 2>"$work/xenemud.log" &
 pids+=($!)
-for _ in $(seq 200); do [[ -S "$work/xen.sock" ]] && break; sleep 0.025; done
+wait_socket "$work/xen.sock" || true
 # Domain 1 drives the mapped device, domain 2 the copied one.
 XEN="channel=emu:$work/xen.sock"
 "$VIOS" --device "blk,id=map,path=$work/map.img" --device "blk,id=copy,path=$work/copy.img" \
@@ -56,7 +57,7 @@ XEN="channel=emu:$work/xen.sock"
   --attach "shm,transport=shm,path=$work/shm.sock" \
   --control "$work/vios.ctl" --log-level warning 2>"$work/vios.log" &
 pids+=($!)
-for _ in $(seq 200); do [[ -S "$work/vios.ctl" ]] && break; sleep 0.025; done
+wait_socket "$work/vios.ctl" || true
 [[ -S "$work/vios.ctl" ]] || { echo "bench-xen.sh: vios did not start: $(tail -2 "$work/vios.log")" >&2; exit 1; }
 
 declare -A TRANSPORT=(
@@ -65,9 +66,6 @@ declare -A TRANSPORT=(
   [shm]="shm:$work/shm.sock")
 WORKLOADS=("randread 4K 1" "randread 4K 32" "randwrite 4K 32" "read 64K 32" "write 64K 32")
 declare -A IOPS MBPS P50 PER
-field() { sed -n 's/^result .*[ ]'"$1"'=\([^ ]*\).*/\1/p' | tail -1; }
-lat() { sed -n 's/^vioguest .*p50 *\([0-9.]*\).*/\1/p' | tail -1; }
-stat() { "$VIOSCTL" --control "$work/vios.ctl" stats "$1" | awk -v k="$1.$2" '$1 == k {print $2}'; }
 counters() {  # ops maps copy-segments bytes of device $1
   local id=$1
   echo "$(( $(stat "$id" reads) + $(stat "$id" writes) )) $(stat "$id" xen.grant_maps) $(stat "$id" xen.grant_copies)" \
