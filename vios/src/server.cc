@@ -493,7 +493,7 @@ absl::StatusOr<std::unique_ptr<Attachment>> MakeAttachment(asio::io_context& io,
     auto grants = o.String("grants", "map");
     auto cache = o.Uint("cache-pages", 4096, 0, 1 << 20);
     auto mem = o.Uint("memory-mib", 64, 1, 1 << 16);
-    auto spin = o.Uint("spin-us", 20, 0, 1000);
+    auto spin = o.Uint("spin-us", 100, 0, 1000);
     for (const absl::Status& s : {channel.status(), domid.status(), devid.status(), self.status(), grants.status(),
                                   cache.status(), mem.status(), spin.status()})
       if (!s.ok()) return s;

@@ -55,7 +55,10 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
                                         (default) keeps up to cache-pages
                                         (default 4096) persistent mappings,
                                         then grant-copies; grants=copy copies
-                                        every access
+                                        every access. spin-us: serve on N us
+                                        past the last request before sleeping
+                                        (default 100: a notification through
+                                        the hypervisor costs about that)
       ID,transport=crq,crqd=SOCKET,partition=PID,unit=UNIT,liobn=LIOBN,
          remote-liobn=RLIOBN,remote-window-mib=N[,memory-mib=N]
          [,max-transfer=B][,staging=N][,read-ahead=off][,spin-us=N]
