@@ -4,9 +4,10 @@
 // status / unmask) plus what /dev/xen/evtchn adds for a user-space consumer
 // (xenevtchn_pending: the next fired port, delivered masked), so a backend
 // process sees exactly the behaviour libxenevtchn gives it on Xen:
-//  * a port allocated unbound is reserved for one remote domain; binding it
-//    from any other domain, or binding a port that is not unbound, is
-//    -EINVAL; an unknown domain is -ESRCH;
+//  * a port allocated unbound is reserved for one remote domain (recorded,
+//    not looked up: it need not exist yet, as on Xen); binding it from any
+//    other domain, or binding a port that is not unbound, is -EINVAL;
+//    binding to an unknown domain is -ESRCH;
 //  * binding marks the new local port pending (it covers sends made before
 //    the bind), so the binder gets one event at once;
 //  * an event is one pending bit: sends before the consumer looks coalesce;
