@@ -437,4 +437,24 @@ PinCounts GrantTables::Pins(DomId granter, GrantRef ref) const {
   return PinCounts{a.map_r, a.map_w, a.copy_r, a.copy_w, a.holder};
 }
 
+const char* GntstName(int16_t s) {
+  switch (s) {
+    case gntst::kOkay: return "GNTST_okay";
+    case gntst::kGeneralError: return "GNTST_general_error";
+    case gntst::kBadDomain: return "GNTST_bad_domain";
+    case gntst::kBadGntref: return "GNTST_bad_gntref";
+    case gntst::kBadHandle: return "GNTST_bad_handle";
+    case gntst::kBadVirtAddr: return "GNTST_bad_virt_addr";
+    case gntst::kBadDevAddr: return "GNTST_bad_dev_addr";
+    case gntst::kNoDeviceSpace: return "GNTST_no_device_space";
+    case gntst::kPermissionDenied: return "GNTST_permission_denied";
+    case gntst::kBadPage: return "GNTST_bad_page";
+    case gntst::kBadCopyArg: return "GNTST_bad_copy_arg";
+    case gntst::kAddressTooBig: return "GNTST_address_too_big";
+    case gntst::kEagain: return "GNTST_eagain";
+    case gntst::kNoSpace: return "GNTST_no_space";
+    default: return "GNTST_unknown";
+  }
+}
+
 }  // namespace vioport::xen

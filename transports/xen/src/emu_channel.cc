@@ -40,26 +40,6 @@ constexpr uint64_t kPage = kXenPageSize;
 // is not in RAM (one page per bounced segment of a batch).
 constexpr uint32_t kBouncePages = 16;
 
-const char* GntstName(int16_t s) {
-  switch (s) {
-    case gntst::kOkay: return "GNTST_okay";
-    case gntst::kGeneralError: return "GNTST_general_error";
-    case gntst::kBadDomain: return "GNTST_bad_domain";
-    case gntst::kBadGntref: return "GNTST_bad_gntref";
-    case gntst::kBadHandle: return "GNTST_bad_handle";
-    case gntst::kBadVirtAddr: return "GNTST_bad_virt_addr";
-    case gntst::kBadDevAddr: return "GNTST_bad_dev_addr";
-    case gntst::kNoDeviceSpace: return "GNTST_no_device_space";
-    case gntst::kPermissionDenied: return "GNTST_permission_denied";
-    case gntst::kBadPage: return "GNTST_bad_page";
-    case gntst::kBadCopyArg: return "GNTST_bad_copy_arg";
-    case gntst::kAddressTooBig: return "GNTST_address_too_big";
-    case gntst::kEagain: return "GNTST_eagain";
-    case gntst::kNoSpace: return "GNTST_no_space";
-    default: return "GNTST_unknown";
-  }
-}
-
 absl::Status GntstError(int16_t s, absl::string_view what) {
   const std::string msg = absl::StrCat(what, ": ", GntstName(s), " (", s, ")");
   switch (s) {

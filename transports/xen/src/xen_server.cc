@@ -10,6 +10,7 @@
 #include "vioport/core/device_controller.h"
 #include "vioport/core/log.h"
 #include "vioport/core/mmio.h"
+#include "vioport/emulators/xen_grants.h"
 #include "vioport/transports/xen_protocol.h"
 
 namespace vioport::xen {
@@ -20,21 +21,6 @@ namespace {
 
 std::atomic_ref<uint32_t> Reg32(uint8_t* page, uint32_t off) {
   return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page + off));
-}
-
-const char* GntstName(int16_t s) {
-  switch (s) {
-    case 0: return "GNTST_okay";
-    case -1: return "GNTST_general_error";
-    case -2: return "GNTST_bad_domain";
-    case -3: return "GNTST_bad_gntref";
-    case -4: return "GNTST_bad_handle";
-    case -8: return "GNTST_permission_denied";
-    case -9: return "GNTST_bad_page";
-    case -10: return "GNTST_bad_copy_arg";
-    case -13: return "GNTST_no_space";
-    default: return "GNTST error";
-  }
 }
 
 // Grant-encoded memory: the copy path both strategies share.
@@ -85,7 +71,7 @@ class GrantMemoryBase : public GuestMemory {
       copy_failures_++;
       const std::string why = absl::StrCat("grant ", sg.ref, " of domain ", fe_, ": ", GntstName(sg.status), " (",
                                            sg.status, ") on ", to_foreign ? "write" : "read");
-      if (sg.status == -3) return absl::OutOfRangeError(why);
+      if (sg.status == gntst::kBadGntref) return absl::OutOfRangeError(why);
       return absl::PermissionDeniedError(why);
     }
     copy_bytes_ += len;
@@ -149,8 +135,9 @@ class GrantMapMemory final : public GrantMemoryBase {
     // Not cached (the cache is full) or not mappable: try it once.
     uint32_t ref, off;
     if (!DecodeGrant(addr, &ref, &off)) return false;
-    std::vector<GrantRef> refs = Refs(ref, off, len);
-    if (refs.empty()) return false;
+    const uint64_t pages = Pages(ref, off, len);
+    if (pages == 0) return false;
+    const std::vector<GrantRef> refs = Refs(ref, pages);
     auto m = ch_.MapGrants(fe_, refs, Allows(access, Access::kWrite));
     if (!m.ok()) return false;
     (void)ch_.UnmapGrants(*m, static_cast<uint32_t>(refs.size()));
@@ -161,8 +148,8 @@ class GrantMapMemory final : public GrantMemoryBase {
   uint8_t* DoMap(uint64_t addr, uint64_t len, Access access) override {
     uint32_t ref, off;
     if (!DecodeGrant(addr, &ref, &off)) return nullptr;
-    const uint64_t pages = (off + std::max<uint64_t>(len, 1) + kPageSize - 1) / kPageSize;
-    if (pages > 1024 || ref + pages - 1 > 0xffffffffull) return nullptr;
+    const uint64_t pages = Pages(ref, off, len);
+    if (pages == 0) return nullptr;
     const bool write = Allows(access, Access::kWrite);
     auto it = cache_.upper_bound(ref);
     if (it != cache_.begin()) {
@@ -175,8 +162,7 @@ class GrantMapMemory final : public GrantMemoryBase {
       overflow_++;
       return nullptr;
     }
-    std::vector<GrantRef> refs = Refs(ref, off, len);
-    auto m = ch_.MapGrants(fe_, refs, write);
+    auto m = ch_.MapGrants(fe_, Refs(ref, pages), write);
     if (!m.ok()) {
       map_failures_++;
       if (map_failures_.load() <= 8 || (map_failures_.load() & 1023) == 0)
@@ -199,10 +185,14 @@ class GrantMapMemory final : public GrantMemoryBase {
     uint32_t pages;
     bool writable;
   };
-  static std::vector<GrantRef> Refs(uint32_t ref, uint32_t off, uint64_t len) {
+  // Grant pages [offset, offset + len) spans from `ref` (at least one);
+  // 0 when more than 1024 or past the last ref.
+  static uint64_t Pages(uint32_t ref, uint32_t off, uint64_t len) {
     const uint64_t pages = (off + std::max<uint64_t>(len, 1) + kPageSize - 1) / kPageSize;
+    return pages > 1024 || ref + pages - 1 > 0xffffffffull ? 0 : pages;
+  }
+  static std::vector<GrantRef> Refs(uint32_t ref, uint64_t pages) {
     std::vector<GrantRef> refs;
-    if (pages > 1024 || ref + pages - 1 > 0xffffffffull) return refs;
     for (uint64_t i = 0; i < pages; ++i) refs.push_back(static_cast<GrantRef>(ref + i));
     return refs;
   }

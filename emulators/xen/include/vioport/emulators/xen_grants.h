@@ -114,6 +114,9 @@ inline constexpr int16_t kEagain = -12;
 inline constexpr int16_t kNoSpace = -13;
 }  // namespace gntst
 
+// "GNTST_general_error" etc. for a status code; "GNTST_unknown" otherwise.
+const char* GntstName(int16_t status);
+
 // gnttab_copy.flags.
 inline constexpr uint16_t kGntcopySourceGref = 1;
 inline constexpr uint16_t kGntcopyDestGref = 2;
