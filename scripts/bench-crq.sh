@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # blk over PowerVM CRQ (crqd + vios + vioguest, three processes) beside the
 # same workloads over shm, in one run, with the machine's memcpy bandwidth
 # measured in the same run. Three columns per workload, one at a time:
@@ -22,7 +23,7 @@ DELAY=0
 BUILD=build/release
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --secs) SECS="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
     --hcall-delay-ns) DELAY="$2"; shift 2 ;;

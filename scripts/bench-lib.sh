@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Sourced by the transport bench scripts (bench-shm, bench-vhost-user,
 # bench-crq, bench-xen): reading vioguest's and viosctl's output, and
 # waiting for a daemon's socket.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # blk over shm against the same workload run directly on the file (pread /
 # pwrite, queue depth 1), in one session. vios serves a file in /dev/shm.
 #   --secs N       seconds per workload (default 5)
@@ -13,7 +14,7 @@ MODE=both
 SIZE=1024
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --secs) SECS="$2"; shift 2 ;;
     --mode) MODE="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;

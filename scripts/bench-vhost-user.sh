@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # blk over vhost-user: vioguest (playing the VMM and the guest) against
 # qemu-storage-daemon and against vios in one run, one back-end at a time
 # (alternating workload by workload), on the same tmpfs-backed file
@@ -18,7 +19,7 @@ QSD_AIO=io_uring
 BUILD=build/release
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --secs) SECS="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
     --qsd-aio) QSD_AIO="$2"; shift 2 ;;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # blk over the Xen grant transport (xenemud + vios as dom0 + vioguest as
 # domU, three processes) beside the same workloads over shm, in one run.
 # Three columns per workload, one at a time:
@@ -19,7 +20,7 @@ SIZE=512
 BUILD=build/release
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --secs) SECS="$2"; shift 2 ;;
     --size) SIZE="$2"; shift 2 ;;
     --build) BUILD="$2"; shift 2 ;;

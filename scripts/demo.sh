@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Quick start, command one: installs what is missing, builds vioport (optimised)
 # and runs the demo: one vios serving a file-backed blk, an rng and a console to
 # vioguest processes over hypervisor-less shared memory, a second disk over
@@ -17,7 +18,7 @@ BENCH_SECS=3
 LINUX=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --no-linux) LINUX=0; shift ;;
     --size) SIZE_MIB="$2"; shift 2 ;;
     --bench-secs) BENCH_SECS="$2"; shift 2 ;;
@@ -26,7 +27,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 scripts/install-deps.sh
-cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DVIOPORT_BENCHMARKS=OFF >/dev/null
+scripts/configure.sh build/release
 cmake --build build/release --target vios vioguest viosctl crqd xenemud
 BIN=build/release
 

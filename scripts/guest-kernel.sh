@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Fetches Debian's cloud kernel for the Linux-guest tests, without installing it:
 #   scripts/guest-kernel.sh [CACHE_DIR]     (default: build/guest-kernel at the repo root)
 # Downloads linux-image-cloud-amd64's exact kernel package with apt-get download,
@@ -7,7 +8,7 @@
 # Idempotent: when CACHE_DIR already holds them it downloads nothing and prints where.
 set -euo pipefail
 
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 case "${1:-}" in
   -h | --help) usage; exit 0 ;;
   -*) echo "guest-kernel: unknown option $1" >&2; usage >&2; exit 2 ;;

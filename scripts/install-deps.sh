@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs every Debian 12 package vioport needs to build, test, fuzz and benchmark.
 # Idempotent: when everything is already installed it only runs dpkg-query and exits.
 #   scripts/install-deps.sh [--dry-run]
@@ -25,7 +26,7 @@ PACKAGES=(
 )
 
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
-  sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
   exit 0
 fi
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Quick start, command two (and CI's .ci/run): installs what is missing, then
 #   1. an optimised build (warnings are errors) and every test in it,
 #   2. a Debug build with AddressSanitizer + UndefinedBehaviorSanitizer (clang,
@@ -8,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
   exit 0
 fi
 FUZZ_SECONDS=${VIOPORT_FUZZ_SECONDS:-60}
@@ -25,7 +26,7 @@ count_passed() {  # ctest's "... tests passed, 0 tests failed out of N" -> N
 }
 
 step "optimised build"
-cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DVIOPORT_WERROR=ON >/dev/null || fail "configure (release)"
+scripts/configure.sh build/release || fail "configure (release)"
 cmake --build build/release -j "$JOBS" || fail "build (release)"
 step "tests (optimised)"
 ctest --test-dir build/release --output-on-failure -j "$JOBS" | tee build/release/ctest.log || fail "tests (release)"
@@ -36,7 +37,7 @@ build/release/tests/bench/vioport_bench --benchmark_min_time=0.01 >build/release
 
 step "sanitizer build (clang, ASan+UBSan, fuzz targets)"
 CC=clang-14 CXX=clang++-14 cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVIOPORT_WERROR=ON \
-  -DVIOPORT_SANITIZE=ON -DVIOPORT_FUZZ=ON -DVIOPORT_BENCHMARKS=OFF >/dev/null || fail "configure (asan)"
+  -DVIOPORT_SANITIZE=ON -DVIOPORT_FUZZ=ON -DVIOPORT_TESTS=ON -DVIOPORT_BENCHMARKS=OFF >/dev/null || fail "configure (asan)"
 cmake --build build/asan -j "$JOBS" || fail "build (asan)"
 step "tests (ASan+UBSan)"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

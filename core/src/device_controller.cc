@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/core/device_controller.h"
 
 #include <chrono>
@@ -8,15 +9,30 @@
 
 namespace vioport {
 
+// Interrupt-out as the device and the controller see it: counted, then the
+// transport's sink. Called from backend worker threads too.
+class DeviceController::CountingSink final : public InterruptSink {
+ public:
+  CountingSink(std::shared_ptr<InterruptSink> inner, ControllerCounters* c) : inner_(std::move(inner)), c_(c) {}
+  void QueueInterrupt(uint16_t q) override {
+    c_->queue_interrupts.fetch_add(1, std::memory_order_relaxed);
+    inner_->QueueInterrupt(q);
+  }
+  void ConfigInterrupt() override {
+    c_->config_interrupts.fetch_add(1, std::memory_order_relaxed);
+    inner_->ConfigInterrupt();
+  }
+
+ private:
+  std::shared_ptr<InterruptSink> inner_;
+  ControllerCounters* c_;
+};
+
 DeviceController::DeviceController(std::shared_ptr<VirtioDevice> device, std::shared_ptr<GuestMemory> memory,
                                    std::shared_ptr<InterruptSink> interrupt, uint64_t transport_features)
-    : device_(std::move(device)), memory_(std::move(memory)), interrupt_(std::move(interrupt)) {
-  // Ring/transport bits only where core, transport and device all agree;
-  // device-specific bits as the device offers them. VERSION_1 always (§6.1).
-  const uint64_t dev = device_->device_features();
-  const uint64_t reserved_mask = ((uint64_t{1} << 41) - 1) & ~((uint64_t{1} << 24) - 1);  // bits 24..40
-  const uint64_t ring_bits = (feature::kCoreSupported | feature::Bit(feature::kAccessPlatform)) & transport_features;
-  offered_ = (dev & ~reserved_mask) | (dev & reserved_mask & ring_bits) | feature::Bit(feature::kVersion1);
+    : device_(std::move(device)), memory_(std::move(memory)) {
+  SetInterruptSink(std::move(interrupt));
+  offered_ = feature::Offer(device_->device_features(), transport_features);
   queues_.resize(device_->num_queues());
   device_->set_config_changed_hook([this] { OnConfigChanged(); });
 }
@@ -31,6 +47,12 @@ void DeviceController::DoReset() {
     active_queues_.clear();
     ActivateContext back = device_->Reset();  // the device stops touching memory here
     active_ = false;
+    for (const auto& q : back.queues) {
+      if (!q) continue;
+      retired_.requests += q->counters().completed;
+      retired_.bytes_in += q->counters().bytes_in;
+      retired_.bytes_out += q->counters().bytes_out;
+    }
   }
   driver_features_ = 0;
   for (auto& q : queues_) q = QueueSetup{};
@@ -144,9 +166,15 @@ const QueueSetup* DeviceController::queue_setup(uint16_t q) const {
 absl::Status DeviceController::SetQueueSize(uint16_t q, uint32_t size) {
   if (q >= queues_.size()) return absl::OutOfRangeError(absl::StrCat("queue ", q, " does not exist"));
   if (queues_[q].ready || active_) return absl::FailedPreconditionError("queue size changed while ready");
-  if (size == 0 || size > device_->max_queue_size())
-    return absl::InvalidArgumentError(
-        absl::StrCat("queue ", q, " size ", size, " outside 1..", device_->max_queue_size()));
+  if (size == 0 || size > device_->max_queue_size()) {
+    // Logged here, once for every transport: a driver that asks for more
+    // than the device takes otherwise only sees its write ignored.
+    const std::string why = size == 0 ? absl::StrCat("queue ", q, " size 0 refused")
+                                      : absl::StrCat("queue ", q, " size ", size, " is above the device's maximum ",
+                                                     device_->max_queue_size());
+    VIOPORT_LOG(kWarning, why);
+    return absl::InvalidArgumentError(why);
+  }
   queues_[q].size = size;
   return absl::OkStatus();
 }
@@ -183,7 +211,26 @@ absl::Status DeviceController::SetMemory(std::shared_ptr<GuestMemory> memory) {
   return absl::OkStatus();
 }
 
-void DeviceController::SetInterruptSink(std::shared_ptr<InterruptSink> interrupt) { interrupt_ = std::move(interrupt); }
+void DeviceController::SetInterruptSink(std::shared_ptr<InterruptSink> interrupt) {
+  interrupt_ = interrupt ? std::make_shared<CountingSink>(std::move(interrupt), &counters_) : nullptr;
+}
+
+TransportCounters DeviceController::transport_counters() const {
+  TransportCounters t = retired_;
+  for (const DeviceQueue* q : active_queues_) {
+    if (!q) continue;
+    t.requests += q->counters().completed;
+    t.bytes_in += q->counters().bytes_in;
+    t.bytes_out += q->counters().bytes_out;
+  }
+  t.ring_errors = counters_.ring_errors.load();
+  t.device_resets = counters_.resets.load();
+  t.activations = counters_.activations.load();
+  t.features_refused = counters_.features_refused.load();
+  t.notifications = counters_.notifies.load() + counters_.notifies_ignored.load();
+  t.interrupts = counters_.queue_interrupts.load() + counters_.config_interrupts.load();
+  return t;
+}
 
 absl::Status DeviceController::Activate() {
   if (!memory_) return absl::FailedPreconditionError("no guest memory");
@@ -228,18 +275,12 @@ void DeviceController::SetNeedsReset(const std::string& why) {
   VIOPORT_LOG(kWarning, "device ", static_cast<int>(device_->device_id()), ": ", why, "; DEVICE_NEEDS_RESET");
   const uint8_t prev = status_.fetch_or(status::kDeviceNeedsReset, std::memory_order_acq_rel);
   // §2.1.2: with DRIVER_OK set, the device must send a config change notification.
-  if ((prev & status::kDriverOk) && interrupt_) {
-    counters_.config_interrupts++;
-    interrupt_->ConfigInterrupt();
-  }
+  if ((prev & status::kDriverOk) && interrupt_) interrupt_->ConfigInterrupt();
 }
 
 void DeviceController::OnConfigChanged() {
   generation_.fetch_add(1, std::memory_order_acq_rel);
-  if ((status() & status::kDriverOk) && interrupt_) {
-    counters_.config_interrupts++;
-    interrupt_->ConfigInterrupt();
-  }
+  if ((status() & status::kDriverOk) && interrupt_) interrupt_->ConfigInterrupt();
 }
 
 void DeviceController::ServeWhileBusy(uint32_t spin_us) {

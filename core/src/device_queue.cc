@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/core/device_queue.h"
 
 #include <atomic>
@@ -81,6 +82,7 @@ bool DeviceQueue::AcceptUsed(DescriptorChain& chain, uint32_t& written) {
   in_flight_--;
   RingError fault = chain.fault_;
   if (written > chain.writable_bytes_) written = chain.writable_bytes_;
+  const uint32_t readable = chain.readable_bytes_;
   chain.Clear();
   if (broken()) return false;
   if (fault != RingError::kNone) {
@@ -88,6 +90,8 @@ bool DeviceQueue::AcceptUsed(DescriptorChain& chain, uint32_t& written) {
     return false;
   }
   counters_.completed++;
+  counters_.bytes_in += readable;
+  counters_.bytes_out += written;
   return true;
 }
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/core/driver.h"
 
 #include <algorithm>
@@ -43,11 +44,7 @@ absl::Status VirtioDriver::Init(const DriverOptions& options) {
   const uint64_t offered = t_.GetDeviceFeatures();
   if (!feature::Has(offered, feature::kVersion1))
     return Fail(absl::FailedPreconditionError("device does not offer VERSION_1"));
-  const uint64_t ring_mask =
-      (feature::kCoreSupported | feature::Bit(feature::kAccessPlatform)) & t_.SupportedTransportFeatures();
-  const uint64_t reserved = ((uint64_t{1} << 41) - 1) & ~((uint64_t{1} << 24) - 1);
-  uint64_t want = (opts_.wanted_features & ~reserved) | (opts_.wanted_features & reserved & ring_mask) |
-                  feature::Bit(feature::kVersion1);
+  uint64_t want = feature::Offer(opts_.wanted_features, t_.SupportedTransportFeatures());
   // ACCESS_PLATFORM is the device's requirement, not ours to refuse (§6.1).
   want |= offered & feature::Bit(feature::kAccessPlatform);
   features_ = offered & want;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Driver side of a packed virtqueue (§2.8), sharing PackedDesc and the event
 // suppression layout with the device side.
 #include <atomic>

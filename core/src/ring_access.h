@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Internal to core: single-access loads and stores of 16-bit ring words in
 // memory the other side writes concurrently, and the one mapping from a
 // memory copy's status to a RingError. Shared by all four queue files.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Driver side of a split virtqueue (§2.7). Built from the same layout as the
 // device side (SplitLayout, VirtqDesc); only the driver's own shadow state is
 // trusted, never what the device could have written.

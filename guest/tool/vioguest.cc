@@ -1,5 +1,7 @@
+// SPDX-License-Identifier: Apache-2.0
 // vioguest: a guest in a process. Drives a vioport device over a transport
-// with the same drivers every transport uses. See kUsage.
+// with the same drivers every transport uses, over any transport this build
+// registered. See UsageText().
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -20,23 +22,20 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "vioport/core/log.h"
-#include "vioport/emulators/crq_remote.h"
 #include "vioport/guest/blk_driver.h"
 #include "vioport/guest/console_driver.h"
 #include "vioport/guest/pattern.h"
 #include "vioport/guest/rng_driver.h"
-#include "vioport/transports/crq_guest.h"
-#include "vioport/transports/xen_channel.h"
-#include "vioport/transports/xen_guest.h"
-#include "vioport/transports/shm_guest.h"
-#include "vioport/transports/vhost_user_guest.h"
+#include "vioport/transports/registry.h"
 
 namespace vioport {
 namespace {
 
-const char kUsage[] = R"(vioguest: a guest in a process, driving a vioport device over a transport.
+std::string UsageText() {
+  RegisterBuiltinTransports();
+  return absl::StrCat(R"(vioguest: a guest in a process, driving a vioport device over a transport.
 
-usage: vioguest --transport shm:SOCKET|vhost-user:SOCKET|crq:SOCKET,... [common options] DEVICE COMMAND [options]
+usage: vioguest --transport NAME:CHANNEL[,KEY=VALUE...] [common options] DEVICE COMMAND [options]
 
   blk info                          capacity, block size, queues, features, id
   blk write  --seed N [--offset B] [--length B]
@@ -63,29 +62,10 @@ usage: vioguest --transport shm:SOCKET|vhost-user:SOCKET|crq:SOCKET,... [common 
                                     options: copy stdin to the port, the port to stdout
 
 common options:
-  --transport shm:SOCKET  hypervisor-less shared memory (vios --attach ...,transport=shm)
-  --transport vhost-user:SOCKET
-                          vhost-user: this process plays the VMM (guest RAM in a
-                          memfd) in front of any vhost-user back-end listening on
-                          SOCKET (vios --attach ...,transport=vhost-user,
-                          qemu-storage-daemon --export type=vhost-user-blk, ...);
-                          the device type is DEVICE (vhost-user carries no id)
-  --transport crq:SOCKET,partition=PID,unit=UNIT,liobn=LIOBN[,window-mib=N]
-                          PowerVM CRQ over the crqd emulator: this process joins
-                          crqd on SOCKET as client partition PID (--memory MiB of
-                          RAM) and drives client adapter UNIT, mapping buffers in
-                          its DMA window LIOBN (window-mib: its size as in crqd
-                          --pair, default --memory); the server is vios --attach
-                          ...,transport=crq. Numbers take 0x.
-  --transport xen:emu:SOCKET,domid=F[,devid=N] | xen:xen[,devid=N]
-                          Xen grants: this process is frontend domain F of the
-                          xenemud emulator (xenemud --domains SOCKET; --memory
-                          MiB of grantable pages, default 16 here), or a real
-                          Xen domain through
-                          libxen, and drives its virtio device N (default 0) as
-                          vios --attach ...,transport=xen,domid=F set it up
-  --memory MIB            guest memory to share (default 64)
-  --guest-base B          vhost-user: guest-physical address of the memory (default 0)
+  --transport NAME:CHANNEL[,KEY=VALUE...]
+                          the transport and how to reach the device; this build speaks
+                          (numbers take 0x and K, M, G):
+)", GuestTransportsHelp(4), R"(  --memory MIB            guest memory to share (default: the transport's)
   --packed                use packed rings (default split)
   --no-event-idx / --no-indirect
   --spin-us N             poll a used ring N us before sleeping (default 30)
@@ -94,7 +74,8 @@ common options:
 
 Sizes take K, M, G suffixes (powers of 2). Exit status: 0 ok, 1 failure
 (I/O error, mismatch), 2 bad usage or unreachable device.
-)";
+)");
+}
 
 struct Args {
   std::vector<std::string> positional;
@@ -102,12 +83,18 @@ struct Args {
   std::map<std::string, bool> flags;
 };
 
-const std::map<std::string, bool> kTakesValue = {
-    {"transport", true}, {"memory", true}, {"spin-us", true}, {"log-level", true}, {"seed", true},
-    {"offset", true},    {"length", true}, {"out", true},     {"pattern", true},   {"bs", true},
-    {"qd", true},        {"queues", true}, {"time", true},    {"baseline", true},  {"send", true},
-    {"expect", true},    {"timeout", true}, {"reconnect-timeout", true}, {"guest-base", true}, {"packed", false}, {"no-event-idx", false},
-    {"no-indirect", false}, {"quiet", false}, {"help", false}};
+// The program's flags and whether each takes a value; the transports' own
+// flags (GuestFlagSpecs) are added at start.
+std::map<std::string, bool> TakesValue() {
+  std::map<std::string, bool> m = {
+      {"transport", true}, {"memory", true}, {"spin-us", true}, {"log-level", true}, {"seed", true},
+      {"offset", true},    {"length", true}, {"out", true},     {"pattern", true},   {"bs", true},
+      {"qd", true},        {"queues", true}, {"time", true},    {"baseline", true},  {"send", true},
+      {"expect", true},    {"timeout", true}, {"reconnect-timeout", true}, {"packed", false},
+      {"no-event-idx", false}, {"no-indirect", false}, {"quiet", false}, {"help", false}};
+  for (const OptionSpec& f : GuestFlagSpecs()) m[f.key] = f.kind != OptionSpec::Kind::kBool;
+  return m;
+}
 
 [[noreturn]] void Usage(const std::string& why) {
   std::fprintf(stderr, "vioguest: %s (see vioguest --help)\n", why.c_str());
@@ -115,7 +102,7 @@ const std::map<std::string, bool> kTakesValue = {
 }
 
 [[noreturn]] void Fail(const absl::Status& s, const std::string& what) {
-  std::fprintf(stderr, "vioguest: %s: %s\n", what.c_str(), std::string(s.message()).c_str());
+  std::fprintf(stderr, "vioguest: %s%s%s\n", what.c_str(), what.empty() ? "" : ": ", std::string(s.message()).c_str());
   std::exit(absl::IsInvalidArgument(s) || absl::IsUnavailable(s) || absl::IsFailedPrecondition(s) ? 2 : 1);
 }
 
@@ -134,8 +121,9 @@ Args Parse(int argc, char** argv) {
       value = key.substr(eq + 1);
       key = key.substr(0, eq);
     }
-    auto it = kTakesValue.find(key);
-    if (it == kTakesValue.end()) Usage(absl::StrCat("unknown option --", key));
+    static const std::map<std::string, bool> takes_value = TakesValue();
+    auto it = takes_value.find(key);
+    if (it == takes_value.end()) Usage(absl::StrCat("unknown option --", key));
     if (!it->second) {
       if (has_inline) Usage(absl::StrCat("--", key, " takes no value"));
       a.flags[key] = true;
@@ -170,113 +158,33 @@ uint64_t Size(const Args& a, const std::string& key, uint64_t dflt) {
 }
 
 struct Guest {
-  std::unique_ptr<crq::RemotePartition> partition;  // crq: outlives the transport
-  std::unique_ptr<xen::XenChannel> xen_channel;      // xen: outlives the transport
-  std::unique_ptr<DriverTransport> transport;
+  GuestLink link;               // the transport and what it runs over
+  DriverTransport* transport;   // link.transport
   uint64_t ring_features = 0;
   WaitPolicy wait;
   bool quiet = false;
 };
 
-// KEY=NUMBER pairs after a transport's channel (parts[0]); numbers take 0x.
-std::map<std::string, uint64_t> TransportKeys(const std::string& t, const std::vector<std::string>& parts,
-                                              std::initializer_list<const char*> allowed) {
-  std::map<std::string, uint64_t> kv;
-  for (size_t i = 1; i < parts.size(); ++i) {
-    const size_t eq = parts[i].find('=');
-    if (eq == std::string::npos) Usage(absl::StrCat("--transport ", t, ": '", parts[i], "' is not KEY=VALUE"));
-    const std::string k = parts[i].substr(0, eq), v = parts[i].substr(eq + 1);
-    bool known = false;
-    for (const char* ok : allowed) known |= k == ok;
-    if (!known) Usage(absl::StrCat("--transport ", t, ": unknown key '", k, "'"));
-    char* end = nullptr;
-    errno = 0;
-    const uint64_t n = std::strtoull(v.c_str(), &end, 0);
-    if (v.empty() || *end || errno) Usage(absl::StrCat("--transport ", t, ": ", k, "=", v, " is not a number"));
-    kv[k] = n;
-  }
-  return kv;
-}
-
 Guest Connect(const Args& a, const std::string& device) {
   auto it = a.opts.find("transport");
   if (it == a.opts.end()) Usage("--transport is required");
-  const std::string& t = it->second;
+  GuestContext ctx;
+  ctx.device = device == "blk" ? DeviceId::kBlock : device == "console" ? DeviceId::kConsole : DeviceId::kEntropy;
+  if (a.opts.count("memory")) ctx.memory_bytes = Size(a, "memory", 0) << 20;
+  // The transports' own flags, checked as they declared them.
+  std::map<std::string, std::string> given;
+  for (const OptionSpec& f : GuestFlagSpecs())
+    if (a.opts.count(f.key)) given[f.key] = a.opts.at(f.key);
+  Options flag_options("vioguest flags", std::move(given));
+  const std::vector<OptionSpec> flag_specs = GuestFlagSpecs();
+  auto flags = OptionValues::Check(flag_options, flag_specs);
+  if (!flags.ok()) Usage(std::string(flags.status().message()));
+  ctx.flags = &*flags;
+  auto link = ConnectGuest(it->second, ctx);
+  if (!link.ok()) Fail(link.status(), "");  // the message names the --transport
   Guest g;
-  if (t.rfind("shm:", 0) == 0) {
-    ShmGuestOptions o;
-    o.socket_path = t.substr(4);
-    o.memory_bytes = Size(a, "memory", 64) << 20;
-    auto c = ShmDriverTransport::Connect(o);
-    if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
-    g.transport = std::move(*c);
-  } else if (t.rfind("vhost-user:", 0) == 0) {
-    VhostUserGuestOptions o;
-    o.frontend.socket_path = t.substr(11);
-    o.frontend.memory_bytes = Size(a, "memory", 64) << 20;
-    o.frontend.guest_phys_base = Size(a, "guest-base", 0);
-    o.device_id = static_cast<uint32_t>(device == "blk"       ? DeviceId::kBlock
-                                        : device == "console" ? DeviceId::kConsole
-                                                              : DeviceId::kEntropy);
-    auto c = VhostUserDriverTransport::Connect(o);
-    if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
-    g.transport = std::move(*c);
-  } else if (t.rfind("crq:", 0) == 0) {
-    std::vector<std::string> parts = absl::StrSplit(t.substr(4), ',');
-    crq::RemotePartitionOptions po;
-    po.socket_path = parts[0];
-    std::map<std::string, uint64_t> kv = TransportKeys(t, parts, {"partition", "unit", "liobn", "window-mib"});
-    for (const char* k : {"partition", "unit", "liobn"})
-      if (!kv.count(k)) Usage(absl::StrCat("--transport ", t, ": ", k, "= is required"));
-    if (po.socket_path.empty()) Usage("--transport crq: needs the crqd socket path");
-    const uint64_t mem = Size(a, "memory", 64) << 20;
-    po.id = static_cast<crq::PartitionId>(kv["partition"]);
-    po.memory_bytes = mem;
-    auto p = crq::RemotePartition::Connect(po);
-    if (!p.ok()) Fail(p.status(), absl::StrCat("--transport ", t));
-    g.partition = std::move(*p);
-    crq::CrqGuestOptions o;
-    o.unit = static_cast<crq::UnitAddress>(kv["unit"]);
-    o.liobn = static_cast<crq::Liobn>(kv["liobn"]);
-    o.window_bytes = kv.count("window-mib") ? kv["window-mib"] << 20 : mem;
-    o.memory_offset = 0;
-    o.memory_bytes = std::min(mem, o.window_bytes);
-    auto c = crq::CrqDriverTransport::Connect(*g.partition, o);
-    if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
-    g.transport = std::move(*c);
-  } else if (t.rfind("xen:", 0) == 0) {
-    std::vector<std::string> parts = absl::StrSplit(t.substr(4), ',');
-    std::map<std::string, uint64_t> kv = TransportKeys(t, parts, {"domid", "devid"});
-    // Grantable pages are a scarce resource (gntalloc's limit; one file
-    // descriptor each in the emulator): 16 MiB unless --memory says.
-    const uint64_t mem = Size(a, "memory", 16) << 20;
-    absl::StatusOr<std::unique_ptr<xen::XenChannel>> ch;
-    if (parts[0] == "xen") {
-      ch = xen::OpenLibxenChannel();
-    } else if (parts[0].rfind("emu:", 0) == 0 && parts[0].size() > 4) {
-      if (!kv.count("domid") || kv["domid"] == 0 || kv["domid"] >= 0x7ff0)
-        Usage(absl::StrCat("--transport ", t, ": domid=F (1..32751) is required with the emulator"));
-      xen::EmulatorChannelOptions eo;
-      eo.socket = parts[0].substr(4);
-      eo.self = static_cast<xen::DomId>(kv["domid"]);
-      eo.grant_pages = static_cast<uint32_t>(mem / 4096);
-      eo.memory_bytes = 4 << 20;
-      ch = xen::OpenEmulatorChannel(eo);
-    } else {
-      Usage(absl::StrCat("--transport ", t, ": the channel is emu:SOCKET or xen"));
-    }
-    if (!ch.ok()) Fail(ch.status(), absl::StrCat("--transport ", t));
-    g.xen_channel = std::move(*ch);
-    xen::XenGuestOptions o;
-    o.devid = static_cast<uint32_t>(kv.count("devid") ? kv["devid"] : 0);
-    auto c = xen::XenDriverTransport::Connect(*g.xen_channel, o);
-    if (!c.ok()) Fail(c.status(), absl::StrCat("--transport ", t));
-    g.transport = std::move(*c);
-  } else {
-    Usage(absl::StrCat("--transport ", t,
-                       ": unknown transport (this vioguest speaks shm:PATH, vhost-user:PATH, crq:PATH,... and "
-                       "xen:CHANNEL,...)"));
-  }
+  g.link = std::move(*link);
+  g.transport = g.link.transport.get();
   g.ring_features = feature::Bit(feature::kVersion1);
   if (!a.flags.count("no-event-idx")) g.ring_features |= feature::Bit(feature::kEventIdx);
   if (!a.flags.count("no-indirect")) g.ring_features |= feature::Bit(feature::kIndirectDesc);
@@ -669,9 +577,10 @@ int Console(Guest& g, const Args& a) {
 }
 
 int Main(int argc, char** argv) {
+  RegisterBuiltinTransports();
   Args a = Parse(argc, argv);
   if (a.flags.count("help") || a.positional.empty()) {
-    std::fputs(kUsage, a.positional.empty() && !a.flags.count("help") ? stderr : stdout);
+    std::fputs(UsageText().c_str(), a.positional.empty() && !a.flags.count("help") ? stderr : stdout);
     return a.flags.count("help") ? 0 : 2;
   }
   LogLevel level = LogLevel::kWarning;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Shared pieces of the benchmark suite: the machine limits measured in the
 // same run (and the ratios computed from them), thread pinning, a bounded
 // spin, and a rig that puts a real driver-side queue and a real device-side

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The machine's own limits, measured in the same run as the ring benchmarks
 // so each ring result can be read as a ratio to them: memcpy bandwidth, a
 // cross-core cache-line round trip, eventfd round trips (the notification a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // vioport_bench: the machine's limits first, then the rings; after the run, a
 // summary of every ring result as ratios to the limits measured in this run.
 #include <string>

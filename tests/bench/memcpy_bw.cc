@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // vioport_memcpy: the machine's memcpy bandwidth, for the bench scripts that
 // compare a transport's data rate with it in the same run (no Google
 // Benchmark needed). One thread copies BLOCK-byte blocks from one buffer of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Device-side pop+push on one thread: the real driver-side queue and the real
 // device-side queue on one ring, taking turns in batches. Each iteration the
 // driver adds a batch of chains and publishes them (KickPrepare), the device

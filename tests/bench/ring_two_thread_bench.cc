@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Driver and device on two threads (pinned to two CPUs), pure polling: no
 // notifications at all. The driver thread adds chains and publishes them
 // (KickPrepare) every `batch` chains, and reaps used chains; the device thread

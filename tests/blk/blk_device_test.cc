@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // BlkDevice against requests written by hand with the raw driver queue: the
 // shapes a well-behaved driver never sends (malformed, misaligned, unknown
 // types and flags, headers split anywhere), the config layout, Open errors.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-blk end to end: BlkDriver -> loopback transport -> BlkDevice -> a
 // temp file, on split and packed rings, mapped and copy-only memory, with and
 // without indirect descriptors and event idx. Every byte read back is

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Shared pieces of the virtio-blk tests: a temporary backing file that the
 // tests read behind the device's back, ring modes, a device + loopback +
 // driver rig, and seeded data.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The virtio-console device and guest driver over the loopback transport,
 // split and packed, mapped and copy-only: bytes both ways through a Unix
 // socket client or a pipe pair, backpressure, reconnects, a refused second

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The guest rng driver over the loopback transport and the rng backend, split
 // and packed, mapped and copy-only; and its waits when the device misbehaves.
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // RegionMemory: region table checks, bounds, permissions, copies that span
 // regions, and the copy-only adapter.
 #include <gtest/gtest.h>

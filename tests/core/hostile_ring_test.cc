@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // One test per hostile-driver case of virtio.md §1/§2: each must give its
 // typed RingError, report it once (the controller turns that into
 // DEVICE_NEEDS_RESET), leave the ring untouched afterwards, and never reach

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Status and negotiation: the spec's init sequence through the driver model
 // and the device controller, refused features, forbidden transitions, reset
 // with buffers in flight, DEVICE_NEEDS_RESET and its recovery, config reads

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Ring semantics between the real driver-side and device-side queues on one
 // memory, no transport: event suppression in both directions, out-of-order
 // completion, save/restore, legacy byte order, copy batching, and a driver

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Driver <-> device round trips through the real driver model, the loopback
 // transport and the echo device: split and packed, with and without indirect
 // and event idx, on mapped and copy-only memory. Every byte is checked.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // crqd as its own process: partitions in other processes (a forked child, the
 // test process) over RemotePartition, every hypercall a message. Checks the
 // bytes that land in the partitions' memories, partition death (SIGKILL),
@@ -26,7 +27,7 @@
 
 #include "../vios/process.h"
 #include "gtest/gtest.h"
-#include "vioport/emulators/crq_hcall.h"
+#include "vioport/transports/crq_hcall.h"
 #include "vioport/emulators/crq_remote.h"
 
 namespace vioport::crq {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Conformance tests for vioport::crq::Hypervisor: each hypercall and return
 // code of docs/reference/crq.md, checked on the bytes in the partitions'
 // memories.
@@ -13,7 +14,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "vioport/emulators/crq_hcall.h"
+#include "vioport/transports/crq_hcall.h"
 #include "vioport/emulators/crq_hypervisor.h"
 
 namespace vioport::crq {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio over CRQ across processes: crqd (the PowerVM hypervisor emulator),
 // vios serving devices over server adapters (--attach ...,transport=crq) and
 // vioguest driving client adapters (--transport crq:...), plus, for the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio over CRQ end to end on one in-process crq::Hypervisor: a client
 // partition running vioport's unchanged guest drivers (CrqDriverTransport) and
 // a server partition running the backends (CrqServer on a polling thread).
@@ -17,6 +18,7 @@
 #include "vioport/guest/blk_driver.h"
 #include "vioport/guest/pattern.h"
 #include "vioport/guest/rng_driver.h"
+#include "vioport/emulators/crq_partition.h"
 #include "vioport/transports/crq_guest.h"
 #include "vioport/transports/crq_server.h"
 

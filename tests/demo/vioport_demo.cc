@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // vioport-demo: drives the core's guest-side driver model against device
 // backends over the in-process loopback transport, for both ring formats and
 // both kinds of guest memory, and prints what it did.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // libFuzzer target for virtio over CRQ, server side: the message decoder
 // (Message::FromBytes via CrqQueue) and CrqServer's control state machine
 // (INIT / VERSION / generations / device and queue set-up / NOTIFY) against a

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Generates the seed corpora of fuzz_split_ring and fuzz_packed_ring.
 
     python3 tests/fuzz/make_corpus.py            # rewrites corpus/{split,packed}/seed-*

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Seeds for fuzz_crq (tests/fuzz/crq_fuzzer.cc): a client partition's entry
 stream to a CrqServer serving an RngDevice. A good handshake (INIT, VERSION,
 DEVICE_INFO, features, status, split-ring set-up in mapped client memory, a

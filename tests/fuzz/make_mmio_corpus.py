@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Seeds for fuzz_mmio (tests/fuzz/mmio_fuzzer.cc): valid virtio-mmio bring-ups
 (version 2 split and packed, legacy version 1) with a request in a ring and a
 doorbell, plus a few hostile variants. Writes tests/fuzz/corpus/mmio/."""

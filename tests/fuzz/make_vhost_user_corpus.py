@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Seeds for fuzz_vhost_user (tests/fuzz/vhost_user_fuzzer.cc): QEMU-like
 sessions (split and packed rings, blk and the holding echo device, memory
 slots, without REPLY_ACK or protocol features, in-flight recovery from a log

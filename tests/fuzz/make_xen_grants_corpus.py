@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Writes the seed corpus of fuzz_xen_grants (tests/fuzz/corpus/xen_grants).
 
 Input format (see xen_grants_fuzzer.cc): 8-byte ops {kind u8, a u8, b u16,

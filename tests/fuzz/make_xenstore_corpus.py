@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Writes the seed corpus of fuzz_xenstore (tests/fuzz/corpus/xenstore).
 
 Input format (see xenstore_fuzzer.cc): byte 0 picks the domain identity

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // libFuzzer target for the shm transport's device side at the register
 // level: a hostile guest's REG_WRITE stream (any offset, width, value, in any
 // order), QueueNotify doorbells and its own scribbles on guest memory, all

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // libFuzzer target for the device side of a virtqueue: fuzz_split_ring
 // (VIOPORT_FUZZ_PACKED=0) and fuzz_packed_ring (VIOPORT_FUZZ_PACKED=1) are
 // this one source built twice. The input plays a hostile driver: it lays out

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // libFuzzer target for the vhost-user device side: the message parser
 // (MessageReader::Parse) and the protocol state machine (vhost_user::Session)
 // against a hostile front-end's message stream, with real fds attached

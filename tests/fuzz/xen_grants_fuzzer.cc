@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // libFuzzer target: the Xen grant-table model (xen::GrantTables) against a
 // hostile granter and a hostile grantee. The granter scribbles on its own
 // table (raw entries, the end-access protocol, read-only flips) while the

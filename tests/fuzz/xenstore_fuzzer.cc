@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // libFuzzer target: the xenstore wire codec and XenStore state machine
 // against a hostile byte stream.
 //

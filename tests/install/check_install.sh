@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # check_install.sh BUILD_DIR CONSUMER_SRC: installs BUILD_DIR into a temporary
 # prefix and builds the consumer against it, once through find_package(vioport)
 # and once through pkg-config. Prints what each consumer printed.

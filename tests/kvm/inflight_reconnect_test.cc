@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The vhost-user in-flight log (INFLIGHT_SHMFD) across a back-end crash, end
 // to end and deterministic: our VmmFrontend plays QEMU, a VhostUserServer in
 // this process plays vios. Requests complete OUT OF ORDER before the back-end
@@ -55,7 +56,7 @@
 #include "vioport/core/inflight_log.h"
 #include "vioport/core/ring_error.h"
 #include "vioport/core/spec.h"
-#include "vioport/emulators/vmm_frontend.h"
+#include "vioport/transports/vhost_user_frontend.h"
 #include "vioport/transports/vhost_user_server.h"
 
 namespace vioport {

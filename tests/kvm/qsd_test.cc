@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Our vhost-user front-end (emulators/kvm VmmFrontend), the guest-side
 // transport over it, and our unchanged virtio-blk driver against
 // qemu-storage-daemon: a vhost-user back-end we did not write. Every test
@@ -27,7 +28,7 @@
 #include "process.h"
 #include "tool_output.h"
 #include "vioport/core/blk_spec.h"
-#include "vioport/emulators/vmm_frontend.h"
+#include "vioport/transports/vhost_user_frontend.h"
 #include "vioport/guest/blk_driver.h"
 #include "vioport/guest/pattern.h"
 #include "vioport/transports/vhost_user_guest.h"

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# SPDX-License-Identifier: Apache-2.0
 # /init of the Linux-guest test initramfs (see docs/linux-guest-tests.md).
 # Loads the virtio modules, runs the workload named by vioport.test= on the kernel
 # command line against /dev/vda, prints exactly one

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A real Linux guest as the driver of vios's vhost-user blk device.
 //
 // Each test boots Debian's cloud kernel under QEMU (TCG) with a busybox
@@ -261,6 +262,7 @@ struct BackendOptions {
   std::string image{};
   bool readonly = false;
   int queues = 1;
+  int queue_size = 0;  // vios queue-size= (0: its default)
 };
 
 struct GuestOptions {
@@ -269,6 +271,7 @@ struct GuestOptions {
   std::string data_dir{};    // becomes /data in the guest
   int queues = 1;            // vhost-user-blk-pci num-queues
   int cpus = 1;              // -smp
+  int queue_size = 0;        // vhost-user-blk-pci queue-size (0: QEMU's default, 128)
   bool reconnect = false;    // chardev reconnect=1
   std::string socket{};      // the back-end's socket (default: the test's one)
 };
@@ -359,7 +362,8 @@ class LinuxGuest : public ::testing::Test {
     } else {
       argv.push_back("--device");
       argv.push_back("blk,id=d0,path=" + o.image + (o.readonly ? ",readonly=on" : "") +
-                     ",num-queues=" + std::to_string(o.queues));
+                     ",num-queues=" + std::to_string(o.queues) +
+                     (o.queue_size ? ",queue-size=" + std::to_string(o.queue_size) : ""));
       argv.push_back("--attach");
       argv.push_back("d0,transport=vhost-user,socket=" + sock_);
     }
@@ -414,7 +418,8 @@ class LinuxGuest : public ::testing::Test {
         "console=ttyS0 quiet panic=-1 vioport.test=" + o.workload + (o.extra_args.empty() ? "" : " " + o.extra_args),
         "-chardev", "socket,id=c0,path=" + (o.socket.empty() ? sock_ : o.socket) + (o.reconnect ? ",reconnect=1" : ""),
         "-device",
-        "vhost-user-blk-pci,chardev=c0,num-queues=" + std::to_string(o.queues)};
+        "vhost-user-blk-pci,chardev=c0,num-queues=" + std::to_string(o.queues) +
+            (o.queue_size ? ",queue-size=" + std::to_string(o.queue_size) : "")};
     guests_.push_back(std::make_unique<Child>(argv, dir_, "qemu"));
     return *guests_.back();
   }
@@ -494,6 +499,45 @@ TEST_F(LinuxGuest, VerifiedData) {
   ExpectRegion(img, kData, kDisk - kData, std::nullopt);
   StopBackend(b);
   EXPECT_EQ(fs::file_size(img), kDisk);
+}
+
+// QEMU's largest queue (a common tuning): vios takes 1024 by default, and the
+// guest's verified write and read go through 1024-entry rings.
+TEST_F(LinuxGuest, QueueSize1024) {
+  constexpr uint64_t kDisk = 32 * kMiB, kData = 8 * kMiB, kSeed = 0x24;
+  const std::string img = Path("disk.img");
+  MakeSparseFile(img, kDisk);
+  fs::create_directories(Path("data"));
+  WritePatternFile(Path("data/pattern"), kSeed, 0, kData);
+  Child& b = StartBackend({.image = img});
+  if (HasFailure()) return;
+  Child& g = StartGuest({.workload = "verified_data", .data_dir = Path("data"), .queue_size = 1024});
+  ExpectGuestPasses(g, b, "verified_data");
+  if (HasFailure()) return;
+  ExpectRegion(img, 0, kData, kSeed);
+  ExpectRegion(img, kData, kDisk - kData, std::nullopt);
+  StopBackend(b);
+}
+
+// A queue above the device's maximum (vios queue-size=256, QEMU queue-size=512)
+// is refused when the guest's driver starts the device: vios says which size
+// and which maximum, and drops the front-end rather than serve a ring it
+// cannot.
+TEST_F(LinuxGuest, QueueAboveMaximumIsRefused) {
+  if (backend_kind_ != "vios") GTEST_SKIP() << "checks vios's log";
+  const std::string img = Path("disk.img");
+  MakeSparseFile(img, 32 * kMiB);
+  Child& b = StartBackend({.image = img, .queue_size = 256});
+  if (HasFailure()) return;
+  Child& g = StartGuest({.workload = "verified_data", .queue_size = 512});
+  const auto t0 = Clock::now();
+  const std::string want = "queue 0 size 512 is above the device's maximum 256";
+  while (Slurp(b.err_path()).find(want) == std::string::npos && Since(t0) < 120 * scale_ && b.Running())
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_NE(Slurp(b.err_path()).find(want), std::string::npos) << "vios's log should say: " << want;
+  g.Kill();
+  EXPECT_TRUE(b.Running()) << "vios must survive a refused front-end";
+  StopBackend(b);
 }
 
 // Two queues on both sides and two CPUs in the guest: the guest checks it sees

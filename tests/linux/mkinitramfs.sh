@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Builds the Linux-guest test initramfs (an uncompressed newc cpio):
 #   mkinitramfs.sh --kernel DIR --init FILE --out FILE [--data DIR]
 # DIR (from scripts/guest-kernel.sh) provides modules/*.ko and modules/order; FILE
@@ -6,7 +7,7 @@
 # /data (a second archive appended to the first; Linux unpacks both).
 set -euo pipefail
 
-usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 kernel="" init="" out="" data=""
 while (($#)); do
   case "$1" in

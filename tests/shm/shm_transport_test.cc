@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The shared-memory transport end to end: a ShmServer (device side, on an
 // Asio loop thread or polling) and a ShmDriverTransport (guest side), across
 // threads and across processes. Every payload is checked byte by byte.

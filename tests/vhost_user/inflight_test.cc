@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The in-flight log at the core level (SplitInflightLog + SplitDeviceQueue::
 // UseInflightLog), which is what lets a vhost-user back-end restarted after a
 // crash resubmit exactly the requests it had popped and not completed. A

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A hostile (or broken) front-end against VhostUserServer: each case brings a
 // connection to some state, then sends one message the protocol forbids. The
 // server must close that connection (the raw front-end reads EOF), count a
@@ -281,8 +282,10 @@ const std::vector<Case>& Cases() {
        "SET_VRING_ENABLE: queue 0 started before SET_MEM_TABLE"},
       {"SplitRingSizeNotPowerOf2", Stage::kMemory, [](Guest& g) { Send(g, Req::kSetVringNum, State(0, 48)); },
        "SET_VRING_NUM: queue 0 size 48"},
-      {"RingSizeAboveDeviceMax", Stage::kMemory, [](Guest& g) { Send(g, Req::kSetVringNum, State(0, 512)); },
-       "SET_VRING_NUM: queue 0 size 512"},
+      {"RingSizeAboveDeviceMax", Stage::kMemory, [](Guest& g) { Send(g, Req::kSetVringNum, State(0, 2048)); },
+       "SET_VRING_NUM: queue 0 size 2048 is above the device's maximum 1024"},
+      {"RingSizeNotAPowerOf2", Stage::kMemory, [](Guest& g) { Send(g, Req::kSetVringNum, State(0, 96)); },
+       "SET_VRING_NUM: queue 0 size 96 is not a power of 2 (split ring)"},
       {"QueueIndexOutOfRange", Stage::kMemory, [](Guest& g) { Send(g, Req::kSetVringNum, State(1, 64)); },
        "SET_VRING_NUM: queue index 1 out of range (the device has 1 queues)"},
       {"KickIndexOutOfRange", Stage::kMemory,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Pieces shared by the vhost-user tests: guest RAM in a sealed memfd, a raw
 // front-end that speaks the protocol byte by byte over a real Unix socket
 // (so tests can send anything, well-formed or not), an Asio loop thread for
@@ -38,7 +39,7 @@
 #include "vioport/core/blk_spec.h"
 #include "vioport/core/buffer_dma.h"
 #include "vioport/core/driver_queue.h"
-#include "vioport/emulators/vhost_user_protocol.h"
+#include "vioport/transports/vhost_user_protocol.h"
 #include "vioport/transports/vhost_user_server.h"
 
 namespace vioport::vutest {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // Child processes for the whole-system tests: spawn vios / vioguest /

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // The base of the whole-system tests that run vios, vioguest and emulators

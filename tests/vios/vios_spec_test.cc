@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // vios option parsing (command line and TOML) and the control commands,
 // in process.
 #include <gtest/gtest.h>

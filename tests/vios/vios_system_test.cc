@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Whole-system tests: a real vios process serving guests that are real
 // vioguest processes (or a hostile client in this process), over shm.
 // Assertions are on data: checksums on both sides and bytes in the backing

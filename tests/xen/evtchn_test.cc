@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Event channel conformance (docs/reference/xen.md section 3, design
 // implication 5): reservation, bind, coalescing, masking on delivery,
 // dropped sends on unbound ports, close and domain death returning the peer

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Conformance tests for vioport::xen::GrantTables (v1 grant tables): each
 // check and GNTST code of docs/reference/xen.md sections 1, 2 and 8, asserted
 // on the status codes and on the bytes of the domains' memories (the grant

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xenemud serving domains as processes: a real xenemud process, domains as
 // RemoteDomain clients (in this process, or in a forked child), checked on
 // data: granted bytes seen through maps and copies, Xen's GNTST codes, end
@@ -32,6 +33,7 @@ extern "C" {
 
 #include "vioport/emulators/xen_remote.h"
 #include "xenemud_child.h"
+#include "vioport/emulators/xen_emu_channel.h"
 #include "vioport/transports/xen_channel.h"
 
 namespace vioport::xen {
@@ -515,8 +517,8 @@ TEST(XenDomainProcess, XenemudDeathFailsEveryCallAndWakesWaiters) {
 // ---- The transport's emulator channel ------------------------------------------
 
 std::unique_ptr<XenChannel> Open(const Xenemud& x, DomId self, uint32_t pool) {
-  EmulatorChannelOptions o;
-  o.socket = x.domains();
+  ChannelOptions o;
+  o.address = x.domains();
   o.self = self;
   o.memory_bytes = 1 << 20;
   o.grant_pages = pool;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xen::XenStore (no I/O) and the wire codec: every request type, every error
 // name, permissions, watches, transactions and quotas, asserting on the
 // exact reply and event bytes a client would receive.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xenemud as its own process, driven by (1) Debian's real xenstore-utils
 // binaries, (2) the real libxenstore linked into this test, both through
 // XENSTORED_PATH, (3) raw clients on per-domain sockets (identity and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The real-Xen channel (OpenLibxenChannel, transports/xen/src/libxen_channel.cc).
 //
 // Without Xen (this project's CI: no /dev/xen) it must refuse at start with a

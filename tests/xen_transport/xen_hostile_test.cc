@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A hostile frontend against vios over the Xen transport. xenemud and vios
 // run as processes; this test process is frontend domain 9 (through the
 // emulator channel and libxenstore, or through XenDriverTransport with hand-
@@ -27,6 +28,7 @@
 #include "tool_output.h"
 #include "vioport/core/mmio.h"
 #include "vioport/core/spec.h"
+#include "vioport/emulators/xen_emu_channel.h"
 #include "vioport/transports/xen_channel.h"
 #include "vioport/transports/xen_guest.h"
 #include "vioport/transports/xen_protocol.h"
@@ -55,8 +57,8 @@ class XenHostile : public testproc::ViosProcessTest {
                   absl::StrFormat("d0,transport=xen,channel=emu:%s,domid=%u", Path("xen.sock"), kHonest), "--attach",
                   absl::StrFormat("bad,transport=xen,channel=emu:%s,domid=%u", Path("xen.sock"), kHostile)};
     SpawnVios();
-    xen::EmulatorChannelOptions eo;
-    eo.socket = Path("xen.sock");
+    xen::ChannelOptions eo;
+    eo.address = Path("xen.sock");
     eo.self = kHostile;
     eo.grant_pages = 256;
     eo.memory_bytes = 1 * kMiB;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio over Xen grants across processes: xenemud (the Xen emulator: grant
 // tables, event channels, xenstored), vios serving devices as dom0
 // (--attach ...,transport=xen,channel=emu:SOCKET,domid=F) and vioguest as
@@ -25,6 +26,7 @@
 #include "process.h"
 #include "process_test.h"
 #include "tool_output.h"
+#include "vioport/emulators/xen_emu_channel.h"
 #include "vioport/transports/xen_channel.h"
 #include "vioport/transports/xen_protocol.h"
 #include "vioport/transports/xs_client.h"
@@ -262,8 +264,8 @@ TEST_F(XenProcess, GrantsNamingOtherBackendsAreUnreachable) {
   ASSERT_TRUE(WaitFor([&] { return Stat("d0", "xen.mapped_pages") > 0 || !b1.Running(); }, 10));
   ASSERT_TRUE(b1.Running()) << b1.err() << b1.out();
 
-  xen::EmulatorChannelOptions eo;
-  eo.socket = Path("xen.sock");
+  xen::ChannelOptions eo;
+  eo.address = Path("xen.sock");
   eo.self = 6;
   eo.memory_bytes = kMiB;
   auto ch = xen::OpenEmulatorChannel(eo);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // ParseDecimal: how the Xen transport reads every number a peer wrote in
 // xenstore (untrusted): whole-string decimal, range-checked, no overflow.
 #include <gtest/gtest.h>

@@ -1,4 +1,5 @@
-// vios: the vioport VIO server daemon. See kUsage in spec.cc and docs/vios.md.
+// SPDX-License-Identifier: Apache-2.0
+// vios: the vioport VIO server daemon. See Usage() in spec.cc and docs/vios.md.
 #include <signal.h>
 
 #include <cstdio>
@@ -15,7 +16,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   for (const std::string& a : args) {
     if (a == "--help" || a == "-h") {
-      std::fputs(vios::kUsage, stdout);
+      std::fputs(vios::Usage().c_str(), stdout);
       return 0;
     }
   }

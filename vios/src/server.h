@@ -1,8 +1,9 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // The VIO server: devices (backends) by id, each served to one guest through
-// one attachment (a transport endpoint), all on one event loop, plus the
-// control socket viosctl talks to.
+// one attachment (an endpoint of a registered transport), all on one event
+// loop, plus the control socket viosctl talks to.
 
 #include <map>
 #include <memory>
@@ -14,22 +15,9 @@
 #include "boost/asio/io_context.hpp"
 #include "spec.h"
 #include "vioport/core/device.h"
+#include "vioport/transports/registry.h"
 
 namespace vioport::vios {
-
-// A device served over one transport endpoint. Implemented per transport.
-class Attachment {
- public:
-  virtual ~Attachment() = default;
-  virtual std::string transport() const = 0;
-  virtual std::string where() const = 0;  // e.g. the socket path
-  virtual bool connected() const = 0;
-  virtual uint8_t device_status() const = 0;
-  virtual std::string last_error() const = 0;
-  virtual std::vector<std::pair<std::string, uint64_t>> Counters() const = 0;
-  virtual void StopAccepting() = 0;
-  virtual absl::Status Quiesce() = 0;
-};
 
 class Server {
  public:
@@ -57,7 +45,8 @@ class Server {
   struct Entry {
     DeviceSpec spec;
     std::shared_ptr<VirtioDevice> device;
-    std::unique_ptr<Attachment> attachment;
+    std::unique_ptr<DeviceEndpoint> attachment;
+    std::string transport;  // the registered name of the attachment's transport
   };
   struct Control;
   void AcceptControl();

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "spec.h"
 
 #include <toml++/toml.h>
@@ -6,10 +7,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "vioport/transports/registry.h"
 
 namespace vioport::vios {
 
-const char kUsage[] = R"(vios: the vioport VIO server. Serves virtio devices to guests over transports.
+std::string Usage() {
+  RegisterBuiltinTransports();
+  return absl::StrCat(R"(vios: the vioport VIO server. Serves virtio devices to guests over transports.
 
 usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PATH]
             [--log-level LEVEL] [--help]
@@ -18,143 +22,29 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
       blk,id=ID,path=FILE[,readonly=on][,num-queues=N][,queue-size=N][,serial=S]
                                         [,seg-max=N][,size-max=BYTES]
                                         [,aio=auto|io_uring|inline]
+          queue-size: the largest queue the driver may set up, a power of 2
+          up to 1024 (default 1024, the most a virtio-pci front-end sets up);
+          the driver may pick any smaller power of 2
           aio: io_uring, or preadv/pwritev on the loop thread; auto (default)
           is inline for files in memory (tmpfs), io_uring for the rest
       rng,id=ID
       console,id=ID,socket=PATH        host side on a Unix socket (one client)
       console,id=ID,stdio=on           host side on vios's own stdin/stdout
-  --attach ID,transport=T[,KEY=VALUE...]  serve device ID to a guest
-      ID,transport=shm,path=SOCKET[,poll=on][,spin-us=N]
-                                        hypervisor-less virtio-mmio over shared
-                                        memory; poll=on busy-polls the rings on
-                                        a dedicated thread (costs a core);
-                                        spin-us: keep serving N us past the last
-                                        request before sleeping (default 20)
-      ID,transport=vhost-user,socket=SOCKET[,spin-us=N][,inflight=off]
-                                        KVM: serve QEMU (or any vhost-user
-                                        front-end) on SOCKET, e.g. QEMU's
-                                        -chardev socket,path=SOCKET,reconnect=1
-                                        -device vhost-user-blk-pci; requests in
-                                        flight survive a vios restart unless
-                                        inflight=off
-      ID,transport=xen,channel=emu:SOCKET|xen,domid=F[,devid=N]
-         [,grants=map|copy][,cache-pages=N][,self=B][,memory-mib=N]
-         [,spin-us=N]
-                                        Xen: serve frontend domain F's virtio
-                                        device N (default 0) over grants,
-                                        event channels and xenstore
-                                        (docs/transports/xen.md). channel:
-                                        emu:SOCKET joins the xenemud emulator
-                                        (xenemud --domains SOCKET) as domain B
-                                        (self, default 0 = dom0; memory-mib of
-                                        RAM, default 64, from the first
-                                        attachment); xen uses real Xen through
-                                        libxen (docs/transports/xen-real.md).
-                                        vios writes both xenstore directories
-                                        as the toolstack would. grants=map
-                                        (default) keeps up to cache-pages
-                                        (default 4096) persistent mappings,
-                                        then grant-copies; grants=copy copies
-                                        every access. spin-us: serve on N us
-                                        past the last request before sleeping
-                                        (default 100: a notification through
-                                        the hypervisor costs about that)
-      ID,transport=crq,crqd=SOCKET,partition=PID,unit=UNIT,liobn=LIOBN,
-         remote-liobn=RLIOBN,remote-window-mib=N[,memory-mib=N]
-         [,max-transfer=B][,staging=N][,read-ahead=off][,spin-us=N]
-                                        PowerVM: serve a client partition over a
-                                        CRQ adapter pair of the crqd emulator
-                                        (docs/transports/crq.md). vios joins
-                                        crqd on SOCKET as partition PID, once
-                                        for all its crq attachments naming PID
-                                        (a VIO server partition with many
-                                        adapters; memory-mib of RAM, default 64,
-                                        taken from the first), registers server
-                                        adapter UNIT, maps its queue page,
-                                        bounce buffer and N staging buffers of
-                                        256 KiB (default 32; as many as fit) in
-                                        its window LIOBN, and copies to/from the
-                                        client's window RLIOBN (remote-window-mib:
-                                        its size, as in the crqd --pair).
-                                        read-ahead: small buffer reads (request
-                                        headers) copy their whole page once
-                                        per batch (default on).
-                                        spin-us: keep serving the partition N
-                                        us past the last work before sleeping
-                                        (default 20). Numbers take 0x
-  --config FILE        the same in TOML: [[device]] and [[attach]] tables with
+  --attach ID,transport=T[,KEY=VALUE...]  serve device ID to a guest over
+                                        transport T, one of (numbers take 0x
+                                        and K, M, G):
+)",
+                      DeviceTransportsHelp(6), R"(  --config FILE        the same in TOML: [[device]] and [[attach]] tables with
                        the keys above (type/id, device/transport), plus
                        top-level control = "PATH" and log-level = "LEVEL"
   --control PATH       control socket for viosctl (list, stats, add, attach, remove)
   --log-level LEVEL    error, warning, info (default) or debug
 
 SIGTERM or SIGINT: stop accepting guests, finish requests in flight, flush, exit 0.
-)";
-
-absl::Status Options::Error(const std::string& key, absl::string_view why) const {
-  auto it = kv_.find(key);
-  return absl::InvalidArgumentError(it == kv_.end()
-                                        ? absl::StrCat(origin_, ": option '", key, "' ", why)
-                                        : absl::StrCat(origin_, ": option '", key, "=", it->second, "' ", why));
-}
-
-absl::StatusOr<std::string> Options::String(const std::string& key, std::optional<std::string> dflt) {
-  used_[key] = true;
-  auto it = kv_.find(key);
-  if (it != kv_.end()) return it->second;
-  if (dflt) return *dflt;
-  return Error(key, "is required");
-}
-
-absl::StatusOr<bool> Options::Bool(const std::string& key, bool dflt) {
-  used_[key] = true;
-  auto it = kv_.find(key);
-  if (it == kv_.end()) return dflt;
-  const std::string v = absl::AsciiStrToLower(it->second);
-  if (v == "on" || v == "true" || v == "yes" || v == "1") return true;
-  if (v == "off" || v == "false" || v == "no" || v == "0") return false;
-  return Error(key, "is not on/off");
-}
-
-absl::StatusOr<uint64_t> Options::Uint(const std::string& key, uint64_t dflt, uint64_t min, uint64_t max) {
-  used_[key] = true;
-  auto it = kv_.find(key);
-  if (it == kv_.end()) return dflt;
-  uint64_t v;
-  const bool hex = it->second.size() > 2 && it->second[0] == '0' && (it->second[1] == 'x' || it->second[1] == 'X');
-  if (hex ? !absl::SimpleHexAtoi(absl::string_view(it->second).substr(2), &v) : !absl::SimpleAtoi(it->second, &v))
-    return Error(key, "is not a number");
-  if (v < min || v > max) return Error(key, absl::StrCat("is out of range (", min, "..", max, ")"));
-  return v;
-}
-
-absl::Status Options::CheckAllUsed() const {
-  for (const auto& [k, v] : kv_)
-    if (!used_.count(k)) return absl::InvalidArgumentError(absl::StrCat(origin_, ": unknown option '", k, "=", v, "'"));
-  return absl::OkStatus();
+)");
 }
 
 namespace {
-
-// "first,k=v,k=v" -> first element and the map. `what` names the flag.
-absl::Status SplitSpec(absl::string_view text, absl::string_view what, std::string* first,
-                       std::map<std::string, std::string>* kv) {
-  std::vector<absl::string_view> parts = absl::StrSplit(text, ',');
-  if (parts.empty() || parts[0].empty() || parts[0].find('=') != absl::string_view::npos)
-    return absl::InvalidArgumentError(absl::StrCat(what, " ", text, ": must start with ",
-                                                   what == "--device" ? "the device type" : "the device id"));
-  *first = std::string(parts[0]);
-  for (size_t i = 1; i < parts.size(); ++i) {
-    const size_t eq = parts[i].find('=');
-    if (parts[i].empty()) continue;
-    if (eq == absl::string_view::npos || eq == 0)
-      return absl::InvalidArgumentError(absl::StrCat(what, " ", text, ": '", parts[i], "' is not KEY=VALUE"));
-    const std::string key(parts[i].substr(0, eq));
-    if (kv->count(key)) return absl::InvalidArgumentError(absl::StrCat(what, " ", text, ": option '", key, "' given twice"));
-    (*kv)[key] = std::string(parts[i].substr(eq + 1));
-  }
-  return absl::OkStatus();
-}
 
 bool ValidId(absl::string_view id) {
   if (id.empty() || id.size() > 32) return false;
@@ -193,14 +83,14 @@ absl::StatusOr<AttachSpec> MakeAttach(std::string device, std::map<std::string, 
 absl::StatusOr<DeviceSpec> ParseDevice(absl::string_view text) {
   std::string type;
   std::map<std::string, std::string> kv;
-  if (absl::Status s = SplitSpec(text, "--device", &type, &kv); !s.ok()) return s;
+  if (absl::Status s = SplitKeyValues(text, "--device", "the device type", &type, &kv); !s.ok()) return s;
   return MakeDevice(std::move(type), std::move(kv), absl::StrCat("--device ", text));
 }
 
 absl::StatusOr<AttachSpec> ParseAttach(absl::string_view text) {
   std::string dev;
   std::map<std::string, std::string> kv;
-  if (absl::Status s = SplitSpec(text, "--attach", &dev, &kv); !s.ok()) return s;
+  if (absl::Status s = SplitKeyValues(text, "--attach", "the device id", &dev, &kv); !s.ok()) return s;
   return MakeAttach(std::move(dev), std::move(kv), absl::StrCat("--attach ", text));
 }
 

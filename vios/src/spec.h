@@ -1,8 +1,11 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-// What vios is asked to serve, from the command line (qemu-storage-daemon
-// style: --device blk,id=d0,path=disk.img) or from a TOML file. Both produce
-// the same specs, and every error names the option and its value.
+// What vios is asked to serve, from the command line (--device
+// blk,id=d0,path=disk.img --attach d0,transport=NAME,...) or from a TOML
+// file. Both produce the same specs, and every error names the option and
+// its value. A transport's options are checked against what it registered
+// (vioport/transports/registry.h) when the attachment is made.
 
 #include <cstdint>
 #include <map>
@@ -12,32 +15,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "vioport/transports/options.h"
 
 namespace vioport::vios {
-
-// key=value options with typed, checked access. `origin` says where they came
-// from ("--device blk,id=d0,..." or "vios.toml: device #2") for messages.
-class Options {
- public:
-  Options() = default;
-  Options(std::string origin, std::map<std::string, std::string> kv) : origin_(std::move(origin)), kv_(std::move(kv)) {}
-
-  const std::string& origin() const { return origin_; }
-  bool Has(const std::string& key) const { return kv_.count(key) != 0; }
-  absl::StatusOr<std::string> String(const std::string& key, std::optional<std::string> dflt = std::nullopt);
-  absl::StatusOr<bool> Bool(const std::string& key, bool dflt);
-  absl::StatusOr<uint64_t> Uint(const std::string& key, uint64_t dflt, uint64_t min, uint64_t max);
-  // After the last Get: an option nobody asked for is an error.
-  absl::Status CheckAllUsed() const;
-  const std::map<std::string, std::string>& all() const { return kv_; }
-
- private:
-  absl::Status Error(const std::string& key, absl::string_view why) const;
-
-  std::string origin_;
-  std::map<std::string, std::string> kv_;
-  std::map<std::string, bool> used_;
-};
 
 struct DeviceSpec {
   std::string type;  // blk, rng, console
@@ -47,7 +27,7 @@ struct DeviceSpec {
 
 struct AttachSpec {
   std::string device;     // id
-  std::string transport;  // shm, ...
+  std::string transport;  // a registered transport's name
   Options options;        // without device and transport
 };
 
@@ -60,12 +40,13 @@ struct Config {
 
 // "blk,id=d0,path=x" -> DeviceSpec. The first element is the type.
 absl::StatusOr<DeviceSpec> ParseDevice(absl::string_view text);
-// "d0,transport=shm,path=x" -> AttachSpec. The first element is the device id.
+// "d0,transport=NAME,KEY=VALUE..." -> AttachSpec. The first element is the device id.
 absl::StatusOr<AttachSpec> ParseAttach(absl::string_view text);
 // The whole command line (argv[0] excluded). --config FILE merges a TOML file.
 absl::StatusOr<Config> ParseCommandLine(const std::vector<std::string>& args);
 absl::Status MergeToml(const std::string& path, Config* config);
 
-extern const char kUsage[];
+// vios --help: the flags, the device types, and every registered transport.
+std::string Usage();
 
 }  // namespace vioport::vios

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // BlkDevice lifecycle and I/O plumbing: opening the backing file, config
 // space, activation and reset, the per-queue pop loop and the io_uring rings.
 // What each request does is in blk_request.cc.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // BlkDevice's per-virtqueue state: the io_uring that serves it and its pool
 // of request slots. Private to backends/blk (blk_device.cc, blk_request.cc).
 #pragma once

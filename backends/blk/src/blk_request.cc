@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-blk request handling (§5.2.6): parse and check a popped chain, turn
 // it into io_uring operations on the backing file, and complete it with the
 // status byte. Shared by every transport; blk_device.cc drives it.

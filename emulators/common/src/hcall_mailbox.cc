@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/emulators/hcall_mailbox.h"
 
 #include <fcntl.h>

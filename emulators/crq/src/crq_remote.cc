@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/emulators/crq_remote.h"
 
 #include <fcntl.h>
@@ -131,3 +132,19 @@ HcallResult RemotePartition::Hcall(uint64_t opcode, std::span<const uint64_t> ar
 }
 
 }  // namespace vioport::crq
+
+namespace vioport {
+
+void RegisterCrqdChannel() {
+  crq::PartitionChannels::Add("crqd", [](const crq::PartitionSpec& s) -> absl::StatusOr<std::unique_ptr<crq::Partition>> {
+    crq::RemotePartitionOptions o;
+    o.socket_path = s.address;
+    o.id = s.id;
+    o.memory_bytes = s.memory_bytes;
+    auto p = crq::RemotePartition::Connect(o);
+    if (!p.ok()) return p.status();
+    return std::unique_ptr<crq::Partition>(std::move(*p));
+  });
+}
+
+}  // namespace vioport

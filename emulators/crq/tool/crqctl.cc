@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // crqctl: talks to a running crqd over its control socket (one command per
 // connection, answered with text and a last line "ok" or "error: ...").
 #include "vioport/core/control_client.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // crqd: the PowerVM CRQ hypervisor emulator as its own process.
 //
 // Partition processes connect to --socket (Unix SOCK_SEQPACKET), say HELLO
@@ -35,7 +36,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "vioport/emulators/crq_hcall.h"
+#include "vioport/transports/crq_hcall.h"
 #include "vioport/emulators/crq_hypervisor.h"
 #include "vioport/emulators/crq_remote.h"
 #include "vioport/emulators/hcall_mailbox.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xen::DomainService: xenemud's domains as processes; see
 // xen_domain_service.h and, for the wire protocol, xen_remote.h.
 #include "xen_domain_service.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // xenemud's hypervisor half: domains as processes (the client side and the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/emulators/xen_evtchn.h"
 
 #include <unistd.h>

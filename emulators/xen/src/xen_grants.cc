@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/emulators/xen_grants.h"
 
 // Checked against the real public header (it needs <cstdint> first).
@@ -435,26 +436,6 @@ PinCounts GrantTables::Pins(DomId granter, GrantRef ref) const {
   if (it == d->active.end()) return {};
   const Active& a = it->second;
   return PinCounts{a.map_r, a.map_w, a.copy_r, a.copy_w, a.holder};
-}
-
-const char* GntstName(int16_t s) {
-  switch (s) {
-    case gntst::kOkay: return "GNTST_okay";
-    case gntst::kGeneralError: return "GNTST_general_error";
-    case gntst::kBadDomain: return "GNTST_bad_domain";
-    case gntst::kBadGntref: return "GNTST_bad_gntref";
-    case gntst::kBadHandle: return "GNTST_bad_handle";
-    case gntst::kBadVirtAddr: return "GNTST_bad_virt_addr";
-    case gntst::kBadDevAddr: return "GNTST_bad_dev_addr";
-    case gntst::kNoDeviceSpace: return "GNTST_no_device_space";
-    case gntst::kPermissionDenied: return "GNTST_permission_denied";
-    case gntst::kBadPage: return "GNTST_bad_page";
-    case gntst::kBadCopyArg: return "GNTST_bad_copy_arg";
-    case gntst::kAddressTooBig: return "GNTST_address_too_big";
-    case gntst::kEagain: return "GNTST_eagain";
-    case gntst::kNoSpace: return "GNTST_no_space";
-    default: return "GNTST_unknown";
-  }
 }
 
 }  // namespace vioport::xen

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xen::RemoteDomain: a domain process of xenemud; see xen_remote.h.
 #include "vioport/emulators/xen_remote.h"
 

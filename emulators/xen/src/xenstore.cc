@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xen::XenStore: xenstored's request semantics; see xenstore.h.
 #include "vioport/emulators/xenstore.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xen::XenStoreServer; see xenstore_server.h.
 #include "vioport/emulators/xenstore_server.h"
 

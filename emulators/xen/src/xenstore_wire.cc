@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The xenstore wire format; see xenstore_wire.h.
 #include "vioport/emulators/xenstore_wire.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xenemud: the Xen channel emulator as a daemon. It plays xenstored (the
 // real xenstore wire protocol on Unix sockets, one socket per identity: see
 // vioport/emulators/xenstore_server.h) and, with --domains, the hypervisor:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/guest/blk_driver.h"
 
 #include <algorithm>
@@ -136,10 +137,9 @@ absl::Status BlkDriver::Init(const BlkDriverOptions& options) {
   if (max_size == 0) return absl::NotFoundError("blk: device has no request queue");
   const uint32_t queue_size = opts_.queue_size ? opts_.queue_size : std::min<uint32_t>(max_size, 256);
 
-  const uint64_t ring_bits = ((uint64_t{1} << 41) - 1) & ~((uint64_t{1} << 24) - 1);
   DriverOptions d;
   d.device_id = static_cast<uint32_t>(DeviceId::kBlock);
-  d.wanted_features = (opts_.ring_features & ring_bits) | feature::Bit(bf::kSizeMax) | feature::Bit(bf::kSegMax) |
+  d.wanted_features = (opts_.ring_features & feature::kTransportRange) | feature::Bit(bf::kSizeMax) | feature::Bit(bf::kSegMax) |
                       feature::Bit(bf::kRo) | feature::Bit(bf::kBlkSize) | feature::Bit(bf::kFlush) |
                       feature::Bit(bf::kMq) | feature::Bit(bf::kDiscard) | feature::Bit(bf::kWriteZeroes);
   d.num_queues = num_queues;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Outside-project check: one request through an installed vioport's
 // driver-side and device-side split queues over a RegionMemory.
 #include <cstdio>

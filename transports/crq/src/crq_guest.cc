@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/transports/crq_guest.h"
 
 #include <poll.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/transports/shm_server.h"
 
 #include <fcntl.h>
@@ -23,6 +24,7 @@
 #include "vioport/core/device_controller.h"
 #include "vioport/core/log.h"
 #include "vioport/core/mmio.h"
+#include "vioport/transports/shm_guest.h"
 #include "vioport/transports/shm_protocol.h"
 
 namespace vioport {
@@ -83,20 +85,17 @@ struct ShmInterrupts final : InterruptSink {
   std::vector<Fd> call;
   Fd config_call;
   std::function<void()> on_config;  // refresh the mirror before the guest looks
-  std::atomic<uint64_t> queue_irqs{0}, config_irqs{0};
   bool dead = false;
 
   void QueueInterrupt(uint16_t q) override {
     if (dead || q >= call.size()) return;
     Reg32(page, shm::reg::kInterruptStatus).fetch_or(shm::kIntUsedBuffer, std::memory_order_release);
-    queue_irqs.fetch_add(1, std::memory_order_relaxed);
     Signal(call[q].fd);
   }
   void ConfigInterrupt() override {
     if (dead) return;
     if (on_config) on_config();
     Reg32(page, shm::reg::kInterruptStatus).fetch_or(shm::kIntConfig, std::memory_order_release);
-    config_irqs.fetch_add(1, std::memory_order_relaxed);
     Signal(config_call.fd);
   }
 };
@@ -150,8 +149,8 @@ struct ShmServer::Impl {
 
   // Counters (atomics: read from other threads in poll mode).
   std::atomic<uint64_t> connections{0}, refused{0}, protocol_errors{0}, register_writes{0},
-      register_writes_ignored{0}, kicks{0}, queue_irqs{0}, config_irqs{0};
-  uint64_t past_resets = 0, past_activations = 0, past_ring_errors = 0, past_refused_features = 0;
+      register_writes_ignored{0};
+  TransportCounters past;  // connections that ended (device thread)
   mutable absl::Mutex mu;
   std::string last_error ABSL_GUARDED_BY(mu);
 
@@ -264,34 +263,19 @@ std::string ShmServer::last_error() const {
   });
 }
 
-std::vector<std::pair<std::string, uint64_t>> ShmServer::Counters() const {
+void ShmServer::AppendCounters(CounterList* out) const {
   Impl* im = impl_.get();
-  std::vector<std::pair<std::string, uint64_t>> out = {
-      {"connections", im->connections.load()},
-      {"connections_refused", im->refused.load()},
-      {"protocol_errors", im->protocol_errors.load()},
-      {"register_writes", im->register_writes.load()},
-      {"register_writes_ignored", im->register_writes_ignored.load()},
-      {"kicks", im->kicks.load()},
-      {"queue_interrupts", im->queue_irqs.load()},
-      {"config_interrupts", im->config_irqs.load()},
-  };
   im->OnDeviceThread([&] {
-    uint64_t resets = im->past_resets, act = im->past_activations, errs = im->past_ring_errors,
-             refused = im->past_refused_features;
-    if (im->conn && im->conn->ctl) {
-      const ControllerCounters& c = im->conn->ctl->counters();
-      resets += c.resets.load();
-      act += c.activations.load();
-      errs += c.ring_errors.load();
-      refused += c.features_refused.load();
-    }
-    out.insert(out.end(), {{"device_resets", resets},
-                           {"activations", act},
-                           {"ring_errors", errs},
-                           {"features_refused", refused}});
+    TransportCounters t = im->past;
+    if (im->conn && im->conn->ctl) t += im->conn->ctl->transport_counters();
+    t.reconnects = im->connections.load() > 0 ? im->connections.load() - 1 : 0;
+    t.AppendTo(out);
   });
-  return out;
+  out->insert(out->end(), {{"connections", im->connections.load()},
+                           {"connections_refused", im->refused.load()},
+                           {"protocol_errors", im->protocol_errors.load()},
+                           {"register_writes", im->register_writes.load()},
+                           {"register_writes_ignored", im->register_writes_ignored.load()}});
 }
 
 void ShmServer::Impl::Accept() {
@@ -474,7 +458,6 @@ void ShmConnection::WatchKick(uint16_t q) {
                             [self = shared_from_this(), q](const boost::system::error_code& ec) {
                               if (ec || self->closed) return;
                               Drain(self->kick[q].fd);
-                              self->srv->kicks++;
                               self->ctl->NotifyQueue(q);
                               self->SpinWhileBusy();
                               self->srv->self->status_.store(self->ctl->status(), std::memory_order_release);
@@ -524,16 +507,8 @@ void ShmConnection::Teardown() {
   if (closed) return;
   closed = true;
   if (ctl) {
-    const ControllerCounters& c = ctl->counters();
-    srv->past_resets += c.resets.load();
-    srv->past_activations += c.activations.load();
-    srv->past_ring_errors += c.ring_errors.load();
-    srv->past_refused_features += c.features_refused.load();
+    srv->past += ctl->transport_counters();
     if (!ctl->last_error().empty()) srv->SetError(ctl->last_error());
-  }
-  if (irq) {
-    srv->queue_irqs += irq->queue_irqs.load();
-    srv->config_irqs += irq->config_irqs.load();
   }
   // Device first: Reset waits for its in-flight requests, then nothing
   // touches the region any more and it can go.
@@ -553,6 +528,44 @@ void ShmConnection::Teardown() {
   kick.clear();
   srv->self->connected_.store(false, std::memory_order_release);
   srv->self->status_.store(0, std::memory_order_release);
+}
+
+void RegisterShmTransport() {
+  RegisterDeviceTransport(
+      {"shm",
+       "hypervisor-less virtio-mmio over shared memory (docs/transports/shm.md): the\n"
+       "guest brings a sealed memfd, vios maps it and mirrors the registers in it",
+       {OptionSpec::String("path", "SOCKET", "the Unix socket guests connect to").Required(),
+        OptionSpec::Bool("poll", false, "busy-poll the rings on a dedicated thread (costs a core)"),
+        OptionSpec::Uint("spin-us", "N", 0, 1000, "keep serving N us past the last request before sleeping")
+            .Default(20)},
+       [](EndpointContext& ctx, const OptionValues& o) -> absl::StatusOr<std::unique_ptr<DeviceEndpoint>> {
+         ShmServerOptions so;
+         so.socket_path = o.str("path");
+         so.poll = o.flag("poll");
+         so.spin_us = static_cast<uint32_t>(o.num("spin-us"));
+         so.name = ctx.name;
+         auto s = ShmServer::Create(ctx.io, ctx.device, so);
+         if (!s.ok()) return s.status();
+         return std::unique_ptr<DeviceEndpoint>(std::move(*s));
+       }});
+  RegisterGuestTransport({"shm", "SOCKET",
+                          "hypervisor-less shared memory: this process's memory is a sealed memfd the\n"
+                          "device maps (vios --attach ...,transport=shm)",
+                          {},
+                          {},
+                          64 << 20,
+                          [](const GuestContext& ctx, const std::string& socket,
+                             const OptionValues&) -> absl::StatusOr<GuestLink> {
+                            ShmGuestOptions o;
+                            o.socket_path = socket;
+                            o.memory_bytes = *ctx.memory_bytes;
+                            auto t = ShmDriverTransport::Connect(o);
+                            if (!t.ok()) return t.status();
+                            GuestLink link;
+                            link.transport = std::move(*t);
+                            return link;
+                          }});
 }
 
 }  // namespace vioport

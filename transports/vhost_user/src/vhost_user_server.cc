@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/transports/vhost_user_server.h"
 
 #include <poll.h>
@@ -13,6 +14,7 @@
 #include "boost/asio/local/stream_protocol.hpp"
 #include "boost/asio/posix/stream_descriptor.hpp"
 #include "vhost_user_session.h"
+#include "vioport/transports/vhost_user_guest.h"
 #include "vioport/core/log.h"
 
 namespace vioport {
@@ -52,13 +54,17 @@ struct VhostUserServer::Impl {
   // Totals over closed connections, plus the live one's.
   uint64_t connections = 0, refused = 0, protocol_errors = 0;
   vhost_user::SessionCounters past{};
+  TransportCounters past_base;
   std::string last_error;
   // Expires with the server: an accept that completed before the server was
   // destroyed (on the loop) may still have its handler queued.
   std::shared_ptr<int> alive = std::make_shared<int>(0);
 
   void Accept();
-  void Absorb(const vhost_user::SessionCounters& c) { past += c; }
+  void Absorb(const Session& s) {
+    past += s.counters();
+    past_base += s.transport_counters();
+  }
 };
 
 // One front-end. Lives on the io thread; handlers hold it by shared_ptr and
@@ -195,7 +201,7 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     if (closed) return;
     closed = true;
     if (session) {
-      srv->Absorb(session->counters());
+      srv->Absorb(*session);
       if (!session->last_error().empty()) srv->last_error = session->last_error();
       session.reset();  // completes in-flight requests, resets the device, unmaps
     }
@@ -296,22 +302,65 @@ std::string VhostUserServer::last_error() const {
   return impl_->last_error;
 }
 
-std::vector<std::pair<std::string, uint64_t>> VhostUserServer::Counters() const {
+void VhostUserServer::AppendCounters(CounterList* out) const {
   vhost_user::SessionCounters c = impl_->past;
+  TransportCounters t = impl_->past_base;
   if (connected() && impl_->conn->session) {
     c += impl_->conn->session->counters();
+    t += impl_->conn->session->transport_counters();
   }
-  return {{"connections", impl_->connections},
-          {"connections_refused", impl_->refused},
-          {"protocol_errors", impl_->protocol_errors},
-          {"messages", c.messages},
-          {"kicks", c.kicks},
-          {"queue_interrupts", c.queue_interrupts},
-          {"activations", c.activations},
-          {"device_resets", c.device_resets},
-          {"ring_errors", c.ring_errors},
-          {"inflight_resubmitted", c.resubmitted},
-          {"activations_refused", c.activation_refusals}};
+  t.reconnects = impl_->connections > 0 ? impl_->connections - 1 : 0;
+  t.AppendTo(out);
+  out->insert(out->end(), {{"connections", impl_->connections},
+                           {"connections_refused", impl_->refused},
+                           {"protocol_errors", impl_->protocol_errors},
+                           {"messages", c.messages},
+                           {"inflight_resubmitted", c.resubmitted},
+                           {"activations_refused", c.activation_refusals}});
+}
+
+void RegisterVhostUserTransport() {
+  RegisterDeviceTransport(
+      {"vhost-user",
+       "KVM: serve QEMU (or any vhost-user front-end) on SOCKET, e.g. QEMU's\n"
+       "-chardev socket,path=SOCKET,reconnect=1 -device vhost-user-blk-pci\n"
+       "(docs/transports/vhost-user.md)",
+       {OptionSpec::String("socket", "SOCKET", "the Unix socket the front-end connects to").Required(),
+        OptionSpec::Uint("spin-us", "N", 0, 1000, "keep serving N us past the last request before sleeping")
+            .Default(20),
+        OptionSpec::Bool("inflight", true, "do not offer INFLIGHT_SHMFD (by default requests in flight survive a vios restart)")},
+       [](EndpointContext& ctx, const OptionValues& o) -> absl::StatusOr<std::unique_ptr<DeviceEndpoint>> {
+         VhostUserServerOptions vo;
+         vo.socket_path = o.str("socket");
+         vo.spin_us = static_cast<uint32_t>(o.num("spin-us"));
+         vo.inflight = o.flag("inflight");
+         vo.name = ctx.name;
+         auto s = VhostUserServer::Create(ctx.io, ctx.device, vo);
+         if (!s.ok()) return s.status();
+         return std::unique_ptr<DeviceEndpoint>(std::move(*s));
+       }});
+  RegisterGuestTransport(
+      {"vhost-user", "SOCKET",
+       "vhost-user: this process plays the VMM (guest RAM in a memfd) in front of\n"
+       "any vhost-user back-end listening on SOCKET (vios --attach\n"
+       "...,transport=vhost-user, qemu-storage-daemon --export type=vhost-user-blk);\n"
+       "the device type is the command's (vhost-user carries no id)",
+       {},
+       {OptionSpec::Uint("guest-base", "B", 0, UINT64_MAX, "vhost-user: guest-physical address of the memory")
+            .Default(0)},
+       64 << 20,
+       [](const GuestContext& ctx, const std::string& socket, const OptionValues&) -> absl::StatusOr<GuestLink> {
+         VhostUserGuestOptions o;
+         o.frontend.socket_path = socket;
+         o.frontend.memory_bytes = *ctx.memory_bytes;
+         o.frontend.guest_phys_base = ctx.flags ? ctx.flags->num("guest-base") : 0;
+         o.device_id = static_cast<uint32_t>(ctx.device);
+         auto t = VhostUserDriverTransport::Connect(o);
+         if (!t.ok()) return t.status();
+         GuestLink link;
+         link.transport = std::move(*t);
+         return link;
+       }});
 }
 
 }  // namespace vioport

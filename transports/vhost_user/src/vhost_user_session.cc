@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vhost_user_session.h"
 
 #include <fcntl.h>
@@ -110,6 +111,7 @@ class Session::Interrupts final : public InterruptSink {
   // announced; it is counted (and the front-end reads it on its next GET_CONFIG).
   void ConfigInterrupt() override { config_.fetch_add(1, std::memory_order_relaxed); }
   uint64_t sent() const { return sent_.load(std::memory_order_relaxed); }
+  uint64_t config_sent() const { return config_.load(std::memory_order_relaxed); }
 
  private:
   std::vector<std::atomic<int>> call_;
@@ -122,8 +124,7 @@ Session::Session(std::shared_ptr<VirtioDevice> device, Host* host, SessionOption
   vrings_.resize(nq);
   active_set_.assign(nq, false);
   irq_ = std::make_shared<Interrupts>(nq);
-  offered_ = (device_->device_features() & ~feature::kCoreSupported) |
-             (device_->device_features() & opts_.transport_features) | (1ull << kFeatureProtocolFeatures);
+  offered_ = feature::Offer(device_->device_features(), opts_.transport_features) | (1ull << kFeatureProtocolFeatures);
   offered_proto_ = (1ull << proto::kMq) | (1ull << proto::kReplyAck) | (1ull << proto::kConfig) |
                    (1ull << proto::kResetDevice) | (1ull << proto::kConfigureMemSlots);
   if (opts_.inflight) offered_proto_ |= 1ull << proto::kInflightShmfd;
@@ -136,7 +137,7 @@ Session::~Session() {
     if (vrings_[q].kick >= 0) host_->UnwatchKick(q);
     CloseFd(vrings_[q].kick);
     CloseFd(vrings_[q].err);
-    vrings_[q].queue.reset();
+    Retire(vrings_[q].queue);
   }
   logs_.clear();
   if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
@@ -204,7 +205,10 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
     case Req::kSetFeatures: {
       uint64_t v = 0;
       if (auto s = u64(&v); !s.ok()) return s;
-      if (v & ~offered_) return Bad(absl::StrFormat("features 0x%x include bits not offered (0x%x)", v, v & ~offered_));
+      if (v & ~offered_) {
+        counters_.features_refused++;
+        return Bad(absl::StrFormat("features 0x%x include bits not offered (0x%x)", v, v & ~offered_));
+      }
       if (active_ && v != acked_) return WrongState("features changed while the device runs");
       acked_ = v;
       features_set_ = true;
@@ -248,11 +252,13 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
       Vring& vr = vrings_[v.index];
       if (vr.started) return WrongState(absl::StrCat("queue ", v.index, " is running"));
       const bool packed = Has(acked_, feature::kRingPacked);
-      if (v.num == 0 || v.num > device_->max_queue_size() || (!packed && (v.num & (v.num - 1))))
-        return Bad(absl::StrCat("queue ", v.index, " size ", v.num, " (the device takes ",
-                                packed ? "1" : "a power of 2 up", " to ", device_->max_queue_size(), ")"));
+      if (v.num == 0 || v.num > device_->max_queue_size())
+        return Bad(absl::StrCat("queue ", v.index, " size ", v.num, " is above the device's maximum ",
+                                device_->max_queue_size()));
+      if (!packed && (v.num & (v.num - 1)))
+        return Bad(absl::StrCat("queue ", v.index, " size ", v.num, " is not a power of 2 (split ring)"));
       vr.num = v.num;
-      vr.queue.reset();
+      Retire(vr.queue);
       return absl::OkStatus();
     }
     case Req::kSetVringAddr: {
@@ -267,7 +273,7 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
       }
       vr.addr = a;
       vr.addr_set = true;
-      vr.queue.reset();
+      Retire(vr.queue);
       if (memory_) {
         uint64_t d, av, u;
         return TranslateRing(a.index, &d, &av, &u);
@@ -281,7 +287,7 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
       Vring& vr = vrings_[v.index];
       if (vr.started) return WrongState(absl::StrCat("queue ", v.index, " is running"));
       vr.base = v.num;
-      vr.queue.reset();
+      Retire(vr.queue);
       return absl::OkStatus();
     }
     case Req::kGetVringBase:
@@ -517,7 +523,7 @@ absl::Status Session::GetVringBase(Message& m) {
     // the base we return is exact and nothing is lost.
     StopDevice();
     if (vr.queue) vr.base = vr.queue->GetBase();
-    vr.queue.reset();
+    Retire(vr.queue);
     vr.started = false;
     host_->UnwatchKick(static_cast<uint16_t>(v.index));
     CloseFd(vr.kick);
@@ -660,7 +666,7 @@ void Session::DropQueues() {
   StopDevice();
   for (auto& vr : vrings_) {
     if (vr.queue) vr.base = vr.queue->GetBase();
-    vr.queue.reset();
+    Retire(vr.queue);
   }
 }
 
@@ -807,6 +813,32 @@ SessionCounters Session::counters() const {
   SessionCounters c = counters_;
   c.queue_interrupts = irq_->sent();
   return c;
+}
+
+void Session::Retire(std::unique_ptr<DeviceQueue>& q) {
+  if (!q) return;
+  retired_.requests += q->counters().completed;
+  retired_.bytes_in += q->counters().bytes_in;
+  retired_.bytes_out += q->counters().bytes_out;
+  q.reset();
+}
+
+TransportCounters Session::transport_counters() const {
+  TransportCounters t = retired_;
+  for (const Vring& vr : vrings_) {
+    const DeviceQueue* q = vr.running ? vr.running : vr.queue.get();
+    if (!q) continue;
+    t.requests += q->counters().completed;
+    t.bytes_in += q->counters().bytes_in;
+    t.bytes_out += q->counters().bytes_out;
+  }
+  t.ring_errors = counters_.ring_errors;
+  t.device_resets = counters_.device_resets;
+  t.activations = counters_.activations;
+  t.features_refused = counters_.features_refused;
+  t.notifications = counters_.kicks;
+  t.interrupts = irq_->sent() + irq_->config_sent();
+  return t;
 }
 
 absl::Status Session::Quiesce() {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // The device side of one vhost-user connection as a state machine, free of
@@ -13,9 +14,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "vioport/core/counters.h"
 #include "vioport/core/device.h"
 #include "vioport/core/inflight_log.h"
-#include "vioport/emulators/vhost_user_protocol.h"
+#include "vioport/transports/vhost_user_protocol.h"
 
 namespace vioport::vhost_user {
 
@@ -28,6 +30,7 @@ struct SessionCounters {
   uint64_t ring_errors = 0;
   uint64_t resubmitted = 0;  // chains recovered from the in-flight log
   uint64_t activation_refusals = 0;  // the device wanted more rings running
+  uint64_t features_refused = 0;     // SET_FEATURES with bits not offered
 
   SessionCounters& operator+=(const SessionCounters& o) {
     messages += o.messages;
@@ -38,6 +41,7 @@ struct SessionCounters {
     ring_errors += o.ring_errors;
     resubmitted += o.resubmitted;
     activation_refusals += o.activation_refusals;
+    features_refused += o.features_refused;
     return *this;
   }
 };
@@ -84,6 +88,9 @@ class Session {
   uint8_t emulated_status() const;
   const std::string& last_error() const { return last_error_; }
   SessionCounters counters() const;
+  // The base counters (requests and bytes of every queue this session built,
+  // resets, activations, kicks, interrupts); reconnects are the server's.
+  TransportCounters transport_counters() const;
 
  private:
   struct Mapping;
@@ -114,6 +121,8 @@ class Session {
   void DropQueues();
   absl::Status BuildQueue(uint16_t q);
   void OnRingError(uint16_t q, RingError e);
+  // Drops a built queue, keeping its request and byte counts.
+  void Retire(std::unique_ptr<DeviceQueue>& q);
 
   std::shared_ptr<VirtioDevice> device_;
   Host* host_;
@@ -136,6 +145,7 @@ class Session {
   uint16_t inflight_queues_ = 0, inflight_qsize_ = 0;
   std::vector<std::unique_ptr<SplitInflightLog>> logs_;
   SessionCounters counters_;
+  TransportCounters retired_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The Xen channel on real Xen (xen_channel.h, docs/transports/xen-real.md):
 // Debian's libxengnttab (xengnttab for mapping and copying grants, xengntshr
 // for sharing pages), libxenevtchn and libxenstore over /dev/xen/*.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/transports/xen_server.h"
 
 #include <unistd.h>
@@ -10,7 +11,6 @@
 #include "vioport/core/device_controller.h"
 #include "vioport/core/log.h"
 #include "vioport/core/mmio.h"
-#include "vioport/emulators/xen_grants.h"
 #include "vioport/transports/xen_protocol.h"
 
 namespace vioport::xen {
@@ -313,19 +313,16 @@ struct XenInterrupts final : InterruptSink {
   EvtchnPort ctrl = 0;
   std::vector<EvtchnPort> queues;
   std::function<void()> on_config;
-  XenServerCounters* counters = nullptr;
   bool dead = false;
   void QueueInterrupt(uint16_t q) override {
     if (dead || q >= queues.size()) return;
     Reg32(page, mmio::reg::kInterruptStatus).fetch_or(mmio::kIntUsedBuffer, std::memory_order_release);
-    counters->queue_irqs++;
     (void)ch->Notify(queues[q]);
   }
   void ConfigInterrupt() override {
     if (dead) return;
     if (on_config) on_config();
     Reg32(page, mmio::reg::kInterruptStatus).fetch_or(mmio::kIntConfig, std::memory_order_release);
-    counters->config_irqs++;
     (void)ch->Notify(ctrl);
   }
 };
@@ -353,7 +350,7 @@ struct XenServer::Impl : std::enable_shared_from_this<Impl> {
   std::unique_ptr<mmio::MmioMirror> mirror;
   uint32_t last_seq = 0;
   std::unique_ptr<asio::posix::stream_descriptor> event_watch;
-  uint64_t past_resets = 0, past_activations = 0, past_ring_errors = 0;
+  TransportCounters past;  // connections that ended
   GrantMemoryStats past_mem;
 
   XsClient& xs() { return host->xs(); }
@@ -545,7 +542,6 @@ absl::Status XenServer::Impl::Connect() {
   irq->page = ctrl;
   irq->ctrl = ctrl_port;
   irq->queues = queue_ports;
-  irq->counters = &counters;
   ctl = std::make_unique<DeviceController>(device, mem, irq, o.transport_features);
   std::memset(ctrl, 0, kRequestOffset);
   reinterpret_cast<ControlAnswer*>(ctrl + kAnswerOffset)->seq.store(0, std::memory_order_relaxed);
@@ -579,10 +575,7 @@ void XenServer::Impl::Disconnect(const std::string& why) {
     event_watch.reset();
   }
   if (ctl) {
-    const ControllerCounters& c = ctl->counters();
-    past_resets += c.resets.load();
-    past_activations += c.activations.load();
-    past_ring_errors += c.ring_errors.load();
+    past += ctl->transport_counters();
     if (!ctl->last_error().empty()) last_error = ctl->last_error();
   }
   if (mem) {
@@ -645,7 +638,6 @@ void XenServer::Impl::OnControl() {
 
 void XenServer::Impl::OnKick(uint16_t q) {
   if (!ctl) return;
-  counters.kicks++;
   ctl->NotifyQueue(q);
   ctl->ServeWhileBusy(o.spin_us);
   self->status_.store(ctl->status());
@@ -666,15 +658,15 @@ void XenServer::Impl::WatchDeviceEvents() {
 
 std::string XenServer::last_error() const { return impl_->last_error; }
 
-std::vector<std::pair<std::string, uint64_t>> XenServer::Counters() const {
+std::string XenServer::where() const { return o_.where; }
+
+void XenServer::AppendCounters(CounterList* out) const {
   const Impl& im = *impl_;
   const XenServerCounters& c = im.counters;
-  uint64_t resets = im.past_resets, act = im.past_activations, errs = im.past_ring_errors;
-  if (im.ctl) {
-    resets += im.ctl->counters().resets.load();
-    act += im.ctl->counters().activations.load();
-    errs += im.ctl->counters().ring_errors.load();
-  }
+  TransportCounters t = im.past;
+  if (im.ctl) t += im.ctl->transport_counters();
+  t.reconnects = c.connections.load() > 0 ? c.connections.load() - 1 : 0;
+  t.AppendTo(out);
   GrantMemoryStats m = im.past_mem;
   if (im.mem) {
     GrantMemoryStats s = GrantMemoryStatsOf(*im.mem);
@@ -686,25 +678,19 @@ std::vector<std::pair<std::string, uint64_t>> XenServer::Counters() const {
     m.copy_failures += s.copy_failures;
     m.overflow += s.overflow;
   }
-  return {{"connections", c.connections.load()},
-          {"connections_refused", c.refused.load()},
-          {"disconnects", c.disconnects.load()},
-          {"register_writes", c.register_writes.load()},
-          {"register_writes_ignored", c.register_writes_ignored.load()},
-          {"kicks", c.kicks.load()},
-          {"queue_interrupts", c.queue_irqs.load()},
-          {"config_interrupts", c.config_irqs.load()},
-          {"device_resets", resets},
-          {"activations", act},
-          {"ring_errors", errs},
-          {"grant_maps", m.maps},
-          {"grant_map_failures", m.map_failures},
-          {"mapped_pages", m.cached_pages},
-          {"grant_copies", m.copies},
-          {"grant_copy_bytes", m.copy_bytes},
-          {"grant_copy_failures", m.copy_failures},
-          {"map_cache_overflow", m.overflow},
-          {"domain_wakeups", im.host->wakeups()}};
+  out->insert(out->end(), {{"connections", c.connections.load()},
+                           {"connections_refused", c.refused.load()},
+                           {"disconnects", c.disconnects.load()},
+                           {"register_writes", c.register_writes.load()},
+                           {"register_writes_ignored", c.register_writes_ignored.load()},
+                           {"grant_maps", m.maps},
+                           {"grant_map_failures", m.map_failures},
+                           {"mapped_pages", m.cached_pages},
+                           {"grant_copies", m.copies},
+                           {"grant_copy_bytes", m.copy_bytes},
+                           {"grant_copy_failures", m.copy_failures},
+                           {"map_cache_overflow", m.overflow},
+                           {"domain_wakeups", im.host->wakeups()}});
 }
 
 absl::Status XenServer::Quiesce() { return impl_->device->Quiesce(); }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "vioport/transports/xs_client.h"
 
 extern "C" {  // xenstore.h has no C++ guards

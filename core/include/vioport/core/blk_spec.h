@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-blk wire format (§5.2): feature bits, config layout, request header,
 // request types and status codes. One definition for the device side
 // (backends/blk) and the driver side (guest/blk).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-console wire format (§5.3), one port without MULTIPORT: feature bits,
 // config layout and queue numbers. One definition for the device side
 // (backends/console) and the driver side (guest/console).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The client half of vioport's control sockets (vios's, and the channel
 // emulators'): one command line per connection over a Unix stream socket,
 // answered with text whose last line is "ok" or "error: ...". Used by the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A popped, validated descriptor chain: the device side's handle on one
 // request. Move-only; it goes back to its queue through DeviceQueue::AddUsed().
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The backend interface every virtio device implements (blk, net, console,
 // rng, vsock), and the interrupt-out port a transport implements for it.
 #pragma once

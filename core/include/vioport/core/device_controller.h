@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The device side's lifecycle, written once for every transport: status
 // register, feature negotiation, config generation, queue set-up, activation
 // at DRIVER_OK, DEVICE_NEEDS_RESET on a broken ring. A transport turns its
@@ -22,6 +23,7 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "vioport/core/counters.h"
 #include "vioport/core/device.h"
 
 namespace vioport {
@@ -33,6 +35,7 @@ struct ControllerCounters {
   std::atomic<uint64_t> notifies{0};
   std::atomic<uint64_t> notifies_ignored{0};  // before DRIVER_OK or out of range
   std::atomic<uint64_t> ring_errors{0};
+  std::atomic<uint64_t> queue_interrupts{0};   // used-buffer interrupts the device sent
   std::atomic<uint64_t> config_interrupts{0};
   std::atomic<uint64_t> bad_register_writes{0};
 };
@@ -109,15 +112,20 @@ class DeviceController {
   }
   const std::string& last_error() const { return last_error_; }
   const ControllerCounters& counters() const { return counters_; }
+  // The base counters of this controller's life (requests and bytes of
+  // every queue it built, resets, activations, notifications in, interrupts
+  // out; reconnects are the transport's). Same thread as the device.
+  TransportCounters transport_counters() const;
 
  private:
+  class CountingSink;
   void DoReset();
   absl::Status Activate();
   void OnConfigChanged();
 
   std::shared_ptr<VirtioDevice> device_;
   std::shared_ptr<GuestMemory> memory_;
-  std::shared_ptr<InterruptSink> interrupt_;
+  std::shared_ptr<InterruptSink> interrupt_;  // the transport's, wrapped to count what goes out
   uint64_t offered_ = 0;
   uint64_t driver_features_ = 0;
   std::atomic<uint8_t> status_{0};
@@ -130,6 +138,7 @@ class DeviceController {
   absl::Mutex error_mu_;
   std::string last_error_;
   ControllerCounters counters_;
+  TransportCounters retired_;  // requests and bytes of queues handed back by Reset
 };
 
 }  // namespace vioport

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The device side of one virtqueue, split or packed, as backends see it.
 // Created by the DeviceController at DRIVER_OK; validates at use (§2.7, §2.8).
 #pragma once
@@ -35,6 +36,8 @@ enum class PopStatus : uint8_t { kChain, kEmpty, kError };
 struct QueueCounters {
   uint64_t popped = 0;
   uint64_t completed = 0;
+  uint64_t bytes_in = 0;   // device-readable bytes of the completed chains
+  uint64_t bytes_out = 0;  // bytes written into them (the used lengths)
   uint64_t publishes = 0;
   uint64_t interrupts_wanted = 0;
   uint64_t interrupts_suppressed = 0;

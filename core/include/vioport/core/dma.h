@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Driver-side memory port: where a guest driver gets memory the device can
 // reach (rings, indirect tables, bounce buffers) and the address to name it by.
 #pragma once

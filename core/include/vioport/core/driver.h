@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The guest side's transport port and the transport-agnostic driver model:
 // the spec's initialisation sequence (§3.1.1), config reads with generation
 // retry, DEVICE_NEEDS_RESET recovery. Guest drivers (blk, rng, ...) build on it.

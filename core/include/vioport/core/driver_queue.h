@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The driver side of one virtqueue, split or packed: makes buffers available,
 // notifies, collects used buffers. Used by guest drivers over any transport.
 // Does not trust the device: a used id it never handed out breaks the queue.

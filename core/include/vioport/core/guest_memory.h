@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // How the device side reaches driver-owned memory: map it (zero copy) or copy
 // through the channel. Queues and backends use only this; transports implement it.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A record of the chains a device has popped from a split ring and not yet
 // completed, kept in memory that outlives the device process (a memfd the
 // VMM holds on to). A device restarted after a crash reads it back and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Levelled logging to stderr for every vioport program and library.
 // (Debian 12's Abseil, 20220623, predates absl/log; this is the small part we need.)
 #pragma once

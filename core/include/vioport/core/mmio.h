@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // virtio-mmio (virtio 1.2 §4.2.2) for transports that carry it without an

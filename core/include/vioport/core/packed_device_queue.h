@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Device side of a packed virtqueue (§2.8): wrap counters, chains, indirect
 // tables, event suppression. Same contract as SplitDeviceQueue.
 #pragma once

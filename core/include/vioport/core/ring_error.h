@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Typed errors for ring walks. Hot paths return these small enums; control
 // paths wrap them in absl::Status via RingErrorStatus().
 #pragma once

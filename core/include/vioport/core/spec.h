@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Constants and wire layouts from the virtio specification (v1.2/v1.4 texts).
 // Shared by the device side and the driver side of every ring and transport.
 #pragma once
@@ -74,6 +75,20 @@ constexpr bool Has(uint64_t features, unsigned b) { return (features >> b) & 1; 
 // translates passes it in its transport features, see DeviceController.
 inline constexpr uint64_t kCoreSupported =
     Bit(kIndirectDesc) | Bit(kEventIdx) | Bit(kVersion1) | Bit(kRingPacked);
+
+// Bits 24..40 are reserved for the ring and the transport (§6); the others
+// belong to the device type.
+inline constexpr uint64_t kTransportRange = ((uint64_t{1} << 41) - 1) & ~((uint64_t{1} << 24) - 1);
+
+// The one feature-offer policy, for a device's offer and a driver's wish
+// alike: device-type bits as given; ring/transport bits only where the core
+// implements them (kCoreSupported, plus ACCESS_PLATFORM, which the memory
+// implements) and the transport carries them (`transport`); VERSION_1 always
+// (§6.1: a device offers it, a driver accepts it).
+constexpr uint64_t Offer(uint64_t features, uint64_t transport) {
+  const uint64_t ring = (kCoreSupported | Bit(kAccessPlatform)) & transport;
+  return (features & ~kTransportRange) | (features & kTransportRange & ring) | Bit(kVersion1);
+}
 }  // namespace feature
 
 // §2.7.5 / §2.8: descriptor flags.

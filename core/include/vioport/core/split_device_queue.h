@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Device side of a split virtqueue (§2.7): pops validated chains, writes used
 // entries. Runs on mapped memory through host pointers and on copy-only
 // memory through batched copies (one copy per run of avail entries, one per

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-blk (§5.2) device backed by a regular file or a block device, with
 // asynchronous I/O through one io_uring per virtqueue. Used by vios; any transport.
 #pragma once
@@ -23,7 +24,7 @@ struct BlkOptions {
   std::string path;
   bool read_only = false;
   uint16_t num_queues = 1;
-  uint16_t queue_size = 256;  // max_queue_size() offered to the driver
+  uint16_t queue_size = 1024;  // max_queue_size() offered to the driver (QEMU allows up to 1024)
   std::string serial;         // GET_ID; empty: the path's basename (at most 20 bytes)
   uint32_t seg_max = 126;     // data segments per request; 0: not offered
   uint32_t size_max = 1 << 20;  // bytes per segment; 0: not offered

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-console (§5.3) device with one port and no MULTIPORT: receiveq 0
 // carries host bytes to the guest, transmitq 1 guest bytes to the host. The
 // host side is a Unix stream socket the device listens on (one client at a

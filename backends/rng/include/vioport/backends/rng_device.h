@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-rng (§5.4) device: fills device-writable buffers from getrandom(2).
 // Used by vios; runs over any transport.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // Hypervisor: the state and hypercall semantics of a PowerVM-like hypervisor
@@ -63,7 +64,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
-#include "vioport/emulators/crq_hcall.h"
+#include "vioport/transports/crq_hcall.h"
 
 namespace vioport::crq {
 
@@ -76,11 +77,6 @@ struct AdapterPairConfig {
   UnitAddress server_unit = 0;
   Liobn server_liobn = 0;  // the server's LOCAL window; its REMOTE is client_liobn
   uint64_t server_window_bytes = 0;
-};
-
-struct HcallResult {
-  int64_t rc = kHFunction;
-  uint64_t r4 = 0;  // H_GET_TCE: the entry
 };
 
 struct HcallCounters {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // A partition process connected to the emulator daemon (crqd): the
@@ -98,7 +99,7 @@ class RemotePartition final : public Partition {
   int interrupt_fd() const override { return irq_fd_; }
 
   PartitionId id() const { return id_; }
-  bool connected() const { return !dead_.load(std::memory_order_acquire); }
+  bool connected() const override { return !dead_.load(std::memory_order_acquire); }
   // Closes the connection now (the partition "dies" for the hypervisor); the
   // memory stays mapped here until destruction.
   void Disconnect();
@@ -123,3 +124,9 @@ class RemotePartition final : public Partition {
 };
 
 }  // namespace vioport::crq
+
+namespace vioport {
+// Registers RemotePartition as the CRQ channel "crqd" (crqd=SOCKET in vios's
+// options, crq:SOCKET in vioguest's).
+void RegisterCrqdChannel();
+}  // namespace vioport

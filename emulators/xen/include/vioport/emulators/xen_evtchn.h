@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xen::EventChannels: Xen's interdomain event channels as the emulator's
 // model (docs/reference/xen.md section 3 and design implication 5). What the
 // hypervisor does (EVTCHNOP_alloc_unbound / bind_interdomain / send / close /

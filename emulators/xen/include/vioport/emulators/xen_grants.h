@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // Xen grant tables (v1) as an in-process model: the hypervisor side of
@@ -71,6 +72,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "vioport/emulators/xen_types.h"
+#include "vioport/transports/xen_channel.h"
 
 namespace vioport::xen {
 
@@ -96,26 +98,7 @@ inline constexpr uint16_t kWriting = 1u << 4;
 inline constexpr uint16_t kSubPage = 1u << 8;
 }  // namespace gtf
 
-// GNTST_* status codes.
-namespace gntst {
-inline constexpr int16_t kOkay = 0;
-inline constexpr int16_t kGeneralError = -1;
-inline constexpr int16_t kBadDomain = -2;
-inline constexpr int16_t kBadGntref = -3;
-inline constexpr int16_t kBadHandle = -4;
-inline constexpr int16_t kBadVirtAddr = -5;
-inline constexpr int16_t kBadDevAddr = -6;
-inline constexpr int16_t kNoDeviceSpace = -7;
-inline constexpr int16_t kPermissionDenied = -8;
-inline constexpr int16_t kBadPage = -9;
-inline constexpr int16_t kBadCopyArg = -10;
-inline constexpr int16_t kAddressTooBig = -11;
-inline constexpr int16_t kEagain = -12;
-inline constexpr int16_t kNoSpace = -13;
-}  // namespace gntst
-
-// "GNTST_general_error" etc. for a status code; "GNTST_unknown" otherwise.
-const char* GntstName(int16_t status);
+// GNTST_* codes and GntstName: the transport's (xen_channel.h), used here.
 
 // gnttab_copy.flags.
 inline constexpr uint16_t kGntcopySourceGref = 1;

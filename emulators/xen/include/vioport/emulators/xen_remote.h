@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // A domain process connected to the Xen emulator daemon (xenemud): the

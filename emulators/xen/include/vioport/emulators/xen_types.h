@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Types every part of the Xen emulator shares.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xen::XenStore: the xenstore daemon's state and request semantics, without
 // any I/O (modelled on Xen 4.17's C xenstored; see docs/reference/xen.md,
 // section 4). A connection is an identity (a domid; 0 = the privileged

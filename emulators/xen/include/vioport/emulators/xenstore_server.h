@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // xen::XenStoreServer: serves a XenStore over Unix stream sockets with the
 // real xenstore wire protocol, on a Boost.Asio io_context (single-threaded:
 // run the io_context on one thread; the XenStore is not locked).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The xenstore wire protocol (xen/io/xs_wire.h): the 16-byte xsd_sockmsg
 // header, a stream parser that never trusts the header's len, and helpers
 // that split a payload into its NUL-terminated strings.

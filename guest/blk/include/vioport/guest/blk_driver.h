@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-blk guest driver (§5.2) over the core's driver model; any transport.
 // Synchronous calls for tools and tests, an asynchronous queue API for load.
 #pragma once

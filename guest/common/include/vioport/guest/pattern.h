@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // Seeded test data that anyone can regenerate from (seed, byte offset):

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-console (§5.3) guest driver for port 0 without MULTIPORT: a byte
 // stream in each direction, over the core's driver model; any transport.
 #pragma once

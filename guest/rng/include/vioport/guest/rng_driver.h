@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio-rng (§5.4) guest driver over the core's driver model; any transport.
 // Waits for the device with WaitUsed: spin on the used ring, then sleep.
 #pragma once

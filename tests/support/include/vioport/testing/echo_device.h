@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A test device: for each chain it writes the readable bytes, each XORed with
 // a per-queue key, into the writable part (so a driver can verify every byte).
 // Processes inline on notify, or holds chains in flight when told to.

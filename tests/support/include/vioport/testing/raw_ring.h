@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Raw ring writers: a driver that writes ring memory byte by byte, so tests
 // and fuzz targets can build any ring, valid or hostile, for the device side.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The guest side of virtio over CRQ (docs/transports/crq.md): a
 // DriverTransport over a client adapter of a crq::Partition. Control requests
 // are CRQ messages answered one at a time; device addresses are IOBAs in the
@@ -16,7 +17,7 @@
 #include "absl/time/time.h"
 #include "vioport/core/buffer_dma.h"
 #include "vioport/core/driver.h"
-#include "vioport/emulators/crq_partition.h"
+#include "vioport/transports/crq_channel.h"
 #include "vioport/transports/crq_protocol.h"
 
 namespace vioport::crq {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // virtio over PowerVM CRQs (docs/transports/crq.md): the 16-byte message,
 // encoded and decoded explicitly big-endian, the opcodes and statuses, and
 // CrqQueue, the consumer of a partition's own receive queue.
@@ -9,7 +10,7 @@
 #include <cstring>
 #include <thread>
 
-#include "vioport/emulators/crq_partition.h"
+#include "vioport/transports/crq_channel.h"
 
 namespace vioport::crq {
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The device side of virtio over CRQ (docs/transports/crq.md): a copy-only
 // GuestMemory over H_COPY_RDMA, and CrqServer, which owns one server adapter
 // of a Partition and turns its messages into DeviceController calls.
@@ -15,7 +16,7 @@
 #include "absl/time/time.h"
 #include "vioport/core/device_controller.h"
 #include "vioport/core/guest_memory.h"
-#include "vioport/emulators/crq_partition.h"
+#include "vioport/transports/crq_channel.h"
 #include "vioport/transports/crq_protocol.h"
 
 namespace vioport::crq {

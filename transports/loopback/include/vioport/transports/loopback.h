@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // In-process transport: the guest side's DriverTransport calls the device
 // side's DeviceController directly, over one host buffer both sides see.
 // The smallest complete transport: tests, the demo, and a porter's template.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // Guest side of the shared-memory transport: a DriverTransport that owns the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // Wire format of the hypervisor-less shared-memory transport (virtio-mmio

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // Device side of the shared-memory transport: serves one VirtioDevice to one
@@ -15,6 +16,7 @@
 #include "boost/asio/io_context.hpp"
 #include "vioport/core/device.h"
 #include "vioport/core/spec.h"
+#include "vioport/transports/registry.h"
 
 namespace vioport {
 
@@ -34,7 +36,7 @@ struct ShmServerOptions {
   uint64_t transport_features = feature::kCoreSupported;
 };
 
-class ShmServer {
+class ShmServer final : public DeviceEndpoint {
  public:
   // Listens on `socket_path` (a stale socket file is replaced). In event mode
   // every handler runs on `io`, which must be run by one thread; in poll mode
@@ -42,22 +44,22 @@ class ShmServer {
   static absl::StatusOr<std::unique_ptr<ShmServer>> Create(boost::asio::io_context& io,
                                                            std::shared_ptr<VirtioDevice> device,
                                                            ShmServerOptions options);
-  ~ShmServer();  // drops the guest (device reset), closes and unlinks the socket
+  ~ShmServer() override;  // drops the guest (device reset), closes and unlinks the socket
   ShmServer(const ShmServer&) = delete;
   ShmServer& operator=(const ShmServer&) = delete;
 
-  // Stop accepting guests; the current one keeps running.
-  void StopAccepting();
-  // Completes in-flight requests and makes data durable (VirtioDevice::Quiesce),
-  // on the device's thread. Call from the thread running `io`.
-  absl::Status Quiesce();
+  // DeviceEndpoint. Quiesce runs on the device's thread; call from the
+  // thread running `io`. The rest is safe from any thread.
+  void StopAccepting() override;
+  absl::Status Quiesce() override;
+  std::string where() const override { return opts_.socket_path; }
+  std::string mode() const override { return opts_.poll ? "shm(poll)" : "shm"; }
+  bool connected() const override { return connected_.load(std::memory_order_acquire); }
+  uint8_t device_status() const override { return status_.load(std::memory_order_acquire); }
+  std::string last_error() const override;
+  void AppendCounters(CounterList* out) const override;
 
   const ShmServerOptions& options() const { return opts_; }
-  bool connected() const { return connected_.load(std::memory_order_acquire); }
-  uint8_t device_status() const { return status_.load(std::memory_order_acquire); }
-  std::string last_error() const;
-  // Transport and controller counters; safe from any thread.
-  std::vector<std::pair<std::string, uint64_t>> Counters() const;
 
  private:
   friend struct ShmConnection;
@@ -70,4 +72,10 @@ class ShmServer {
   std::atomic<uint8_t> status_{0};
 };
 
+}  // namespace vioport
+
+namespace vioport {
+// Registers shm's device half (vios --attach ID,transport=shm) and guest
+// half (vioguest --transport shm:SOCKET).
+void RegisterShmTransport();
 }  // namespace vioport

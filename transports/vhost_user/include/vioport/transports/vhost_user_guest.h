@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // Guest side of the vhost-user transport: a DriverTransport over
@@ -36,7 +37,7 @@
 #include "absl/synchronization/mutex.h"
 #include "vioport/core/buffer_dma.h"
 #include "vioport/core/driver.h"
-#include "vioport/emulators/vmm_frontend.h"
+#include "vioport/transports/vhost_user_frontend.h"
 
 namespace vioport {
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // Device side of the vhost-user transport: serves one VirtioDevice to one
@@ -16,6 +17,7 @@
 #include "boost/asio/io_context.hpp"
 #include "vioport/core/device.h"
 #include "vioport/core/spec.h"
+#include "vioport/transports/registry.h"
 
 namespace vioport {
 
@@ -30,29 +32,32 @@ struct VhostUserServerOptions {
   uint64_t transport_features = feature::kCoreSupported;
 };
 
-class VhostUserServer {
+class VhostUserServer final : public DeviceEndpoint {
  public:
   // Listens on `socket_path` (a stale socket file is replaced). Every handler
   // runs on `io`, which must be run by one thread.
   static absl::StatusOr<std::unique_ptr<VhostUserServer>> Create(boost::asio::io_context& io,
                                                                  std::shared_ptr<VirtioDevice> device,
                                                                  VhostUserServerOptions options);
-  ~VhostUserServer();  // drops the front-end (in-flight requests completed), unlinks the socket
+  ~VhostUserServer() override;  // drops the front-end (in-flight requests completed), unlinks the socket
   VhostUserServer(const VhostUserServer&) = delete;
   VhostUserServer& operator=(const VhostUserServer&) = delete;
 
-  void StopAccepting();
-  // Completes in-flight requests and makes data durable. Call on `io`'s thread.
-  absl::Status Quiesce();
-
-  const VhostUserServerOptions& options() const { return opts_; }
-  bool connected() const;
+  // DeviceEndpoint; all on `io`'s thread.
+  void StopAccepting() override;
+  // Completes in-flight requests and makes data durable.
+  absl::Status Quiesce() override;
+  std::string where() const override { return opts_.socket_path; }
+  std::string mode() const override { return "vhost-user"; }
+  bool connected() const override;
   // The virtio status the front-end's actions amount to (vhost-user has no
   // status register): ACK|DRIVER after SET_OWNER, FEATURES_OK after
   // SET_FEATURES, DRIVER_OK while rings run, NEEDS_RESET after a ring error.
-  uint8_t device_status() const;
-  std::string last_error() const;
-  std::vector<std::pair<std::string, uint64_t>> Counters() const;
+  uint8_t device_status() const override;
+  std::string last_error() const override;
+  void AppendCounters(CounterList* out) const override;
+
+  const VhostUserServerOptions& options() const { return opts_; }
 
   struct Impl;
 
@@ -62,4 +67,10 @@ class VhostUserServer {
   std::unique_ptr<Impl> impl_;
 };
 
+}  // namespace vioport
+
+namespace vioport {
+// Registers vhost-user's device half (vios --attach ID,transport=vhost-user)
+// and guest half (vioguest --transport vhost-user:SOCKET).
+void RegisterVhostUserTransport();
 }  // namespace vioport

@@ -1,14 +1,16 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // The Xen channel as the transport uses it: what libxen gives a user-space
 // frontend or backend (xengntshr, xengnttab, xenevtchn, xenstore), behind
-// one interface with two implementations selected at run time:
-//   * OpenEmulatorChannel: a domain process of the emulator (xenemud);
-//   * OpenLibxenChannel:   real Xen through Debian's libxengnttab,
-//     libxenevtchn and libxenstore (/dev/xen/*), in dom0 or a driver domain.
+// one interface with two implementations selected at run time by name:
+//   * "emu": a domain process of the emulator (xenemud), from emulators/xen;
+//   * "xen": real Xen through Debian's libxengnttab, libxenevtchn and
+//     libxenstore (/dev/xen/*), in dom0 or a driver domain (here).
 // The transport (xen_guest.h, xen_server.h) names nothing else of Xen.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "vioport/transports/channels.h"
 
 namespace vioport::xen {
 
@@ -43,6 +46,27 @@ struct GrantCopySegment {
   uint16_t len = 0;
   int16_t status = 0;       // out: GNTST code
 };
+
+// GNTST_* status codes (xen/include/public/grant_table.h).
+namespace gntst {
+inline constexpr int16_t kOkay = 0;
+inline constexpr int16_t kGeneralError = -1;
+inline constexpr int16_t kBadDomain = -2;
+inline constexpr int16_t kBadGntref = -3;
+inline constexpr int16_t kBadHandle = -4;
+inline constexpr int16_t kBadVirtAddr = -5;
+inline constexpr int16_t kBadDevAddr = -6;
+inline constexpr int16_t kNoDeviceSpace = -7;
+inline constexpr int16_t kPermissionDenied = -8;
+inline constexpr int16_t kBadPage = -9;
+inline constexpr int16_t kBadCopyArg = -10;
+inline constexpr int16_t kAddressTooBig = -11;
+inline constexpr int16_t kEagain = -12;
+inline constexpr int16_t kNoSpace = -13;
+}  // namespace gntst
+
+// "GNTST_general_error" etc. for a status code; "GNTST_unknown" otherwise.
+const char* GntstName(int16_t status);
 
 class XenChannel {
  public:
@@ -105,15 +129,23 @@ class XenChannel {
   virtual std::string xenstore_path() const = 0;
 };
 
-// A domain of the emulator: connects to `xenemud --domains SOCKET` as `self`.
-struct EmulatorChannelOptions {
-  std::string socket;
-  DomId self = 0;
+// How this process joins its channel as a domain. The emulator needs all of
+// it; real Xen knows who we are and ignores it.
+struct ChannelOptions {
+  std::string address;              // the channel's own address (the emulator: xenemud's --domains socket)
+  DomId self = 0;                   // which domain this process is (the emulator)
   uint64_t memory_bytes = 8 << 20;  // RAM (grant table, copy buffers)
   uint32_t grant_pages = 0;         // pages this domain can share (frontends)
   uint32_t spin_us = 50;
 };
-absl::StatusOr<std::unique_ptr<XenChannel>> OpenEmulatorChannel(const EmulatorChannelOptions& options);
+using ChannelFactory = std::function<absl::StatusOr<std::unique_ptr<XenChannel>>(const ChannelOptions&)>;
+// By name: "xen" (real Xen, below) always; "emu" where the build has the
+// emulator (emulators/xen registers it).
+using XenChannels = Channels<ChannelFactory>;
+// Opens "NAME" or "NAME:ADDRESS" ("xen", "emu:/run/xen.sock"); the address
+// goes into options.address.
+absl::StatusOr<std::unique_ptr<XenChannel>> OpenChannel(const std::string& spec, ChannelOptions options);
+void RegisterLibxenChannel();
 
 // Real Xen. Fails at once, naming the missing device node (/dev/xen/evtchn,
 // /dev/xen/gntdev, /dev/xen/gntalloc, xenstore), where Xen is not running.

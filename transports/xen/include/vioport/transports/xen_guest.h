@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // The frontend of virtio over Xen grants (docs/transports/xen.md): a

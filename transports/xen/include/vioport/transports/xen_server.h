@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // The backend of virtio over Xen grants (docs/transports/xen.md), as vios
@@ -23,6 +24,7 @@
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/spec.h"
 #include "vioport/transports/xen_channel.h"
+#include "vioport/transports/registry.h"
 #include "vioport/transports/xs_client.h"
 
 namespace vioport::xen {
@@ -63,6 +65,7 @@ class XenBackendHost : public std::enable_shared_from_this<XenBackendHost> {
 
 struct XenServerOptions {
   std::string name;      // for logs, e.g. "d0@xen"
+  std::string where;     // for viosctl list: channel, domain, device, mode
   DomId frontend = 0;
   uint32_t devid = 0;
   bool copy = false;     // grants=copy (else map with a persistent cache)
@@ -77,27 +80,29 @@ struct XenServerOptions {
 };
 
 struct XenServerCounters {
-  std::atomic<uint64_t> connections{0}, refused{0}, register_writes{0}, register_writes_ignored{0}, kicks{0},
-      queue_irqs{0}, config_irqs{0}, disconnects{0};
+  std::atomic<uint64_t> connections{0}, refused{0}, register_writes{0}, register_writes_ignored{0}, disconnects{0};
 };
 
-class XenServer {
+class XenServer final : public DeviceEndpoint {
  public:
   // Creates the device's xenstore directories (as the toolstack), then
   // InitWait. Call on the io thread.
   static absl::StatusOr<std::unique_ptr<XenServer>> Create(std::shared_ptr<XenBackendHost> host,
                                                            std::shared_ptr<VirtioDevice> device,
                                                            XenServerOptions options);
-  ~XenServer();  // resets the device, unmaps, state Closed
+  ~XenServer() override;  // resets the device, unmaps, state Closed
   XenServer(const XenServer&) = delete;
   XenServer& operator=(const XenServer&) = delete;
 
   const XenServerOptions& options() const { return o_; }
-  bool connected() const { return connected_.load(); }
-  uint8_t device_status() const { return status_.load(); }
-  std::string last_error() const;
-  std::vector<std::pair<std::string, uint64_t>> Counters() const;
-  absl::Status Quiesce();
+  // DeviceEndpoint (on the io thread).
+  std::string where() const override;
+  std::string mode() const override { return "xen"; }
+  bool connected() const override { return connected_.load(); }
+  uint8_t device_status() const override { return status_.load(); }
+  std::string last_error() const override;
+  void AppendCounters(CounterList* out) const override;
+  absl::Status Quiesce() override;
 
   struct Impl;
 
@@ -120,3 +125,9 @@ std::shared_ptr<GuestMemory> MakeGrantCopyMemory(XenChannel& ch, DomId frontend)
 GrantMemoryStats GrantMemoryStatsOf(const GuestMemory& m);
 
 }  // namespace vioport::xen
+
+namespace vioport {
+// Registers the Xen transport's device half (vios --attach ID,transport=xen)
+// and guest half (vioguest --transport xen:CHANNEL), and the real-Xen channel.
+void RegisterXenTransport();
+}  // namespace vioport

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // A small C++ face on libxenstore (xs_open and friends), the same code for

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // VmmFrontend: a vhost-user front-end that plays the VMM, as QEMU does for a
@@ -41,7 +42,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "vioport/emulators/vhost_user_protocol.h"
+#include "vioport/transports/vhost_user_protocol.h"
 
 namespace vioport::vhost_user {
 

@@ -1,4 +1,5 @@
-#include "vioport/emulators/vmm_frontend.h"
+// SPDX-License-Identifier: Apache-2.0
+#include "vioport/transports/vhost_user_frontend.h"
 
 #include <fcntl.h>
 #include <poll.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // PAPR hypercall numbers, return codes, TCE bits and the CRQ entry format, as
@@ -59,6 +60,12 @@ inline constexpr int64_t kHDestParm = -14;
 inline constexpr int64_t kHRemoteParm = -15;
 inline constexpr int64_t kHResource = -16;
 inline constexpr int64_t kHRescinded = -46;
+
+// What a hypercall returns: r3 (the PAPR code) and r4 (H_GET_TCE's entry).
+struct HcallResult {
+  int64_t rc = kHFunction;
+  uint64_t r4 = 0;
+};
 
 inline constexpr bool IsLongBusy(int64_t rc) { return rc >= kHLongBusyOrder1Msec && rc <= kHLongBusyOrder100Sec; }
 

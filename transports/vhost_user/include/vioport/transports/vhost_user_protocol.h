@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #pragma once
 
 // The vhost-user wire protocol: the channel between a VMM (the front-end,

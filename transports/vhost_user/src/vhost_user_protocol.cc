@@ -1,4 +1,5 @@
-#include "vioport/emulators/vhost_user_protocol.h"
+// SPDX-License-Identifier: Apache-2.0
+#include "vioport/transports/vhost_user_protocol.h"
 
 #include <poll.h>
 #include <sys/socket.h>

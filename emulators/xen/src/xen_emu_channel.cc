@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // OpenEmulatorChannel: XenChannel over a domain process of the emulator
 // (xen::RemoteDomain, connected to xenemud --domains). What libxen's
 // xengntshr / xengnttab / xenevtchn give a user-space program on Xen, done
@@ -29,7 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "vioport/emulators/xen_remote.h"
-#include "vioport/transports/xen_channel.h"
+#include "vioport/emulators/xen_emu_channel.h"
 
 namespace vioport::xen {
 
@@ -399,9 +400,9 @@ class EmulatorChannel final : public XenChannel {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<XenChannel>> OpenEmulatorChannel(const EmulatorChannelOptions& o) {
+absl::StatusOr<std::unique_ptr<XenChannel>> OpenEmulatorChannel(const ChannelOptions& o) {
   RemoteDomainOptions ro;
-  ro.socket_path = o.socket;
+  ro.socket_path = o.address;
   ro.id = o.self;
   ro.memory_bytes = o.memory_bytes;
   ro.grant_pages = o.grant_pages;
@@ -412,7 +413,11 @@ absl::StatusOr<std::unique_ptr<XenChannel>> OpenEmulatorChannel(const EmulatorCh
   ro.spin = std::chrono::microseconds(o.spin_us);
   auto dom = RemoteDomain::Connect(ro);
   if (!dom.ok()) return dom.status();
-  return std::unique_ptr<XenChannel>(new EmulatorChannel(o.socket, std::move(*dom)));
+  return std::unique_ptr<XenChannel>(new EmulatorChannel(o.address, std::move(*dom)));
 }
 
 }  // namespace vioport::xen
+
+namespace vioport {
+void RegisterXenEmulatorChannel() { xen::XenChannels::Add("emu", xen::OpenEmulatorChannel); }
+}  // namespace vioport
