@@ -141,11 +141,18 @@ uint32_t MmioRegisters::Read(uint32_t offset) const {
 }
 
 
-namespace {
-std::atomic_ref<uint32_t> Reg32(uint8_t* page, uint32_t off) {
-  return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page + off));
+void MirrorInterrupts::QueueInterrupt(uint16_t q) {
+  if (dead_.load(std::memory_order_acquire)) return;
+  Reg32(page_, reg::kInterruptStatus).fetch_or(kIntUsedBuffer, std::memory_order_release);
+  notify_(q);
 }
-}  // namespace
+
+void MirrorInterrupts::ConfigInterrupt() {
+  if (dead_.load(std::memory_order_acquire)) return;
+  if (before_config_) before_config_();
+  Reg32(page_, reg::kInterruptStatus).fetch_or(kIntConfig, std::memory_order_release);
+  notify_(kConfig);
+}
 
 MmioMirror::MmioMirror(DeviceController& ctl, uint32_t version, uint8_t* page)
     : ctl_(ctl), regs_(ctl, version), page_(page), scratch_(ctl.device().config_size()) {}
@@ -197,6 +204,22 @@ uint32_t MmioMirrorDriver::ReadRegister(uint32_t offset) {
 
 void MmioMirrorDriver::AckInterrupt(uint32_t bits) {
   if (page_ && bits) Reg32(page_, reg::kInterruptStatus).fetch_and(~bits, std::memory_order_acq_rel);
+}
+
+bool MmioMirrorDriver::MarkGone(const std::string& why) {
+  {
+    absl::MutexLock l(&why_mu_);
+    if (gone_.load()) return false;
+    why_ = why;
+    gone_.store(true, std::memory_order_release);
+  }
+  if (page_) Reg32(page_, reg::kStatus).fetch_or(status::kDeviceNeedsReset, std::memory_order_release);
+  return true;
+}
+
+std::string MmioMirrorDriver::gone_reason() const {
+  absl::MutexLock l(&why_mu_);
+  return gone_.load() ? why_ : "";
 }
 
 uint8_t MmioMirrorDriver::GetStatus() { return static_cast<uint8_t>(ReadRegister(reg::kStatus)); }

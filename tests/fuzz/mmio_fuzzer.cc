@@ -72,10 +72,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           break;
         }
         default:
-          for (uint32_t r = 0; r < shm::kConfigOffset; r += 4) (void)regs.Read(r);
+          for (uint32_t r = 0; r < mmio::kConfigOffset; r += 4) (void)regs.Read(r);
           break;
       }
-      if (regs.Read(shm::reg::kMagic) != shm::kMagicValue || regs.Read(shm::reg::kVersion) != version)
+      if (regs.Read(mmio::reg::kMagic) != mmio::kMagicValue || regs.Read(mmio::reg::kVersion) != version)
         __builtin_trap();
     }
   }  // the controller resets the device here

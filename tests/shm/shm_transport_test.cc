@@ -131,7 +131,7 @@ TEST_P(ShmRoundTrip, EchoEveryByte) {
   Server s(dev, path, poll);
   auto t = Guest(path);
   ASSERT_TRUE(t);
-  EXPECT_EQ(t->device_id(), 0xFFFFu);
+  EXPECT_EQ(t->GetDeviceId(), 0xFFFFu);
   VirtioDriver d(*t);
   DriverOptions o;
   o.wanted_features = Ring(packed);
@@ -181,8 +181,8 @@ TEST(ShmTransport, LegacyVersion1RegisterMap) {
   Server s(dev, path);
   auto t = Guest(path, 1);
   ASSERT_TRUE(t);
-  namespace reg = shm::reg;
-  EXPECT_EQ(t->ReadRegister(reg::kMagic), shm::kMagicValue);
+  namespace reg = mmio::reg;
+  EXPECT_EQ(t->ReadRegister(reg::kMagic), mmio::kMagicValue);
   EXPECT_EQ(t->ReadRegister(reg::kVersion), 1u);
   EXPECT_EQ(t->ReadRegister(reg::kDeviceId), 0xFFFFu);
   ASSERT_TRUE(t->WriteRegister(reg::kStatus, status::kAcknowledge | status::kDriver));
@@ -337,11 +337,11 @@ TEST(ShmTransport, HostileRingNeedsResetAndRegisterPageIsNotMemory) {
   DriverQueue& q = d.queue(0);
   DriverBuffer bufs[2] = {{0x100, 16, false}, {0x200, 16, true}};
   ASSERT_EQ(q.Add(bufs, 1), AddStatus::kOk);
-  const uint32_t before = t->ReadRegister(shm::reg::kConfigGeneration);
+  const uint32_t before = t->ReadRegister(mmio::reg::kConfigGeneration);
   d.Kick(0);
   for (int i = 0; i < 200 && !d.NeedsReset(); ++i) t->WaitForInterrupt(0, absl::Milliseconds(10));
   EXPECT_TRUE(d.NeedsReset());
-  EXPECT_EQ(t->ReadRegister(shm::reg::kConfigGeneration), before);
+  EXPECT_EQ(t->ReadRegister(mmio::reg::kConfigGeneration), before);
   EXPECT_NE(s.srv().last_error().find("outside guest memory"), std::string::npos) << s.srv().last_error();
   // The writable buffer the descriptor named (0x200, in the register page)
   // was not written by the device.
@@ -374,8 +374,8 @@ TEST(ShmTransport, ConfigChangeReachesTheGuest) {
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(*back, scratch);
   // A write to a read-only register is ignored and reported.
-  EXPECT_FALSE(t->WriteRegister(shm::reg::kMagic, 0));
-  EXPECT_EQ(t->ReadRegister(shm::reg::kMagic), shm::kMagicValue);
+  EXPECT_FALSE(t->WriteRegister(mmio::reg::kMagic, 0));
+  EXPECT_EQ(t->ReadRegister(mmio::reg::kMagic), mmio::kMagicValue);
 }
 
 TEST(ShmTransport, DeviceDeathLooksLikeNeedsReset) {

@@ -24,10 +24,6 @@ namespace {
 
 const char kBackendStateToken[] = "vioport-fe-backend-state";
 
-std::atomic_ref<uint32_t> Reg32(uint8_t* page, uint32_t off) {
-  return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page + off));
-}
-
 }  // namespace
 
 // DMA memory: pages granted to the backend, read-only when the device only
@@ -116,7 +112,7 @@ absl::StatusOr<std::unique_ptr<XenDriverTransport>> XenDriverTransport::Connect(
 XenDriverTransport::~XenDriverTransport() {
   if (xs_) {
     (void)xs_->Write(dir_ + "/state", std::to_string(static_cast<int>(XenbusState::kClosing)));
-    if (!gone_.load() && ctrl_port_) (void)WaitBackend({XenbusState::kClosed, XenbusState::kInitWait});
+    if (!gone() && ctrl_port_) (void)WaitBackend({XenbusState::kClosed, XenbusState::kInitWait});
     dma_.reset();
     for (EvtchnPort p : queue_ports_) (void)ch_.Unbind(p);
     if (ctrl_port_) (void)ch_.Unbind(ctrl_port_);
@@ -223,24 +219,22 @@ absl::Status XenDriverTransport::Handshake() {
   SetMirror(ctrl_.addr, static_cast<uint16_t>(num_queues_));
   if (ReadRegister(reg::kMagic) != mmio::kMagicValue || ReadRegister(reg::kVersion) != 2)
     return absl::InvalidArgumentError("control page has no virtio-mmio signature");
-  gone_.store(false);
+  ClearGone();
   (void)xs_->Write(dir_ + "/state", num(XenbusState::kConnected));
   return absl::OkStatus();
 }
 
-void XenDriverTransport::MarkGone(const std::string& why) {
-  if (gone_.exchange(true)) return;
+void XenDriverTransport::BackendGone(const std::string& why) {
+  if (!MarkGone(why)) return;
   VIOPORT_LOG(kWarning, "xen frontend: device ", o_.devid, ": backend gone: ", why);
-  // Nobody answers any more: let drivers see a device that needs a reset.
-  if (ctrl_.addr) Reg32(ctrl_.addr, reg::kStatus).fetch_or(status::kDeviceNeedsReset, std::memory_order_release);
   const uint64_t one = 1;
   (void)!::write(wake_fd_, &one, sizeof one);
 }
 
 void XenDriverTransport::SetStatus(uint8_t s) {
-  if (s == 0 && gone_.load()) {
+  if (s == 0 && gone()) {
     absl::MutexLock l(&reg_mu_);
-    if (gone_.load()) {
+    if (gone()) {
       if (absl::Status h = Handshake(); !h.ok()) {
         VIOPORT_LOG(kWarning, "xen frontend: device ", o_.devid, ": reconnect: ", h.message());
         return;
@@ -253,7 +247,7 @@ void XenDriverTransport::SetStatus(uint8_t s) {
 
 bool XenDriverTransport::WriteRegister(uint32_t offset, uint32_t value, uint32_t size) {
   absl::MutexLock l(&reg_mu_);
-  if (gone_.load() || !ctrl_.addr) return false;
+  if (gone() || !ctrl_.addr) return false;
   auto* req = reinterpret_cast<ControlRequest*>(ctrl_.addr + kRequestOffset);
   auto* ans = reinterpret_cast<ControlAnswer*>(ctrl_.addr + kAnswerOffset);
   req->offset = offset;
@@ -262,7 +256,7 @@ bool XenDriverTransport::WriteRegister(uint32_t offset, uint32_t value, uint32_t
   const uint32_t seq = ++seq_;
   req->seq.store(seq, std::memory_order_release);
   if (absl::Status s = ch_.Notify(ctrl_port_); !s.ok()) {
-    MarkGone(std::string(s.message()));
+    BackendGone(std::string(s.message()));
     return false;
   }
   using Clock = std::chrono::steady_clock;
@@ -275,9 +269,9 @@ bool XenDriverTransport::WriteRegister(uint32_t offset, uint32_t value, uint32_t
     }
     if (Clock::now() < spin_until) continue;
     CollectEvents();
-    if (gone_.load()) return false;
+    if (gone()) return false;
     if (absl::Now() > deadline) {
-      MarkGone(absl::StrCat("no answer to a register write at 0x", absl::Hex(offset)));
+      BackendGone(absl::StrCat("no answer to a register write at 0x", absl::Hex(offset)));
       return false;
     }
     UnmaskAll();
@@ -320,16 +314,16 @@ void XenDriverTransport::CollectEvents() {
   // The backend leaving Connected ends the connection.
   bool watch = false;
   while (xs_->ReadWatch()) watch = true;
-  if (watch && !gone_.load()) {
+  if (watch && !gone()) {
     auto st = BackendState();
     if (!st.ok() || *st != XenbusState::kConnected)
-      MarkGone(st.ok() ? absl::StrCat("backend state ", static_cast<int>(*st)) : std::string(st.status().message()));
+      BackendGone(st.ok() ? absl::StrCat("backend state ", static_cast<int>(*st)) : std::string(st.status().message()));
   }
 }
 
 void XenDriverTransport::Notify(uint16_t q, uint32_t) {
-  if (q >= queue_ports_.size() || gone_.load()) return;
-  if (absl::Status s = ch_.Notify(queue_ports_[q]); !s.ok()) MarkGone(std::string(s.message()));
+  if (q >= queue_ports_.size() || gone()) return;
+  if (absl::Status s = ch_.Notify(queue_ports_[q]); !s.ok()) BackendGone(std::string(s.message()));
 }
 
 DmaAllocator& XenDriverTransport::dma() { return *dma_; }
@@ -337,7 +331,7 @@ DmaAllocator& XenDriverTransport::dma() { return *dma_; }
 uint64_t XenDriverTransport::SupportedTransportFeatures() { return feature::kCoreSupported; }
 
 bool XenDriverTransport::WaitForInterrupt(uint16_t q, absl::Duration timeout) {
-  if (gone_.load()) return true;  // NEEDS_RESET is showing: let the caller look
+  if (gone()) return true;  // NEEDS_RESET is showing: let the caller look
   const absl::Time deadline = absl::Now() + timeout;
   const size_t slot = 1 + static_cast<size_t>(q);
   for (bool collected = false;;) {
@@ -348,7 +342,7 @@ bool XenDriverTransport::WaitForInterrupt(uint16_t q, absl::Duration timeout) {
       AckInterrupt(seen);
       return true;
     }
-    if (gone_.load()) return true;
+    if (gone()) return true;
     if (!collected) {
       // Ports stay masked while the driver works and polls its rings; only
       // before sleeping are they unmasked (a pending one comes back now).

@@ -19,10 +19,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-std::atomic_ref<uint32_t> Reg32(uint8_t* page, uint32_t off) {
-  return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page + off));
-}
-
 // Grant-encoded memory: the copy path both strategies share.
 class GrantMemoryBase : public GuestMemory {
  public:
@@ -307,26 +303,6 @@ void XenBackendHost::WaitWatches() {
 
 namespace {
 
-struct XenInterrupts final : InterruptSink {
-  XenChannel* ch = nullptr;
-  uint8_t* page = nullptr;
-  EvtchnPort ctrl = 0;
-  std::vector<EvtchnPort> queues;
-  std::function<void()> on_config;
-  bool dead = false;
-  void QueueInterrupt(uint16_t q) override {
-    if (dead || q >= queues.size()) return;
-    Reg32(page, mmio::reg::kInterruptStatus).fetch_or(mmio::kIntUsedBuffer, std::memory_order_release);
-    (void)ch->Notify(queues[q]);
-  }
-  void ConfigInterrupt() override {
-    if (dead) return;
-    if (on_config) on_config();
-    Reg32(page, mmio::reg::kInterruptStatus).fetch_or(mmio::kIntConfig, std::memory_order_release);
-    (void)ch->Notify(ctrl);
-  }
-};
-
 std::string Num(XenbusState s) { return std::to_string(static_cast<int>(s)); }
 
 }  // namespace
@@ -345,7 +321,7 @@ struct XenServer::Impl : std::enable_shared_from_this<Impl> {
   EvtchnPort ctrl_port = 0;
   std::vector<EvtchnPort> queue_ports;
   std::shared_ptr<GuestMemory> mem;
-  std::shared_ptr<XenInterrupts> irq;
+  std::shared_ptr<mmio::MirrorInterrupts> irq;
   std::unique_ptr<DeviceController> ctl;
   std::unique_ptr<mmio::MmioMirror> mirror;
   uint32_t last_seq = 0;
@@ -537,17 +513,18 @@ absl::Status XenServer::Impl::Connect() {
     queue_ports.push_back(*qp);
   }
   mem = o.copy ? MakeGrantCopyMemory(ch(), o.frontend) : MakeGrantMapMemory(ch(), o.frontend, o.cache_pages);
-  irq = std::make_shared<XenInterrupts>();
-  irq->ch = &ch();
-  irq->page = ctrl;
-  irq->ctrl = ctrl_port;
-  irq->queues = queue_ports;
+  irq = std::make_shared<mmio::MirrorInterrupts>(
+      ctrl,
+      [ch = &ch(), ctrl = ctrl_port, queues = queue_ports](int q) {
+        if (q == mmio::MirrorInterrupts::kConfig) (void)ch->Notify(ctrl);
+        else if (static_cast<size_t>(q) < queues.size()) (void)ch->Notify(queues[q]);
+      },
+      [this] { Publish(); });
   ctl = std::make_unique<DeviceController>(device, mem, irq, o.transport_features);
   std::memset(ctrl, 0, kRequestOffset);
   reinterpret_cast<ControlAnswer*>(ctrl + kAnswerOffset)->seq.store(0, std::memory_order_relaxed);
   last_seq = reinterpret_cast<ControlRequest*>(ctrl + kRequestOffset)->seq.load(std::memory_order_acquire);
   mirror = std::make_unique<mmio::MmioMirror>(*ctl, 2, ctrl);
-  irq->on_config = [this] { Publish(); };
   Publish();
   std::weak_ptr<Impl> weak = weak_from_this();
   host->OnPort(ctrl_port, [weak] {
@@ -591,10 +568,7 @@ void XenServer::Impl::Disconnect(const std::string& why) {
   // touches the frontend's pages and the mappings can go.
   mirror.reset();
   ctl.reset();
-  if (irq) {
-    irq->dead = true;
-    irq->on_config = nullptr;
-  }
+  if (irq) irq->Disconnect();
   mem.reset();
   if (ctrl) (void)ch().UnmapGrants(ctrl, 1);
   ctrl = nullptr;

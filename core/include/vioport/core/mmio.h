@@ -9,11 +9,15 @@
 // transport (a Unix socket) and the Xen transport (a granted page and an
 // event channel) differ only in how a register write travels.
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "vioport/core/device_controller.h"
 #include "vioport/core/driver.h"
 
@@ -62,6 +66,11 @@ inline constexpr uint32_t kIntConfig = 2;
 // The mirror page: registers at 0..0xff, device configuration from 0x100.
 inline constexpr uint32_t kPageSize = 4096;
 inline constexpr uint32_t kConfigOffset = 0x100;
+
+// A 32-bit register of a mirror page, as an atomic.
+inline std::atomic_ref<uint32_t> Reg32(uint8_t* page, uint32_t off) {
+  return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page + off));
+}
 
 class MmioRegisters {
  public:
@@ -119,6 +128,28 @@ class MmioMirror {
   std::vector<uint8_t> scratch_;
 };
 
+// Interrupt-out through a mirror page: InterruptStatus gets the bit, then
+// `notify` tells the driver however the channel can (an eventfd, an event
+// channel): notify(q) for queue q's used buffers, notify(kConfig) for a
+// configuration change, after `before_config` refreshed the mirror. Raises
+// nothing once Disconnect() ran (the guest went; the device may still hold
+// the sink until it is reset). Queue interrupts may come from any thread.
+class MirrorInterrupts final : public InterruptSink {
+ public:
+  static constexpr int kConfig = -1;
+  MirrorInterrupts(uint8_t* page, std::function<void(int)> notify, std::function<void()> before_config = nullptr)
+      : page_(page), notify_(std::move(notify)), before_config_(std::move(before_config)) {}
+  void QueueInterrupt(uint16_t q) override;
+  void ConfigInterrupt() override;
+  void Disconnect() { dead_.store(true, std::memory_order_release); }
+
+ private:
+  uint8_t* page_;
+  std::function<void(int)> notify_;
+  std::function<void()> before_config_;
+  std::atomic<bool> dead_{false};
+};
+
 // The driver's side: reads from the mirror page; writes through
 // WriteRegister, which the transport implements (send, wait for the answer).
 class MmioMirrorDriver : public DriverTransport {
@@ -146,14 +177,26 @@ class MmioMirrorDriver : public DriverTransport {
     page_ = page;
     num_queues_ = num_queues;
   }
-  // Whether the device is unreachable (reads stop waiting on the seqlock).
-  virtual bool gone() const = 0;
   // InterruptACK: clears `bits` in the mirror's InterruptStatus.
   void AckInterrupt(uint32_t bits);
+  // The device became unreachable: remember why (the first reason only) and
+  // show DEVICE_NEEDS_RESET in the mirrored status, so drivers fail instead
+  // of waiting for it. False if it was gone already.
+  bool MarkGone(const std::string& why);
+  // Reached again (the transport reconnected).
+  void ClearGone() { gone_.store(false, std::memory_order_release); }
+
+ public:
+  // Whether the device is unreachable (reads stop waiting on the seqlock), and why.
+  bool gone() const { return gone_.load(std::memory_order_acquire); }
+  std::string gone_reason() const;
 
  private:
   uint8_t* page_ = nullptr;
   uint16_t num_queues_ = 0;
+  std::atomic<bool> gone_{false};
+  mutable absl::Mutex why_mu_;
+  std::string why_ ABSL_GUARDED_BY(why_mu_);
 };
 
 }  // namespace vioport::mmio

@@ -18,42 +18,14 @@
 
 #include "absl/status/statusor.h"
 #include "boost/asio/io_context.hpp"
-#include "vioport/core/counters.h"
 #include "vioport/core/device.h"
 #include "vioport/core/driver.h"
+#include "vioport/transports/endpoint.h"
 #include "vioport/transports/options.h"
 
 namespace vioport {
 
 // ---- Device half (vios) -------------------------------------------------------
-
-// One device served to guests over one transport endpoint (a listening
-// socket, a server adapter, a backend directory). Called on the thread that
-// runs vios's event loop.
-class DeviceEndpoint {
- public:
-  virtual ~DeviceEndpoint() = default;  // drops the guest (device reset) and stops serving
-  // Where guests reach it, for `viosctl list` (a socket path, "crqd.sock p2 u0x2000").
-  virtual std::string where() const = 0;
-  // The transport's name with its mode where it has one ("shm(poll)"), for `viosctl list`.
-  virtual std::string mode() const = 0;
-  virtual bool connected() const = 0;
-  virtual uint8_t device_status() const = 0;
-  // Why the last guest was dropped or the device broke ("" if nothing went wrong).
-  virtual std::string last_error() const = 0;
-  // The base counters (TransportCounters::AppendTo, over every connection so
-  // far), then the transport's own.
-  virtual void AppendCounters(CounterList* out) const = 0;
-  CounterList Counters() const {
-    CounterList c;
-    AppendCounters(&c);
-    return c;
-  }
-  // Stop accepting new guests (vios is stopping); the current one stays.
-  virtual void StopAccepting() {}
-  // Complete every request in flight and make written data durable.
-  virtual absl::Status Quiesce() = 0;
-};
 
 struct EndpointContext {
   boost::asio::io_context& io;  // vios's loop: one thread runs it

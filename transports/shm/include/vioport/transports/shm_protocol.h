@@ -1,12 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
+// Wire format of the hypervisor-less shared-memory transport: virtio-mmio
+// over a memfd and a Unix seqpacket socket. docs/transports/shm.md is the
+// specification; this is its machine-readable half, shared by the device
+// side (shm::Session, ShmServer) and the guest side (ShmDriverTransport).
 #pragma once
 
-// Wire format of the hypervisor-less shared-memory transport (virtio-mmio
-// over a memfd and a Unix seqpacket socket). docs/transports/shm.md is the
-// specification; this header is its machine-readable half, shared by the
-// device side (ShmServer) and the guest side (ShmDriverTransport).
-
-#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -18,30 +16,20 @@
 
 namespace vioport::shm {
 
-// Layout of the shared region: page 0 is the register block, the rest is
-// guest memory. Guest-physical addresses are offsets in the region, so the
-// register page (0..kRegisterPageSize) is never a valid buffer address.
-inline constexpr uint64_t kRegisterPageSize = 4096;
-inline constexpr uint64_t kConfigOffset = 0x100;  // device config in the register page
-inline constexpr uint32_t kMaxConfigSize = kRegisterPageSize - kConfigOffset;
+// Page 0 of the region is the register mirror (vioport/core/mmio.h), the
+// rest is guest memory. Guest-physical addresses are offsets in the region,
+// so the register page is never a valid buffer address.
+inline constexpr uint64_t kRegisterPageSize = mmio::kPageSize;
 inline constexpr uint64_t kMinRegionSize = 64 * 1024;
 inline constexpr uint64_t kMaxRegionSize = uint64_t{64} << 30;
+inline constexpr uint32_t kMaxConfigSize = mmio::kPageSize - mmio::kConfigOffset;
 inline constexpr uint16_t kMaxQueues = 64;  // 2 fds a queue + 1 must fit one SCM_RIGHTS message
-
-// The register map and interrupt bits are virtio-mmio's (vioport/core/mmio.h).
-namespace reg = mmio::reg;
-using mmio::kIntConfig;
-using mmio::kIntUsedBuffer;
-using mmio::kMagicValue;
-using mmio::kVendorValue;
-static_assert(kRegisterPageSize == mmio::kPageSize && kConfigOffset == mmio::kConfigOffset);
-
 inline constexpr uint32_t kProtocolVersion = 1;
 inline constexpr uint32_t kMaxMessageBytes = 512;
 
 enum class MsgType : uint32_t {
   kHello = 1,     // guest -> device: memfd attached
-  kWelcome = 2,   // device -> guest: eventfds attached
+  kWelcome = 2,   // device -> guest: eventfds attached (config call, kicks, calls)
   kRegWrite = 3,  // guest -> device
   kRegAck = 4,    // device -> guest
   kError = 5,     // device -> guest: text follows the header; the device closes
@@ -59,19 +47,23 @@ struct MsgHeader {
 };
 static_assert(sizeof(MsgHeader) == 32);
 
-// Sends one message with optional fds (SCM_RIGHTS). Blocking or not as the
-// socket is; EINTR is retried.
-absl::Status SendMsg(int sock, const MsgHeader& h, std::span<const uint8_t> tail = {},
-                     std::span<const int> fds = {});
+inline MsgHeader Header(MsgType type) {
+  MsgHeader h{};
+  h.type = static_cast<uint32_t>(type);
+  return h;
+}
+inline MsgType TypeOf(const MsgHeader& h) { return static_cast<MsgType>(static_cast<uint32_t>(h.type)); }
+
+// One message with optional text and fds.
+absl::Status SendMsg(int sock, const MsgHeader& h, std::string_view text = {}, std::span<const int> fds = {});
 
 struct ReceivedMsg {
   MsgHeader header{};
   std::string tail;
-  std::vector<int> fds;  // owned by the receiver: close them
+  std::vector<int> fds;  // the receiver's: close them
 };
-// Receives one message. Unavailable on EOF, ResourceExhausted on EAGAIN,
-// InvalidArgument on a short, truncated or oversized message (the fds that
-// came with it are closed).
+// One message: Unavailable on EOF, ResourceExhausted when none is waiting,
+// InvalidArgument (its fds closed) if short, truncated or with over `max_fds` fds.
 absl::StatusOr<ReceivedMsg> RecvMsg(int sock, size_t max_fds);
 
 }  // namespace vioport::shm

@@ -46,7 +46,7 @@ class XenDriverTransport final : public mmio::MmioMirrorDriver {
   void SetStatus(uint8_t status) override;
   bool WriteRegister(uint32_t offset, uint32_t value, uint32_t size = 4) override;
 
-  bool connected() const { return !gone_.load(); }
+  bool connected() const { return !gone(); }
   uint64_t reconnects() const { return reconnects_.load(); }
   DomId backend() const { return backend_; }
   uint32_t ctrl_ref() const { return ctrl_.refs.empty() ? 0 : ctrl_.refs[0]; }
@@ -57,8 +57,7 @@ class XenDriverTransport final : public mmio::MmioMirrorDriver {
   absl::Status Handshake();
   absl::StatusOr<XenbusState> WaitBackend(std::initializer_list<XenbusState> wanted);
   absl::StatusOr<XenbusState> BackendState();
-  bool gone() const override { return gone_.load(); }
-  void MarkGone(const std::string& why);
+  void BackendGone(const std::string& why);
   // Drains the event channel into per-port flags; wakes other waiters.
   void CollectEvents();
   // Unmasks the ports CollectEvents left masked (the driver is about to sleep).
@@ -77,7 +76,6 @@ class XenDriverTransport final : public mmio::MmioMirrorDriver {
   std::unique_ptr<Dma> dma_;
   absl::Mutex reg_mu_;  // one register write in flight
   uint32_t seq_ = 0;
-  std::atomic<bool> gone_{false};
   std::atomic<uint64_t> reconnects_{0};
   // Events: ports seen pending, by index (0 = control, 1 + q = queue q).
   absl::Mutex ev_mu_;

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: Apache-2.0
+// The device half of a transport as vios sees it (DeviceEndpoint), and what
+// every endpoint keeps about the guests it served (EndpointState).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "vioport/core/counters.h"
+#include "vioport/core/device_controller.h"
+
+namespace vioport {
+
+// One device served to guests over one transport endpoint (a listening
+// socket, a server adapter, a backend directory). Called on the thread that
+// runs vios's event loop.
+class DeviceEndpoint {
+ public:
+  virtual ~DeviceEndpoint() = default;  // drops the guest (device reset) and stops serving
+  // Where guests reach it, for `viosctl list` (a socket path, "crqd.sock p2 u0x2000").
+  virtual std::string where() const = 0;
+  // The transport's name with its mode where it has one ("shm(poll)"), for `viosctl list`.
+  virtual std::string mode() const = 0;
+  virtual bool connected() const = 0;
+  virtual uint8_t device_status() const = 0;
+  // Why the last guest was dropped or the device broke ("" if nothing went wrong).
+  virtual std::string last_error() const = 0;
+  // The base counters (TransportCounters::AppendTo, over every connection so
+  // far), then the transport's own.
+  virtual void AppendCounters(CounterList* out) const = 0;
+  CounterList Counters() const {
+    CounterList c;
+    AppendCounters(&c);
+    return c;
+  }
+  // Stop accepting new guests (vios is stopping); the current one stays.
+  virtual void StopAccepting() {}
+  // Complete every request in flight and make written data durable.
+  virtual absl::Status Quiesce() = 0;
+};
+
+// Connection bookkeeping an endpoint shares with vios's thread: whether a
+// guest is attached, the device status it last saw, why the last guest went,
+// and the counters of the connections that ended. Readable from any thread.
+class EndpointState {
+ public:
+  std::atomic<bool> connected{false};
+  std::atomic<uint8_t> status{0};
+  std::atomic<uint64_t> connections{0}, refused{0}, protocol_errors{0};
+
+  void SetError(std::string e) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock l(&mu_);
+    error_ = std::move(e);
+  }
+  std::string error() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock l(&mu_);
+    return error_;
+  }
+  // A guest's connection ended: keep its controller's counters and error.
+  void Ended(const DeviceController& c) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock l(&mu_);
+    past_ += c.transport_counters();
+    if (!c.last_error().empty()) error_ = c.last_error();
+  }
+  // The base counters (those of ended connections plus `live`, and
+  // reconnects), then connections, connections_refused and protocol_errors.
+  void AppendCounters(const TransportCounters& live, CounterList* out) const ABSL_LOCKS_EXCLUDED(mu_) {
+    TransportCounters t = live;
+    {
+      absl::MutexLock l(&mu_);
+      t += past_;
+    }
+    t.reconnects = connections > 0 ? connections - 1 : 0;
+    t.AppendTo(out);
+    out->insert(out->end(), {{"connections", connections.load()},
+                             {"connections_refused", refused.load()},
+                             {"protocol_errors", protocol_errors.load()}});
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::string error_ ABSL_GUARDED_BY(mu_);
+  TransportCounters past_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace vioport
