@@ -172,6 +172,8 @@ absl::Status MmioMirror::Write(uint32_t off, uint32_t size, uint32_t value) {
   } else {
     s = regs_.Write(off, size, value);
   }
+  writes_++;
+  if (!s.ok()) ignored_++;
   Publish();
   return s;
 }

@@ -92,26 +92,6 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec) {
   return dev;
 }
 
-// The endpoint of the registered transport the spec names, made from its
-// options as the transport declared them.
-absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeEndpoint(asio::io_context& io, AttachSpec& spec,
-                                                             std::shared_ptr<VirtioDevice> dev) {
-  Options& o = spec.options;
-  const DeviceTransport* t = FindDeviceTransport(spec.transport);
-  if (!t) {
-    std::string names;
-    for (const DeviceTransport* d : DeviceTransports()) absl::StrAppend(&names, names.empty() ? "" : ", ", d->name);
-    return absl::InvalidArgumentError(
-        absl::StrCat(o.origin(), ": unknown transport '", spec.transport, "' (this vios serves: ", names, ")"));
-  }
-  auto values = OptionValues::Check(o, t->options);
-  if (!values.ok()) return values.status();
-  EndpointContext ctx{io, std::move(dev), absl::StrCat(spec.device, "@", t->name)};
-  auto e = t->make(ctx, *values);
-  if (!e.ok()) return absl::Status(e.status().code(), absl::StrCat(o.origin(), ": ", e.status().message()));
-  return e;
-}
-
 std::string StatusBits(uint8_t s) {
   if (s == 0) return "reset";
   std::string out;
@@ -166,7 +146,8 @@ absl::Status Server::Attach(AttachSpec spec) {
   if (it->second.attachment)
     return absl::AlreadyExistsError(absl::StrCat(spec.options.origin(), ": device '", spec.device,
                                                  "' is already attached (a device has one driver)"));
-  auto a = MakeEndpoint(io_, spec, it->second.device);
+  EndpointContext ctx{io_, it->second.device, absl::StrCat(spec.device, "@", spec.transport)};
+  auto a = MakeDeviceEndpoint(spec.transport, ctx, spec.options);
   if (!a.ok()) return a.status();
   it->second.attachment = std::move(*a);
   it->second.transport = spec.transport;

@@ -81,6 +81,21 @@ absl::StatusOr<SharedMemory> SharedMemory::Create(const char* name, uint64_t byt
   return m;
 }
 
+absl::StatusOr<SharedMemory> SharedMemory::Map(int fd, uint64_t bytes) {
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  if (seals < 0) return absl::InvalidArgumentError("shared memory is not a memfd");
+  if (!(seals & F_SEAL_SHRINK)) return absl::InvalidArgumentError("memfd is not sealed against shrinking (F_SEAL_SHRINK)");
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < bytes)
+    return absl::InvalidArgumentError("memfd is smaller than the region size");
+  SharedMemory m;
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return ErrnoStatus("mmap");
+  m.data_ = static_cast<uint8_t*>(p);
+  m.size_ = bytes;
+  return m;
+}
+
 SharedMemory& SharedMemory::operator=(SharedMemory&& o) noexcept {
   if (this != &o) {
     if (data_) ::munmap(data_, size_);

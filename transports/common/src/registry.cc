@@ -102,6 +102,22 @@ std::vector<OptionSpec> GuestFlagSpecs() {
   return out;
 }
 
+absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeDeviceEndpoint(const std::string& name, EndpointContext& ctx,
+                                                                   Options& o) {
+  const DeviceTransport* t = FindDeviceTransport(name);
+  if (!t) {
+    std::vector<std::string> names;
+    for (const auto& d : Devices()) names.push_back(d.name);
+    return absl::InvalidArgumentError(
+        absl::StrCat(o.origin(), ": unknown transport '", name, "' (this build serves: ", absl::StrJoin(names, ", "), ")"));
+  }
+  auto values = OptionValues::Check(o, t->options);
+  if (!values.ok()) return values.status();
+  auto e = t->make(ctx, *values);
+  if (!e.ok()) return absl::Status(e.status().code(), absl::StrCat(o.origin(), ": ", e.status().message()));
+  return e;
+}
+
 absl::StatusOr<GuestLink> ConnectGuest(const std::string& spec, GuestContext ctx) {
   const std::string origin = absl::StrCat("--transport ", spec);
   const size_t colon = spec.find(':');

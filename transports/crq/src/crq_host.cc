@@ -305,12 +305,7 @@ absl::StatusOr<GuestLink> ConnectGuest(const GuestContext& ctx, const std::strin
   g.window_bytes = o.given("window-mib") ? o.num("window-mib") << 20 : mem;
   g.memory_offset = 0;
   g.memory_bytes = std::min(mem, g.window_bytes);
-  auto t = CrqDriverTransport::Connect(*partition, g);
-  if (!t.ok()) return t.status();
-  GuestLink link;
-  link.channel = std::move(partition);
-  link.transport = std::move(*t);
-  return link;
+  return LinkOf(CrqDriverTransport::Connect(*partition, g), partition);
 }
 
 }  // namespace

@@ -5,7 +5,6 @@
 #include <sys/socket.h>
 
 #include "absl/strings/str_cat.h"
-#include "vioport/core/log.h"
 #include "vioport/transports/shm_protocol.h"
 
 namespace vioport {
@@ -39,8 +38,7 @@ absl::StatusOr<std::unique_ptr<ShmDriverTransport>> ShmDriverTransport::Connect(
     return absl::DeadlineExceededError(absl::StrCat(o.socket_path, ": no answer to HELLO"));
   auto m = shm::RecvMsg(t->sock_.get(), 2 * shm::kMaxQueues + 1);
   if (!m.ok()) return absl::UnavailableError(absl::StrCat(o.socket_path, ": ", m.status().message()));
-  std::vector<UniqueFd> fds;
-  for (int f : m->fds) fds.emplace_back(f);
+  std::vector<UniqueFd>& fds = m->fds;
   const uint32_t nq = m->header.size;
   if (shm::TypeOf(m->header) == MsgType::kError)
     return absl::FailedPreconditionError(absl::StrCat(o.socket_path, ": vios refused: ", m->tail));
@@ -60,10 +58,6 @@ absl::StatusOr<std::unique_ptr<ShmDriverTransport>> ShmDriverTransport::Connect(
   return t;
 }
 
-void ShmDriverTransport::MarkDead(const std::string& why) {
-  if (MarkGone(why)) VIOPORT_LOG(kWarning, "shm guest: connection to the device lost: ", why);
-}
-
 bool ShmDriverTransport::WriteRegister(uint32_t offset, uint32_t value, uint32_t size) {
   absl::MutexLock l(&reg_mu_);
   if (gone()) return false;
@@ -73,16 +67,16 @@ bool ShmDriverTransport::WriteRegister(uint32_t offset, uint32_t value, uint32_t
   h.size = size;
   h.value = value;
   if (absl::Status s = shm::SendMsg(sock_.get(), h); !s.ok()) {
-    MarkDead(std::string(s.message()));
+    Lost(std::string(s.message()));
     return false;
   }
   auto m = shm::RecvMsg(sock_.get(), 0);
   if (!m.ok()) {
-    MarkDead(std::string(m.status().message()));
+    Lost(std::string(m.status().message()));
   } else if (shm::TypeOf(m->header) == MsgType::kError) {
-    MarkDead(absl::StrCat("device closed the connection: ", m->tail));
+    Lost(absl::StrCat("device closed the connection: ", m->tail));
   } else if (shm::TypeOf(m->header) != MsgType::kRegAck || uint32_t{m->header.seq} != seq_) {
-    MarkDead("unexpected message from the device");
+    Lost("unexpected message from the device");
   } else {
     return uint64_t{m->header.value} == 0;
   }
@@ -107,7 +101,7 @@ bool ShmDriverTransport::WaitForInterrupt(uint16_t q, absl::Duration timeout) {
     DrainEventFd(p[1].fd);
     seen |= mmio::kIntConfig;
   }
-  if (p[2].revents & (POLLHUP | POLLERR)) MarkDead("device hung up");
+  if (p[2].revents & (POLLHUP | POLLERR)) Lost("device hung up");
   AckInterrupt(seen);
   return seen != 0 || gone();
 }

@@ -1,11 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "vioport/transports/shm_protocol.h"
 
-#include <unistd.h>
-
 #include <cstring>
 
-#include "vioport/transports/fd.h"
 
 namespace vioport::shm {
 
@@ -19,13 +16,13 @@ absl::Status SendMsg(int sock, const MsgHeader& h, std::string_view text, std::s
 
 absl::StatusOr<ReceivedMsg> RecvMsg(int sock, size_t max_fds) {
   uint8_t buf[kMaxMessageBytes + 1];
+  std::vector<int> fds;
+  auto n = RecvWithFds(sock, buf, &fds, max_fds);
   ReceivedMsg r;
-  auto n = RecvWithFds(sock, buf, &r.fds, max_fds);
+  for (int fd : fds) r.fds.emplace_back(fd);
   if (!n.ok()) return n.status();
-  if (*n < sizeof(MsgHeader) || *n > kMaxMessageBytes) {
-    for (int fd : r.fds) ::close(fd);
+  if (*n < sizeof(MsgHeader) || *n > kMaxMessageBytes)
     return absl::InvalidArgumentError(*n < sizeof(MsgHeader) ? "message shorter than its header" : "message too long");
-  }
   std::memcpy(&r.header, buf, sizeof r.header);
   r.tail.assign(reinterpret_cast<char*>(buf) + sizeof r.header, *n - sizeof r.header);
   return r;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The device side of one shm connection as a state machine free of sockets
 // and loops: Handle() takes one message from the guest (HELLO, then register
-// writes) and answers through the Host. ShmServer wires it to a socket and a
+// writes) and answers through the Host. shm_server.cc wires it to a socket and a
 // DeviceLoop; the fuzz target drives it directly.
 #pragma once
 
@@ -27,17 +27,17 @@ class Session {
     // HELLO succeeded: serve `ctl`, and queue q's kicks arrive on kicks[q].
     virtual void Attached(DeviceController& ctl, std::span<const int> kicks) = 0;
   };
-  struct Counters {
-    uint64_t register_writes = 0, register_writes_ignored = 0;
-  };
-  Session(std::shared_ptr<VirtioDevice> device, Host* host, std::string name, uint64_t transport_features, bool polled);
+  Session(std::shared_ptr<VirtioDevice> device, Host* host, std::string name, bool polled);
   ~Session();  // resets the device (it stops touching the region), then unmaps it
 
   // One message; its fds are the session's from here. An error means the
   // guest broke the protocol: tell it, then drop the connection.
   absl::Status Handle(ReceivedMsg& m);
   DeviceController* controller() { return ctl_.get(); }
-  const Counters& counters() const { return counters_; }
+  // The register writes of this connection (none before HELLO).
+  void AppendCounters(CounterList* out) const {
+    if (mirror_) mirror_->AppendCounters(out);
+  }
 
  private:
   absl::Status Hello(const ReceivedMsg& m);
@@ -45,16 +45,13 @@ class Session {
   std::shared_ptr<VirtioDevice> device_;
   Host* host_;
   std::string name_;  // for logs
-  uint64_t transport_features_;
   bool polled_;
-  uint8_t* map_ = nullptr;
-  size_t map_size_ = 0;
+  SharedMemory region_;  // the guest's memfd, mapped
   std::vector<UniqueFd> kick_, call_;
   UniqueFd config_call_;
   std::shared_ptr<mmio::MirrorInterrupts> irq_;
   std::unique_ptr<DeviceController> ctl_;
   std::unique_ptr<mmio::MmioMirror> mirror_;
-  Counters counters_;
 };
 
 }  // namespace vioport::shm

@@ -355,11 +355,7 @@ void RegisterVhostUserTransport() {
          o.frontend.memory_bytes = *ctx.memory_bytes;
          o.frontend.guest_phys_base = ctx.flags ? ctx.flags->num("guest-base") : 0;
          o.device_id = static_cast<uint32_t>(ctx.device);
-         auto t = VhostUserDriverTransport::Connect(o);
-         if (!t.ok()) return t.status();
-         GuestLink link;
-         link.transport = std::move(*t);
-         return link;
+         return LinkOf(VhostUserDriverTransport::Connect(o));
        }});
 }
 

@@ -328,7 +328,6 @@ void XenDriverTransport::Notify(uint16_t q, uint32_t) {
 
 DmaAllocator& XenDriverTransport::dma() { return *dma_; }
 
-uint64_t XenDriverTransport::SupportedTransportFeatures() { return feature::kCoreSupported; }
 
 bool XenDriverTransport::WaitForInterrupt(uint16_t q, absl::Duration timeout) {
   if (gone()) return true;  // NEEDS_RESET is showing: let the caller look

@@ -68,12 +68,7 @@ absl::StatusOr<GuestLink> ConnectGuest(const GuestContext& ctx, const std::strin
   std::shared_ptr<XenChannel> channel_owner = std::move(*ch);
   XenGuestOptions g;
   g.devid = static_cast<uint32_t>(o.num("devid"));
-  auto t = XenDriverTransport::Connect(*channel_owner, g);
-  if (!t.ok()) return t.status();
-  GuestLink link;
-  link.channel = std::move(channel_owner);
-  link.transport = std::move(*t);
-  return link;
+  return LinkOf(XenDriverTransport::Connect(*channel_owner, g), channel_owner);
 }
 
 }  // namespace

@@ -118,6 +118,10 @@ class MmioMirror {
   // Rewrites the mirror from the device (after anything changed it).
   void Publish();
   MmioRegisters& registers() { return regs_; }
+  // register_writes and register_writes_ignored, for the transport's counters.
+  void AppendCounters(CounterList* out) const {
+    out->insert(out->end(), {{"register_writes", writes_}, {"register_writes_ignored", ignored_}});
+  }
 
  private:
   DeviceController& ctl_;
@@ -126,6 +130,7 @@ class MmioMirror {
   uint32_t mirror_gen_ = 0;         // ConfigGeneration as published (even)
   uint32_t published_ctl_gen_ = ~0u;
   std::vector<uint8_t> scratch_;
+  uint64_t writes_ = 0, ignored_ = 0;
 };
 
 // Interrupt-out through a mirror page: InterruptStatus gets the bit, then
@@ -163,6 +168,8 @@ class MmioMirrorDriver : public DriverTransport {
   void WriteConfig(uint32_t offset, std::span<const uint8_t> in) override;
   uint32_t GetQueueMaxSize(uint16_t queue) override;
   absl::Status EnableQueue(uint16_t queue, uint32_t size, uint64_t desc, uint64_t driver, uint64_t device) override;
+  // A mirror page carries every ring the core implements.
+  uint64_t SupportedTransportFeatures() override { return feature::kCoreSupported; }
 
   // Raw register access, as a driver of real virtio-mmio hardware does it.
   // A write goes to the device and waits for its answer: false if the device

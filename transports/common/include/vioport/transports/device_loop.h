@@ -23,6 +23,7 @@
 #include "boost/asio/post.hpp"
 #include "boost/asio/posix/stream_descriptor.hpp"
 #include "vioport/core/device_controller.h"
+#include "vioport/transports/registry.h"
 
 namespace vioport {
 
@@ -90,6 +91,45 @@ class DeviceLoop {
   std::shared_ptr<Watch> events_;
   std::function<void()> after_work_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+// What every endpoint serving its device from a DeviceLoop shares: the
+// loop, the connection bookkeeping, and the DeviceEndpoint methods that only
+// need those. A transport adds where/mode, accepting guests, and what the
+// attached guest's connection knows (LiveCounters, LiveError).
+class LoopEndpoint : public DeviceEndpoint {
+ public:
+  LoopEndpoint(EndpointContext& ctx, DeviceLoop::Options options)
+      : name_(ctx.name), device_(ctx.device), loop_(ctx.io, ctx.device, options) {}
+  bool connected() const override { return state_.connected; }
+  uint8_t device_status() const override { return state_.status; }
+  absl::Status Quiesce() override {
+    return loop_.Run([this] { return device_->Quiesce(); });
+  }
+  std::string last_error() const override {
+    return loop_.Run([this] {
+      std::string e = LiveError();
+      return e.empty() ? state_.error() : e;
+    });
+  }
+  void AppendCounters(CounterList* out) const override {
+    loop_.Run([this, out] {
+      TransportCounters live;
+      CounterList extras;
+      LiveCounters(&live, &extras);
+      state_.AppendCounters(live, extras, out);
+    });
+  }
+
+ protected:
+  // On the loop's thread: the attached guest's counters and error (if any).
+  virtual void LiveCounters(TransportCounters* /*base*/, CounterList* /*extras*/) const {}
+  virtual std::string LiveError() const { return ""; }
+
+  std::string name_;  // for logs
+  std::shared_ptr<VirtioDevice> device_;
+  mutable DeviceLoop loop_;
+  EndpointState state_;
 };
 
 }  // namespace vioport

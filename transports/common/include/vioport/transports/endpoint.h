@@ -3,6 +3,7 @@
 // every endpoint keeps about the guests it served (EndpointState).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -60,31 +61,48 @@ class EndpointState {
     absl::MutexLock l(&mu_);
     return error_;
   }
-  // A guest's connection ended: keep its controller's counters and error.
-  void Ended(const DeviceController& c) ABSL_LOCKS_EXCLUDED(mu_) {
+  // A guest's connection ended: keep its controller's counters and error,
+  // and the transport's own counters of it (`extras`, summed by name).
+  void Ended(const DeviceController& c, const CounterList& extras = {}) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock l(&mu_);
     past_ += c.transport_counters();
     if (!c.last_error().empty()) error_ = c.last_error();
+    Sum(extras, &past_extras_);
   }
   // The base counters (those of ended connections plus `live`, and
-  // reconnects), then connections, connections_refused and protocol_errors.
-  void AppendCounters(const TransportCounters& live, CounterList* out) const ABSL_LOCKS_EXCLUDED(mu_) {
+  // reconnects), then connections, connections_refused and protocol_errors,
+  // then the extras (ended connections' plus `live_extras`).
+  void AppendCounters(const TransportCounters& live, const CounterList& live_extras, CounterList* out) const
+      ABSL_LOCKS_EXCLUDED(mu_) {
     TransportCounters t = live;
+    CounterList extras;
     {
       absl::MutexLock l(&mu_);
       t += past_;
+      extras = past_extras_;
     }
+    Sum(live_extras, &extras);
     t.reconnects = connections > 0 ? connections - 1 : 0;
     t.AppendTo(out);
     out->insert(out->end(), {{"connections", connections.load()},
                              {"connections_refused", refused.load()},
                              {"protocol_errors", protocol_errors.load()}});
+    out->insert(out->end(), extras.begin(), extras.end());
   }
 
  private:
   mutable absl::Mutex mu_;
   std::string error_ ABSL_GUARDED_BY(mu_);
   TransportCounters past_ ABSL_GUARDED_BY(mu_);
+  CounterList past_extras_ ABSL_GUARDED_BY(mu_);
+
+  static void Sum(const CounterList& add, CounterList* into) {
+    for (const auto& counter : add) {
+      auto it = std::find_if(into->begin(), into->end(), [&](const auto& c) { return c.first == counter.first; });
+      if (it == into->end()) into->push_back(counter);
+      else it->second += counter.second;
+    }
+  }
 };
 
 }  // namespace vioport

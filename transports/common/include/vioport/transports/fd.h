@@ -63,6 +63,11 @@ absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, int type, absl::Du
 class SharedMemory {
  public:
   static absl::StatusOr<SharedMemory> Create(const char* name, uint64_t bytes);
+  // Maps `bytes` of another process's memfd read-write (the fd is not kept).
+  // Refuses (InvalidArgument) an fd that is not a memfd sealed against
+  // shrinking or is smaller than `bytes`: shrinking it under our mapping
+  // would SIGBUS us.
+  static absl::StatusOr<SharedMemory> Map(int fd, uint64_t bytes);
   SharedMemory() = default;
   SharedMemory(SharedMemory&& o) noexcept
       : fd_(std::move(o.fd_)), data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}

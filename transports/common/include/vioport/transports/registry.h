@@ -65,6 +65,16 @@ struct GuestLink {
   ~GuestLink() { transport.reset(); }
 };
 
+// A connected transport (or why it is not) as a GuestLink, with what it runs over.
+template <typename T>
+absl::StatusOr<GuestLink> LinkOf(absl::StatusOr<std::unique_ptr<T>> t, std::shared_ptr<void> channel = nullptr) {
+  if (!t.ok()) return t.status();
+  GuestLink link;
+  link.channel = std::move(channel);
+  link.transport = std::move(*t);
+  return link;
+}
+
 struct GuestTransport {
   std::string name;     // --transport NAME:CHANNEL[,KEY=VALUE...]
   std::string channel;  // how the synopsis shows CHANNEL ("SOCKET", "emu:SOCKET|xen")
@@ -90,6 +100,11 @@ const GuestTransport* FindGuestTransport(const std::string& name);
 // In registration order.
 std::vector<const DeviceTransport*> DeviceTransports();
 std::vector<const GuestTransport*> GuestTransports();
+
+// The endpoint of registered transport `name` for ctx.device, its options
+// checked against what the transport declared. Errors name options.origin().
+absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeDeviceEndpoint(const std::string& name, EndpointContext& ctx,
+                                                                   Options& options);
 
 // Parses `spec` ("NAME:CHANNEL[,KEY=VALUE...]", as --transport takes it)
 // and connects. `flags` are the program flags every registered guest

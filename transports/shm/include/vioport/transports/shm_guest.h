@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "vioport/core/buffer_dma.h"
+#include "vioport/core/log.h"
 #include "vioport/core/mmio.h"
 #include "vioport/transports/fd.h"
 
@@ -33,20 +34,17 @@ class ShmDriverTransport final : public mmio::MmioMirrorDriver {
   uint32_t GetDeviceId() override { return device_id_; }
   void Notify(uint16_t queue, uint32_t data) override;
   DmaAllocator& dma() override { return *dma_; }
-  uint64_t SupportedTransportFeatures() override { return feature::kCoreSupported; }
   bool WaitForInterrupt(uint16_t queue, absl::Duration timeout) override;
   // A register write: sent, then the device's answer awaited.
   bool WriteRegister(uint32_t offset, uint32_t value, uint32_t size = 4) override;
 
-  uint16_t num_queues() const { return static_cast<uint16_t>(kick_.size()); }
-  bool connected() const { return !gone(); }
-  std::string disconnect_reason() const { return gone_reason(); }  // empty while connected
-  uint8_t* region() { return mem_.data(); }
-  uint64_t region_size() const { return mem_.size(); }
+  uint8_t* region() { return mem_.data(); }  // register page, then guest memory
 
  private:
   ShmDriverTransport() = default;
-  void MarkDead(const std::string& why);
+  void Lost(const std::string& why) {
+    if (MarkGone(why)) VIOPORT_LOG(kWarning, "shm guest: connection to the device lost: ", why);
+  }
 
   UniqueFd sock_, config_call_;
   SharedMemory mem_;

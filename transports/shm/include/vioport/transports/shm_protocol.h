@@ -2,7 +2,7 @@
 // Wire format of the hypervisor-less shared-memory transport: virtio-mmio
 // over a memfd and a Unix seqpacket socket. docs/transports/shm.md is the
 // specification; this is its machine-readable half, shared by the device
-// side (shm::Session, ShmServer) and the guest side (ShmDriverTransport).
+// side (shm::Session and its endpoint) and the guest side (ShmDriverTransport).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "vioport/core/mmio.h"
 #include "vioport/core/spec.h"
+#include "vioport/transports/fd.h"
 
 namespace vioport::shm {
 
@@ -60,10 +61,10 @@ absl::Status SendMsg(int sock, const MsgHeader& h, std::string_view text = {}, s
 struct ReceivedMsg {
   MsgHeader header{};
   std::string tail;
-  std::vector<int> fds;  // the receiver's: close them
+  std::vector<UniqueFd> fds;
 };
 // One message: Unavailable on EOF, ResourceExhausted when none is waiting,
-// InvalidArgument (its fds closed) if short, truncated or with over `max_fds` fds.
+// InvalidArgument if short, truncated or with over `max_fds` fds.
 absl::StatusOr<ReceivedMsg> RecvMsg(int sock, size_t max_fds);
 
 }  // namespace vioport::shm

@@ -39,7 +39,6 @@ class XenDriverTransport final : public mmio::MmioMirrorDriver {
   uint32_t GetDeviceId() override { return device_id_; }
   void Notify(uint16_t queue, uint32_t data) override;
   DmaAllocator& dma() override;
-  uint64_t SupportedTransportFeatures() override;
   bool WaitForInterrupt(uint16_t queue, absl::Duration timeout) override;
   // A status of 0 (reset) while the backend has gone walks the handshake
   // again first, so a driver's re-initialisation reconnects.
