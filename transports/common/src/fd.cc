@@ -38,6 +38,16 @@ void SignalEventFd(int fd) {
   } while (r < 0 && errno == EINTR);
 }
 
+void SignalForeignEventFd(int fd) {
+  if (fd < 0) return;
+  pollfd p{fd, POLLOUT, 0};
+  int r;
+  do {
+    r = ::poll(&p, 1, 0);
+  } while (r < 0 && errno == EINTR);
+  if (r == 1 && (p.revents & POLLOUT)) SignalEventFd(fd);
+}
+
 void DrainEventFd(int fd) {
   // The fd may be someone else's and blocking (a VMM's kick eventfd): read
   // only what poll says is there, once (one read of an eventfd takes its

@@ -17,33 +17,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "vioport/core/log.h"
+#include "vioport/transports/fd.h"
 
 namespace vioport::vhost_user {
 
 namespace {
 
-absl::Status Errno(absl::string_view what) {
-  return absl::UnavailableError(absl::StrCat(what, ": ", std::strerror(errno)));
-}
-
 // Prefixes a status with the request it belongs to, keeping its code.
 absl::Status Named(Req req, const absl::Status& s) {
   if (s.ok()) return s;
   return absl::Status(s.code(), absl::StrCat(ReqName(static_cast<uint32_t>(req)), ": ", s.message()));
-}
-
-void Drain(int fd) {
-  uint64_t v;
-  while (::read(fd, &v, sizeof v) == sizeof v) {
-  }
-}
-
-void Signal(int fd) {
-  const uint64_t one = 1;
-  ssize_t r;
-  do {
-    r = ::write(fd, &one, sizeof one);
-  } while (r < 0 && errno == EINTR);
 }
 
 }  // namespace
@@ -61,48 +44,39 @@ absl::Status VmmFrontend::Setup() {
     return absl::InvalidArgumentError(absl::StrCat("guest memory of ", o.memory_bytes, " bytes: whole pages, not 0"));
   if (o.guest_phys_base % page || o.guest_phys_base + o.memory_bytes < o.guest_phys_base)
     return absl::InvalidArgumentError(absl::StrFormat("guest-physical base 0x%x: page aligned, no wrap", o.guest_phys_base));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (o.socket_path.empty() || o.socket_path.size() >= sizeof addr.sun_path)
-    return absl::InvalidArgumentError(absl::StrCat("socket path '", o.socket_path, "': empty or too long"));
-  std::memcpy(addr.sun_path, o.socket_path.c_str(), o.socket_path.size() + 1);
+  if (o.socket_path.empty()) return absl::InvalidArgumentError("no socket path");
 
   // Guest RAM: a memfd the back-end maps through SET_MEM_TABLE's fd; a new
   // one, or the caller's that outlives this connection.
   if (o.memory_fd >= 0) {
     struct stat st;
-    if (::fstat(o.memory_fd, &st) != 0) return Errno("guest RAM fd");
+    if (::fstat(o.memory_fd, &st) != 0) return ErrnoStatus("guest RAM fd");
     if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < o.memory_bytes)
       return absl::InvalidArgumentError(absl::StrCat("guest RAM fd: not a memory file of at least ", o.memory_bytes,
                                                      " bytes (", st.st_size, ")"));
     memfd_ = ::fcntl(o.memory_fd, F_DUPFD_CLOEXEC, 0);
-    if (memfd_ < 0) return Errno("dup guest RAM fd");
+    if (memfd_ < 0) return ErrnoStatus("dup guest RAM fd");
   } else {
     if (o.memory_map) return absl::InvalidArgumentError("guest RAM mapping without its fd (memory_fd)");
     memfd_ = ::memfd_create("vioport-vmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (memfd_ < 0) return Errno("memfd_create");
-    if (::ftruncate(memfd_, static_cast<off_t>(o.memory_bytes)) != 0) return Errno("ftruncate guest RAM");
-    if (::fcntl(memfd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return Errno("seal guest RAM");
+    if (memfd_ < 0) return ErrnoStatus("memfd_create");
+    if (::ftruncate(memfd_, static_cast<off_t>(o.memory_bytes)) != 0) return ErrnoStatus("ftruncate guest RAM");
+    if (::fcntl(memfd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return ErrnoStatus("seal guest RAM");
   }
   if (o.memory_map) {
     map_ = o.memory_map;
     own_map_ = false;
   } else {
     void* p = ::mmap(nullptr, o.memory_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
-    if (p == MAP_FAILED) return Errno("mmap guest RAM");
+    if (p == MAP_FAILED) return ErrnoStatus("mmap guest RAM");
     map_ = static_cast<uint8_t*>(p);
   }
   size_ = o.memory_bytes;
   base_ = o.guest_phys_base;
 
-  sock_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (sock_ < 0) return Errno("socket");
-  const absl::Time deadline = absl::Now() + o.connect_timeout;
-  while (::connect(sock_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    if ((errno != ENOENT && errno != ECONNREFUSED && errno != EINTR && errno != EAGAIN) || absl::Now() > deadline)
-      return Errno(absl::StrCat("connect to ", o.socket_path));
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  auto sock = ConnectUnix(o.socket_path, SOCK_STREAM, o.connect_timeout);
+  if (!sock.ok()) return sock.status();
+  sock_ = sock->release();
 
   // QEMU's order at realize time.
   auto features = GetValue<uint64_t>(Req::kGetFeatures);
@@ -139,13 +113,13 @@ absl::Status VmmFrontend::Setup() {
   for (uint64_t q = 0; q < nq; ++q) {
     for (auto* v : {&kick_, &call_, &err_}) {
       const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-      if (fd < 0) return Errno("eventfd");
+      if (fd < 0) return ErrnoStatus("eventfd");
       v->push_back(fd);
     }
   }
   started_.assign(nq, false);
   stop_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (stop_fd_ < 0) return Errno("eventfd");
+  if (stop_fd_ < 0) return ErrnoStatus("eventfd");
   monitor_ = std::thread([this] { Monitor(); });
   VIOPORT_LOG(kInfo, "vmm front-end: ", o.socket_path, absl::StrFormat(": features 0x%x, protocol features 0x%x of 0x%x, ",
                                                                        device_features_, protocol_, offered_protocol_),
@@ -155,7 +129,7 @@ absl::Status VmmFrontend::Setup() {
 
 VmmFrontend::~VmmFrontend() {
   if (monitor_.joinable()) {
-    Signal(stop_fd_);
+    SignalEventFd(stop_fd_);
     monitor_.join();
   }
   if (sock_ >= 0) ::close(sock_);
@@ -191,7 +165,7 @@ std::string VmmFrontend::failure() const {
 }
 
 void VmmFrontend::WakeAll() {
-  for (int fd : call_) Signal(fd);
+  for (int fd : call_) SignalEventFd(fd);
 }
 
 absl::StatusOr<Message> VmmFrontend::CallLocked(Req req, uint32_t flags, std::span<const uint8_t> payload,
@@ -240,7 +214,7 @@ absl::StatusOr<Message> VmmFrontend::CallLocked(Req req, uint32_t flags, std::sp
     pollfd pfd{sock_, POLLIN, 0};
     const timespec ts = absl::ToTimespec(left);
     if (::ppoll(&pfd, 1, &ts, nullptr) < 0 && errno != EINTR) {
-      const absl::Status e = Named(req, Errno("poll"));
+      const absl::Status e = Named(req, ErrnoStatus("poll"));
       MarkDead(std::string(e.message()));
       return e;
     }
@@ -383,7 +357,7 @@ absl::Status VmmFrontend::SetInflight(int fd, const InflightRegion& region) {
     return absl::InvalidArgumentError(absl::StrCat("SET_INFLIGHT_FD: fd ", fd, ", ", region.mmap_size, " bytes for ",
                                                    region.num_queues, " queues of ", region.queue_size));
   const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) return Named(Req::kSetInflightFd, Errno("dup in-flight fd"));
+  if (dup < 0) return Named(Req::kSetInflightFd, ErrnoStatus("dup in-flight fd"));
   if (inflight_fd_ >= 0) ::close(inflight_fd_);
   inflight_fd_ = dup;
   inflight_region_ = region;
@@ -420,8 +394,8 @@ absl::Status VmmFrontend::StartVring(uint16_t q, const VringSetup& r) {
                     reinterpret_cast<uint64_t>(avail), 0};
   if (absl::Status s = Send(Req::kSetVringAddr, Bytes(a)); !s.ok()) return s;
   // Drop stale signals from an earlier life of this ring.
-  Drain(call_[q]);
-  Drain(err_[q]);
+  DrainEventFd(call_[q]);
+  DrainEventFd(err_[q]);
   // Call and ERR before the kick that starts the ring, so no interrupt is lost.
   if (absl::Status s = Send(Req::kSetVringCall, Bytes(idx), {&call_[q], 1}); !s.ok()) return s;
   if (absl::Status s = Send(Req::kSetVringErr, Bytes(idx), {&err_[q], 1}); !s.ok()) return s;
@@ -467,7 +441,7 @@ absl::Status VmmFrontend::ResetDevice() {
 // ---- notifications -------------------------------------------------------------
 
 void VmmFrontend::Kick(uint16_t q) {
-  if (q < kick_.size()) Signal(kick_[q]);
+  if (q < kick_.size()) SignalEventFd(kick_[q]);
 }
 
 bool VmmFrontend::WaitCall(uint16_t q, absl::Duration timeout, absl::Duration spin) {
@@ -511,7 +485,7 @@ void VmmFrontend::Monitor() {
     bool any = false;
     for (size_t q = 0; q < nq; ++q) {
       if (!(p[2 + q].revents & POLLIN)) continue;
-      Drain(err_[q]);
+      DrainEventFd(err_[q]);
       ring_errors_.fetch_or(uint64_t{1} << std::min<size_t>(q, 63), std::memory_order_acq_rel);
       VIOPORT_LOG(kWarning, "vmm front-end: ", opts_.socket_path, ": the back-end signalled an error on ring ", q);
       any = true;

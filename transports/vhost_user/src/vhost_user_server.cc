@@ -16,6 +16,8 @@
 #include "vhost_user_session.h"
 #include "vioport/transports/vhost_user_guest.h"
 #include "vioport/core/log.h"
+#include "vioport/transports/fd.h"
+#include "vioport/transports/unix_listener.h"
 
 namespace vioport {
 
@@ -25,47 +27,25 @@ using vhost_user::Message;
 using vhost_user::MessageReader;
 using vhost_user::Session;
 
-namespace {
-// Consumes a kick. The fd is shared with the front-end, which can make it
-// blocking again after Asio made it non-blocking (or read it first): read
-// only when poll says there is something, and once (one read of an eventfd
-// takes its whole count; a pipe holding more stays readable and wakes us).
-void Drain(int fd) {
-  pollfd p{fd, POLLIN, 0};
-  int r;
-  do {
-    r = ::poll(&p, 1, 0);
-  } while (r < 0 && errno == EINTR);
-  if (r != 1 || !(p.revents & POLLIN)) return;
-  uint64_t v[8];
-  if (::read(fd, v, sizeof v) < 0) return;
-}
-}  // namespace
-
 struct VhostUserConnection;
 
 struct VhostUserServer::Impl {
   VhostUserServer* self;
   asio::io_context* io;
   std::shared_ptr<VirtioDevice> device;
-  std::unique_ptr<Stream::acceptor> acceptor;
-  bool accepting = true;
+  std::unique_ptr<UnixListener<Stream>> listener;
   std::shared_ptr<VhostUserConnection> conn;
-  // Totals over closed connections, plus the live one's.
-  uint64_t connections = 0, refused = 0, protocol_errors = 0;
-  vhost_user::SessionCounters past{};
-  TransportCounters past_base;
-  std::string last_error;
-  // Expires with the server: an accept that completed before the server was
-  // destroyed (on the loop) may still have its handler queued.
-  std::shared_ptr<int> alive = std::make_shared<int>(0);
+  EndpointState state;
 
-  void Accept();
-  void Absorb(const Session& s) {
-    past += s.counters();
-    past_base += s.transport_counters();
-  }
+  void Accepted(Stream::socket sock);
 };
+
+// The session's counters beyond the base vocabulary.
+CounterList Extras(const vhost_user::SessionCounters& c) {
+  return {{"messages", c.messages},
+          {"inflight_resubmitted", c.resubmitted},
+          {"activations_refused", c.activation_refusals}};
+}
 
 // One front-end. Lives on the io thread; handlers hold it by shared_ptr and
 // return once Close() ran.
@@ -84,7 +64,7 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
   const std::string& name() const { return srv->self->options().name; }
 
   void Start() {
-    srv->connections++;
+    srv->state.connections++;
     boost::system::error_code ec;
     sock.non_blocking(true, ec);
     vhost_user::SessionOptions so;
@@ -107,7 +87,7 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
         absl::StatusOr<bool> r = self->reader.Feed(self->sock.native_handle(), &m);
         if (!r.ok()) {
           const bool eof = absl::IsUnavailable(r.status());
-          if (!eof) self->srv->protocol_errors++;
+          if (!eof) self->srv->state.protocol_errors++;
           return self->Close(std::string(r.status().message()), !eof);
         }
         if (!*r) break;
@@ -116,7 +96,7 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
         if (self->closed) return;
         if (absl::IsUnavailable(s)) return self->Close(std::string(s.message()), false);  // hung up mid-reply
         if (!s.ok()) {
-          self->srv->protocol_errors++;
+          self->srv->state.protocol_errors++;
           return self->Close(std::string(s.message()), true);
         }
       }
@@ -145,7 +125,7 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     w->async_wait(asio::posix::stream_descriptor::wait_read,
                   [self = shared_from_this(), q, w](const boost::system::error_code& ec) {
                     if (ec || self->closed || self->kick_watch[q].get() != w) return;
-                    Drain(w->native_handle());
+                    DrainEventFd(w->native_handle());
                     self->session->OnKick(q);
                     self->session->Serve(self->srv->self->options().spin_us);
                     self->RunDeferred();
@@ -194,15 +174,14 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     Teardown();
     // After Teardown, which keeps the session's last error (a ring error
     // from earlier): the reason the connection closed is what to report.
-    if (protocol_error) srv->last_error = why;
+    if (protocol_error) srv->state.SetError(why);
   }
 
   void Teardown() {
     if (closed) return;
     closed = true;
     if (session) {
-      srv->Absorb(*session);
-      if (!session->last_error().empty()) srv->last_error = session->last_error();
+      srv->state.Ended(session->transport_counters(), session->last_error(), Extras(session->counters()));
       session.reset();  // completes in-flight requests, resets the device, unmaps
     }
     deferred.clear();
@@ -224,25 +203,15 @@ absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Create(asio::i
                                                    device->num_queues()));
   if (options.socket_path.empty()) return absl::InvalidArgumentError("vhost-user: no socket path");
   std::unique_ptr<VhostUserServer> s(new VhostUserServer(std::move(options)));
-  auto impl = std::make_unique<Impl>();
-  impl->self = s.get();
-  impl->io = &io;
-  impl->device = std::move(device);
-  struct stat st;
-  if (::lstat(s->opts_.socket_path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode))
-      return absl::AlreadyExistsError(absl::StrCat(s->opts_.socket_path, " exists and is not a socket"));
-    ::unlink(s->opts_.socket_path.c_str());
-  }
-  boost::system::error_code ec;
-  impl->acceptor = std::make_unique<Stream::acceptor>(io);
-  impl->acceptor->open(Stream(), ec);
-  if (!ec) impl->acceptor->bind(Stream::endpoint(s->opts_.socket_path), ec);
-  if (!ec) impl->acceptor->listen(4, ec);
-  if (ec)
-    return absl::UnavailableError(absl::StrCat("vhost-user: listen on ", s->opts_.socket_path, ": ", ec.message()));
-  s->impl_ = std::move(impl);
-  s->impl_->Accept();
+  s->impl_ = std::make_unique<Impl>();
+  Impl* im = s->impl_.get();
+  im->self = s.get();
+  im->io = &io;
+  im->device = std::move(device);
+  auto l = UnixListener<Stream>::Listen(io, s->opts_.socket_path, Stream(),
+                                        [im](Stream::socket sock) { im->Accepted(std::move(sock)); });
+  if (!l.ok()) return absl::Status(l.status().code(), absl::StrCat("vhost-user: ", l.status().message()));
+  im->listener = std::move(*l);
   VIOPORT_LOG(kInfo, s->opts_.name, ": listening on ", s->opts_.socket_path, " (vhost-user)");
   return s;
 }
@@ -251,39 +220,21 @@ VhostUserServer::~VhostUserServer() {
   if (!impl_) return;
   if (impl_->conn) impl_->conn->Close("server stopping", false);
   impl_->conn.reset();
-  boost::system::error_code ec;
-  if (impl_->acceptor) impl_->acceptor->close(ec);
-  ::unlink(opts_.socket_path.c_str());
+  impl_->listener.reset();
 }
 
-void VhostUserServer::Impl::Accept() {
-  if (!accepting || !acceptor->is_open()) return;
-  acceptor->async_accept([this, alive = std::weak_ptr<int>(alive)](const boost::system::error_code& ec,
-                                                                   Stream::socket sock) {
-    if (alive.expired() || ec == asio::error::operation_aborted || !acceptor->is_open()) return;
-    if (!ec) {
-      if (conn && !conn->closed) {
-        // One front-end at a time: the device has one driver.
-        refused++;
-        VIOPORT_LOG(kWarning, self->opts_.name, ": refused a second front-end (one is connected)");
-        boost::system::error_code e2;
-        sock.close(e2);
-      } else {
-        conn = std::make_shared<VhostUserConnection>(this, std::move(sock));
-        conn->Start();
-      }
-    } else {
-      VIOPORT_LOG(kWarning, self->opts_.name, ": accept: ", ec.message());
-    }
-    Accept();
-  });
+void VhostUserServer::Impl::Accepted(Stream::socket sock) {
+  if (conn && !conn->closed) {
+    // One front-end at a time: the device has one driver.
+    state.refused++;
+    VIOPORT_LOG(kWarning, self->opts_.name, ": refused a second front-end (one is connected)");
+    return;  // closing `sock`
+  }
+  conn = std::make_shared<VhostUserConnection>(this, std::move(sock));
+  conn->Start();
 }
 
-void VhostUserServer::StopAccepting() {
-  impl_->accepting = false;
-  boost::system::error_code ec;
-  impl_->acceptor->close(ec);
-}
+void VhostUserServer::StopAccepting() { impl_->listener->Close(); }
 
 absl::Status VhostUserServer::Quiesce() {
   if (impl_->conn && !impl_->conn->closed && impl_->conn->session) return impl_->conn->session->Quiesce();
@@ -299,24 +250,17 @@ uint8_t VhostUserServer::device_status() const {
 std::string VhostUserServer::last_error() const {
   if (connected() && impl_->conn->session && !impl_->conn->session->last_error().empty())
     return impl_->conn->session->last_error();
-  return impl_->last_error;
+  return impl_->state.error();
 }
 
 void VhostUserServer::AppendCounters(CounterList* out) const {
-  vhost_user::SessionCounters c = impl_->past;
-  TransportCounters t = impl_->past_base;
+  TransportCounters live;
+  CounterList extras;
   if (connected() && impl_->conn->session) {
-    c += impl_->conn->session->counters();
-    t += impl_->conn->session->transport_counters();
+    live = impl_->conn->session->transport_counters();
+    extras = Extras(impl_->conn->session->counters());
   }
-  t.reconnects = impl_->connections > 0 ? impl_->connections - 1 : 0;
-  t.AppendTo(out);
-  out->insert(out->end(), {{"connections", impl_->connections},
-                           {"connections_refused", impl_->refused},
-                           {"protocol_errors", impl_->protocol_errors},
-                           {"messages", c.messages},
-                           {"inflight_resubmitted", c.resubmitted},
-                           {"activations_refused", c.activation_refusals}});
+  impl_->state.AppendCounters(live, extras, out);
 }
 
 void RegisterVhostUserTransport() {

@@ -17,6 +17,7 @@
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/log.h"
 #include "vioport/core/split_device_queue.h"
+#include "vioport/transports/fd.h"
 
 namespace vioport::vhost_user {
 namespace {
@@ -27,25 +28,6 @@ absl::Status WrongState(const std::string& why) { return absl::FailedPreconditio
 void CloseFd(int& fd) {
   if (fd >= 0) ::close(fd);
   fd = -1;
-}
-
-void SignalFd(int fd) {
-  if (fd < 0) return;
-  // The fd is the front-end's: a blocking eventfd one below its maximum
-  // count (or a full pipe) would block the loop, and every device on it.
-  // Write only what poll says it takes; if it takes nothing, it is still
-  // readable from earlier signals.
-  pollfd p{fd, POLLOUT, 0};
-  int pr;
-  do {
-    pr = ::poll(&p, 1, 0);
-  } while (pr < 0 && errno == EINTR);
-  if (pr != 1 || !(p.revents & POLLOUT)) return;
-  const uint64_t one = 1;
-  ssize_t r;
-  do {
-    r = ::write(fd, &one, sizeof one);
-  } while (r < 0 && errno == EINTR);
 }
 
 bool Has(uint64_t bits, unsigned b) { return (bits >> b) & 1; }
@@ -105,7 +87,7 @@ class Session::Interrupts final : public InterruptSink {
   void QueueInterrupt(uint16_t q) override {
     if (q >= call_.size()) return;
     sent_.fetch_add(1, std::memory_order_relaxed);
-    SignalFd(call_[q].load(std::memory_order_acquire));
+    SignalForeignEventFd(call_[q].load(std::memory_order_acquire));
   }
   // No back-end request channel is negotiated, so a config change cannot be
   // announced; it is counted (and the front-end reads it on its next GET_CONFIG).
@@ -766,7 +748,7 @@ void Session::OnRingError(uint16_t q, RingError e) {
   needs_reset_ = true;
   last_error_ = absl::StrCat("queue ", q, ": ", RingErrorName(e));
   VIOPORT_LOG(kWarning, opts_.name, ": ", last_error_, " - device stopped until the front-end resets it");
-  if (q < vrings_.size()) SignalFd(vrings_[q].err);
+  if (q < vrings_.size()) SignalForeignEventFd(vrings_[q].err);
   // Not from inside the device's call stack: stop it once it has returned.
   std::weak_ptr<bool> alive = alive_;
   host_->Defer([this, alive] {

@@ -64,9 +64,14 @@ class EndpointState {
   // A guest's connection ended: keep its controller's counters and error,
   // and the transport's own counters of it (`extras`, summed by name).
   void Ended(const DeviceController& c, const CounterList& extras = {}) ABSL_LOCKS_EXCLUDED(mu_) {
+    Ended(c.transport_counters(), c.last_error(), extras);
+  }
+  // The same for a transport that drives its device without a controller.
+  void Ended(const TransportCounters& counters, const std::string& last_error, const CounterList& extras)
+      ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock l(&mu_);
-    past_ += c.transport_counters();
-    if (!c.last_error().empty()) error_ = c.last_error();
+    past_ += counters;
+    if (!last_error.empty()) error_ = last_error;
     Sum(extras, &past_extras_);
   }
   // The base counters (those of ended connections plus `live`, and

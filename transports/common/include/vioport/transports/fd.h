@@ -41,6 +41,10 @@ class UniqueFd {
 UniqueFd MakeEventFd();
 // Adds one to an eventfd we own (a saturated counter wakes the reader anyway).
 void SignalEventFd(int fd);
+// Signals an eventfd someone else owns (a VMM's call eventfd), which may be
+// blocking and one below its maximum count: writes only if poll says it
+// takes the write (if it does not, it is still readable from earlier signals).
+void SignalForeignEventFd(int fd);
 // Empties an eventfd (or takes what a pipe holds), blocking or not, without waiting.
 void DrainEventFd(int fd);
 // Waits until `fd` is readable (or hung up) or `deadline` passes; false on timeout.
