@@ -338,7 +338,7 @@ void BlkDevice::WaitIdle(Queue& q, bool drop) {
 void BlkDevice::PublishIfNeeded(Queue& q) {
   if (!q.publish) return;
   q.publish = false;
-  if (q.vq->Publish() && ctx_.interrupt) ctx_.interrupt->QueueInterrupt(q.index);
+  ctx_.Publish(*q.vq);
 }
 
 void BlkDevice::LogIoError(const char* what, int err) {

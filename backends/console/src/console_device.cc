@@ -298,7 +298,7 @@ absl::Status ConsoleDevice::Quiesce() {
     tx_bytes_.fetch_add(rest, std::memory_order_relaxed);
     txq_->AddUsed(std::move(tx_chain_), 0);
     tx_chain_offset_ = 0;
-    if (txq_->Publish() && ctx_.interrupt) ctx_.interrupt->QueueInterrupt(console::kTransmitQueue);
+    ctx_.Publish(*txq_);
   }
   FlushTx();
   UpdateInterest();
@@ -410,7 +410,7 @@ bool ConsoleDevice::DeliverRx() {
     rx_bytes_.fetch_add(n, std::memory_order_relaxed);
     used = true;
   }
-  if (used && q.Publish() && ctx_.interrupt) ctx_.interrupt->QueueInterrupt(console::kReceiveQueue);
+  if (used) ctx_.Publish(q);
   return used;
 }
 
@@ -471,7 +471,7 @@ bool ConsoleDevice::DrainTx() {
         used = true;
       }
     }
-    if (used && q.Publish() && ctx_.interrupt) ctx_.interrupt->QueueInterrupt(console::kTransmitQueue);
+    if (used) ctx_.Publish(q);
     // While blocked, notifications stay off: EPOLLOUT brings the device back.
     if (st == PopStatus::kError || tx_blocked_ || q.broken()) break;
     if (!q.EnableNotifications()) break;

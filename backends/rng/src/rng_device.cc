@@ -47,7 +47,7 @@ void RngDevice::QueueNotify(uint16_t queue) {
       bytes_.fetch_add(done, std::memory_order_relaxed);
       q.AddUsed(std::move(chain), done);
     }
-    if (q.Publish() && ctx_.interrupt) ctx_.interrupt->QueueInterrupt(0);
+    ctx_.Publish(q);
     if (st == PopStatus::kError || !q.EnableNotifications()) break;
     q.DisableNotifications();
   }

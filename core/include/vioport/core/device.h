@@ -33,6 +33,12 @@ struct ActivateContext {
   std::shared_ptr<GuestMemory> memory;
   std::vector<std::unique_ptr<DeviceQueue>> queues;  // index = queue number; null if not enabled
   std::shared_ptr<InterruptSink> interrupt;
+
+  // Makes q's used entries visible and interrupts the driver if it asked to
+  // be (event suppression decides); what a device does after completing work.
+  void Publish(DeviceQueue& q) const {
+    if (q.Publish() && interrupt) interrupt->QueueInterrupt(q.index());
+  }
 };
 
 // Threading: a device is driven by one thread at a time. Every call below
