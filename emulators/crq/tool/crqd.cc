@@ -216,6 +216,10 @@ class Daemon {
       absl::StrAppend(&out, "hcall ", std::string(HcallName(op)), " calls=", c.calls, " errors=", c.errors,
                       " not_success=", c.not_success, " bytes_copied=", c.bytes_copied, "\n");
     }
+    if (const HcallCounters& u = st.untracked_hcalls; u.calls != 0) {
+      absl::StrAppend(&out, "hcall untracked calls=", u.calls, " errors=", u.errors, " not_success=", u.not_success,
+                      "\n");
+    }
     absl::StrAppend(&out, "messages_delivered ", st.messages_delivered, "\nmessages_lost ", st.messages_lost,
                     "\nevents_posted ", st.events_posted, "\nevents_lost ", st.events_lost, "\ninterrupts ",
                     st.interrupts, "\n");
