@@ -241,6 +241,9 @@ int64_t DomainSession::Call(uint64_t opcode, std::span<const uint64_t> in) {
       // once into our copy, validated by the model, statuses written back.
       const uint64_t n = args[0];
       if (n > wire::kCopySegmentsPerCall) return -EINVAL;
+      // Nothing to copy (and no buffer to memcpy into: a null pointer there
+      // is undefined even for 0 bytes).
+      if (n == 0) return 0;
       std::vector<wire::CopySegmentWire> w(n);
       std::memcpy(w.data(), d.arg_page(), n * sizeof(wire::CopySegmentWire));
       std::vector<CopySegment> segs(n);
