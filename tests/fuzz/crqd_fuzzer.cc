@@ -47,6 +47,7 @@
 //   kind % 8 == 7  no-op (a separator for the mutator)
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -67,9 +68,14 @@ constexpr uint64_t kGuard = 4096;
 constexpr uint32_t kMaxMemfdPages = 16;
 constexpr uint64_t kWindowPages = 16;
 
-void Check(bool ok) {
-  if (!ok) std::abort();
+// A broken invariant names its line before aborting, so a crash file tells
+// which check it broke.
+void CheckAt(bool ok, int line) {
+  if (ok) return;
+  std::fprintf(stderr, "invariant broken at %s:%d\n", __FILE__, line);
+  std::abort();
 }
+#define Check(ok) CheckAt((ok), __LINE__)
 
 struct Endpoint {
   PartitionId pid;

@@ -160,6 +160,13 @@ SEEDS = {
     # Regression: GNTTABOP_copy with count 0 memcpy'd from a null vector
     # pointer (UB, found by this fuzzer); now it answers 0 and touches nothing.
     "copy_count_zero": FRONT_BACK + hcall(1, COPY, small(0)) + hcall(0, COPY, zero()),
+    # The granter rewrites entries while they are mapped (clearing the pin
+    # bits, changing frame and access): maps of a pinned entry keep its
+    # frame; the granter only confuses itself.
+    "rewrite_pinned": FRONT_BACK + grant(0, 9, D0, 1, readonly=True) + map_req(1, D1, 9, readonly=True) +
+    grant(0, 9, D0, 3, readonly=True) + map_req(1, D1, 9, readonly=True) + grant(0, 9, D0, 2) +
+    map_req(1, D1, 9) + grant(0, 9, D2, 2) + map_req(1, D1, 9, readonly=True) + hcall(1, UNMAP, handle(0)) +
+    hcall(1, UNMAP, handle(1)) + hcall(1, UNMAP, handle(2)) + grant(0, 9, D0, 2) + map_req(1, D1, 9),
     "events_ring": FRONT_BACK + connect(2, D2, pool=0, pages=4) +
     hcall(0, ALLOC_UNBOUND, dom(D0)) + hcall(0, ALLOC_UNBOUND, dom(D2)) + hcall(1, BIND, dom(D1), port(1)) +
     hcall(2, BIND, dom(D1), port(2)) + ring(0, 0, 0xFFFFFFF0) + hcall(1, SEND, port(1)) + hcall(2, SEND, port(1)) +
