@@ -519,6 +519,36 @@ TEST_F(CrqTest, HcallDispatchAndCounters) {
   EXPECT_EQ(stats.per_hcall.at(kHRegCrq).not_success, 1u);
 }
 
+// A partition calling every opcode number must not grow the statistics
+// without bound: beyond kMaxTrackedOpcodes entries, unknown opcodes share
+// one counter, and known opcodes still get their own.
+TEST_F(CrqTest, UnknownOpcodesKeepTheStatisticsBounded) {
+  for (uint64_t op = 0x10000; op < 0x10000 + 1000; ++op) EXPECT_EQ(hv_.Hcall(kClient, op, {}).rc, kHFunction);
+  const uint64_t get[] = {kClientLiobn, 0};
+  EXPECT_EQ(hv_.Hcall(kClient, kHGetTce, get).rc, kHSuccess);
+  const auto stats = hv_.Stats();
+  EXPECT_EQ(stats.per_hcall.size(), Hypervisor::kMaxTrackedOpcodes - 10 + 1);
+  EXPECT_EQ(stats.per_hcall.at(0x10000).calls, 1u);
+  EXPECT_EQ(stats.per_hcall.at(kHGetTce).calls, 1u);
+  EXPECT_EQ(stats.untracked_hcalls.calls, 1000u - (Hypervisor::kMaxTrackedOpcodes - 10));
+  EXPECT_EQ(stats.untracked_hcalls.errors, stats.untracked_hcalls.calls);
+}
+
+// RemovePartition forgets the partition's record (ids come from HELLOs: one
+// per id ever seen would grow without bound); a restart adds it anew, with
+// other memory, and TCEs are checked against the new size.
+TEST_F(CrqTest, RemovedPartitionMayReturnWithOtherMemory) {
+  ASSERT_TRUE(hv_.RemovePartition(kClient).ok());
+  EXPECT_FALSE(hv_.RemovePartition(kClient).ok());
+  const uint64_t get[] = {kClientLiobn, 0};
+  EXPECT_EQ(hv_.Hcall(kClient, kHGetTce, get).rc, kHParameter);
+  std::vector<uint8_t> other(2 * kTcePageSize);
+  ASSERT_TRUE(hv_.AddPartition(kClient, other.data(), other.size()).ok());
+  EXPECT_EQ(hv_.PutTce(kClient, kClientLiobn, 0, MakeTce(kTcePageSize, kTceRead)), kHSuccess);
+  EXPECT_EQ(hv_.PutTce(kClient, kClientLiobn, 0, MakeTce(2 * kTcePageSize, kTceRead)), kHParameter);  // beyond its memory
+  ASSERT_TRUE(hv_.RemovePartition(kClient).ok());
+}
+
 TEST_F(CrqTest, HcallDelay) {
   for (DelayMode mode : {DelayMode::kBusyWait, DelayMode::kSleep}) {
     hv_.SetHcallDelay(2'000'000, mode);

@@ -19,6 +19,14 @@ constexpr uint64_t kMaxWindowBytes = 16ull << 30;
 constexpr uint64_t kPageMask = kTcePageSize - 1;
 
 uint64_t NormalizeTce(uint64_t tce) { return (tce & kTcePermMask) == 0 ? 0 : MakeTce(tce, tce); }
+
+// The hypercalls Hcall serves: each keeps a place in the statistics.
+constexpr uint64_t kKnownOpcodeList[] = {kHRegCrq, kHFreeCrq, kHSendCrq,  kHEnableCrq, kHVioSignal,
+                                         kHPutTce, kHGetTce,  kHStuffTce, kHPutTceIndirect, kHCopyRdma};
+constexpr size_t kKnownOpcodes = std::size(kKnownOpcodeList);
+bool IsKnownOpcode(uint64_t opcode) {
+  return std::find(std::begin(kKnownOpcodeList), std::end(kKnownOpcodeList), opcode) != std::end(kKnownOpcodeList);
+}
 }  // namespace
 
 Hypervisor::~Hypervisor() = default;
@@ -56,7 +64,17 @@ int64_t Hypervisor::Run(uint64_t opcode, F&& body) {
 }
 
 void Hypervisor::Count(uint64_t opcode, int64_t rc, uint64_t bytes) {
-  HcallCounters& c = stats_.per_hcall[opcode];
+  // Opcodes come from the partition: a new key per unknown one would let it
+  // grow the map without bound. Known opcodes (10) always fit.
+  auto it = stats_.per_hcall.find(opcode);
+  if (it == stats_.per_hcall.end()) {
+    // Room for every known opcode is kept; unknown ones share the rest.
+    size_t unknown = 0;
+    for (const auto& [op, c] : stats_.per_hcall) unknown += IsKnownOpcode(op) ? 0 : 1;
+    if (IsKnownOpcode(opcode) || unknown < kMaxTrackedOpcodes - kKnownOpcodes)
+      it = stats_.per_hcall.emplace(opcode, HcallCounters{}).first;
+  }
+  HcallCounters& c = it != stats_.per_hcall.end() ? it->second : stats_.untracked_hcalls;
   ++c.calls;
   if (rc < 0) ++c.errors;
   if (rc != kHSuccess) ++c.not_success;
@@ -98,11 +116,9 @@ absl::Status Hypervisor::RemovePartition(PartitionId id) {
       ep->full_next = 0;
       std::fill(ep->window->tces.begin(), ep->window->tces.end(), 0);
     }
-    p->present = false;
-    p->memory = nullptr;
-    p->size = 0;
-    p->eventfd = -1;
-    p->callback = nullptr;
+    // Forgotten, not just marked absent: ids come from HELLOs, and a record
+    // per id ever seen would grow without bound. A restart adds it anew.
+    partitions_.erase(id);
     for (Endpoint* ep : had_queue) PostEvent(*ep->partner, kEventPartnerFailed, pending);
   }
   Deliver(pending);

@@ -7,7 +7,9 @@
 // interrupt eventfd. Each hypercall is then one request and one response
 // (wire protocol: vioport/emulators/crq_remote.h). A closed connection is the
 // partition's death. --control takes one text command per connection (fault
-// injection, statistics); crqctl is its client.
+// injection, statistics); crqctl is its client. What each connection says is
+// decoded by a crq::DaemonSession (src/crqd_session.h), which has no socket;
+// this file gives it one, a thread and the mailbox loop.
 
 #include <fcntl.h>
 #include <poll.h>
@@ -40,6 +42,7 @@
 #include "vioport/emulators/crq_hypervisor.h"
 #include "vioport/emulators/crq_remote.h"
 #include "vioport/emulators/hcall_mailbox.h"
+#include "crqd_session.h"
 
 namespace {
 
@@ -190,8 +193,7 @@ class Daemon {
       return StatsText() + "ok\n";
     } else if (cmd == "partitions") {
       std::string out;
-      std::lock_guard<std::mutex> lock(mu_);
-      for (PartitionId id : connected_) absl::StrAppend(&out, "partition ", id, "\n");
+      for (PartitionId id : registry_.Ids()) absl::StrAppend(&out, "partition ", id, "\n");
       return out + "ok\n";
     } else {
       return absl::StrCat("error: unknown command '", cmd,
@@ -207,15 +209,16 @@ class Daemon {
   std::string StatsText() {
     const HypervisorStats st = hv.Stats();
     std::string out;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      absl::StrAppend(&out, "partitions_connected ", connected_.size(), "\n");
-    }
+    absl::StrAppend(&out, "partitions_connected ", registry_.size(), "\n");
     absl::StrAppend(&out, "hellos_accepted ", accepted_.load(), "\nhellos_refused ", refused_.load(), "\nrequests ",
                     requests_.load(), "\n");
     for (const auto& [op, c] : st.per_hcall) {
       absl::StrAppend(&out, "hcall ", std::string(HcallName(op)), " calls=", c.calls, " errors=", c.errors,
                       " not_success=", c.not_success, " bytes_copied=", c.bytes_copied, "\n");
+    }
+    if (const HcallCounters& u = st.untracked_hcalls; u.calls != 0) {
+      absl::StrAppend(&out, "hcall untracked calls=", u.calls, " errors=", u.errors, " not_success=", u.not_success,
+                      "\n");
     }
     absl::StrAppend(&out, "messages_delivered ", st.messages_delivered, "\nmessages_lost ", st.messages_lost,
                     "\nevents_posted ", st.events_posted, "\nevents_lost ", st.events_lost, "\ninterrupts ",
@@ -232,6 +235,48 @@ class Daemon {
     std::fprintf(stderr, "crqd: refused a partition: %s\n", why.c_str());
     return false;
   }
+
+  // The kernel's part of one connection's session: the memfd that came
+  // with HELLO, its mapping and the interrupt eventfd (closed with the host,
+  // after the session has removed the partition).
+  class ConnectionHost final : public DaemonSession::Host {
+   public:
+    explicit ConnectionHost(int memfd) : memfd_(memfd) {}
+    ~ConnectionHost() override {
+      if (irq_ >= 0) ::close(irq_);
+    }
+    std::string CheckMemory(uint64_t bytes) override { return vioport::emu::CheckSealedMemfd(memfd_, bytes); }
+    absl::StatusOr<uint8_t*> MapMemory(uint64_t bytes) override {
+      void* m = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd_, 0);
+      if (m == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap: ", std::strerror(errno)));
+      return static_cast<uint8_t*>(m);
+    }
+    void UnmapMemory(uint8_t* memory, uint64_t bytes) override { ::munmap(memory, bytes); }
+    absl::StatusOr<int> InterruptFd() override {
+      irq_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (irq_ < 0) return absl::ResourceExhaustedError(std::strerror(errno));
+      return irq_;
+    }
+    // A restarted partition waits up to a second for its predecessor's
+    // thread to read the EOF and release the id.
+    bool RetryClaim() override {
+      const auto now = std::chrono::steady_clock::now();
+      if (!waiting_) {
+        waiting_ = true;
+        until_ = now + std::chrono::seconds(1);
+      }
+      if (now >= until_) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return true;
+    }
+    int irq() const { return irq_; }
+
+   private:
+    int memfd_;
+    int irq_ = -1;
+    bool waiting_ = false;
+    std::chrono::steady_clock::time_point until_;
+  };
 
   void Serve(int fd) {
     // However this ends, the peer sees the connection close now; the fd
@@ -252,62 +297,16 @@ class Daemon {
         if (fd >= 0) ::close(fd);
       }
     } close_memfd{memfd};
-    if (hello.magic != wire::kHelloMagic || hello.version != wire::kWireVersion) {
-      Refuse(fd, "bad HELLO (magic or version)");
+    // Declared before the session: the eventfd outlives the partition.
+    ConnectionHost host(memfd);
+    DaemonSession session(hv, registry_, &host);
+    const DaemonSession::HelloResult hr =
+        session.Hello(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&hello), sizeof hello), memfd >= 0);
+    if (!hr.accepted) {
+      Refuse(fd, hr.error);
       return;
     }
-    const PartitionId id = hello.partition;
-    const uint64_t size = hello.memory_bytes;
-    if (memfd < 0) {
-      Refuse(fd, "no memfd passed with HELLO");
-      return;
-    }
-    if (size == 0 || size % kTcePageSize != 0) {
-      Refuse(fd, absl::StrCat("memory of ", size, " bytes: must be whole 4 KiB pages"));
-      return;
-    }
-    if (const std::string why = vioport::emu::CheckSealedMemfd(memfd, size); !why.empty()) {
-      Refuse(fd, why);
-      return;
-    }
-    {
-      // A partition that just exited may still hold its id until its thread
-      // reads the EOF: a restarted one waits for that, up to a second.
-      std::unique_lock<std::mutex> lock(mu_);
-      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-      while (!connected_.insert(id).second) {
-        if (std::chrono::steady_clock::now() >= until) {
-          lock.unlock();
-          Refuse(fd, absl::StrCat("partition ", id, " is already connected"));
-          return;
-        }
-        lock.unlock();
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        lock.lock();
-      }
-    }
-    auto release_id = [&] {
-      std::lock_guard<std::mutex> lock(mu_);
-      connected_.erase(id);
-    };
-    void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-    if (m == MAP_FAILED) {
-      Refuse(fd, absl::StrCat("mmap: ", std::strerror(errno)));
-      release_id();
-      return;
-    }
-    uint8_t* mem = static_cast<uint8_t*>(m);
-    const int irq = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    absl::Status s = irq < 0 ? absl::ResourceExhaustedError(std::strerror(errno)) : hv.AddPartition(id, mem, size);
-    if (s.ok()) s = hv.SetInterruptEventfd(id, irq);
-    if (!s.ok()) {
-      Refuse(fd, std::string(s.message()));
-      (void)hv.RemovePartition(id);
-      if (irq >= 0) ::close(irq);
-      ::munmap(mem, size);
-      release_id();
-      return;
-    }
+    const PartitionId id = session.id();
     // The hypercall mailbox: shared memory with the partition (see crq_remote.h).
     int mbfd = -1;
     wire::Mailbox* mb = vioport::emu::CreateMailbox(absl::StrCat("crqd-mailbox-", id), &mbfd);
@@ -316,7 +315,7 @@ class Daemon {
       ok.status = 1;
       std::snprintf(ok.error, sizeof ok.error, "crqd: cannot create the hypercall mailbox");
     }
-    bool alive = wire::SendWithFd(fd, &ok, sizeof ok, mb ? irq : -1) && mb != nullptr;
+    bool alive = wire::SendWithFd(fd, &ok, sizeof ok, mb ? host.irq() : -1) && mb != nullptr;
     if (alive) {
       wire::MailboxReply mr;
       mr.bytes = wire::kMailboxBytes;
@@ -325,7 +324,8 @@ class Daemon {
     if (mbfd >= 0) ::close(mbfd);
     if (alive) {
       accepted_.fetch_add(1);
-      std::fprintf(stderr, "crqd: partition %u connected (%llu bytes)\n", id, static_cast<unsigned long long>(size));
+      std::fprintf(stderr, "crqd: partition %u connected (%llu bytes)\n", id,
+                   static_cast<unsigned long long>(session.memory_bytes()));
     }
     // Each call: poll the mailbox for `spin`, then sleep on the socket (a
     // kick, or EOF: the partition died); see hcall_mailbox.h.
@@ -333,20 +333,16 @@ class Daemon {
     vioport::emu::MailboxServer::Request req;
     while (alive && server.Next(&req)) {
       requests_.fetch_add(1, std::memory_order_relaxed);
-      const HcallResult r = hv.Hcall(id, req.opcode, std::span<const uint64_t>(req.args, wire::kMaxArgs));
+      const HcallResult r = session.Call(req.opcode, std::span<const uint64_t>(req.args, wire::kMaxArgs));
       server.Answer(req, r.rc, r.r4);
     }
     vioport::emu::UnmapMailbox(mb);
     // The partition died (or crqd is stopping): partners see FF 01.
-    (void)hv.RemovePartition(id);
-    ::close(irq);
-    ::munmap(mem, size);
-    release_id();
+    session.Close();
     std::fprintf(stderr, "crqd: partition %u disconnected\n", id);
   }
 
-  std::mutex mu_;
-  std::set<PartitionId> connected_;
+  PartitionRegistry registry_;
   std::atomic<uint64_t> accepted_{0}, refused_{0}, requests_{0};
   vioport::emu::ConnectionThreads conns_;  // last: its threads use the members above
 };

@@ -5,10 +5,13 @@
 // wire protocol are in vioport/emulators/xen_remote.h). One thread per
 // domain serves its hypercall mailbox (grant copy and unmap, setup_table,
 // event channels) and one its map socket (grant maps answered with the one
-// page's fd); the grant-table and event-channel models are shared by all.
-// xenstore work (a domain's socket, /local/domain/ID, @introduceDomain and
-// @releaseDomain, closing its backends) is posted to the io_context thread
-// that runs the XenStore, which is not thread-safe.
+// page's fd); what each message means is decided by the domain's
+// DomainSession (xen_domain_session.h, no sockets in it), and the models
+// and the registry of domains (Domains) are shared by all. This file gives
+// sessions their sockets, memfds, mappings and threads. xenstore work (a
+// domain's socket, /local/domain/ID, @introduceDomain and @releaseDomain,
+// closing its backends) is posted to the io_context thread that runs the
+// XenStore, which is not thread-safe.
 
 #include <atomic>
 #include <chrono>
@@ -29,6 +32,7 @@
 #include "vioport/emulators/xen_grants.h"
 #include "vioport/emulators/xenstore.h"
 #include "vioport/emulators/xenstore_server.h"
+#include "xen_domain_session.h"
 
 namespace vioport::xen {
 
@@ -62,20 +66,14 @@ class DomainService {
   void Shutdown();
 
  private:
-  struct Domain;
+  class ConnectionHost;
 
   void AcceptLoop();
   void Serve(int fd);
   bool Refuse(int fd, const std::string& why);
   // Serves one domain's map socket until it closes.
-  void ServeMaps(const std::shared_ptr<Domain>& d, int fd);
-  void Hypercall(Domain& d, const uint64_t* args, uint64_t opcode, int64_t* rc);
-  // The domain died: everything but its memory goes; the memory too unless
-  // others still map its pages (then it is a zombie until they unmap).
-  void Die(const std::shared_ptr<Domain>& d, bool log);
-  // Frees the memory of zombies no one maps any more.
-  void Reap();
-  static void FreeMemory(Domain& d);
+  void ServeMaps(DomainSession& session, int fd);
+  bool stopping();
   // Runs `f` on the io thread and waits for it.
   void OnIo(std::function<void()> f);
   // The toolstack's part of a death: every backend directory `dom` owned
@@ -86,18 +84,15 @@ class DomainService {
   XenStore& store_;
   XenStoreServer& xs_server_;
   const DomainServiceOptions options_;
-  GrantTables grants_;
-  EventChannels evtchn_;
+  Domains domains_;
   int listen_fd_ = -1, wake_fd_ = -1;
   std::thread acceptor_;
   uint64_t toolstack_conn_ = 0;  // a dom0 XenStore connection (io thread only)
   bool toolstack_open_ = false;
 
   std::mutex mu_;
-  emu::ConnectionThreads conns_;
-  std::map<DomId, std::shared_ptr<Domain>> domains_;  // live and zombie; guarded by mu_
-  uint64_t pool_in_use_ = 0;                        // guarded by mu_
-  bool stopping_ = false;                           // guarded by mu_
+  bool stopping_ = false;  // guarded by mu_
+  emu::ConnectionThreads conns_;  // last: its threads use the members above
 };
 
 }  // namespace vioport::xen

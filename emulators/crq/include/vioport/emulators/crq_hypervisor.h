@@ -87,7 +87,12 @@ struct HcallCounters {
 };
 
 struct HypervisorStats {
-  std::map<uint64_t, HcallCounters> per_hcall;  // by opcode
+  // By opcode: every known hypercall, and the first unknown opcodes called
+  // (up to Hypervisor::kMaxTrackedOpcodes entries in all); calls to further
+  // unknown opcodes are counted in untracked_hcalls, so that a partition
+  // calling every number cannot grow this without bound.
+  std::map<uint64_t, HcallCounters> per_hcall;
+  HcallCounters untracked_hcalls;
   uint64_t messages_delivered = 0;              // H_SEND_CRQ entries written
   uint64_t messages_lost = 0;                   // injected drops (sender saw H_SUCCESS)
   uint64_t events_posted = 0;                   // 0xFF entries written
@@ -101,6 +106,7 @@ class Hypervisor {
  public:
   static constexpr uint64_t kMaxCopyBytes = 16ull << 20;  // per H_COPY_RDMA call (PAPR minimum: 128 KiB)
   static constexpr uint64_t kMaxQueueBytes = 256ull << 20;
+  static constexpr size_t kMaxTrackedOpcodes = 64;  // HypervisorStats::per_hcall entries
 
   using InterruptCallback = std::function<void(PartitionId, UnitAddress)>;
 
