@@ -6,7 +6,7 @@
 //
 // Input: a sequence of 8-byte ops {kind u8, size u8, offset u16, value u32}:
 //   kind % 4 == 0  REG_WRITE(offset & 0x1ff, size, value) via MmioMirror (registers and configuration)
-//                  (offsets >= 0x100 are config writes, as shm.cc does)
+//                  (offsets >= 0x100 are config writes, as MmioMirror::Write takes them)
 //   kind % 4 == 1  QueueNotify(value & 0xffff)
 //   kind % 4 == 2  guest memory poke: 4 bytes `value` at offset*4 in the region
 //   kind % 4 == 3  register read of every control register (mirror refresh)

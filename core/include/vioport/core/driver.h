@@ -20,8 +20,8 @@ namespace vioport {
 
 // What a porter implements on the guest side for a new hypervisor: register
 // and config access, queue set-up, notify-out, and device-reachable memory.
-// Interrupts come back in by the transport calling VirtioDriver's handlers
-// (or the guest driver polling its queues).
+// Interrupts come back in through WaitForInterrupt, which the guest drivers
+// call when a used ring has nothing new (after polling it for a while).
 class DriverTransport {
  public:
   virtual ~DriverTransport() = default;
