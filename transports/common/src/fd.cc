@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -63,14 +64,13 @@ void DrainEventFd(int fd) {
 }
 
 bool WaitReadable(int fd, absl::Time deadline) {
-  for (;;) {
-    const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) return false;
+  for (;;) {  // at least one look, even past the deadline
     pollfd p{fd, POLLIN, 0};
-    const timespec ts = absl::ToTimespec(left);
+    const timespec ts = absl::ToTimespec(std::max(deadline - absl::Now(), absl::ZeroDuration()));
     const int r = ::ppoll(&p, 1, &ts, nullptr);
     if (r > 0) return true;
-    if (r < 0 && errno != EINTR) return true;  // let the read report it
+    if (r == 0) return false;
+    if (errno != EINTR) return true;  // let the read report it
   }
 }
 

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "vioport/transports/crq_guest.h"
 
-#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "vioport/core/log.h"
+#include "vioport/transports/fd.h"
 #include "vioport/transports/crq_server.h"
 
 namespace vioport::crq {
@@ -117,12 +117,7 @@ absl::Status CrqDriverTransport::Reconnect() {
 }
 
 void CrqDriverTransport::WaitIrq(absl::Duration timeout) {
-  pollfd fd{p_.interrupt_fd(), POLLIN, 0};
-  const timespec ts = absl::ToTimespec(std::max(timeout, absl::ZeroDuration()));
-  if (::ppoll(&fd, 1, &ts, nullptr) > 0) {
-    uint64_t v;
-    (void)!::read(p_.interrupt_fd(), &v, sizeof v);
-  }
+  if (WaitReadable(p_.interrupt_fd(), absl::Now() + timeout)) DrainEventFd(p_.interrupt_fd());
 }
 
 void CrqDriverTransport::DrainLocked() {
