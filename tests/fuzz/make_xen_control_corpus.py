@@ -4,7 +4,8 @@
 that connects, brings queues up through the register mailbox and has
 requests echoed, then reconnects (grants=map, grants=copy, two queues, a
 held request with a four-page map cache, and no cache at all, where the
-rings cannot be mapped and the device needs a reset); refusals of every kind
+rings cannot be mapped and the device needs a reset; a device reset after
+the cache filled, with rings on new grants); refusals of every kind
 of bad key; state sequences; a hostile mailbox; a frontend tearing down
 grants and ports under a connection. Writes tests/fuzz/corpus/xen_control/."""
 import os
@@ -127,6 +128,15 @@ def echo(flags, queues=1, extra=b""):
         bring_up(queues), requests(queues), restart()])
 
 
+def reset_new_rings():
+    # Four cached pages: the rings and one buffer fill them; after a device
+    # reset the driver puts its rings on new grants.
+    out = [bytes([2 << 2]), connect(), bring_up(), request(), kick(0), reg(0x70, 0), reg(0x70, 1), reg(0x70, 3),
+           reg(0x24, 1), reg(0x20, 1), reg(0x24, 0), reg(0x20, 0), reg(0x70, 11), queue_regs(0, 8, 7, 8, 9),
+           reg(0x70, 15), request(7, 8, 10, 11), kick(0)]
+    return b"".join(out)
+
+
 def refusals():
     bad = [raw("ctrl-ref", "abc\n"), key("num-queues", NUM, 99), key("ctrl-evtchn", HUGE, 1),
            key("queue-0/evtchn", REMOVE), key("protocol-version", NUM, 2), key("ctrl-ref", NUM, 30000),
@@ -175,6 +185,7 @@ seeds = {
     "echo_map_two_queues": echo(0, 2),
     "echo_map_held_cache4": echo(2 | 2 << 2, 1, release() + kick(0)),
     "echo_map_no_cache": echo(3 << 2),
+    "reset_new_rings": reset_new_rings(),
     "refusals": refusals(),
     "states": states(),
     "mailbox": mailbox(),

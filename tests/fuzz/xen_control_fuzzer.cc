@@ -48,6 +48,8 @@
 //    while not connected; a new seq is answered with that seq (result 1 for
 //    an offset past the mirror or a size other than 1, 2 or 4), a repeated
 //    one not at all;
+//  * a device reset leaves only the control page mapped (a driver setting
+//    its rings up anew on new grants must not find the map cache full);
 //  * staging buffers are all given back.
 #include <cstdint>
 #include <cstdio>
@@ -572,6 +574,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             if (off >= kRequestOffset || (sz != 1 && sz != 2 && sz != 4))
               Check(result == 1, "a write past the mirror or of a bad size not ignored");
             Check(xen.notifies(ctrl_port) > ctrl_notifies, "an answer without a notify");
+            if (session->controller()->status() == 0)
+              Check(xen.mapped() == 1, "grants other than the control page mapped across a device reset");
           }
         }
         break;

@@ -178,6 +178,12 @@ void BackendSession::OnControl() {
   if (!s.ok()) {
     counters_.register_writes_ignored++;
     VIOPORT_LOG(kInfo, o_.name, ": register write ignored: ", s.message());
+  } else if (off == mmio::reg::kStatus && ctl_->status() == 0) {
+    // A device reset ends what persistent mappings are kept for: the driver
+    // sets its rings up anew, often on new grants, and a cache left full
+    // would refuse to map them (the device could never start again).
+    mem_ = host_->MakeMemory();
+    (void)ctl_->SetMemory(mem_);  // the old memory goes, and its mappings with it
   }
   std::atomic_ref<uint32_t>(ans->result).store(s.ok() ? 0 : 1, std::memory_order_relaxed);
   ans->seq.store(seq, std::memory_order_release);

@@ -42,8 +42,8 @@ class BackendSession {
     virtual absl::StatusOr<EvtchnPort> Bind(EvtchnPort remote) = 0;
     virtual void Unbind(EvtchnPort local) = 0;
     virtual void Notify(EvtchnPort local) = 0;
-    // The frontend's memory for one connection (grant map or copy); dropped
-    // after the device is reset.
+    // The frontend's memory (grant map or copy), for one connection until
+    // the device is reset; each is dropped once the device stops using it.
     virtual std::shared_ptr<GuestMemory> MakeMemory() = 0;
     // Connected: events on `ctrl` go to OnControl(), those on queues[q] are
     // kicks of queue q for `ctl`.

@@ -29,10 +29,10 @@ struct XenServer::Impl : std::enable_shared_from_this<Impl>, BackendSession::Hos
   DeviceLoop loop;
   EndpointState state;
   std::unique_ptr<BackendSession> session;
-  // The live connection's memory (for its counters) and the ports it routes.
+  // The live memory (for its counters) and the connection's ports.
   std::shared_ptr<GuestMemory> mem;
   std::vector<EvtchnPort> routed;
-  GrantMemoryStats past_mem;  // connections that ended
+  GrantMemoryStats past_mem;  // memories that went
   uint64_t disconnects = 0;
 
   Impl(std::shared_ptr<XenBackendHost> h, std::shared_ptr<VirtioDevice> device, XenServerOptions opts)
@@ -61,6 +61,7 @@ struct XenServer::Impl : std::enable_shared_from_this<Impl>, BackendSession::Hos
   void Unbind(EvtchnPort local) override { (void)ch().Unbind(local); }
   void Notify(EvtchnPort local) override { (void)ch().Notify(local); }
   std::shared_ptr<GuestMemory> MakeMemory() override {
+    if (mem) past_mem += GrantMemoryStatsOf(*mem);
     mem = o.copy ? MakeGrantCopyMemory(ch(), o.frontend) : MakeGrantMapMemory(ch(), o.frontend, o.cache_pages);
     return mem;
   }
