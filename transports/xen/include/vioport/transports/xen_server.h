@@ -2,66 +2,26 @@
 #pragma once
 
 // The backend of virtio over Xen grants (docs/transports/xen.md), as vios
-// runs it: XenBackendHost is this process's domain (one XenChannel, one
-// xenstore connection, one event-channel dispatcher on the Asio loop), and
-// each XenServer serves one device to one frontend domain, walking the
-// XenbusState handshake as the toolstack and the backend, reaching the
-// frontend's memory through a GuestMemory over grants - persistent
-// mappings (map) or grant copy (copy).
+// runs it: each XenServer serves one device to one frontend domain on a
+// XenBackendHost (this process's domain), creating the device's xenstore
+// directories as the toolstack would, and walking the XenbusState
+// handshake as the backend (the protocol itself is src/backend_session.h),
+// reaching the frontend's memory through grants - persistent mappings
+// (map) or grant copy (copy).
 
-#include <atomic>
 #include <cstdint>
-#include <functional>
-#include <map>
 #include <memory>
 #include <string>
-#include <utility>
-#include <vector>
 
 #include "absl/status/statusor.h"
-#include "boost/asio/io_context.hpp"
 #include "vioport/core/device.h"
-#include "vioport/core/guest_memory.h"
 #include "vioport/core/spec.h"
-#include "vioport/transports/xen_channel.h"
+#include "vioport/transports/endpoint.h"
 #include "vioport/transports/registry.h"
-#include "vioport/transports/xs_client.h"
+#include "vioport/transports/xen_backend_host.h"
+#include "vioport/transports/xen_channel.h"
 
 namespace vioport::xen {
-
-class XenBackendHost : public std::enable_shared_from_this<XenBackendHost> {
- public:
-  // Handlers run on `io` (one thread).
-  static absl::StatusOr<std::shared_ptr<XenBackendHost>> Create(boost::asio::io_context& io,
-                                                                std::unique_ptr<XenChannel> channel);
-  ~XenBackendHost();
-  XenChannel& channel() { return *ch_; }
-  XsClient& xs() { return *xs_; }
-  boost::asio::io_context& io() { return io_; }
-
-  // Runs `fn` after each event on `port` (the port unmasked before it runs).
-  void OnPort(EvtchnPort port, std::function<void()> fn);
-  void RemovePort(EvtchnPort port);
-  // Runs `fn` on each event of the watch (path, token); the initial event too.
-  absl::Status OnWatch(const std::string& path, const std::string& token, std::function<void()> fn);
-  void RemoveWatch(const std::string& path, const std::string& token);
-  uint64_t wakeups() const { return wakeups_; }
-
- private:
-  struct Watcher;
-  XenBackendHost(boost::asio::io_context& io, std::unique_ptr<XenChannel> ch) : io_(io), ch_(std::move(ch)) {}
-  void WaitEvents();
-  void WaitWatches();
-
-  boost::asio::io_context& io_;
-  std::unique_ptr<XenChannel> ch_;
-  std::unique_ptr<XsClient> xs_;
-  std::shared_ptr<Watcher> w_;
-  std::map<EvtchnPort, std::function<void()>> ports_;
-  std::map<std::string, std::function<void()>> watches_;  // by token
-  std::vector<EvtchnPort> pending_;
-  uint64_t wakeups_ = 0;
-};
 
 struct XenServerOptions {
   std::string name;      // for logs, e.g. "d0@xen"
@@ -79,10 +39,6 @@ struct XenServerOptions {
   uint64_t transport_features = feature::kCoreSupported;
 };
 
-struct XenServerCounters {
-  std::atomic<uint64_t> connections{0}, refused{0}, register_writes{0}, register_writes_ignored{0}, disconnects{0};
-};
-
 class XenServer final : public DeviceEndpoint {
  public:
   // Creates the device's xenstore directories (as the toolstack), then
@@ -96,10 +52,10 @@ class XenServer final : public DeviceEndpoint {
 
   const XenServerOptions& options() const { return o_; }
   // DeviceEndpoint (on the io thread).
-  std::string where() const override;
+  std::string where() const override { return o_.where; }
   std::string mode() const override { return "xen"; }
-  bool connected() const override { return connected_.load(); }
-  uint8_t device_status() const override { return status_.load(); }
+  bool connected() const override;
+  uint8_t device_status() const override;
   std::string last_error() const override;
   void AppendCounters(CounterList* out) const override;
   absl::Status Quiesce() override;
@@ -110,19 +66,7 @@ class XenServer final : public DeviceEndpoint {
   explicit XenServer(XenServerOptions o) : o_(std::move(o)) {}
   XenServerOptions o_;
   std::shared_ptr<Impl> impl_;
-  std::atomic<bool> connected_{false};
-  std::atomic<uint8_t> status_{0};
 };
-
-// Guest memory over grants (exposed for tests): addresses are grant-encoded
-// (bit 63 | ref << 12 | offset) and a range spans consecutive refs.
-struct GrantMemoryStats {
-  uint64_t maps = 0, map_failures = 0, cached_pages = 0, copies = 0, copy_bytes = 0, copy_failures = 0,
-           overflow = 0;
-};
-std::shared_ptr<GuestMemory> MakeGrantMapMemory(XenChannel& ch, DomId frontend, uint32_t cache_pages);
-std::shared_ptr<GuestMemory> MakeGrantCopyMemory(XenChannel& ch, DomId frontend);
-GrantMemoryStats GrantMemoryStatsOf(const GuestMemory& m);
 
 }  // namespace vioport::xen
 
