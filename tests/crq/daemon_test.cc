@@ -25,7 +25,7 @@
 #include <thread>
 #include <vector>
 
-#include "../vios/process.h"
+#include "vioport/testing/process.h"
 #include "gtest/gtest.h"
 #include "vioport/transports/crq_hcall.h"
 #include "vioport/emulators/crq_remote.h"

@@ -83,7 +83,7 @@ std::string FindProgram(const char* env, const std::string& name) {
 }
 
 // ---------------------------------------------------------------------------
-// Child processes. Like tests/vios/process.h, plus: the child dies with this
+// Child processes. Like vioport/testing/process.h (tests/support), plus: the child dies with this
 // process (PR_SET_PDEATHSIG), so a ctest timeout that SIGKILLs the test leaves
 // no QEMU or vios behind; and the owner kills it on destruction.
 class Child {

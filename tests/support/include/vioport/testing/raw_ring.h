@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Raw ring writers: a driver that writes ring memory byte by byte, so tests
-// and fuzz targets can build any ring, valid or hostile, for the device side.
+// and fuzz targets can build any ring, valid or hostile, for the device side:
+// over a flat memory in this process (FlatGuest), or over any transport's
+// DMA memory (RawDriverRing).
 #pragma once
 
 #include <cstdint>
@@ -8,7 +10,10 @@
 #include <memory>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "vioport/core/device_queue.h"
+#include "vioport/core/dma.h"
+#include "vioport/core/driver.h"
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/spec.h"
 
@@ -93,6 +98,39 @@ class RawPackedRing {
   FlatGuest& g_;
   uint32_t size_;
   uint64_t ring_, driver_, device_;
+};
+
+// A split ring written by hand over any DriverTransport: its three areas
+// come from the transport's DMA allocator, so the device sees them wherever
+// that transport puts guest memory (a memfd, grants, a TCE window), and the
+// descriptors say whatever the test writes, valid or not. Queue setup goes
+// through the transport's own calls (status, features, EnableQueue).
+class RawDriverRing {
+ public:
+  RawDriverRing(DriverTransport& t, uint16_t size = 8);
+  ~RawDriverRing();  // frees what it allocated (the ring areas and Alloc's buffers)
+  RawDriverRing(const RawDriverRing&) = delete;
+  RawDriverRing& operator=(const RawDriverRing&) = delete;
+
+  // Reset, ACKNOWLEDGE|DRIVER, VERSION_1 only, FEATURES_OK, queue `queue` on
+  // this ring (zeroed first), DRIVER_OK. An error names the step refused.
+  absl::Status Start(uint16_t queue = 0);
+  // DMA memory for request buffers (zeroed), freed with the ring.
+  absl::StatusOr<DmaBuffer> Alloc(size_t bytes, Access access);
+  void SetDesc(uint16_t i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next = 0);
+  // avail.ring[idx % size] = head, avail.idx + 1 (release), then notifies.
+  void Publish(uint16_t head);
+  uint16_t used_idx() const;
+  VirtqUsedElem used(uint16_t slot) const;
+  uint16_t queue() const { return queue_; }
+
+ private:
+  DriverTransport& t_;
+  uint16_t size_;
+  uint16_t queue_ = 0;
+  uint16_t avail_idx_ = 0;
+  DmaBuffer desc_{}, avail_{}, used_{};
+  std::vector<DmaBuffer> buffers_;
 };
 
 }  // namespace vioport::testing

@@ -2,7 +2,8 @@
 #pragma once
 
 // Child processes for the whole-system tests: spawn vios / vioguest /
-// viosctl, capture their output into files, wait with a deadline.
+// viosctl, capture their output into files, wait with a deadline; wait for
+// a condition; read a whole file.
 
 #include <fcntl.h>
 #include <signal.h>
@@ -10,7 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -70,13 +73,35 @@ struct Proc {
   }
 };
 
+// Polls `pred` every 10 ms until it holds (true) or `seconds` pass (false).
+template <typename Pred>
+inline bool WaitFor(Pred pred, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  for (;;) {
+    if (pred()) return true;
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+inline std::vector<uint8_t> ReadAll(const std::string& path) {
+  std::vector<uint8_t> out;
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return out;
+  uint8_t buf[65536];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.insert(out.end(), buf, buf + n);
+  ::close(fd);
+  return out;
+}
+
 // Starts argv[0] with the rest as arguments; stdout and stderr go to files
 // named after `tag` in `dir`.
 inline Proc Spawn(const std::vector<std::string>& argv, const std::string& dir, const std::string& tag) {
-  static int counter = 0;
+  static std::atomic<int> counter{0};  // tests spawn from several threads
+  const int n = ++counter;
   Proc p;
-  p.out_path = dir + "/" + tag + "." + std::to_string(++counter) + ".out";
-  p.err_path = dir + "/" + tag + "." + std::to_string(counter) + ".err";
+  p.out_path = dir + "/" + tag + "." + std::to_string(n) + ".out";
+  p.err_path = dir + "/" + tag + "." + std::to_string(n) + ".err";
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);

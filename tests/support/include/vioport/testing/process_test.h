@@ -30,33 +30,10 @@
 #include "absl/strings/str_split.h"
 
 #include "absl/strings/str_cat.h"
-#include "process.h"
-#include "tool_output.h"
+#include "vioport/testing/process.h"
+#include "vioport/testing/tool_output.h"
 
 namespace vioport::testproc {
-
-// Polls `pred` every 10 ms until it holds (true) or `seconds` pass (false).
-template <typename Pred>
-inline bool WaitFor(Pred pred, double seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  for (;;) {
-    if (pred()) return true;
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-}
-
-inline std::vector<uint8_t> ReadAll(const std::string& path) {
-  std::vector<uint8_t> out;
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) return out;
-  uint8_t buf[65536];
-  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.insert(out.end(), buf, buf + n);
-  ::close(fd);
-  return out;
-}
-
-
 
 // A stream connection to the Unix socket `path`, retried for `seconds`
 // (the server may still be starting); -1 if it never connected.
@@ -100,8 +77,10 @@ class ProcessTest : public ::testing::Test {
 
   void SetUp() override {
     const char* base = std::filesystem::exists("/dev/shm") ? "/dev/shm" : "/tmp";  // tmpfs: fast files
-    dir_ = absl::StrCat(base, "/", prefix_, "-", ::getpid(), "-",
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    // A value-parameterized test's name has slashes ("Case/Shm"): one directory level.
+    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::replace(name.begin(), name.end(), '/', '.');
+    dir_ = absl::StrCat(base, "/", prefix_, "-", ::getpid(), "-", name);
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
   }
