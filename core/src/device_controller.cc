@@ -30,7 +30,9 @@ class DeviceController::CountingSink final : public InterruptSink {
 
 DeviceController::DeviceController(std::shared_ptr<VirtioDevice> device, std::shared_ptr<GuestMemory> memory,
                                    std::shared_ptr<InterruptSink> interrupt, uint64_t transport_features)
-    : device_(std::move(device)), memory_(std::move(memory)) {
+    : device_(std::move(device)),
+      name_(absl::StrCat("device ", static_cast<int>(device_->device_id()))),
+      memory_(std::move(memory)) {
   SetInterruptSink(std::move(interrupt));
   offered_ = feature::Offer(device_->device_features(), transport_features);
   queues_.resize(device_->num_queues());
@@ -109,7 +111,7 @@ absl::Status DeviceController::SetStatus(uint8_t s) {
     if (!ok.ok()) {
       // §3.1.1: FEATURES_OK does not stick; the driver re-reads and sees it unset.
       counters_.features_refused++;
-      VIOPORT_LOG(kInfo, "features 0x", absl::Hex(driver_features_), " refused: ", ok.message());
+      VIOPORT_LOG(kInfo, name_, ": features 0x", absl::Hex(driver_features_), " refused: ", ok.message());
       status_.store(next & ~status::kFeaturesOk, std::memory_order_release);
       return absl::OkStatus();
     }
@@ -172,7 +174,7 @@ absl::Status DeviceController::SetQueueSize(uint16_t q, uint32_t size) {
     const std::string why = size == 0 ? absl::StrCat("queue ", q, " size 0 refused")
                                       : absl::StrCat("queue ", q, " size ", size, " is above the device's maximum ",
                                                      device_->max_queue_size());
-    VIOPORT_LOG(kWarning, why);
+    VIOPORT_LOG(kWarning, name_, ": ", why);
     return absl::InvalidArgumentError(why);
   }
   queues_[q].size = size;
@@ -261,7 +263,9 @@ absl::Status DeviceController::Activate() {
 
 QueueErrorHandler DeviceController::MakeQueueErrorHandler() {
   return [this](uint16_t q, RingError err) {
-    counters_.ring_errors++;
+    // A channel that failed a copy (a partner gone, a hypervisor gone) broke
+    // nothing the driver did: counted apart from the driver's ring errors.
+    (err == RingError::kMemoryFault ? counters_.memory_faults : counters_.ring_errors)++;
     SetNeedsReset(RingErrorStatus(err, q).ToString());
   };
 }
@@ -272,7 +276,7 @@ void DeviceController::SetNeedsReset(const std::string& why) {
     if (status() & status::kDeviceNeedsReset) return;  // logged once
     last_error_ = why;
   }
-  VIOPORT_LOG(kWarning, "device ", static_cast<int>(device_->device_id()), ": ", why, "; DEVICE_NEEDS_RESET");
+  VIOPORT_LOG(kWarning, name_, ": ", why, "; DEVICE_NEEDS_RESET");
   const uint8_t prev = status_.fetch_or(status::kDeviceNeedsReset, std::memory_order_acq_rel);
   // §2.1.2: with DRIVER_OK set, the device must send a config change notification.
   if ((prev & status::kDriverOk) && interrupt_) interrupt_->ConfigInterrupt();

@@ -34,6 +34,7 @@ namespace {
 
 struct LoopbackChannel {
   std::shared_ptr<VirtioDevice> device;
+  std::string name;  // "ID@loopback", for the controller's log lines
   EndpointState state;
   absl::Mutex mu;
   LoopbackTransport* live ABSL_GUARDED_BY(mu) = nullptr;  // the guest's, while one is connected
@@ -66,7 +67,8 @@ class LoopbackEndpoint final : public DeviceEndpoint {
   }
   void AppendCounters(CounterList* out) const override {
     absl::MutexLock l(&ch_->mu);
-    ch_->state.AppendCounters(ch_->live ? ch_->live->controller().transport_counters() : TransportCounters{}, out);
+    ch_->state.AppendCounters(ch_->live ? ch_->live->controller().transport_counters() : TransportCounters{}, {},
+                              out);
   }
   absl::Status Quiesce() override { return ch_->device->Quiesce(); }
 
@@ -83,6 +85,7 @@ class LoopbackGuest final : public DriverTransport {
   LoopbackGuest(std::shared_ptr<LoopbackChannel> ch, uint64_t memory) : ch_(std::move(ch)) {
     LoopbackOptions o;
     o.memory_bytes = memory;
+    o.name = ch_->name;
     t_ = std::make_unique<LoopbackTransport>(ch_->device, o);
     absl::MutexLock l(&ch_->mu);
     ch_->live = t_.get();
@@ -130,6 +133,7 @@ void RegisterInProcessLoopback() {
          const std::string id = ctx.name.substr(0, ctx.name.find('@'));
          auto ch = std::make_shared<LoopbackChannel>();
          ch->device = ctx.device;
+         ch->name = ctx.name;
          absl::MutexLock l(&g_channels_mu);
          if (Channels().count(id) && !Channels()[id].expired())
            return absl::AlreadyExistsError(absl::StrCat("loopback ", id, " exists"));

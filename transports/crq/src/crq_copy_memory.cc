@@ -26,6 +26,7 @@ absl::Status CrqCopyMemory::Map(int64_t rc, uint64_t addr, uint64_t len, const c
   const std::string msg = absl::StrFormat("crq: H_COPY_RDMA %s %#x+%u: %s", what, addr, len, std::string(ReturnCodeName(rc)));
   switch (rc) {
     case kHPermission:
+      if (client_gone_ && client_gone_()) return absl::UnavailableError(absl::StrCat(msg, ": the client is gone"));
       return absl::PermissionDeniedError(msg);
     case kHSourceParm:
     case kHDestParm:

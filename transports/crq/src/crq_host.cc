@@ -240,7 +240,8 @@ class CrqEndpoint final : public DeviceEndpoint {
                              {"copies_direct", m.direct_copies()},
                              {"read_ahead_hits", m.read_ahead_hits()},
                              {"staging_slots", m.staging_slots()},
-                             {"partition_wakeups", host_->wakeups()}});
+                             {"partition_wakeups", host_->wakeups()},
+                             {"memory_faults", s_->controller().counters().memory_faults.load()}});
   }
   absl::Status Quiesce() override {
     // Finish what is in flight: run the servers until the device has nothing

@@ -72,6 +72,15 @@ absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::
   s->sink_->s = s.get();
   s->pending_used_.assign(device->num_queues(), false);
   s->ctl_ = std::make_unique<DeviceController>(std::move(device), s->mem_, s->sink_);
+  s->ctl_->set_name(o.name);
+  // PowerVM practice (ibmvscsis): after an H_PERMISSION, PING the client;
+  // H_CLOSED means it is gone (its queue went with its partition).
+  s->mem_->set_client_gone_probe([srv = s.get()] {
+    const Message ping = Message::Command(Op::kPing, srv->generation_);
+    const int64_t rc = srv->p_.SendCrq(srv->o_.unit, ping.hi(), ping.lo());
+    if (rc == kHSuccess && srv->state() == State::kConnected) srv->flow_.Sent();  // it answers; counted both ways
+    return rc == kHClosed;
+  });
   if (absl::Status st = s->Register(); !st.ok()) return st;
   return s;
 }

@@ -20,6 +20,7 @@ LoopbackTransport::LoopbackTransport(std::shared_ptr<VirtioDevice> device, const
                                 : std::shared_ptr<GuestMemory>(mapped);
   irq_ = std::make_shared<Irq>();
   ctl_ = std::make_unique<DeviceController>(std::move(device), device_mem_, irq_, opts_.transport_features);
+  if (!opts_.name.empty()) ctl_->set_name(opts_.name);
 }
 
 LoopbackTransport::~LoopbackTransport() { ctl_.reset(); }

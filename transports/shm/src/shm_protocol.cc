@@ -10,7 +10,7 @@ absl::Status SendMsg(int sock, const MsgHeader& h, std::string_view text, std::s
   uint8_t buf[kMaxMessageBytes];
   text = text.substr(0, sizeof buf - sizeof h);
   std::memcpy(buf, &h, sizeof h);
-  std::memcpy(buf + sizeof h, text.data(), text.size());
+  if (!text.empty()) std::memcpy(buf + sizeof h, text.data(), text.size());  // an empty view's data may be null
   return SendWithFds(sock, {buf, sizeof h + text.size()}, fds);
 }
 

@@ -65,6 +65,7 @@ absl::Status Session::Hello(const ReceivedMsg& m) {
       [this] { mirror_->Publish(); });
   ctl_ = std::make_unique<DeviceController>(device_, mem, irq_);
   ctl_->SetPolled(polled_);
+  ctl_->set_name(name_);
   std::memset(map, 0, kRegisterPageSize);
   mirror_ = std::make_unique<mmio::MmioMirror>(*ctl_, version, map);
   mirror_->Publish();

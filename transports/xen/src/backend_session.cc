@@ -130,6 +130,7 @@ absl::Status BackendSession::Connect() {
         if (mirror_) mirror_->Publish();
       });
   ctl_ = std::make_unique<DeviceController>(device_, mem_, irq_, o_.transport_features);
+  ctl_->set_name(o_.name);
   std::memset(ctrl_, 0, kRequestOffset);
   reinterpret_cast<ControlAnswer*>(ctrl_ + kAnswerOffset)->seq.store(0, std::memory_order_relaxed);
   // A request left in the page by an earlier connection is not replayed.

@@ -34,7 +34,8 @@ struct ControllerCounters {
   std::atomic<uint64_t> features_refused{0};
   std::atomic<uint64_t> notifies{0};
   std::atomic<uint64_t> notifies_ignored{0};  // before DRIVER_OK or out of range
-  std::atomic<uint64_t> ring_errors{0};
+  std::atomic<uint64_t> ring_errors{0};    // rings the driver broke
+  std::atomic<uint64_t> memory_faults{0};  // rings a failed memory channel stopped (RingError::kMemoryFault)
   std::atomic<uint64_t> queue_interrupts{0};   // used-buffer interrupts the device sent
   std::atomic<uint64_t> config_interrupts{0};
   std::atomic<uint64_t> bad_register_writes{0};
@@ -58,6 +59,10 @@ class DeviceController {
   DeviceController& operator=(const DeviceController&) = delete;
 
   VirtioDevice& device() { return *device_; }
+  // What the controller's log lines call the device ("d0@shm"); by default
+  // "device N" with N its virtio type.
+  void set_name(std::string name) { name_ = std::move(name); }
+  const std::string& name() const { return name_; }
   uint8_t status() const { return status_.load(std::memory_order_acquire); }
   // Writes the status register. 0 resets. Returns an error (and leaves the
   // status alone) for transitions the spec forbids, e.g. clearing bits.
@@ -124,6 +129,7 @@ class DeviceController {
   void OnConfigChanged();
 
   std::shared_ptr<VirtioDevice> device_;
+  std::string name_;
   std::shared_ptr<GuestMemory> memory_;
   std::shared_ptr<InterruptSink> interrupt_;  // the transport's, wrapped to count what goes out
   uint64_t offered_ = 0;

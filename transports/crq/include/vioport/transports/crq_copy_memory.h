@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -48,6 +49,11 @@ class CrqCopyMemory final : public GuestMemory {
   uint64_t direct_copies() const { return direct_.load(std::memory_order_relaxed); }  // no memcpy
 
   void set_max_transfer(uint32_t n) { max_transfer_ = n; }
+  // How to tell a dead client from a hostile one when a copy answers
+  // H_PERMISSION (PowerVM revokes a failed partner's window): true if the
+  // client is gone. The failure is then a channel fault (Unavailable), not
+  // an address the client refused us (PermissionDenied).
+  void set_client_gone_probe(std::function<bool()> gone) { client_gone_ = std::move(gone); }
   uint64_t reads() const { return reads_.load(std::memory_order_relaxed); }    // Read() calls
   uint64_t writes() const { return writes_.load(std::memory_order_relaxed); }  // Write() calls
   uint64_t copies() const { return copies_.load(std::memory_order_relaxed); }  // H_COPY_RDMA calls
@@ -69,6 +75,7 @@ class CrqCopyMemory final : public GuestMemory {
   uint32_t bounce_bytes_;
   uint64_t window_;
   uint32_t max_transfer_;
+  std::function<bool()> client_gone_;
   uint64_t staging_ioba_ = 0;
   uint8_t* staging_ = nullptr;
   uint32_t staging_count_ = 0;

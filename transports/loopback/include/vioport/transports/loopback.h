@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -23,6 +24,7 @@ struct LoopbackOptions {
   uint64_t memory_base = 0x40000000;  // guest-physical address of the buffer
   bool copy_only = false;             // device reaches memory only by copies
   uint64_t transport_features = feature::kCoreSupported;
+  std::string name;  // what the controller's log lines call the device ("" : its default)
 };
 
 class LoopbackTransport final : public DriverTransport {
