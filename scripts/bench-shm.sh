@@ -21,7 +21,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "bench-shm.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-cmake -S . -B build/release -G Ninja -DCMAKE_BUILD_TYPE=Release -DVIOPORT_BENCHMARKS=OFF >/dev/null
+scripts/configure.sh build/release
 cmake --build build/release --target vios vioguest >/dev/null
 BIN=build/release
 work=$(mktemp -d /dev/shm/vioport-bench.XXXXXX)

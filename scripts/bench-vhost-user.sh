@@ -33,7 +33,7 @@ if [[ -z "$QSD" ]]; then
   exit 2
 fi
 if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DVIOPORT_BENCHMARKS=OFF >/dev/null
+  scripts/configure.sh "$BUILD"
 fi
 cmake --build "$BUILD" --target vios vioguest >/dev/null
 VIOGUEST=$BUILD/guest/tool/vioguest

@@ -28,7 +28,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DVIOPORT_BENCHMARKS=OFF >/dev/null
+  scripts/configure.sh "$BUILD"
 fi
 cmake --build "$BUILD" --target vios viosctl vioguest xenemud >/dev/null
 VIOGUEST=$BUILD/guest/tool/vioguest
