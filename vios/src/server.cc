@@ -1,20 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server.h"
 
-#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <map>
 #include <memory>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "boost/asio/local/stream_protocol.hpp"
-#include "boost/asio/posix/stream_descriptor.hpp"
-#include "boost/asio/steady_timer.hpp"
 #include "boost/asio/read_until.hpp"
 #include "boost/asio/streambuf.hpp"
 #include "boost/asio/write.hpp"

@@ -4,6 +4,7 @@
 #include <deque>
 
 #include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -134,7 +135,8 @@ absl::StatusOr<GuestLink> ConnectGuest(const std::string& spec, GuestContext ctx
   std::map<std::string, std::string> kv;
   if (!t->options.empty() && !rest.empty()) {
     if (absl::Status s = SplitKeyValues(rest, "--transport", t->channel, &channel, &kv); !s.ok())
-      return absl::InvalidArgumentError(absl::StrCat(origin, ": ", s.message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin, ": ", absl::StripPrefix(s.message(), absl::StrCat("--transport ", rest, ": "))));
   }
   if (channel.empty())
     return absl::InvalidArgumentError(absl::StrCat(origin, ": needs ", name, ":", t->channel));
