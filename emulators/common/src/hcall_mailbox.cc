@@ -16,31 +16,17 @@
 #include <thread>
 #include <string>
 
+#include "vioport/transports/fd.h"
+
 namespace vioport::emu {
 
 namespace wire {
 
+// On transports/common's SCM_RIGHTS pair, with this protocol's contract:
+// whole messages only, and fds beyond what the caller takes closed.
 bool SendWithFds(int sock, const void* msg, size_t len, std::span<const int> fds) {
   if (fds.size() > kMaxFdsPerMessage) return false;
-  iovec iov{const_cast<void*>(msg), len};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
-  if (!fds.empty()) {
-    mh.msg_control = control;
-    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  for (;;) {
-    const ssize_t n = ::sendmsg(sock, &mh, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    return n == static_cast<ssize_t>(len);
-  }
+  return vioport::SendWithFds(sock, {static_cast<const uint8_t*>(msg), len}, fds).ok();
 }
 
 bool SendWithFd(int sock, const void* msg, size_t len, int fd) {
@@ -49,31 +35,9 @@ bool SendWithFd(int sock, const void* msg, size_t len, int fd) {
 }
 
 bool RecvWithFds(int sock, void* msg, size_t len, std::vector<int>* fds, size_t max_fds) {
-  iovec iov{msg, len};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
-  mh.msg_control = control;
-  mh.msg_controllen = sizeof control;
-  ssize_t n;
-  do {
-    n = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  // Any fds that came along are taken (or closed if not wanted).
   std::vector<int> got;
-  if (n >= 0) {
-    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        got.push_back(fd);
-      }
-    }
-  }
-  const bool ok = n == static_cast<ssize_t>(len) && (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) == 0;
+  auto n = vioport::RecvWithFds(sock, {static_cast<uint8_t*>(msg), len}, &got, kMaxFdsPerMessage);
+  const bool ok = n.ok() && *n == len;
   const size_t keep = ok && fds ? std::min(got.size(), max_fds) : 0;
   for (size_t i = 0; i < got.size(); ++i) {
     if (i < keep) {
