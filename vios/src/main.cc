@@ -35,6 +35,16 @@ int main(int argc, char** argv) {
 
   boost::asio::io_context io(1);
   vios::Server server(io);
+  // Switches first: uplinks and net devices name them.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (auto& d : cfg->netdevs) {
+      if ((d.type == "switch") != (pass == 0)) continue;
+      if (absl::Status s = server.AddNetdev(d); !s.ok()) {
+        std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());
+        return 2;
+      }
+    }
+  }
   for (auto& d : cfg->devices) {
     if (absl::Status s = server.AddDevice(std::move(d)); !s.ok()) {
       std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());

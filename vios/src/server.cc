@@ -17,6 +17,7 @@
 #include "boost/asio/write.hpp"
 #include "vioport/backends/blk_device.h"
 #include "vioport/backends/console_device.h"
+#include "vioport/backends/net_device.h"
 #include "vioport/backends/rng_device.h"
 #include "vioport/core/log.h"
 #include "vioport/transports/registry.h"
@@ -84,7 +85,7 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec) {
     dev = std::move(*d);
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat(o.origin(), ": unknown device type '", spec.type, "' (blk, rng or console)"));
+        absl::StrCat(o.origin(), ": unknown device type '", spec.type, "' (blk, net, rng or console)"));
   }
   return dev;
 }
@@ -120,19 +121,129 @@ Server::~Server() {
     control_->acceptor.close(ec);
     ::unlink(control_->path.c_str());
   }
-  // Attachments first (they reset the devices), then the devices.
+  // Attachments first (they reset the devices), then the devices, then
+  // the uplinks and switches they were plugged into.
   for (auto& [id, e] : devices_) e.attachment.reset();
   devices_.clear();
+  netdevs_.clear();
+}
+
+absl::Status Server::AddNetdev(DeviceSpec spec) {
+  Options& o = spec.options;
+  if (netdevs_.count(spec.id) || devices_.count(spec.id))
+    return absl::AlreadyExistsError(absl::StrCat(o.origin(), ": id '", spec.id, "' already exists"));
+  Netdev n;
+  if (spec.type == "switch") {
+    auto aging = o.Uint("aging", 300, 1, 86400);
+    auto macs = o.Uint("max-macs", 4096, 1, 1 << 20);
+    for (const absl::Status& s : {aging.status(), macs.status()})
+      if (!s.ok()) return s;
+    if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+    Switch::Options so;
+    so.id = spec.id;
+    so.aging = absl::Seconds(*aging);
+    so.max_macs = *macs;
+    n.sw = std::make_shared<Switch>(so);
+    VIOPORT_LOG(kInfo, "netdev ", spec.id, ": switch created");
+  } else if (spec.type == "tap") {
+    auto ifname = o.String("ifname");
+    auto sw = o.String("switch");
+    auto queues = o.Uint("queues", 1, 1, 16);
+    auto vlan = o.Uint("vlan", 0, 0, 4094);
+    auto trunk = o.Bool("trunk", false);
+    for (const absl::Status& s : {ifname.status(), sw.status(), queues.status(), vlan.status(), trunk.status()})
+      if (!s.ok()) return s;
+    if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+    auto it = netdevs_.find(*sw);
+    if (it == netdevs_.end() || !it->second.sw)
+      return absl::NotFoundError(absl::StrCat(o.origin(), ": no switch with id '", *sw, "'"));
+    if (*trunk && *vlan) return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": give vlan=N or trunk=on, not both"));
+    TapUplink::Options to;
+    to.id = spec.id;
+    to.ifname = *ifname;
+    to.queues = static_cast<uint16_t>(*queues);
+    to.vlan = static_cast<uint16_t>(*vlan);
+    to.trunk = *trunk;
+    auto t = TapUplink::Open(to, it->second.sw);
+    if (!t.ok()) return absl::Status(t.status().code(), absl::StrCat(o.origin(), ": ", t.status().message()));
+    n.tap = std::move(*t);
+    n.switch_id = *sw;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": unknown netdev type '", spec.type, "' (switch or tap)"));
+  }
+  const std::string id = spec.id;
+  n.spec = std::move(spec);
+  netdevs_[id] = std::move(n);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<VirtioDevice>> Server::MakeNetDevice(DeviceSpec& spec, Entry* entry) {
+  Options& o = spec.options;
+  auto sw = o.String("switch");
+  auto mac = o.String("mac", "52:54:00:12:34:56");
+  auto queues = o.Uint("queues", 1, 1, 16);
+  auto mtu = o.Uint("mtu", 1500, 68, 65535);
+  auto vlan = o.Uint("vlan", 0, 0, 4094);
+  auto lock = o.Bool("mac-lock", false);
+  auto standby = o.Bool("standby", false);
+  auto offloads = o.Bool("offloads", true);
+  auto mrg = o.Bool("mrg-rxbuf", true);
+  auto qs = o.Uint("queue-size", 1024, 1, 1024);
+  for (const absl::Status& s : {sw.status(), mac.status(), queues.status(), mtu.status(), vlan.status(), lock.status(),
+                                standby.status(), offloads.status(), mrg.status(), qs.status()})
+    if (!s.ok()) return s;
+  if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+  auto it = netdevs_.find(*sw);
+  if (it == netdevs_.end() || !it->second.sw)
+    return absl::NotFoundError(absl::StrCat(o.origin(), ": no switch with id '", *sw, "'"));
+  NetOptions n;
+  if (!net::ParseMac(*mac, &n.mac))
+    return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": option 'mac=", *mac, "' is not a MAC address (52:54:00:12:34:56)"));
+  n.max_pairs = static_cast<uint16_t>(*queues);
+  n.mtu = static_cast<uint16_t>(*mtu);
+  n.standby = *standby;
+  n.offloads = *offloads;
+  n.mrg_rxbuf = *mrg;
+  n.max_queue_size = static_cast<uint16_t>(*qs);
+  auto d = NetDevice::Create(n);
+  if (!d.ok()) return absl::Status(d.status().code(), absl::StrCat(o.origin(), ": ", d.status().message()));
+  std::shared_ptr<NetDevice> dev = std::move(*d);
+  dev->set_mac_locked(*lock);
+  Switch::PortOptions p;
+  p.name = spec.id;
+  p.inbox = std::shared_ptr<net::Inbox>(dev, &dev->inbox());
+  p.mac = n.mac;
+  p.mac_lock = *lock;
+  p.vlan = static_cast<uint16_t>(*vlan);
+  entry->sw = it->second.sw;
+  entry->port = entry->sw->AddPort(std::move(p));
+  dev->Plug(entry->sw, entry->port);
+  return std::shared_ptr<VirtioDevice>(std::move(dev));
 }
 
 absl::Status Server::AddDevice(DeviceSpec spec) {
-  if (devices_.count(spec.id))
+  if (devices_.count(spec.id) || netdevs_.count(spec.id))
     return absl::AlreadyExistsError(absl::StrCat(spec.options.origin(), ": device id '", spec.id, "' already exists"));
-  auto dev = MakeDevice(spec);
+  Entry e;
+  absl::StatusOr<std::shared_ptr<VirtioDevice>> dev =
+      spec.type == "net" ? MakeNetDevice(spec, &e) : MakeDevice(spec);
   if (!dev.ok()) return dev.status();
   VIOPORT_LOG(kInfo, "device ", spec.id, ": ", spec.type, " created");
   const std::string id = spec.id;
-  devices_[id] = Entry{std::move(spec), std::move(*dev), nullptr, ""};
+  e.spec = std::move(spec);
+  e.device = std::move(*dev);
+  devices_[id] = std::move(e);
+  return absl::OkStatus();
+}
+
+absl::Status Server::NetAction(const std::string& id, const std::string& action) {
+  auto it = devices_.find(id);
+  if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
+  auto* net = dynamic_cast<NetDevice*>(it->second.device.get());
+  if (!net) return absl::InvalidArgumentError(absl::StrCat("device '", id, "' is not a net device"));
+  if (action == "up" || action == "down") net->SetLink(action == "up");
+  else if (action == "announce") net->Announce();
+  else return absl::InvalidArgumentError(absl::StrCat("unknown action '", action, "'"));
   return absl::OkStatus();
 }
 
@@ -152,9 +263,26 @@ absl::Status Server::Attach(AttachSpec spec) {
 }
 
 absl::Status Server::Remove(const std::string& id) {
+  if (auto n = netdevs_.find(id); n != netdevs_.end()) {
+    if (n->second.sw) {
+      for (const auto& [did, e] : devices_)
+        if (e.sw == n->second.sw)
+          return absl::FailedPreconditionError(absl::StrCat("switch '", id, "' still has device '", did, "' on it"));
+      for (const auto& [nid, other] : netdevs_)
+        if (other.tap && other.switch_id == id)
+          return absl::FailedPreconditionError(absl::StrCat("switch '", id, "' still has uplink '", nid, "' on it"));
+    }
+    netdevs_.erase(n);
+    VIOPORT_LOG(kInfo, "netdev ", id, ": removed");
+    return absl::OkStatus();
+  }
   auto it = devices_.find(id);
   if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
   it->second.attachment.reset();  // drops the guest: the device is reset first
+  if (it->second.sw) {
+    it->second.sw->RemovePort(it->second.port);
+    if (auto* net = dynamic_cast<NetDevice*>(it->second.device.get())) net->Plug(nullptr, 0);
+  }
   devices_.erase(it);
   VIOPORT_LOG(kInfo, "device ", id, ": removed");
   return absl::OkStatus();
@@ -167,6 +295,11 @@ std::string Server::List() const {
     if (e.attachment) where = std::max(where, static_cast<int>(e.attachment->where().size()));
   std::string out = absl::StrFormat("%-10s %-8s %-10s %-*s %-10s %s\n", "ID", "TYPE", "TRANSPORT", where, "WHERE",
                                     "GUEST", "STATUS");
+  for (const auto& [id, n] : netdevs_) {
+    const std::string desc = n.sw ? absl::StrCat(n.sw->num_ports(), " port(s), ", n.sw->learnt(), " MAC(s) learnt")
+                                  : absl::StrCat("tap ", n.tap->ifname(), " on ", n.switch_id);
+    absl::StrAppendFormat(&out, "%-10s %-8s %-10s %-*s %-10s %s\n", id, n.spec.type, "-", where, desc, "-", "-");
+  }
   for (const auto& [id, e] : devices_) {
     const DeviceEndpoint* a = e.attachment.get();
     absl::StrAppendFormat(&out, "%-10s %-8s %-10s %-*s %-10s %s\n", id, e.spec.type, a ? a->mode() : "-", where,
@@ -177,12 +310,30 @@ std::string Server::List() const {
 }
 
 absl::StatusOr<std::string> Server::Stats(const std::string& id) const {
+  if (auto n = netdevs_.find(id); n != netdevs_.end()) {
+    std::string out;
+    if (n->second.sw) {
+      absl::StrAppend(&out, id, ".ports ", n->second.sw->num_ports(), "\n");
+      absl::StrAppend(&out, id, ".learnt ", n->second.sw->learnt(), "\n");
+    } else {
+      std::vector<std::pair<std::string, uint64_t>> c;
+      n->second.tap->AppendCounters(&c);
+      for (const auto& [k, v] : c) absl::StrAppend(&out, id, ".", k, " ", v, "\n");
+    }
+    return out;
+  }
   auto it = devices_.find(id);
   if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
   std::vector<std::pair<std::string, uint64_t>> c;
   it->second.device->AppendCounters(&c);
   std::string out;
   for (const auto& [k, v] : c) absl::StrAppend(&out, id, ".", k, " ", v, "\n");
+  if (it->second.sw) {
+    const Switch::PortStats p = it->second.sw->Stats(it->second.port);
+    absl::StrAppend(&out, id, ".switch.drop_spoofed ", p.spoofed, "\n", id, ".switch.drop_bad_source ", p.bad_source,
+                    "\n", id, ".switch.drop_vlan ", p.vlan_drops, "\n", id, ".switch.flooded ", p.flooded, "\n", id,
+                    ".switch.unicast ", p.unicast, "\n");
+  }
   if (const DeviceEndpoint* a = it->second.attachment.get()) {
     CounterList counters;
     a->AppendCounters(&counters);
@@ -208,6 +359,7 @@ std::string Server::Execute(const std::string& line) {
       return s.ok() ? done(absl::OkStatus(), *s) : done(s.status());
     }
     std::string all;
+    for (const auto& [id, n] : netdevs_) all += *Stats(id);
     for (const auto& [id, e] : devices_) all += *Stats(id);
     return done(absl::OkStatus(), all);
   }
@@ -220,8 +372,17 @@ std::string Server::Execute(const std::string& line) {
     return done(a.ok() ? Attach(std::move(*a)) : a.status());
   }
   if (cmd == "remove" && words.size() == 2) return done(Remove(words[1]));
+  if (cmd == "netdev" && words.size() == 2) {
+    auto d = ParseNetdev(words[1]);
+    return done(d.ok() ? AddNetdev(std::move(*d)) : d.status());
+  }
+  if (cmd == "link" && words.size() == 3 && (words[2] == "up" || words[2] == "down"))
+    return done(NetAction(words[1], words[2]));
+  if (cmd == "announce" && words.size() == 2) return done(NetAction(words[1], "announce"));
   return done(absl::InvalidArgumentError(
-      absl::StrCat("unknown command '", line, "' (list, stats [ID], add DEVICE-SPEC, attach ATTACH-SPEC, remove ID)")));
+      absl::StrCat("unknown command '", line,
+                   "' (list, stats [ID], add DEVICE-SPEC, attach ATTACH-SPEC, remove ID, netdev NETDEV-SPEC, "
+                   "link ID up|down, announce ID)")));
 }
 
 absl::Status Server::ListenControl(const std::string& path) {

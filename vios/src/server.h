@@ -13,6 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "boost/asio/io_context.hpp"
+#include "net_switch.h"
+#include "net_tap.h"
 #include "spec.h"
 #include "vioport/core/device.h"
 #include "vioport/transports/registry.h"
@@ -24,6 +26,7 @@ class Server {
   explicit Server(boost::asio::io_context& io);
   ~Server();
 
+  absl::Status AddNetdev(DeviceSpec spec);
   absl::Status AddDevice(DeviceSpec spec);
   absl::Status Attach(AttachSpec spec);
   absl::Status Remove(const std::string& id);
@@ -47,11 +50,22 @@ class Server {
     std::shared_ptr<VirtioDevice> device;
     std::unique_ptr<DeviceEndpoint> attachment;
     std::string transport;  // the registered name of the attachment's transport
+    std::shared_ptr<Switch> sw;  // a net device's switch, and its port there
+    uint32_t port = 0;
   };
+  struct Netdev {
+    DeviceSpec spec;
+    std::shared_ptr<Switch> sw;      // type switch
+    std::unique_ptr<TapUplink> tap;  // type tap
+    std::string switch_id;           // the tap's switch
+  };
+  absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeNetDevice(DeviceSpec& spec, Entry* entry);
+  absl::Status NetAction(const std::string& id, const std::string& action);
   struct Control;
   void AcceptControl();
 
   boost::asio::io_context& io_;
+  std::map<std::string, Netdev> netdevs_;
   std::map<std::string, Entry> devices_;
   std::unique_ptr<Control> control_;
 };

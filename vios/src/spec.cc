@@ -15,8 +15,17 @@ std::string Usage() {
   RegisterBuiltinTransports();
   return absl::StrCat(R"(vios: the vioport VIO server. Serves virtio devices to guests over transports.
 
-usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PATH]
-            [--log-level LEVEL] [--help]
+usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config FILE]
+            [--control PATH] [--log-level LEVEL] [--help]
+
+  --netdev TYPE,id=ID[,KEY=VALUE...]   create a network: a switch, or an uplink on one
+      switch,id=ID[,aging=SECONDS][,max-macs=N]
+          a learning L2 switch; every net device and uplink on it is a port
+          (MACs age out after aging seconds, default 300; at most max-macs
+          learnt, default 4096; beyond, unknown destinations flood)
+      tap,id=ID,ifname=NAME,switch=SW[,queues=N][,vlan=N|trunk=on]
+          the switch's way to the host: tap NAME (created if missing) with
+          virtio-net headers; offloads follow what the guests negotiated
 
   --device TYPE,id=ID[,KEY=VALUE...]   create a device
       blk,id=ID,path=FILE[,readonly=on][,num-queues=N][,queue-size=N][,serial=S]
@@ -27,6 +36,14 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
           the driver may pick any smaller power of 2
           aio: io_uring, or preadv/pwritev on the loop thread; auto (default)
           is inline for files in memory (tmpfs), io_uring for the rest
+      net,id=ID,switch=SW[,mac=52:54:00:12:34:56][,queues=N][,mtu=N][,vlan=N]
+                  [,mac-lock=on][,standby=on][,offloads=off][,mrg-rxbuf=off]
+                  [,queue-size=N]
+          virtio-net as a port of switch SW: queues is the number of queue
+          pairs (MQ, up to 16); vlan puts the port in that VLAN (untagged to
+          the guest); mac-lock drops frames whose source is not mac (and
+          refuses MAC_ADDR_SET); standby offers STANDBY (net failover);
+          offloads=off offers no checksum or TSO offload
       rng,id=ID
       console,id=ID,socket=PATH        host side on a Unix socket (one client)
       console,id=ID,stdio=on           host side on vios's own stdin/stdout
@@ -34,10 +51,11 @@ usage: vios [--device SPEC]... [--attach SPEC]... [--config FILE] [--control PAT
                                         transport T, one of (numbers take 0x
                                         and K, M, G):
 )",
-                      DeviceTransportsHelp(6), R"(  --config FILE        the same in TOML: [[device]] and [[attach]] tables with
-                       the keys above (type/id, device/transport), plus
+                      DeviceTransportsHelp(6), R"(  --config FILE        the same in TOML: [[netdev]], [[device]] and [[attach]]
+                       tables with the keys above (type/id, device/transport), plus
                        top-level control = "PATH" and log-level = "LEVEL"
-  --control PATH       control socket for viosctl (list, stats, add, attach, remove)
+  --control PATH       control socket for viosctl (list, stats, add, attach, remove,
+                       netdev, link, announce; docs/api.md)
   --log-level LEVEL    error, warning, info (default) or debug
 
 SIGTERM or SIGINT: stop accepting guests, finish requests in flight, flush, exit 0.
@@ -87,6 +105,13 @@ absl::StatusOr<DeviceSpec> ParseDevice(absl::string_view text) {
   return MakeDevice(std::move(type), std::move(kv), absl::StrCat("--device ", text));
 }
 
+absl::StatusOr<DeviceSpec> ParseNetdev(absl::string_view text) {
+  std::string type;
+  std::map<std::string, std::string> kv;
+  if (absl::Status s = SplitKeyValues(text, "--netdev", "the netdev type", &type, &kv); !s.ok()) return s;
+  return MakeDevice(std::move(type), std::move(kv), absl::StrCat("--netdev ", text));
+}
+
 absl::StatusOr<AttachSpec> ParseAttach(absl::string_view text) {
   std::string dev;
   std::map<std::string, std::string> kv;
@@ -118,7 +143,7 @@ absl::Status MergeToml(const std::string& path, Config* config) {
   };
   for (auto&& [k, v] : root) {
     const std::string key(k.str());
-    if (key == "device" || key == "attach") {
+    if (key == "device" || key == "attach" || key == "netdev") {
       const toml::array* arr = v.as_array();
       if (!arr) return absl::InvalidArgumentError(absl::StrCat(path, ": '", key, "' must be an array of tables ([[", key, "]])"));
       int index = 0;
@@ -134,15 +159,15 @@ absl::Status MergeToml(const std::string& path, Config* config) {
             return absl::InvalidArgumentError(absl::StrCat(origin, ": option '", std::string(ik.str()), "' must be a string, integer or boolean"));
           kv[std::string(ik.str())] = s;
         }
-        const std::string first_key = key == "device" ? "type" : "device";
+        const std::string first_key = key == "attach" ? "device" : "type";
         auto first = kv.find(first_key);
         if (first == kv.end()) return absl::InvalidArgumentError(absl::StrCat(origin, ": option '", first_key, "' is required"));
         std::string f = first->second;
         kv.erase(first);
-        if (key == "device") {
+        if (key == "device" || key == "netdev") {
           auto d = MakeDevice(std::move(f), std::move(kv), origin);
           if (!d.ok()) return d.status();
-          config->devices.push_back(std::move(*d));
+          (key == "device" ? config->devices : config->netdevs).push_back(std::move(*d));
         } else {
           auto a = MakeAttach(std::move(f), std::move(kv), origin);
           if (!a.ok()) return a.status();
@@ -177,7 +202,12 @@ absl::StatusOr<Config> ParseCommandLine(const std::vector<std::string>& args) {
       value = args[++i];
       return absl::OkStatus();
     };
-    if (flag == "--device") {
+    if (flag == "--netdev") {
+      if (absl::Status s = need_value(); !s.ok()) return s;
+      auto d = ParseNetdev(value);
+      if (!d.ok()) return d.status();
+      c.netdevs.push_back(std::move(*d));
+    } else if (flag == "--device") {
       if (absl::Status s = need_value(); !s.ok()) return s;
       auto d = ParseDevice(value);
       if (!d.ok()) return d.status();

@@ -32,6 +32,7 @@ struct AttachSpec {
 };
 
 struct Config {
+  std::vector<DeviceSpec> netdevs;  // switches and uplinks (type switch or tap)
   std::vector<DeviceSpec> devices;
   std::vector<AttachSpec> attaches;
   std::string control_path;  // empty: no control socket
@@ -40,6 +41,8 @@ struct Config {
 
 // "blk,id=d0,path=x" -> DeviceSpec. The first element is the type.
 absl::StatusOr<DeviceSpec> ParseDevice(absl::string_view text);
+// "switch,id=sw0" or "tap,id=up0,ifname=vio0,switch=sw0" -> a netdev.
+absl::StatusOr<DeviceSpec> ParseNetdev(absl::string_view text);
 // "d0,transport=NAME,KEY=VALUE..." -> AttachSpec. The first element is the device id.
 absl::StatusOr<AttachSpec> ParseAttach(absl::string_view text);
 // The whole command line (argv[0] excluded). --config FILE merges a TOML file.

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "net_switch.h"
+
+#include <cstring>
+
+#include "vioport/core/log.h"
+
+namespace vioport::vios {
+namespace {
+
+uint16_t Be16(const uint8_t* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
+
+// 802.1Q: remove the tag after the MAC addresses (the offload offsets move with it).
+void StripTag(net::Frame& f) {
+  f.data.erase(f.data.begin() + 12, f.data.begin() + 16);
+  if (f.hdr.flags & net::kHdrFlagNeedsCsum) f.hdr.csum_start = static_cast<uint16_t>(f.hdr.csum_start - 4);
+}
+
+void AddTag(net::Frame& f, uint16_t vlan) {
+  const uint8_t tag[4] = {0x81, 0x00, static_cast<uint8_t>(vlan >> 8), static_cast<uint8_t>(vlan)};
+  f.data.insert(f.data.begin() + 12, tag, tag + 4);
+  if (f.hdr.flags & net::kHdrFlagNeedsCsum) f.hdr.csum_start = static_cast<uint16_t>(f.hdr.csum_start + 4);
+}
+
+}  // namespace
+
+Switch::Switch(Options options) : opts_(std::move(options)) {}
+
+uint32_t Switch::AddPort(PortOptions port) {
+  absl::MutexLock l(&ports_mu_);
+  auto p = std::make_unique<Port>();
+  p->o = std::move(port);
+  p->live = true;
+  // Reuse a departed port's number only if nothing could still name it:
+  // numbers are never reused, a switch's ports are few.
+  ports_.push_back(std::move(p));
+  return static_cast<uint32_t>(ports_.size() - 1);
+}
+
+void Switch::RemovePort(uint32_t port) {
+  {
+    absl::MutexLock l(&ports_mu_);
+    if (port >= ports_.size()) return;
+    ports_[port]->live = false;
+    ports_[port]->o.inbox.reset();
+    ports_[port]->on_caps = nullptr;
+    if (ports_[port]->has_caps) {
+      ports_[port]->has_caps = false;
+      PublishCaps();
+    }
+  }
+  absl::MutexLock l(&fdb_mu_);
+  for (auto it = fdb_.begin(); it != fdb_.end();) {
+    auto cur = it++;
+    if (cur->second.port == port) fdb_.erase(cur);
+  }
+}
+
+void Switch::SetPortCaps(uint32_t port, const net::RxCaps* caps) {
+  absl::MutexLock l(&ports_mu_);
+  if (port >= ports_.size() || !ports_[port]->live) return;
+  ports_[port]->has_caps = caps != nullptr;
+  if (caps) ports_[port]->caps = *caps;
+  PublishCaps();
+}
+
+void Switch::SetUplink(uint32_t port, std::function<void(const net::RxCaps&)> on_caps) {
+  absl::MutexLock l(&ports_mu_);
+  if (port >= ports_.size()) return;
+  ports_[port]->on_caps = std::move(on_caps);
+  PublishCaps();
+}
+
+void Switch::PublishCaps() {
+  // The union: the host's big frames go whole to the guests that take
+  // them; the others' ports segment or checksum them.
+  net::RxCaps u;
+  u.csum = u.tso4 = u.tso6 = u.ecn = u.uso = false;
+  for (const auto& p : ports_) {
+    if (!p->live || !p->has_caps) continue;
+    u.csum |= p->caps.csum;
+    u.tso4 |= p->caps.tso4;
+    u.tso6 |= p->caps.tso6;
+    u.ecn |= p->caps.ecn;
+  }
+  for (const auto& p : ports_)
+    if (p->live && p->on_caps) p->on_caps(u);
+}
+
+Switch::PortStats Switch::Stats(uint32_t port) const {
+  absl::ReaderMutexLock l(&ports_mu_);
+  PortStats s;
+  if (port >= ports_.size()) return s;
+  const Port& p = *ports_[port];
+  s.spoofed = p.spoofed.load();
+  s.bad_source = p.bad_source.load();
+  s.vlan_drops = p.vlan_drops.load();
+  s.flooded = p.flooded.load();
+  s.unicast = p.unicast.load();
+  return s;
+}
+
+size_t Switch::learnt() const {
+  absl::MutexLock l(&fdb_mu_);
+  return fdb_.size();
+}
+
+size_t Switch::num_ports() const {
+  absl::ReaderMutexLock l(&ports_mu_);
+  size_t n = 0;
+  for (const auto& p : ports_) n += p->live;
+  return n;
+}
+
+void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
+  absl::ReaderMutexLock pl(&ports_mu_);
+  if (from >= ports_.size() || !ports_[from]->live) return;
+  Port& src = *ports_[from];
+  const size_t nports = ports_.size();
+  // Frames per destination, handed over with one inbox lock each.
+  thread_local std::vector<std::vector<net::Frame>> out;
+  if (out.size() < nports) out.resize(nports);
+  const absl::Time now = absl::Now();
+  {
+    absl::MutexLock fl(&fdb_mu_);
+    for (net::Frame& f : frames) {
+      if (f.data.size() < net::kEthHeader) {
+        src.bad_source++;
+        continue;
+      }
+      const net::Mac smac = net::MacFromBytes(f.data.data() + 6);
+      const net::Mac dmac = net::MacFromBytes(f.data.data());
+      if (net::IsMulticast(smac) || smac == 0) {
+        src.bad_source++;
+        continue;
+      }
+      if (src.o.mac_lock && smac != src.o.mac) {
+        src.spoofed++;
+        continue;
+      }
+      // The frame's VLAN inside the switch.
+      uint16_t vlan = src.o.vlan;
+      const bool tagged = Be16(&f.data[12]) == net::kEtherTypeVlan;
+      if (src.o.trunk) {
+        if (tagged) {
+          if (f.data.size() < net::kEthHeader + net::kVlanTagLen) {
+            src.vlan_drops++;
+            continue;
+          }
+          vlan = Be16(&f.data[14]) & 0xfff;
+          if (vlan == 0 || vlan == 0xfff) {
+            src.vlan_drops++;
+            continue;
+          }
+          StripTag(f);
+        } else {
+          vlan = 0;
+        }
+      } else if (tagged && src.o.vlan != 0) {
+        src.vlan_drops++;  // an access port's guest does not choose its VLAN
+        continue;
+      }
+      // Learn.
+      const uint64_t skey = Key(vlan, smac);
+      auto it = fdb_.find(skey);
+      if (it != fdb_.end()) {
+        it->second = Learnt{from, now};
+      } else if (fdb_.size() < opts_.max_macs) {
+        fdb_.emplace(skey, Learnt{from, now});
+      } else {
+        // Full: make room from entries that aged out, else do not learn.
+        for (auto e = fdb_.begin(); e != fdb_.end();) {
+          auto cur = e++;
+          if (now - cur->second.seen > opts_.aging) fdb_.erase(cur);
+        }
+        if (fdb_.size() < opts_.max_macs) fdb_.emplace(skey, Learnt{from, now});
+      }
+      // Forward.
+      int32_t dst = -1;
+      if (!net::IsMulticast(dmac)) {
+        auto d = fdb_.find(Key(vlan, dmac));
+        if (d != fdb_.end() && now - d->second.seen <= opts_.aging && d->second.port < nports &&
+            ports_[d->second.port]->live)
+          dst = static_cast<int32_t>(d->second.port);
+      }
+      auto in_vlan = [&](const Port& p) { return p.o.trunk || p.o.vlan == vlan; };
+      auto deliver = [&](uint32_t q, net::Frame&& fr) {
+        if (ports_[q]->o.trunk && vlan != 0) AddTag(fr, vlan);
+        out[q].push_back(std::move(fr));
+      };
+      if (dst >= 0) {
+        if (static_cast<uint32_t>(dst) != from && in_vlan(*ports_[dst])) deliver(dst, std::move(f));
+        src.unicast++;
+        continue;
+      }
+      src.flooded++;
+      int32_t last = -1;
+      for (uint32_t q = 0; q < nports; ++q) {
+        if (q == from || !ports_[q]->live || !in_vlan(*ports_[q])) continue;
+        if (last >= 0) deliver(last, net::Frame(f));
+        last = static_cast<int32_t>(q);
+      }
+      if (last >= 0) deliver(last, std::move(f));
+    }
+  }
+  for (uint32_t q = 0; q < nports; ++q) {
+    if (out[q].empty()) continue;
+    if (ports_[q]->live && ports_[q]->o.inbox) ports_[q]->o.inbox->Push(from, out[q]);
+    out[q].clear();
+  }
+}
+
+}  // namespace vioport::vios
