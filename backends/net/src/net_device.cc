@@ -67,7 +67,7 @@ void NetDevice::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
   std::memcpy(c.mac, config_mac_, 6);
   c.status = static_cast<uint16_t>((link_up_ ? net::kStatusLinkUp : 0) | (ctrl_.announce ? net::kStatusAnnounce : 0));
   c.max_virtqueue_pairs = opts_.max_pairs;
-  c.mtu = mtu_;
+  c.mtu = mtu_.load();
   c.speed = link_up_ ? opts_.speed : net::kSpeedUnknown;
   c.duplex = link_up_ ? opts_.duplex : net::kDuplexUnknown;
   const auto* bytes = reinterpret_cast<const uint8_t*>(&c);
@@ -129,7 +129,7 @@ absl::Status NetDevice::Activate(ActivateContext ctx) {
   // Without CTRL_RX the driver cannot choose a filter; deliver everything
   // switched to the port.
   ctrl_.filter.promisc = true;
-  rx_caps_ = net::RxCaps::FromFeatures(feat, mtu_);
+  rx_caps_ = net::RxCaps::FromFeatures(feat, mtu_.load());
   steer_.fill(0);
   tx_more_ = 0;
   rx_pending_.clear();
@@ -224,11 +224,10 @@ void NetDevice::ApplyOperatorActions() {
       ctrl_.announce = true;
       changed = true;
     } else {
-      uint8_t m[6];
-      net::MacToBytes(active_ ? ctrl_.filter.mac : opts_.mac, m);
-      SendRarp(m);
+      BroadcastRarp(active_ ? ctrl_.filter.mac : opts_.mac);
     }
   }
+  if (const uint64_t r = rarp_request_.exchange(0)) BroadcastRarp(r & 0xffffffffffffULL);
   if (changed) NotifyConfigChanged();
 }
 
@@ -245,28 +244,35 @@ void NetDevice::Announce() {
 absl::Status NetDevice::SetMtu(uint16_t mtu) {
   if (mtu < 68 || mtu > opts_.mtu)
     return absl::InvalidArgumentError(absl::StrCat("net: MTU ", mtu, " is not 68..", opts_.mtu));
-  mtu_ = mtu;
-  rx_caps_.mtu = mtu;
-  caps_now_.mtu = mtu;
+  mtu_.store(mtu);
   return absl::OkStatus();
 }
 
 void NetDevice::SendRarp(const uint8_t mac[6]) {
+  // From the transport's thread: the device sends it from its own.
+  rarp_request_.store(net::MacFromBytes(mac) | (uint64_t{1} << 63));
+  inbox_->Wake();
+}
+
+void NetDevice::BroadcastRarp(net::Mac mac) {
   // A RARP request (RFC 903) as QEMU's announce sends it: broadcast, from
   // the guest's MAC, asking for its own address.
   net::Frame fr;
   fr.data.assign(60, 0);
   uint8_t* d = fr.data.data();
+  uint8_t m[6];
+  net::MacToBytes(mac, m);
   std::memset(d, 0xff, 6);
-  std::memcpy(d + 6, mac, 6);
+  std::memcpy(d + 6, m, 6);
   d[12] = 0x80;
   d[13] = 0x35;  // RARP
-  d[14] = 0; d[15] = 1;      // Ethernet
-  d[16] = 0x08; d[17] = 0;   // IPv4
-  d[18] = 6; d[19] = 4;
-  d[20] = 0; d[21] = 3;      // reverse request
-  std::memcpy(d + 22, mac, 6);
-  std::memcpy(d + 32, mac, 6);
+  d[15] = 1;     // Ethernet
+  d[16] = 0x08;  // IPv4
+  d[18] = 6;
+  d[19] = 4;
+  d[21] = 3;     // reverse request
+  std::memcpy(d + 22, m, 6);
+  std::memcpy(d + 32, m, 6);
   SendToNetwork(std::move(fr));
   FlushTx();
 }

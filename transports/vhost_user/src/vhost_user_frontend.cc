@@ -99,9 +99,11 @@ absl::Status VmmFrontend::Setup() {
   if (has_protocol_feature(proto::kMq)) {
     auto n = GetValue<uint64_t>(Req::kGetQueueNum);
     if (!n.ok()) return n.status();
-    if (*n == 0 || *n > kMaxQueues)
-      return absl::InvalidArgumentError(absl::StrCat("GET_QUEUE_NUM: ", *n, " queues (1 to ", kMaxQueues, ")"));
-    nq = *n;
+    const uint64_t queues = o.net ? 2 * *n + 1 : *n;
+    if (*n == 0 || queues > kMaxQueues)
+      return absl::InvalidArgumentError(absl::StrCat("GET_QUEUE_NUM: ", *n, o.net ? " queue pairs" : " queues", " (at most ",
+                                                     kMaxQueues, " queues)"));
+    nq = queues;
   }
   if (absl::Status s = Send(Req::kSetOwner, {}); !s.ok()) return s;
   if (has_protocol_feature(proto::kConfigureMemSlots)) {

@@ -299,6 +299,7 @@ void RegisterVhostUserTransport() {
          o.frontend.memory_bytes = *ctx.memory_bytes;
          o.frontend.guest_phys_base = ctx.flags ? ctx.flags->num("guest-base") : 0;
          o.device_id = static_cast<uint32_t>(ctx.device);
+         o.frontend.net = ctx.device == DeviceId::kNet;
          return LinkOf(VhostUserDriverTransport::Connect(o));
        }});
 }

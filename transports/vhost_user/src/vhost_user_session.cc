@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/log.h"
+#include "vioport/core/net_control.h"
 #include "vioport/core/split_device_queue.h"
 #include "vioport/transports/fd.h"
 
@@ -110,6 +111,10 @@ Session::Session(std::shared_ptr<VirtioDevice> device, Host* host, SessionOption
   offered_proto_ = (1ull << proto::kMq) | (1ull << proto::kReplyAck) | (1ull << proto::kConfig) |
                    (1ull << proto::kResetDevice) | (1ull << proto::kConfigureMemSlots);
   if (opts_.inflight) offered_proto_ |= 1ull << proto::kInflightShmfd;
+  // A network device behind a VMM that keeps the control queue: the net
+  // messages (RARP after migration, the MTU the VMM configured).
+  net_ = dynamic_cast<NetControl*>(device_.get());
+  if (net_) offered_proto_ |= (1ull << proto::kRarp) | (1ull << proto::kMtu);
 }
 
 Session::~Session() {
@@ -216,7 +221,32 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
       return absl::OkStatus();
     }
     case Req::kGetQueueNum:
-      return reply_u64(vrings_.size());
+      // For a network device the front-end counts queue pairs (QEMU's
+      // net/vhost-user.c compares its queues= with this).
+      return reply_u64(net_ ? net_->max_queue_pairs() : vrings_.size());
+    case Req::kSendRarp: {
+      if (auto s = Need(proto::kRarp, "RARP"); !s.ok()) return s;
+      if (!net_) return Bad("not a network device");
+      if (m.payload.size() != 8) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected 8"));
+      net_->SendRarp(m.payload.data());  // the MAC in the first 6 bytes
+      return absl::OkStatus();
+    }
+    case Req::kNetSetMtu: {
+      if (auto s = Need(proto::kMtu, "NET_MTU"); !s.ok()) return s;
+      if (!net_) return Bad("not a network device");
+      uint64_t v = 0;
+      if (auto s = u64(&v); !s.ok()) return s;
+      absl::Status set = v > 0xffff ? absl::InvalidArgumentError(absl::StrCat("MTU ", v)) : net_->SetMtu(static_cast<uint16_t>(v));
+      if (set.ok()) return set;
+      last_error_ = std::string(set.message());
+      if (m.need_reply() && Has(acked_proto_, proto::kReplyAck)) {
+        // REPLY_ACK: the front-end hears the refusal and keeps the connection.
+        *replied = true;
+        const uint64_t fail = 1;
+        return host_->Reply(m.header.request, Bytes(fail), {});
+      }
+      return Bad(std::string(set.message()));
+    }
     case Req::kGetMaxMemSlots:
       return reply_u64(kMaxMemSlots);
     case Req::kSetMemTable:

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "vioport/core/counters.h"
 #include "vioport/core/device.h"
+#include "vioport/core/net_control.h"
 #include "vioport/core/inflight_log.h"
 #include "vioport/transports/vhost_user_protocol.h"
 
@@ -125,6 +126,7 @@ class Session {
   void Retire(std::unique_ptr<DeviceQueue>& q);
 
   std::shared_ptr<VirtioDevice> device_;
+  NetControl* net_ = nullptr;  // the device's network side, if it is one
   Host* host_;
   SessionOptions opts_;
   uint64_t offered_ = 0, acked_ = 0;

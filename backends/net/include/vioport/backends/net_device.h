@@ -96,7 +96,7 @@ class NetDevice final : public VirtioDevice, public NetControl {
   bool ProcessEvents() override;
   void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override;
 
-  // NetControl
+  // NetControl (from the transport's thread)
   uint16_t max_queue_pairs() const override { return opts_.max_pairs; }
   absl::Status SetMtu(uint16_t mtu) override;
   void SendRarp(const uint8_t mac[6]) override;
@@ -121,7 +121,8 @@ class NetDevice final : public VirtioDevice, public NetControl {
   void ApplyOperatorActions();
   void UpdateCaps();
   void SendToNetwork(net::Frame&& f);
-  uint32_t FrameMtu() const { return mtu_; }
+  uint32_t FrameMtu() const { return mtu_.load(std::memory_order_relaxed); }
+  void BroadcastRarp(net::Mac mac);
 
   NetOptions opts_;
   std::unique_ptr<net::Inbox> inbox_;
@@ -129,7 +130,8 @@ class NetDevice final : public VirtioDevice, public NetControl {
   uint32_t port_ = 0;
   std::atomic<bool> mac_locked_{false};
   uint8_t config_mac_[6];
-  uint16_t mtu_;
+  std::atomic<uint16_t> mtu_;
+  std::atomic<uint64_t> rarp_request_{0};  // bit 63: a RARP to send for the MAC below
   bool link_up_ = true;
   std::atomic<int> link_request_{-1};  // -1: none, 0 down, 1 up
   std::atomic<bool> announce_request_{false};

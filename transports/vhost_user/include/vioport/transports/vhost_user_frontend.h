@@ -52,6 +52,9 @@ struct VmmFrontendOptions {
   std::string socket_path;
   uint64_t memory_bytes = 64 << 20;   // guest RAM, whole pages
   uint64_t guest_phys_base = 0;       // guest-physical address of its first byte (page aligned)
+  // A network device: GET_QUEUE_NUM counts queue pairs, and this front-end
+  // passes the control queue (after the last pair) to the back-end too.
+  bool net = false;
   absl::Duration connect_timeout = absl::Seconds(5);  // the back-end may still be starting
   absl::Duration reply_timeout = absl::Seconds(10);
   // Protocol features taken when the back-end offers them.
