@@ -18,7 +18,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${1:-$root/build/guest-kernel}
 # Load order that works with busybox insmod (docs/linux-guest-tests.md): each module after
 # the ones it depends on.
-MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk)
+MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net)
 
 die() { echo "guest-kernel: ERROR: $*" >&2; exit 1; }
 

@@ -23,6 +23,11 @@ PACKAGES=(
   # real peers for the vhost-user transport: QEMU (TCG) booting a Linux guest,
   # qemu-storage-daemon (in qemu-utils), and the guest's busybox initramfs
   qemu-system-x86 qemu-utils busybox-static cpio
+  # real peers for virtio-net: DPDK's testpmd (in dpdk-dev) with the
+  # virtio-user and vhost PMDs, iperf3 and socat for TCP through the tap
+  # uplink, iproute2 for the test's network namespaces
+  dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
+  iperf3 socat iproute2
 )
 
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then

@@ -37,14 +37,19 @@ NAME=$(arg test)
 for m in $(cat /modules/order); do
   insmod "/modules/$m.ko" || fail "insmod $m failed"
 done
-i=0
-while [ ! -b /dev/vda ]; do
-  i=$((i + 1))
-  [ $i -le 200 ] ||
-    fail "/dev/vda did not appear within 20 s (virtio-blk probe failed?); dmesg: $(dmesg | tail -5 | tr '\n' '|')"
-  sleep 0.1
-done
-step "vda: $(cat /sys/block/vda/size) sectors, ro=$(cat /sys/block/vda/ro), queues=$(ls /sys/block/vda/mq | wc -l)"
+case "$NAME" in
+  net_*) ;;  # network workloads have no disk
+  *)
+    i=0
+    while [ ! -b /dev/vda ]; do
+      i=$((i + 1))
+      [ $i -le 200 ] ||
+        fail "/dev/vda did not appear within 20 s (virtio-blk probe failed?); dmesg: $(dmesg | tail -5 | tr '\n' '|')"
+      sleep 0.1
+    done
+    step "vda: $(cat /sys/block/vda/size) sectors, ro=$(cat /sys/block/vda/ro), queues=$(ls /sys/block/vda/mq | wc -l)"
+    ;;
+esac
 
 MIB=1048576
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
@@ -182,7 +187,101 @@ test_reconnect() {
   finish PASS
 }
 
+# ---- network workloads (virtio_net; vioport.addr=, vioport.peer=, vioport.queues=) ----
+
+# net_up ADDR: eth0 up with ADDR/24 (and the queue count checked when given).
+net_up() {
+  i=0
+  while [ ! -d /sys/class/net/eth0 ]; do
+    i=$((i + 1))
+    [ $i -le 200 ] || fail "eth0 did not appear within 20 s; dmesg: $(dmesg | tail -5 | tr '\n' '|')"
+    sleep 0.1
+  done
+  ip link set lo up
+  ip link set eth0 up || fail "ip link set eth0 up failed"
+  ip addr add "$1/24" dev eth0 || fail "ip addr add $1/24 failed"
+  step "eth0 $1: mac $(cat /sys/class/net/eth0/address), mtu $(cat /sys/class/net/eth0/mtu), queues $(ls /sys/class/net/eth0/queues | tr '\n' ' ')"
+  q=$(arg queues)
+  if [ -n "$q" ]; then
+    n=$(ls /sys/class/net/eth0/queues | grep -c rx-)
+    [ "$n" = "$q" ] || fail "expected $q receive queues on eth0, found $n"
+  fi
+}
+
+# wait_ping ADDR TRIES: until ADDR answers (one try a second).
+wait_ping() {
+  i=0
+  until ping -c 1 -W 1 "$1" >/tmp/ping.out 2>&1; do
+    i=$((i + 1))
+    [ $i -le "$2" ] || fail "no answer from $1 after $2 tries: $(tr '\n' ' ' </tmp/ping.out)"
+  done
+}
+
+# recv_tcp PORT FILE [HOST]: one TCP stream into FILE, listening on PORT or
+# connecting to HOST:PORT; returns when the peer closes.
+recv_tcp() {
+  if [ -n "$3" ]; then
+    (sleep 600 | nc "$3" "$1" >"$2") &
+  else
+    (sleep 600 | nc -l -p "$1" >"$2") &
+  fi
+  RECV_PID=$!
+}
+recv_done() {  # recv_done SECONDS: waits for the recv_tcp stream to end
+  i=0
+  while [ -n "$(ps -o pid,args | grep -v grep | grep ' nc ')" ]; do
+    i=$((i + 1))
+    [ $i -le $(($1 * 10)) ] || fail "the TCP stream did not end within $1 s"
+    sleep 0.1
+  done
+  kill $RECV_PID 2>/dev/null
+}
+
+# The host is at vioport.peer= behind vios's tap uplink: ping, then a TCP
+# stream each way, checked byte for byte here (/data/back) and by the test (pattern).
+test_net_host() {
+  peer=$(arg peer)
+  net_up "$(arg addr)"
+  wait_ping "$peer" 60
+  ping -c 5 -i 0.2 "$peer" >/tmp/ping.out 2>&1 || fail "ping $peer: $(tr '\n' ' ' </tmp/ping.out)"
+  step "ping: $(grep -E 'transmitted|round-trip' /tmp/ping.out | tr '\n' ' ')"
+  nc "$peer" 5001 </data/pattern || fail "sending to $peer:5001 failed"
+  step "sent $(stat -c %s /data/pattern) bytes, sha256 $(sha256sum </data/pattern | cut -d' ' -f1)"
+  recv_tcp 5002 /tmp/back "$peer"
+  recv_done 120
+  cmp /data/back /tmp/back || fail "the stream from $peer:5002 ($(stat -c %s /tmp/back) bytes) differs from /data/back"
+  step "received $(stat -c %s /tmp/back) bytes, sha256 $(sha256sum </tmp/back | cut -d' ' -f1)"
+  finish PASS
+}
+
+# Two guests on one switch: the listener (vioport.role=listen) takes a stream
+# and checks it; the sender pings it, then sends /data/pattern.
+test_net_pair() {
+  peer=$(arg peer)
+  if [ "$(arg role)" = listen ]; then
+    recv_tcp 5003 /tmp/in
+    net_up "$(arg addr)"
+    wait_ping "$peer" 180
+    recv_done 300
+    cmp /data/pattern /tmp/in || fail "the stream from $peer ($(stat -c %s /tmp/in) bytes) differs from /data/pattern"
+    step "received $(stat -c %s /tmp/in) bytes from $peer, sha256 $(sha256sum </tmp/in | cut -d' ' -f1)"
+  else
+    net_up "$(arg addr)"
+    wait_ping "$peer" 180
+    i=0
+    until nc "$peer" 5003 </data/pattern 2>/tmp/nc.err; do
+      i=$((i + 1))
+      [ $i -le 60 ] || fail "connecting to $peer:5003 failed: $(cat /tmp/nc.err)"
+      sleep 1
+    done
+    step "sent $(stat -c %s /data/pattern) bytes to $peer"
+  fi
+  finish PASS
+}
+
 case "$NAME" in
+  net_host) test_net_host ;;
+  net_pair) test_net_pair ;;
   verified_data) test_verified_data ;;
   two_queues) test_two_queues ;;
   read_only) test_read_only ;;

@@ -334,6 +334,7 @@ void NetDevice::DrainTx(uint16_t pair) {
       }
       counters_.tx_packets.fetch_add(1, std::memory_order_relaxed);
       counters_.tx_bytes.fetch_add(fr.data.size(), std::memory_order_relaxed);
+      if (fr.hdr.gso_type != net::kGsoNone) tx_gso_.fetch_add(1, std::memory_order_relaxed);
       if (usable_pairs_ > 1) steer_[net::FlowHash(fr.data) & 0xff] = static_cast<uint8_t>(pair);
       SendToNetwork(std::move(fr));
     }
@@ -477,6 +478,7 @@ NetDevice::Put NetDevice::PutFrame(uint16_t pair, const net::Frame& fr) {
   if (fault) return Put::kBroken;
   counters_.rx_packets.fetch_add(1, std::memory_order_relaxed);
   counters_.rx_bytes.fetch_add(fr.data.size(), std::memory_order_relaxed);
+  if (fr.hdr.gso_type != net::kGsoNone) rx_gso_.fetch_add(1, std::memory_order_relaxed);
   return Put::kDone;
 }
 
@@ -523,6 +525,8 @@ void NetDevice::AppendCounters(std::vector<std::pair<std::string, uint64_t>>* ou
   out->push_back({"rx_bytes", get(counters_.rx_bytes)});
   out->push_back({"tx_packets", get(counters_.tx_packets)});
   out->push_back({"tx_bytes", get(counters_.tx_bytes)});
+  out->push_back({"rx_gso_frames", get(rx_gso_)});  // delivered whole to a guest that takes TSO
+  out->push_back({"tx_gso_frames", get(tx_gso_)});  // sent by the guest as TSO frames
   for (size_t i = 1; i < drops_.size(); ++i) {
     const auto d = static_cast<net::Drop>(i);
     if (d == net::Drop::kRxFull) continue;

@@ -44,7 +44,8 @@ struct VhostUserServer::Impl {
 CounterList Extras(const vhost_user::SessionCounters& c) {
   return {{"messages", c.messages},
           {"inflight_resubmitted", c.resubmitted},
-          {"activations_refused", c.activation_refusals}};
+          {"activations_refused", c.activation_refusals},
+          {"duplicate_regions", c.duplicate_regions}};
 }
 
 // One front-end. Lives on the io thread; handlers hold it by shared_ptr and

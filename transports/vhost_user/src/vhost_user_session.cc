@@ -49,6 +49,7 @@ void ForgetInflight(uint8_t* map, uint16_t queues, uint16_t queue_size) {
 // GuestMemory built on it (the device may hold one until it is reset).
 struct Session::Mapping {
   MemRegion r{};
+  uint32_t refs = 1;  // ADD_MEM_REGs of this very region not yet removed
   uint8_t* base = nullptr;
   size_t len = 0;
   uint8_t* host() const { return base + r.mmap_offset; }
@@ -424,6 +425,18 @@ absl::Status Session::AddMemReg(Message& m) {
   SingleMemRegion r;
   if (!m.As(&r)) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected ", sizeof r));
   if (m.fds.size() != 1) return Bad(absl::StrCat(m.fds.size(), " fds, expected 1"));
+  // QEMU 7.2 sends the regions once per vhost device, and a multiqueue net
+  // device is one vhost device per queue pair on one connection: the same
+  // region again is a reference, not an overlap.
+  for (const auto& mp : maps_) {
+    if (mp->r.guest_phys_addr == r.region.guest_phys_addr && mp->r.memory_size == r.region.memory_size &&
+        mp->r.userspace_addr == r.region.userspace_addr && mp->r.mmap_offset == r.region.mmap_offset) {
+      if (mp->refs >= kMaxMemSlots) return Bad("the same region added too many times");
+      mp->refs++;
+      counters_.duplicate_regions++;
+      return absl::OkStatus();
+    }
+  }
   if (maps_.size() >= kMaxMemSlots) return Bad(absl::StrCat("more than ", kMaxMemSlots, " memory slots"));
   auto mp = std::make_shared<Mapping>();
   mp->r = r.region;
@@ -442,6 +455,10 @@ absl::Status Session::RemMemReg(Message& m) {
     const MemRegion& x = (*it)->r;
     if (x.guest_phys_addr == r.region.guest_phys_addr && x.memory_size == r.region.memory_size &&
         x.userspace_addr == r.region.userspace_addr) {
+      if ((*it)->refs > 1) {
+        (*it)->refs--;
+        return absl::OkStatus();
+      }
       maps.erase(it);
       return InstallMemory(std::move(maps));
     }

@@ -32,6 +32,7 @@ struct SessionCounters {
   uint64_t resubmitted = 0;  // chains recovered from the in-flight log
   uint64_t activation_refusals = 0;  // the device wanted more rings running
   uint64_t features_refused = 0;     // SET_FEATURES with bits not offered
+  uint64_t duplicate_regions = 0;    // ADD_MEM_REG of a region already there (one per vhost device)
 
   SessionCounters& operator+=(const SessionCounters& o) {
     messages += o.messages;
@@ -43,6 +44,7 @@ struct SessionCounters {
     resubmitted += o.resubmitted;
     activation_refusals += o.activation_refusals;
     features_refused += o.features_refused;
+    duplicate_regions += o.duplicate_regions;
     return *this;
   }
 };

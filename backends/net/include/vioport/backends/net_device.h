@@ -159,6 +159,7 @@ class NetDevice final : public VirtioDevice, public NetControl {
   net::PortCounters counters_;
   std::array<std::atomic<uint64_t>, static_cast<size_t>(net::Drop::kCount)> drops_{};
   std::atomic<uint64_t> ctrl_ok_{0}, ctrl_err_{0}, unplugged_{0}, link_down_drops_{0};
+  std::atomic<uint64_t> rx_gso_{0}, tx_gso_{0};
 };
 
 }  // namespace vioport
