@@ -148,11 +148,11 @@ void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
             continue;
           }
           vlan = Be16(&f.data[14]) & 0xfff;
-          if (vlan == 0 || vlan == 0xfff) {
+          if (vlan == 0xfff) {
             src.vlan_drops++;
             continue;
           }
-          StripTag(f);
+          StripTag(f);  // VID 0 (priority-tagged) is the untagged VLAN
         } else {
           vlan = 0;
         }
@@ -184,8 +184,18 @@ void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
           dst = static_cast<int32_t>(d->second.port);
       }
       auto in_vlan = [&](const Port& p) { return p.o.trunk || p.o.vlan == vlan; };
+      // A guest on an untagged port may tag its own frames (VLANs of its
+      // own among untagged ports), but never onto a trunk: that would put
+      // it in a VLAN the operator did not give it.
+      const bool own_tag = vlan == 0 && tagged && !src.o.trunk;
       auto deliver = [&](uint32_t q, net::Frame&& fr) {
-        if (ports_[q]->o.trunk && vlan != 0) AddTag(fr, vlan);
+        if (ports_[q]->o.trunk) {
+          if (own_tag) {
+            src.vlan_drops++;
+            return;
+          }
+          if (vlan != 0) AddTag(fr, vlan);
+        }
         out[q].push_back(std::move(fr));
       };
       if (dst >= 0) {

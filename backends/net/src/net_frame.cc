@@ -183,7 +183,11 @@ bool CompleteChecksum(Frame& f) {
   if (start + off + 2 > f.data.size()) return false;
   // The field holds the pseudo-header sum (§5.1.6.2): summing from
   // csum_start to the end and folding completes it.
-  const uint16_t c = static_cast<uint16_t>(~CsumFold(CsumAdd({f.data.data() + start, f.data.size() - start})));
+  uint16_t c = static_cast<uint16_t>(~CsumFold(CsumAdd({f.data.data() + start, f.data.size() - start})));
+  // A computed 0 goes out as 0xffff (the same in one's complement): for UDP
+  // 0 would mean "no checksum", and over IPv6 the packet would be dropped
+  // (RFC 768, RFC 8200 §8.1; Linux's skb_checksum_help does the same).
+  if (c == 0) c = 0xffff;
   PutBe16(&f.data[start + off], c);
   f.hdr.flags = 0;
   f.hdr.csum_start = 0;
@@ -200,10 +204,11 @@ Drop Segment(const Frame& in, bool partial, std::vector<Frame>* out) {
   if (!ParseL3L4(f, &l)) return Drop::kSegment;
   const uint8_t gso = in.hdr.gso_type & ~kGsoEcn;
   const bool tcp = l.proto == kIpProtoTcp;
-  if ((gso == kGsoTcpV4 && (!tcp || l.ethertype != kEtherTypeIpv4)) ||
-      (gso == kGsoTcpV6 && (!tcp || l.ethertype != kEtherTypeIpv6)) || (gso == kGsoUdpL4 && tcp) ||
-      gso == kGsoUdp)
-    return Drop::kSegment;
+  // Only what the frame is: TCPV4, TCPV6 or UDP_L4 (an unknown gso_type
+  // is not cut as whatever the frame happens to carry; UFO is not cut).
+  const bool known = (gso == kGsoTcpV4 && tcp && l.ethertype == kEtherTypeIpv4) ||
+                     (gso == kGsoTcpV6 && tcp && l.ethertype == kEtherTypeIpv6) || (gso == kGsoUdpL4 && !tcp);
+  if (!known) return Drop::kSegment;
   const uint32_t mss = in.hdr.gso_size;
   const uint32_t hdrs = l.payload;
   const uint32_t total = static_cast<uint32_t>(f.size()) - hdrs;
@@ -292,11 +297,13 @@ Drop AdaptForReceiver(const Frame& in, const RxCaps& caps, std::vector<Frame>* o
 
 bool RxFilter::Accepts(std::span<const uint8_t> frame) const {
   if (frame.size() < kEthHeader) return false;
+  // QEMU's order (receive_filter): promiscuous takes everything, tagged
+  // frames of VLANs the driver did not add included.
+  if (promisc) return true;
   if (vlan_filtering && Be16(&frame[12]) == kEtherTypeVlan) {
     if (frame.size() < kEthHeader + kVlanTagLen) return false;
     if (!vlans[Be16(&frame[14]) & 0xfff]) return false;
   }
-  if (promisc) return true;
   const Mac dst = MacFromBytes(frame.data());
   if (dst == kBroadcast) return !nobcast;
   if (IsMulticast(dst)) {

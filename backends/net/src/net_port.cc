@@ -16,7 +16,6 @@ Inbox::~Inbox() {
 
 size_t Inbox::Push(uint32_t source, std::span<Frame> frames) {
   size_t taken = 0;
-  bool wake = false;
   {
     absl::MutexLock l(&mu_);
     Source* src = nullptr;
@@ -34,13 +33,16 @@ size_t Inbox::Push(uint32_t source, std::span<Frame> frames) {
       src->frames.push_back(std::move(f));
       ++taken;
     }
+    // The eventfd is written under the lock, so that it is readable exactly
+    // while signalled_ is set: a Take between setting the flag and the write
+    // would clear the flag and leave the write behind it, readable with
+    // nothing to take.
     if (taken > 0 && !signalled_) {
       signalled_ = true;
-      wake = true;
+      Signal();
     }
   }
   if (taken < frames.size()) drops_.fetch_add(frames.size() - taken, std::memory_order_relaxed);
-  if (wake) Signal();
   return taken;
 }
 
@@ -98,11 +100,9 @@ void Inbox::Clear() {
 }
 
 void Inbox::Wake() {
-  {
-    absl::MutexLock l(&mu_);
-    if (signalled_) return;
-    signalled_ = true;
-  }
+  absl::MutexLock l(&mu_);
+  if (signalled_) return;
+  signalled_ = true;
   Signal();
 }
 
