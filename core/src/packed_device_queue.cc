@@ -382,8 +382,17 @@ uint32_t PackedDeviceQueue::GetBase() const {
 void PackedDeviceQueue::SetBase(uint32_t base) {
   next_avail_ = static_cast<uint16_t>(base & 0x7fff) % cfg_.size;
   avail_wrap_ = base & (1u << 15);
-  next_used_ = published_used_ = static_cast<uint16_t>((base >> 16) & 0x7fff) % cfg_.size;
-  used_wrap_ = published_wrap_ = base & (1u << 31);
+  if ((base >> 16) == 0) {
+    // Only the avail half (DPDK's virtio-user sends 0x8000 for a fresh
+    // ring, as the vhost-user text describes SET_VRING_BASE for packed
+    // rings): the used position is the avail one, as DPDK's vhost library
+    // takes it. QEMU sends both halves (used wrap counter set at start).
+    next_used_ = published_used_ = next_avail_;
+    used_wrap_ = published_wrap_ = avail_wrap_;
+  } else {
+    next_used_ = published_used_ = static_cast<uint16_t>((base >> 16) & 0x7fff) % cfg_.size;
+    used_wrap_ = published_wrap_ = base & (1u << 31);
+  }
   used_pending_.clear();
   win_len_ = 0;
   std::fill(in_flight_ids_.begin(), in_flight_ids_.end(), 0);

@@ -105,7 +105,9 @@ absl::Status NetDevice::Activate(ActivateContext ctx) {
   while (usable < max_usable && net::RxQueue(usable) < ctx.queues.size() && net::TxQueue(usable) < ctx.queues.size() &&
          ctx.queues[net::RxQueue(usable)] && ctx.queues[net::TxQueue(usable)])
     ++usable;
-  if (usable == 0) return absl::FailedPreconditionError("net: receive and transmit queues 0 and 1 are not both enabled");
+  // A VMM enables rings one message at a time (vhost-user): until pair 0
+  // has both, the device runs with no pair and is restarted with more.
+  if (usable == 0) VIOPORT_LOG(kDebug, "net: receive and transmit queues 0 and 1 not both enabled yet");
   const bool has_ctrl = Has(feat, f::kCtrlVq);
   const uint16_t ctrl_q = net::CtrlQueue(opts_.max_pairs, mq);
   if (has_ctrl && (ctrl_q >= ctx.queues.size() || !ctx.queues[ctrl_q]))
@@ -179,9 +181,13 @@ void NetDevice::QueueNotify(uint16_t queue) {
 }
 
 bool NetDevice::ProcessEvents() {
-  if (!active_) {
-    inbox_->Clear();
-    inbox_->Ack();
+  if (!active_ || usable_pairs_ == 0) {
+    // No driver to deliver to: what the switch sent is dropped, counted.
+    taken_.clear();
+    while (inbox_->Take(&taken_, kBatch) > 0) {
+      no_driver_drops_.fetch_add(taken_.size(), std::memory_order_relaxed);
+      taken_.clear();
+    }
     ApplyOperatorActions();
     return false;
   }
@@ -354,7 +360,14 @@ void NetDevice::DrainTx(uint16_t pair) {
 bool NetDevice::DeliverRx() {
   bool did = false;
   std::vector<bool> touched(usable_pairs_, false);
+  uint32_t budget = kRxBudget;
   for (;;) {
+    if (budget == 0) {
+      // Bounded work per turn: come back after the loop's other devices.
+      inbox_->Wake();
+      break;
+    }
+    --budget;
     if (rx_head_ == rx_pending_.size()) {
       rx_pending_.clear();
       rx_head_ = 0;
@@ -535,6 +548,7 @@ void NetDevice::AppendCounters(std::vector<std::pair<std::string, uint64_t>>* ou
   out->push_back({"drop_rx_full", inbox_->drops()});
   out->push_back({"drop_link_down", get(link_down_drops_)});
   out->push_back({"drop_unplugged", get(unplugged_)});
+  out->push_back({"drop_no_driver", get(no_driver_drops_)});
   out->push_back({"ctrl_ok", get(ctrl_ok_)});
   out->push_back({"ctrl_err", get(ctrl_err_)});
 }

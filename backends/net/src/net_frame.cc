@@ -110,7 +110,6 @@ const char* DropName(Drop d) {
     case Drop::kGsoBad: return "gso_bad";
     case Drop::kCsumBad: return "csum_bad";
     case Drop::kHdrFlags: return "hdr_flags";
-    case Drop::kNumBuffers: return "num_buffers";
     case Drop::kSpoofed: return "spoofed";
     case Drop::kRxFull: return "rx_full";
     case Drop::kRxNoBuffer: return "rx_no_buffer";
@@ -138,7 +137,10 @@ uint16_t CsumFold(uint32_t sum) {
 Drop CheckTxHeader(Hdr& hdr, uint64_t features, uint32_t mtu, std::span<const uint8_t> frame) {
   using feature::Has;
   if (frame.size() < kEthHeader) return Drop::kShort;
-  if (hdr.num_buffers != 0) return Drop::kNumBuffers;
+  // §5.1.6.2 has the driver set num_buffers to 0 on transmit; DPDK's
+  // virtio-user leaves whatever was there. The field means nothing on
+  // transmit, so it is ignored, as Linux's tun and QEMU ignore it.
+  hdr.num_buffers = 0;
   if (hdr.flags & ~kHdrFlagNeedsCsum) return Drop::kHdrFlags;
   if (hdr.flags & kHdrFlagNeedsCsum) {
     if (!Has(features, feature::kCsum)) return Drop::kCsumBad;

@@ -96,11 +96,18 @@ class CrqPartitionHost : public std::enable_shared_from_this<CrqPartitionHost> {
     // Keep serving spin_ past the last work before sleeping: a NOTIFY lands
     // in our own queue page and a completion on the device's eventfd, both
     // cheap to look at, while a blocking wake-up costs tens of microseconds.
+    // Bounded like DeviceController::ServeWhileBusy (20 windows): a partition
+    // that always has work must not keep the loop from every other device.
     if (spin_ > absl::ZeroDuration()) {
-      absl::Time until = absl::Now() + spin_;
+      const absl::Time start = absl::Now();
+      const absl::Time hard_stop = start + 20 * spin_;
+      absl::Time until = start + spin_;
       for (uint32_t i = 1;; ++i) {
         if (dispatcher_.Work() > 0) until = absl::Now() + spin_;
-        if ((i & 7) == 0 && absl::Now() >= until) break;
+        if ((i & 7) == 0) {
+          const absl::Time now = absl::Now();
+          if (now >= until || now >= hard_stop) break;
+        }
       }
     }
     // Next: a retry deadline, else the safety tick.

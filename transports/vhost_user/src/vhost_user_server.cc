@@ -72,6 +72,7 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     so.name = name();
     so.transport_features = srv->self->options().transport_features;
     so.inflight = srv->self->options().inflight;
+    so.unsealed_memory = srv->self->options().unsealed_memory;
     kick_watch.resize(srv->device->num_queues());
     session = std::make_unique<Session>(srv->device, this, so);
     VIOPORT_LOG(kInfo, name(), ": front-end connected");
@@ -273,12 +274,18 @@ void RegisterVhostUserTransport() {
        {OptionSpec::String("socket", "SOCKET", "the Unix socket the front-end connects to").Required(),
         OptionSpec::Uint("spin-us", "N", 0, 1000, "keep serving N us past the last request before sleeping")
             .Default(20),
-        OptionSpec::Bool("inflight", true, "do not offer INFLIGHT_SHMFD (by default requests in flight survive a vios restart)")},
+        OptionSpec::Bool("inflight", true, "do not offer INFLIGHT_SHMFD (by default requests in flight survive a vios restart)"),
+        OptionSpec::String("memory", "sealed|any",
+                           "any: take guest memory the front-end could still shrink (DPDK's --no-huge memfds);\n"
+                           "a front-end that truncates it then crashes vios, so only for front-ends you trust")
+            .Default("sealed")
+            .Choices({"sealed", "any"})},
        [](EndpointContext& ctx, const OptionValues& o) -> absl::StatusOr<std::unique_ptr<DeviceEndpoint>> {
          VhostUserServerOptions vo;
          vo.socket_path = o.str("socket");
          vo.spin_us = static_cast<uint32_t>(o.num("spin-us"));
          vo.inflight = o.flag("inflight");
+         vo.unsealed_memory = o.str("memory") == "any";
          vo.name = ctx.name;
          auto s = VhostUserServer::Create(ctx.io, ctx.device, vo);
          if (!s.ok()) return s.status();

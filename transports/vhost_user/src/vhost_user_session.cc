@@ -364,7 +364,7 @@ absl::Status Session::ResetRings() {
 namespace {
 
 // Maps one region after checking everything the front-end claims about it.
-absl::Status MapRegion(const MemRegion& r, int fd, uint8_t** base, size_t* len) {
+absl::Status MapRegion(const MemRegion& r, int fd, bool unsealed_ok, uint8_t** base, size_t* len) {
   if (r.memory_size == 0) return Bad("region of size 0");
   if (r.guest_phys_addr + r.memory_size < r.guest_phys_addr || r.userspace_addr + r.memory_size < r.userspace_addr ||
       r.mmap_offset + r.memory_size < r.mmap_offset)
@@ -385,7 +385,8 @@ absl::Status MapRegion(const MemRegion& r, int fd, uint8_t** base, size_t* len) 
                                r.memory_size, st.st_size));
   // A memfd the front-end could still shrink would SIGBUS us later.
   const int seals = ::fcntl(fd, F_GET_SEALS);
-  if (seals >= 0 && !(seals & F_SEAL_SHRINK)) return Bad("region memfd is not sealed against shrinking (F_SEAL_SHRINK)");
+  if (seals >= 0 && !(seals & F_SEAL_SHRINK) && !unsealed_ok)
+    return Bad("region memfd is not sealed against shrinking (F_SEAL_SHRINK; memory=any takes it from a trusted front-end)");
   const size_t l = r.mmap_offset + r.memory_size;
   void* p = ::mmap(nullptr, l, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
   if (p == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap of a region: ", std::strerror(errno)));
@@ -414,7 +415,7 @@ absl::Status Session::SetMemTable(Message& m) {
   for (uint32_t i = 0; i < h.nregions; ++i) {
     auto mp = std::make_shared<Mapping>();
     std::memcpy(&mp->r, m.payload.data() + sizeof h + i * sizeof(MemRegion), sizeof(MemRegion));
-    absl::Status s = MapRegion(mp->r, m.fds[i], &mp->base, &mp->len);
+    absl::Status s = MapRegion(mp->r, m.fds[i], opts_.unsealed_memory, &mp->base, &mp->len);
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat("region ", i, ": ", s.message()));
     maps.push_back(std::move(mp));
   }
@@ -440,7 +441,7 @@ absl::Status Session::AddMemReg(Message& m) {
   if (maps_.size() >= kMaxMemSlots) return Bad(absl::StrCat("more than ", kMaxMemSlots, " memory slots"));
   auto mp = std::make_shared<Mapping>();
   mp->r = r.region;
-  if (absl::Status s = MapRegion(mp->r, m.fds[0], &mp->base, &mp->len); !s.ok()) return s;
+  if (absl::Status s = MapRegion(mp->r, m.fds[0], opts_.unsealed_memory, &mp->base, &mp->len); !s.ok()) return s;
   auto maps = maps_;
   maps.push_back(std::move(mp));
   return InstallMemory(std::move(maps));

@@ -53,6 +53,7 @@ struct SessionOptions {
   std::string name;                   // for logs
   uint64_t transport_features = 0;    // ring bits this transport carries
   bool inflight = true;               // offer INFLIGHT_SHMFD
+  bool unsealed_memory = false;       // take memfds a front-end could shrink (memory=any)
 };
 
 class Session {

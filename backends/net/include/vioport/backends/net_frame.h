@@ -27,7 +27,6 @@ enum class Drop : uint8_t {
   kGsoBad,            // gso_size 0, or a GSO frame that is not the protocol it says
   kCsumBad,           // csum_start/offset outside the frame, or NEEDS_CSUM without CSUM
   kHdrFlags,          // flags other than NEEDS_CSUM on transmit
-  kNumBuffers,        // num_buffers not 0 on transmit
   kSpoofed,           // source MAC is not the port's (mac-lock)
   kRxFull,            // the receiver's inbox is full
   kRxNoBuffer,        // the frame does not fit the driver's buffer (no MRG_RXBUF)
@@ -40,8 +39,8 @@ const char* DropName(Drop d);
 
 // A guest's transmit header (§5.1.6.2). `features` are the negotiated ones;
 // `mtu` bounds a frame without GSO (Ethernet and one VLAN tag on top).
-// Normalises what it accepts: hdr_len is recomputed by Segment, never
-// trusted.
+// Normalises what it accepts: num_buffers is ignored (set to 0), hdr_len is
+// recomputed by Segment, never trusted.
 Drop CheckTxHeader(Hdr& hdr, uint64_t features, uint32_t mtu, std::span<const uint8_t> frame);
 
 // Makes `in` something the receiver can take: as is when it can; otherwise

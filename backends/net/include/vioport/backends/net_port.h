@@ -51,9 +51,9 @@ class FrameSink {
 class Inbox {
  public:
   struct Limits {
-    uint32_t frames = 1024;           // in total
+    uint32_t frames = 2048;           // in total
     uint64_t bytes = 8ull << 20;      // in total
-    uint32_t per_source = 256;        // frames from one sending port
+    uint32_t per_source = 512;        // frames from one sending port
   };
   explicit Inbox(Limits limits);
   Inbox() : Inbox(Limits{}) {}

@@ -95,8 +95,10 @@ inline std::vector<uint8_t> ReadAll(const std::string& path) {
 }
 
 // Starts argv[0] with the rest as arguments; stdout and stderr go to files
-// named after `tag` in `dir`.
-inline Proc Spawn(const std::vector<std::string>& argv, const std::string& dir, const std::string& tag) {
+// named after `tag` in `dir`, stdin comes from `stdin_path` (a FIFO lets a
+// test type commands into an interactive program).
+inline Proc Spawn(const std::vector<std::string>& argv, const std::string& dir, const std::string& tag,
+                  const std::string& stdin_path = "/dev/null") {
   static std::atomic<int> counter{0};  // tests spawn from several threads
   const int n = ++counter;
   Proc p;
@@ -104,7 +106,7 @@ inline Proc Spawn(const std::vector<std::string>& argv, const std::string& dir, 
   p.err_path = dir + "/" + tag + "." + std::to_string(n) + ".err";
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 0, stdin_path.c_str(), O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, p.out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_addopen(&fa, 2, p.err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   std::vector<char*> args;

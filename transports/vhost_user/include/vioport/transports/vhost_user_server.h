@@ -29,6 +29,9 @@ struct VhostUserServerOptions {
   uint32_t spin_us = 20;
   // Offer INFLIGHT_SHMFD: requests in flight survive a vios restart (split rings).
   bool inflight = true;
+  // Take memfds not sealed against shrinking (memory=any): for trusted
+  // front-ends only, since a truncation would SIGBUS vios.
+  bool unsealed_memory = false;
   uint64_t transport_features = feature::kCoreSupported;
 };
 
