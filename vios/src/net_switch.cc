@@ -123,6 +123,10 @@ void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
   const absl::Time now = absl::Now();
   {
     absl::MutexLock fl(&fdb_mu_);
+    uint64_t last_key = ~0ull;  // not a key: VLANs stop at 4095
+    auto last_it = fdb_.end();
+    uint64_t last_dkey = ~0ull;
+    int32_t last_dst = -1;
     for (net::Frame& f : frames) {
       if (f.data.size() < net::kEthHeader) {
         src.bad_source++;
@@ -160,14 +164,18 @@ void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
         src.vlan_drops++;  // an access port's guest does not choose its VLAN
         continue;
       }
-      // Learn.
+      // Learn (a batch is mostly one source: look it up once).
       const uint64_t skey = Key(vlan, smac);
-      auto it = fdb_.find(skey);
+      auto it = skey == last_key ? last_it : fdb_.find(skey);
       if (it != fdb_.end()) {
         it->second = Learnt{from, now};
+        last_key = skey;
+        last_it = it;
       } else if (fdb_.size() < opts_.max_macs) {
         fdb_.emplace(skey, Learnt{from, now});
+        last_key = last_dkey = ~0ull;  // the insert may have moved every entry
       } else {
+        last_key = last_dkey = ~0ull;
         // Full: make room from entries that aged out, else do not learn.
         for (auto e = fdb_.begin(); e != fdb_.end();) {
           auto cur = e++;
@@ -178,10 +186,17 @@ void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
       // Forward.
       int32_t dst = -1;
       if (!net::IsMulticast(dmac)) {
-        auto d = fdb_.find(Key(vlan, dmac));
-        if (d != fdb_.end() && now - d->second.seen <= opts_.aging && d->second.port < nports &&
-            ports_[d->second.port]->live)
-          dst = static_cast<int32_t>(d->second.port);
+        const uint64_t dkey = Key(vlan, dmac);
+        if (dkey == last_dkey) {
+          dst = last_dst;  // same destination as the frame before, table unchanged
+        } else {
+          auto d = fdb_.find(dkey);
+          if (d != fdb_.end() && now - d->second.seen <= opts_.aging && d->second.port < nports &&
+              ports_[d->second.port]->live)
+            dst = static_cast<int32_t>(d->second.port);
+          last_dkey = dkey;
+          last_dst = dst;
+        }
       }
       auto in_vlan = [&](const Port& p) { return p.o.trunk || p.o.vlan == vlan; };
       // A guest on an untagged port may tag its own frames (VLANs of its

@@ -118,7 +118,11 @@ class NetDevice final : public VirtioDevice, public NetControl {
  private:
   explicit NetDevice(const NetOptions& options);
   enum class Put : uint8_t { kDone, kNoBuffers, kDropped, kBroken };
-  void Count(net::Drop d, uint64_t n = 1) { drops_[static_cast<size_t>(d)].fetch_add(n, std::memory_order_relaxed); }
+  // Device thread only (single writer: a plain add).
+  void Count(net::Drop d, uint64_t n = 1) {
+    auto& c = drops_[static_cast<size_t>(d)];
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   void DrainTx(uint16_t pair);
   void FlushTx();
   bool DeliverRx();
@@ -156,6 +160,7 @@ class NetDevice final : public VirtioDevice, public NetControl {
   uint32_t tx_more_ = 0;              // pairs whose budget ran out this turn (bit per pair, first 32)
 
   std::vector<net::Frame> tx_batch_;
+  std::vector<std::vector<uint8_t>> tx_pool_;  // frame buffers to reuse
   std::vector<net::Frame> taken_;      // from the inbox, before adaption
   std::vector<net::Frame> rx_pending_; // adapted, waiting for receive buffers
   size_t rx_head_ = 0;
