@@ -122,8 +122,15 @@ Server::~Server() {
     ::unlink(control_->path.c_str());
   }
   // Attachments first (they reset the devices), then the devices, then
-  // the uplinks and switches they were plugged into.
+  // the uplinks and switches they were plugged into. A net device and its
+  // switch hold each other (the device sends into the switch, the switch
+  // holds the device's inbox): unplug before letting go of either.
   for (auto& [id, e] : devices_) e.attachment.reset();
+  for (auto& [id, e] : devices_) {
+    if (!e.sw) continue;
+    e.sw->RemovePort(e.port);
+    if (auto* net = dynamic_cast<NetDevice*>(e.device.get())) net->Plug(nullptr, 0);
+  }
   devices_.clear();
   netdevs_.clear();
 }
