@@ -3,6 +3,12 @@
 // with the same drivers every transport uses, over any transport this build
 // registered. See UsageText().
 #include <fcntl.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,6 +82,10 @@ usage: vioguest --transport NAME:CHANNEL[,KEY=VALUE...] [common options] DEVICE 
                                     one test frame at a time to MAC, which
                                     echoes it; every answer checked; round-trip
                                     latency percentiles
+  net tap    --ifname NAME [--time SECONDS]
+                                    join the device to tap NAME (created if
+                                    missing): ping, iperf3 and any tool run over
+                                    it; until SIGINT (or SECONDS)
   net bench  --mode tx|rx [--size B] [--time SECONDS] [--pairs N]
                                     generate (tx) or sink (rx) frames; prints
                                     pps and Gbit/s
@@ -117,7 +127,7 @@ std::map<std::string, bool> TakesValue() {
       {"expect", true},    {"timeout", true}, {"reconnect-timeout", true}, {"packed", false},
       {"no-event-idx", false}, {"no-indirect", false}, {"quiet", false}, {"help", false},
       {"count", true}, {"size", true}, {"dst", true}, {"src", true}, {"pairs", true}, {"mode", true}, {"queue-size", true},
-      {"rate", true}, {"no-offloads", false}, {"no-mrg-rxbuf", false}};
+      {"rate", true}, {"ifname", true}, {"no-offloads", false}, {"no-mrg-rxbuf", false}};
   for (const OptionSpec& f : GuestFlagSpecs()) m[f.key] = f.kind != OptionSpec::Kind::kBool;
   return m;
 }
@@ -569,7 +579,7 @@ int64_t CheckTestFrame(const net::Frame& f, uint64_t seed) {
 }
 
 int Net(Guest& g, const Args& a) {
-  if (a.positional.size() < 2) Usage("net needs a command: info, send, recv, echo, pingpong, bench");
+  if (a.positional.size() < 2) Usage("net needs a command: info, send, recv, echo, pingpong, tap, bench");
   const std::string& cmd = a.positional[1];
   NetDriver nd(*g.transport);
   NetDriverOptions o;
@@ -737,6 +747,80 @@ int Net(Guest& g, const Args& a) {
                 rtt_us.size(), lost, damaged, secs, pct(0.5), pct(0.99), rtt_us.empty() ? 0.0 : rtt_us.back(),
                 ok ? "yes" : "no");
     return ok ? 0 : 1;
+  }
+  if (cmd == "tap") {
+    // The driver joined to a local tap interface: frames the host sends
+    // into the tap go out through the device, frames from the device come
+    // out of the tap, offload headers included, so real tools (ping,
+    // iperf3) run over vioport's virtio-net on any transport.
+    if (!a.opts.count("ifname")) Usage("net tap needs --ifname NAME");
+    const std::string ifname = a.opts.at("ifname");
+    const int fd = ::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) Fail(absl::UnavailableError(absl::StrCat("/dev/net/tun: ", std::strerror(errno))), "net tap");
+    struct ifreq ifr {};
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    std::snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname.c_str());
+    int hdr = net::kHdrSize;
+    if (::ioctl(fd, TUNSETIFF, &ifr) < 0 || ::ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0)
+      Fail(absl::UnavailableError(absl::StrCat("tap ", ifname, ": ", std::strerror(errno))), "net tap");
+    // What the host may hand us whole: what the device takes from us.
+    namespace nf = net::feature;
+    unsigned off = 0;
+    if (nd.has(nf::kCsum)) {
+      off |= TUN_F_CSUM;
+      if (nd.has(nf::kHostTso4)) off |= TUN_F_TSO4;
+      if (nd.has(nf::kHostTso6)) off |= TUN_F_TSO6;
+      if (nd.has(nf::kHostEcn) && (nd.has(nf::kHostTso4) || nd.has(nf::kHostTso6))) off |= TUN_F_TSO_ECN;
+    }
+    if (::ioctl(fd, TUNSETOFFLOAD, static_cast<unsigned long>(off)) < 0)
+      Fail(absl::UnavailableError(absl::StrCat("tap ", ifname, ": TUNSETOFFLOAD: ", std::strerror(errno))), "net tap");
+    std::fprintf(stderr, "vioguest: tap %s joined to the device (mac %s), offloads 0x%x; SIGINT ends\n", ifname.c_str(),
+                 net::MacString(nd.mac()).c_str(), off);
+    static volatile sig_atomic_t stop = 0;
+    ::signal(SIGINT, [](int) { stop = 1; });
+    ::signal(SIGTERM, [](int) { stop = 1; });
+    const double secs_wanted = static_cast<double>(Size(a, "time", 0));
+    const absl::Time end = secs_wanted > 0 ? absl::Now() + absl::Seconds(secs_wanted) : absl::InfiniteFuture();
+    std::vector<uint8_t> buf(net::kHdrSize + net::kMaxGsoFrame + 64);
+    std::vector<net::Frame> out, in;
+    uint64_t to_dev = 0, from_dev = 0, bad = 0;
+    while (!stop && absl::Now() < end) {
+      out.clear();
+      while (out.size() < 32) {
+        const ssize_t r = ::read(fd, buf.data(), buf.size());
+        if (r < static_cast<ssize_t>(net::kHdrSize + net::kEthHeader)) break;
+        net::Frame f;
+        std::memcpy(&f.hdr, buf.data(), net::kHdrSize);
+        f.hdr.flags &= static_cast<uint8_t>(~net::kHdrFlagDataValid);  // not a transmit flag
+        f.hdr.num_buffers = 0;
+        f.data.assign(buf.data() + net::kHdrSize, buf.data() + r);
+        out.push_back(std::move(f));
+      }
+      size_t sent = 0;
+      while (sent < out.size()) {
+        auto n = nd.Send(0, std::span<const net::Frame>(out).subspan(sent));
+        if (!n.ok()) Fail(n.status(), "net tap");
+        sent += *n;
+      }
+      to_dev += sent;
+      in.clear();
+      auto n = nd.Recv(0, &in, 64, absl::ZeroDuration());
+      if (!n.ok()) Fail(n.status(), "net tap");
+      for (net::Frame& f : in) {
+        f.hdr.num_buffers = 0;
+        iovec iov[2] = {{&f.hdr, net::kHdrSize}, {f.data.data(), f.data.size()}};
+        if (::writev(fd, iov, 2) < 0) ++bad;
+        else ++from_dev;
+      }
+      if (out.empty() && in.empty()) {
+        pollfd p{fd, POLLIN, 0};
+        ::poll(&p, 1, 1);
+      }
+    }
+    ::close(fd);
+    std::printf("result device=net op=tap to_device=%" PRIu64 " from_device=%" PRIu64 " write_errors=%" PRIu64 "\n", to_dev,
+                from_dev, bad);
+    return 0;
   }
   if (cmd == "bench") {
     const std::string mode = a.opts.count("mode") ? a.opts.at("mode") : "tx";
