@@ -1183,8 +1183,13 @@ class Run {
     } else {
       p_next_ = static_cast<uint16_t>((b & 0x7fff) % n);
       p_wrap_ = b & (1u << 15);
-      p_used_ = p_pub_ = static_cast<uint16_t>(((b >> 16) & 0x7fff) % n);
-      p_used_wrap_ = p_pub_wrap_ = b & (1u << 31);
+      if ((b >> 16) == 0) {  // only the avail half (DPDK's virtio-user): used follows avail
+        p_used_ = p_pub_ = p_next_;
+        p_used_wrap_ = p_pub_wrap_ = p_wrap_;
+      } else {
+        p_used_ = p_pub_ = static_cast<uint16_t>(((b >> 16) & 0x7fff) % n);
+        p_used_wrap_ = p_pub_wrap_ = b & (1u << 31);
+      }
       slots_since_publish_ = 0;
       w_len_ = 0;
       if (!p_inflight_.empty()) std::memset(p_inflight_.data(), 0, p_inflight_.size());
