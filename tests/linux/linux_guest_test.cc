@@ -22,6 +22,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
@@ -484,6 +485,16 @@ class LinuxGuest : public ::testing::Test {
     return true;
   }
 
+  // Waits until `backend` listens on every socket (it must not exit first).
+  void WaitListening(Child& backend, const std::vector<std::string>& sockets) {
+    const auto t0 = Clock::now();
+    while (!std::all_of(sockets.begin(), sockets.end(), [](const std::string& s) { return UnixSocketListening(s); })) {
+      ASSERT_TRUE(backend.Running()) << "vios exited with status " << backend.status();
+      ASSERT_LT(Since(t0), 20 * scale_) << "vios did not listen on every socket";
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+
   // Runs a command to completion (ip, for the test's network namespace).
   int Run(std::vector<std::string> argv, double seconds = 30) {
     argv[0] = Resolve(argv[0]);
@@ -741,12 +752,7 @@ TEST_F(LinuxGuest, TwoGuestsOneVios) {
                                "b,transport=vhost-user,socket=" + sb},
       dir_, "backend"));
   Child& v = *backends_.back();
-  const auto t0 = Clock::now();
-  while (!(UnixSocketListening(sa) && UnixSocketListening(sb))) {
-    ASSERT_TRUE(v.Running()) << "vios exited with status " << v.status();
-    ASSERT_LT(Since(t0), 20 * scale_) << "vios did not listen on both sockets";
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  ASSERT_NO_FATAL_FAILURE(WaitListening(v, {sa, sb}));
   Child& ga = StartGuest({.workload = "verified_data", .data_dir = Path("data-a"), .socket = sa});
   Child& gb = StartGuest({.workload = "verified_data", .data_dir = Path("data-b"), .socket = sb});
   ExpectGuestPasses(ga, v, "verified_data");
@@ -896,12 +902,7 @@ TEST_F(LinuxGuest, NetTwoGuestsThroughTheSwitch) {
                                "a,transport=vhost-user,socket=" + sa, "--attach", "b,transport=vhost-user,socket=" + sb},
       dir_, "backend"));
   Child& v = *backends_.back();
-  const auto t0 = Clock::now();
-  while (!(UnixSocketListening(sa) && UnixSocketListening(sb))) {
-    ASSERT_TRUE(v.Running()) << "vios exited with status " << v.status();
-    ASSERT_LT(Since(t0), 20 * scale_) << "vios did not listen on both sockets";
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  ASSERT_NO_FATAL_FAILURE(WaitListening(v, {sa, sb}));
   Child& ga = StartGuest({.workload = "net_pair",
                           .extra_args = "vioport.role=listen vioport.addr=10.77.0.3 vioport.peer=10.77.0.2",
                           .data_dir = Path("data"),

@@ -159,15 +159,20 @@ absl::Status NetDriver::Wait(DriverQueue& q, uint64_t* token, uint32_t* len, abs
   return absl::InternalError("net: unexpected wait result");
 }
 
+// A transmit buffer the device returned goes back to its pool.
+void NetDriver::Reclaim(Pair& ps, uint64_t token) {
+  if (token & kBigToken) ps.tx_free_big.push_back(static_cast<uint32_t>(token & 0xffffffff));
+  else ps.tx_free_small.push_back(static_cast<uint32_t>(token));
+  --ps.tx_in_flight;
+}
+
 void NetDriver::ReapTx(uint16_t pair) {
   Pair& ps = pairs_state_[pair];
   DriverQueue& q = drv_.queue(net::TxQueue(pair));
   uint64_t token;
   uint32_t len;
   while (q.GetUsed(&token, &len) == UsedStatus::kUsed) {
-    if (token & kBigToken) ps.tx_free_big.push_back(static_cast<uint32_t>(token & 0xffffffff));
-    else ps.tx_free_small.push_back(static_cast<uint32_t>(token));
-    --ps.tx_in_flight;
+    Reclaim(ps, token);
   }
 }
 
@@ -191,9 +196,7 @@ absl::StatusOr<size_t> NetDriver::Send(uint16_t pair, std::span<const net::Frame
       uint32_t len;
       while (pool.empty()) {
         if (absl::Status s = Wait(q, &token, &len, opts_.wait.timeout); !s.ok()) return s;
-        if (token & kBigToken) ps.tx_free_big.push_back(static_cast<uint32_t>(token & 0xffffffff));
-        else ps.tx_free_small.push_back(static_cast<uint32_t>(token));
-        --ps.tx_in_flight;
+        Reclaim(ps, token);
         ReapTx(pair);
       }
     }
@@ -226,9 +229,7 @@ absl::Status NetDriver::FlushTx(uint16_t pair) {
     uint64_t token;
     uint32_t len;
     if (absl::Status s = Wait(drv_.queue(net::TxQueue(pair)), &token, &len, opts_.wait.timeout); !s.ok()) return s;
-    if (token & kBigToken) ps.tx_free_big.push_back(static_cast<uint32_t>(token & 0xffffffff));
-    else ps.tx_free_small.push_back(static_cast<uint32_t>(token));
-    --ps.tx_in_flight;
+    Reclaim(ps, token);
     ReapTx(pair);
   }
   return absl::OkStatus();

@@ -85,6 +85,7 @@ class NetDriver {
   };
   absl::Status PostRx(uint16_t pair, uint32_t slot);
   void ReapTx(uint16_t pair);
+  static void Reclaim(Pair& ps, uint64_t token);
   absl::Status Wait(DriverQueue& q, uint64_t* token, uint32_t* len, absl::Duration timeout);
   void FreeAll();
 
