@@ -86,9 +86,13 @@ usage: vioguest --transport NAME:CHANNEL[,KEY=VALUE...] [common options] DEVICE 
                                     join the device to tap NAME (created if
                                     missing): ping, iperf3 and any tool run over
                                     it; until SIGINT (or SECONDS)
-  net bench  --mode tx|rx [--size B] [--time SECONDS] [--pairs N]
+  net bench  --mode tx|rx [--size B] [--time SECONDS] [--pairs N] [--rate PPS] [--tso]
                                     generate (tx) or sink (rx) frames; prints
-                                    pps and Gbit/s
+                                    pps and Gbit/s, and (rx) one-way latency
+                                    percentiles of the frames a tx bench on
+                                    this machine stamped; --tso sends IPv4/TCP
+                                    frames of B payload bytes (default 63000)
+                                    for the device to segment at the MTU
   net options: [--no-offloads] [--no-mrg-rxbuf] [--queue-size N]
   rng [--length B] [--out FILE]     read random bytes
   console [--send TEXT] [--expect TEXT] [--timeout SECONDS]
@@ -127,7 +131,7 @@ std::map<std::string, bool> TakesValue() {
       {"expect", true},    {"timeout", true}, {"reconnect-timeout", true}, {"packed", false},
       {"no-event-idx", false}, {"no-indirect", false}, {"quiet", false}, {"help", false},
       {"count", true}, {"size", true}, {"dst", true}, {"src", true}, {"pairs", true}, {"mode", true}, {"queue-size", true},
-      {"rate", true}, {"ifname", true}, {"no-offloads", false}, {"no-mrg-rxbuf", false}};
+      {"rate", true}, {"ifname", true}, {"no-offloads", false}, {"no-mrg-rxbuf", false}, {"tso", false}};
   for (const OptionSpec& f : GuestFlagSpecs()) m[f.key] = f.kind != OptionSpec::Kind::kBool;
   return m;
 }
@@ -537,9 +541,9 @@ int Blk(Guest& g, const Args& a) {
 
 // A test frame: Ethernet (EtherType 0x88b5, local experimental), then
 // seed (8 bytes), sequence number (4), frame size (4) and pattern bytes
-// from (seed, sequence) for the rest. As a TSO frame (--tso): an IPv4/TCP
-// packet whose payload carries the same fields, so every segment a port
-// cuts is checked when the receiver puts the stream back together.
+// from (seed, sequence) for the rest. `net bench` stamps its frames with
+// the sending time (BenchStamp), and with --tso sends IPv4/TCP frames for
+// the device to segment (BenchTsoFrame).
 constexpr uint16_t kTestEtherType = 0x88b5;
 constexpr size_t kTestHeader = 14 + 16;
 
@@ -578,6 +582,89 @@ int64_t CheckTestFrame(const net::Frame& f, uint64_t seed) {
   return seq;
 }
 
+
+// ---- net bench frames --------------------------------------------------------
+
+// CLOCK_MONOTONIC in ns: one clock for every process on this machine, so a
+// receiver can time a frame a sender stamped.
+uint64_t MonoNs() {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// Where a bench frame carries its send time: after the test header of a
+// test frame; at the start of every MSS-sized piece of a TSO frame's TCP
+// payload, so each segment a port cuts from it is stamped too.
+constexpr size_t kStampAt = kTestHeader;
+constexpr size_t kTsoHeaders = 14 + 20 + 20;  // Ethernet, IPv4, TCP (no options)
+
+uint16_t Fold(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(sum);
+}
+uint32_t Sum16(const uint8_t* p, size_t n, uint32_t sum = 0) {
+  for (size_t i = 0; i + 1 < n; i += 2) sum += (uint32_t{p[i]} << 8) | p[i + 1];
+  if (n & 1) sum += uint32_t{p[n - 1]} << 8;
+  return sum;
+}
+
+// An IPv4/TCP frame of `payload` bytes for the device to cut into `mss`
+// segments (§5.1.6.2: NEEDS_CSUM with the pseudo-header sum in place,
+// GSO_TCPV4, gso_size, hdr_len).
+net::Frame BenchTsoFrame(net::Mac dst, net::Mac src, size_t payload, uint16_t mss, uint32_t seq) {
+  net::Frame f;
+  f.data.assign(kTsoHeaders + payload, 0);
+  uint8_t* d = f.data.data();
+  net::MacToBytes(dst, d);
+  net::MacToBytes(src, d + 6);
+  PutBe(d + 12, 0x0800, 2);
+  uint8_t* ip = d + 14;
+  ip[0] = 0x45;
+  PutBe(ip + 2, 20 + 20 + payload, 2);
+  PutBe(ip + 6, 0x4000, 2);  // DF
+  ip[8] = 64;
+  ip[9] = 6;
+  PutBe(ip + 12, 0x0a590001, 4);  // 10.89.0.1 -> 10.89.0.2: never routed, the switch only looks at MACs
+  PutBe(ip + 16, 0x0a590002, 4);
+  PutBe(ip + 10, static_cast<uint16_t>(~Fold(Sum16(ip, 20))), 2);
+  uint8_t* tcp = ip + 20;
+  PutBe(tcp, 40001, 2);
+  PutBe(tcp + 2, 5201, 2);
+  PutBe(tcp + 4, seq, 4);
+  tcp[12] = 5 << 4;
+  tcp[13] = 0x18;  // PSH, ACK
+  PutBe(tcp + 14, 0xffff, 2);
+  pattern::Fill(seq, 0, {tcp + 20, payload});
+  // The pseudo-header sum, not complemented: the device completes it.
+  uint32_t ph = Sum16(ip + 12, 8);
+  ph += 6 + 20 + static_cast<uint32_t>(payload);
+  PutBe(tcp + 16, Fold(ph), 2);
+  f.hdr.flags = net::kHdrFlagNeedsCsum;
+  f.hdr.gso_type = net::kGsoTcpV4;
+  f.hdr.gso_size = mss;
+  f.hdr.hdr_len = kTsoHeaders;
+  f.hdr.csum_start = 14 + 20;
+  f.hdr.csum_offset = 16;
+  return f;
+}
+
+void BenchStamp(net::Frame& f, uint64_t now, uint16_t mss) {
+  if (f.hdr.gso_type == net::kGsoNone) {
+    PutBe(f.data.data() + kStampAt, now, 8);
+    return;
+  }
+  for (size_t at = kTsoHeaders; at + 8 <= f.data.size(); at += mss) PutBe(f.data.data() + at, now, 8);
+}
+
+// The send time of a frame a bench sender stamped; 0 if it is not one.
+uint64_t BenchStampOf(const net::Frame& f) {
+  const auto& d = f.data;
+  if (d.size() >= kStampAt + 8 && GetBe(&d[12], 2) == kTestEtherType) return GetBe(&d[kStampAt], 8);
+  if (d.size() >= kTsoHeaders + 8 && GetBe(&d[12], 2) == 0x0800 && d[14 + 9] == 6) return GetBe(&d[kTsoHeaders], 8);
+  return 0;
+}
+
 int Net(Guest& g, const Args& a) {
   if (a.positional.size() < 2) Usage("net needs a command: info, send, recv, echo, pingpong, tap, bench");
   const std::string& cmd = a.positional[1];
@@ -599,8 +686,10 @@ int Net(Guest& g, const Args& a) {
   }
   const uint64_t seed = Size(a, "seed", 1);
   const uint64_t count = Size(a, "count", 1000);
-  const size_t size = Size(a, "size", 64);
-  if (size < 64 || size > 9216) Usage("--size must be 64..9216");
+  const bool tso = cmd == "bench" && a.flags.count("tso");
+  const size_t size = Size(a, "size", tso ? 63000 : 64);
+  if (tso && (size < 64 || size > 65535 - 40)) Usage("--size with --tso is the TCP payload: 64..65495");
+  if (!tso && (size < 64 || size > 9216)) Usage("--size must be 64..9216");
   const absl::Duration timeout = absl::Seconds(static_cast<int64_t>(Size(a, "timeout", 30)));
   if (cmd == "send") {
     net::Mac dst = net::kBroadcast;
@@ -825,27 +914,50 @@ int Net(Guest& g, const Args& a) {
   if (cmd == "bench") {
     const std::string mode = a.opts.count("mode") ? a.opts.at("mode") : "tx";
     const double secs_wanted = static_cast<double>(Size(a, "time", 5));
+    const uint64_t rate = Size(a, "rate", 0);
     uint64_t frames_done = 0, bytes = 0;
+    // One-way latency of stamped frames (rx): every 8th frame, bounded.
+    std::vector<float> lat_us;
+    constexpr size_t kMaxSamples = 1 << 21;
+    double rx_secs = 0;
     const absl::Time start = absl::Now();
     const absl::Time end = start + absl::Seconds(secs_wanted);
     if (mode == "tx") {
+      const uint16_t mss = static_cast<uint16_t>(nd.mtu() - 40);
+      if (tso && !nd.has(net::feature::kHostTso4)) Usage("--tso: the device did not offer HOST_TSO4 (or --no-offloads)");
       std::vector<net::Frame> batch;
-      for (int i = 0; i < 64; ++i) batch.push_back(TestFrame(net::kBroadcast - 1, nd.mac(), seed, i, size));
+      const size_t per_batch = tso ? 8 : 64;
+      for (size_t i = 0; i < per_batch; ++i)
+        batch.push_back(tso ? BenchTsoFrame(net::kBroadcast - 1, nd.mac(), size, mss, static_cast<uint32_t>(i * size))
+                            : TestFrame(net::kBroadcast - 1, nd.mac(), seed, static_cast<uint32_t>(i), size));
+      const size_t frame_bytes = batch[0].data.size();
       uint16_t pair = 0;
       while (absl::Now() < end) {
-        for (int k = 0; k < 16; ++k) {
-          auto n = nd.Send(pair, batch);
-          if (!n.ok()) Fail(n.status(), "net bench");
-          frames_done += *n;
+        if (rate > 0) {
+          const absl::Time due = start + absl::Seconds(static_cast<double>(frames_done) / rate);
+          while (absl::Now() < due) absl::SleepFor(std::min(due - absl::Now(), absl::Microseconds(200)));
         }
-        pair = static_cast<uint16_t>((pair + 1) % pairs);
+        const uint64_t now = MonoNs();
+        for (net::Frame& f : batch) BenchStamp(f, now, mss);
+        size_t done = 0;
+        while (done < batch.size()) {
+          auto n = nd.Send(pair, std::span<const net::Frame>(batch).subspan(done));
+          if (!n.ok()) Fail(n.status(), "net bench");
+          done += *n;
+        }
+        frames_done += batch.size();
+        if (rate > 0 || frames_done % 1024 == 0) pair = static_cast<uint16_t>((pair + 1) % pairs);
       }
       for (uint16_t p = 0; p < pairs; ++p)
         if (absl::Status s = nd.FlushTx(p); !s.ok()) Fail(s, "net bench");
-      bytes = frames_done * size;
+      bytes = frames_done * frame_bytes;
     } else if (mode == "rx") {
       std::vector<net::Frame> frames;
       uint16_t pair = 0;
+      uint64_t n_seen = 0;
+      // The sink's rate is over the time frames arrived (from the first
+      // batch to the last), not the time it waited for a sender.
+      uint64_t first_ns = 0, last_ns = 0;
       while (absl::Now() < end) {
         frames.clear();
         for (uint16_t p = 0; p < pairs; ++p) {
@@ -857,16 +969,33 @@ int Net(Guest& g, const Args& a) {
           if (!n.ok()) Fail(n.status(), "net bench");
           pair = static_cast<uint16_t>((pair + 1) % pairs);
         }
-        for (const auto& f : frames) bytes += f.data.size();
+        if (frames.empty()) continue;
+        const uint64_t now = MonoNs();
+        if (frames_done == 0) first_ns = now;
+        last_ns = now;
+        for (const auto& f : frames) {
+          bytes += f.data.size();
+          if ((n_seen++ & 7) != 0 || lat_us.size() >= kMaxSamples) continue;
+          const uint64_t sent = BenchStampOf(f);
+          if (sent != 0 && sent <= now) lat_us.push_back(static_cast<float>((now - sent) / 1e3));
+        }
         frames_done += frames.size();
       }
+      if (frames_done > 1 && last_ns > first_ns) rx_secs = static_cast<double>(last_ns - first_ns) / 1e9;
     } else {
       Usage("--mode must be tx or rx");
     }
-    const double secs = Seconds(start);
-    std::printf("result device=net op=bench-%s frames=%" PRIu64 " bytes=%" PRIu64 " seconds=%.3f pps=%.0f gbps=%.3f\n",
+    const double secs = rx_secs > 0 ? rx_secs : Seconds(start);
+    std::string lat;
+    if (!lat_us.empty()) {
+      std::sort(lat_us.begin(), lat_us.end());
+      auto pct = [&](double p) { return lat_us[std::min(lat_us.size() - 1, static_cast<size_t>(p * lat_us.size()))]; };
+      lat = absl::StrFormat(" lat_samples=%zu p50_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f", lat_us.size(), pct(0.5),
+                            pct(0.99), pct(0.999), lat_us.back());
+    }
+    std::printf("result device=net op=bench-%s frames=%" PRIu64 " bytes=%" PRIu64 " seconds=%.3f pps=%.0f gbps=%.3f%s\n",
                 mode.c_str(), frames_done, bytes, secs, frames_done / std::max(secs, 1e-9),
-                bytes * 8 / std::max(secs, 1e-9) / 1e9);
+                bytes * 8 / std::max(secs, 1e-9) / 1e9, lat.c_str());
     return 0;
   }
   Usage(absl::StrCat("unknown net command '", cmd, "'"));

@@ -201,6 +201,24 @@ net_up() {
   ip link set eth0 up || fail "ip link set eth0 up failed"
   ip addr add "$1/24" dev eth0 || fail "ip addr add $1/24 failed"
   step "eth0 $1: mac $(cat /sys/class/net/eth0/address), mtu $(cat /sys/class/net/eth0/mtu), queues $(ls /sys/class/net/eth0/queues | tr '\n' ' ')"
+  if [ "$(arg standby)" = 1 ]; then
+    # net failover (STANDBY): eth0 is the failover master, the virtio_net
+    # device its standby slave (phys_port_name "sby").
+    i=0
+    sby=""
+    while [ -z "$sby" ]; do
+      for d in /sys/class/net/*; do
+        [ "$(cat "$d/phys_port_name" 2>/dev/null)" = sby ] && sby=${d##*/}
+      done
+      [ -n "$sby" ] && break
+      i=$((i + 1))
+      [ $i -le 100 ] || fail "no standby netdev (phys_port_name sby): $(ls /sys/class/net | tr '\n' ' ')"
+      sleep 0.1
+    done
+    m=$(basename "$(readlink "/sys/class/net/$sby/master")")
+    [ "$m" = eth0 ] || fail "standby $sby has master '$m', not eth0"
+    step "net failover: $sby (standby) under eth0, mac $(cat "/sys/class/net/$sby/address")"
+  fi
   q=$(arg queues)
   if [ -n "$q" ]; then
     n=$(ls /sys/class/net/eth0/queues | grep -c rx-)

@@ -281,6 +281,7 @@ struct GuestOptions {
   // A virtio-net-pci NIC on a vhost-user netdev with this MAC instead of the
   // blk device (queues: queue pairs, mq=on above 1).
   std::string net_mac{};
+  bool failover = false;     // virtio-net-pci failover=on (STANDBY)
 };
 
 class LinuxGuest : public ::testing::Test {
@@ -432,7 +433,7 @@ class LinuxGuest : public ::testing::Test {
       // MSI-X (net-vsock.md §7); romfile= skips the iPXE option ROM.
       argv.insert(argv.end(), {"-netdev", "vhost-user,id=n0,chardev=c0,queues=" + std::to_string(o.queues), "-device",
                                "virtio-net-pci,netdev=n0,mac=" + o.net_mac + ",vectors=0,romfile=" +
-                                   (o.queues > 1 ? ",mq=on" : "")});
+                                   (o.queues > 1 ? ",mq=on" : "") + (o.failover ? ",id=nic0,failover=on" : "")});
     }
     guests_.push_back(std::make_unique<Child>(argv, dir_, "qemu"));
     return *guests_.back();
@@ -814,7 +815,7 @@ bool ListeningIn(pid_t pid, const std::string& path) {
 }
 
 // A real Linux guest's virtio_net (two queue pairs) behind QEMU's vhost-user
-// netdev, through vios's switch and tap uplink to a host endpoint in a network
+// netdev, through vios's switch and its tap uplink (two tap queues) to a host endpoint in a network
 // namespace of the test's own: ARP and ping, then 4 MiB over TCP each way,
 // checked byte for byte at both ends (the guest compares what it received,
 // this test what the host received).
@@ -844,8 +845,8 @@ TEST_F(LinuxGuest, NetToHostThroughTap) {
     return v;
   };
   backends_.push_back(std::make_unique<Child>(
-      ns_argv({backend_bin_, "--netdev", "switch,id=sw0", "--netdev", "tap,id=up0,ifname=vpt0,switch=sw0", "--device",
-               "net,id=n0,switch=sw0,mac=52:54:00:12:34:56,queues=2", "--attach",
+      ns_argv({backend_bin_, "--netdev", "switch,id=sw0", "--netdev", "tap,id=up0,ifname=vpt0,switch=sw0,queues=2",
+               "--device", "net,id=n0,switch=sw0,mac=52:54:00:12:34:56,queues=2", "--attach",
                "n0,transport=vhost-user,socket=" + sock_, "--control", sock_dir_ + "/ctl"}),
       dir_, "backend"));
   Child& v = *backends_.back();
@@ -858,6 +859,9 @@ TEST_F(LinuxGuest, NetToHostThroughTap) {
   ASSERT_EQ(Run(ns_argv({"ip", "link", "set", "lo", "up"})), 0);
   ASSERT_EQ(Run(ns_argv({"ip", "addr", "add", "10.77.0.1/24", "dev", "vpt0"})), 0);
   ASSERT_EQ(Run(ns_argv({"ip", "link", "set", "vpt0", "up"})), 0);
+  // The uplink is a multi-queue tap (queues=2): two queues, vios reading both.
+  EXPECT_EQ(Run(ns_argv({"test", "-d", "/sys/class/net/vpt0/queues/tx-1"})), 0) << "vpt0 has no second queue";
+  EXPECT_NE(Run(ns_argv({"test", "-d", "/sys/class/net/vpt0/queues/tx-2"})), 0);
   // The host's ends of the two streams (socat, a real peer).
   backends_.push_back(std::make_unique<Child>(
       ns_argv({"socat", "-u", "TCP-LISTEN:5001,reuseaddr", "OPEN:" + Path("received") + ",creat,trunc"}), dir_, "socat-in"));
@@ -890,6 +894,9 @@ TEST_F(LinuxGuest, NetToHostThroughTap) {
 
 // Two Linux guests, each with its own virtio-net port on one vios switch:
 // ARP, ping, and 4 MiB over TCP from one to the other, checked by the receiver.
+// The sender's NIC is a net failover standby (QEMU failover=on, vios
+// standby=on): its virtio_net is the standby slave of a failover master
+// (checked in the guest), and the traffic goes through it.
 TEST_F(LinuxGuest, NetTwoGuestsThroughTheSwitch) {
   if (backend_kind_ != "vios") GTEST_SKIP() << "the switch is vios's";
   const std::string sa = sock_dir_ + "/a.sock", sb = sock_dir_ + "/b.sock";
@@ -898,7 +905,7 @@ TEST_F(LinuxGuest, NetTwoGuestsThroughTheSwitch) {
   backends_.push_back(std::make_unique<Child>(
       std::vector<std::string>{backend_bin_, "--netdev", "switch,id=sw0", "--device",
                                "net,id=a,switch=sw0,mac=52:54:00:00:00:0a", "--device",
-                               "net,id=b,switch=sw0,mac=52:54:00:00:00:0b", "--attach",
+                               "net,id=b,switch=sw0,mac=52:54:00:00:00:0b,standby=on", "--attach",
                                "a,transport=vhost-user,socket=" + sa, "--attach", "b,transport=vhost-user,socket=" + sb},
       dir_, "backend"));
   Child& v = *backends_.back();
@@ -909,10 +916,11 @@ TEST_F(LinuxGuest, NetTwoGuestsThroughTheSwitch) {
                           .socket = sa,
                           .net_mac = "52:54:00:00:00:0a"});
   Child& gb = StartGuest({.workload = "net_pair",
-                          .extra_args = "vioport.role=send vioport.addr=10.77.0.2 vioport.peer=10.77.0.3",
+                          .extra_args = "vioport.role=send vioport.addr=10.77.0.2 vioport.peer=10.77.0.3 vioport.standby=1",
                           .data_dir = Path("data"),
                           .socket = sb,
-                          .net_mac = "52:54:00:00:00:0b"});
+                          .net_mac = "52:54:00:00:00:0b",
+                          .failover = true});
   ExpectGuestPasses(gb, v, "net_pair", 400);
   ExpectGuestPasses(ga, v, "net_pair", 400);
   StopBackend(v);

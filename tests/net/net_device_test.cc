@@ -512,6 +512,27 @@ TEST_P(NetRing, ControlQueueGarbageGetsErrorAcks) {
   EXPECT_TRUE(raw.NeedsReset());
 }
 
+// STANDBY (net failover) is offered only on request, and a driver that
+// knows it negotiates it.
+TEST(NetFeatures, StandbyOnlyOnRequest) {
+  NetOptions o;
+  auto plain = NetDevice::Create(o);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(vioport::feature::Has((*plain)->device_features(), f::kStandby));
+  o.standby = true;
+  auto sby = NetDevice::Create(o);
+  ASSERT_TRUE(sby.ok());
+  EXPECT_TRUE(vioport::feature::Has((*sby)->device_features(), f::kStandby));
+  RawNet raw({false, false}, kBasic | f::Bit(f::kStandby), o);
+  EXPECT_TRUE(raw.drv->has_feature(f::kStandby));
+  // The device still moves frames as any other.
+  const std::vector<uint8_t> frame = EthFrame(120, 21);
+  ASSERT_TRUE(raw.Transmit({{Cat(HdrBytes({}), frame), false}}).used);
+  std::vector<Frame> got = raw.sink->Take();
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].data, frame);
+}
+
 const Mode kModes[] = {{false, false}, {false, true}, {true, false}, {true, true}};
 INSTANTIATE_TEST_SUITE_P(Modes, NetRing, ::testing::ValuesIn(kModes), ModeName);
 
