@@ -87,7 +87,7 @@ ip netns exec "$A" "$VIOS" --netdev switch,id=sw0 --netdev tap,id=up0,ifname=vbt
 pids+=($!)
 wait_socket "$work/vios.ctl" || { echo "bench-net-tcp.sh: vios did not start: $(tail -2 "$work/vios.log")" >&2; exit 1; }
 ip -n "$A" addr add 10.77.0.1/24 dev vbt-up; ip -n "$A" link set vbt-up up
-ip netns exec "$B" "$VIOGUEST" --quiet --memory 64 --transport "$G" net tap --ifname vbt-g 2>"$work/tap.err" &
+ip netns exec "$B" "$VIOGUEST" --quiet --memory 64 --transport "$G" net tap --ifname vbt-g >"$work/tap.out" 2>"$work/tap.err" &
 pids+=($!)
 for _ in $(seq 200); do grep -q "joined to the device" "$work/tap.err" 2>/dev/null && break; sleep 0.025; done
 grep -q "joined to the device" "$work/tap.err" || { echo "bench-net-tcp.sh: vioguest net tap: $(tail -1 "$work/tap.err")" >&2; exit 1; }
@@ -117,7 +117,7 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r: veth ${bf[-1]} / ${br[-1]} Gbit/s, vios ($T) ${vf[-1]} / ${vr[-1]} Gbit/s (forward / reverse)"
 done
 echo "n0 counters: $("$VIOSCTL" --control "$work/vios.ctl" stats n0 | awk '$1 ~ /(rx|tx)_(packets|gso_frames)$|drop_/ && $2 != 0 {printf "%s=%s ", $1, $2}')"
-echo "up0 counters: $("$VIOSCTL" --control "$work/vios.ctl" stats up0 2>/dev/null | awk '$2 != 0 {printf "%s=%s ", $1, $2}')"
+echo "up0 counters: $("$VIOSCTL" --control "$work/vios.ctl" stats up0 2>/dev/null | awk '$2 ~ /^[0-9]+$/ && $2 != 0 {printf "%s=%s ", $1, $2}')"
 mf=$(median "${vf[@]}") mr=$(median "${vr[@]}") bfm=$(median "${bf[@]}") brm=$(median "${br[@]}")
 awk -v t="$T" -v s="$SECS" -v f="$mf" -v r="$mr" -v bf="$bfm" -v br="$brm" 'BEGIN {
   printf "median: A->B vios %.2f Gbit/s vs veth %.2f (%.2fx); B->A vios %.2f vs veth %.2f (%.2fx); transport %s, %s s runs\n",
