@@ -297,8 +297,25 @@ test_net_pair() {
   finish PASS
 }
 
+# Peers at vioport.peers=A,B,...: to each in turn, ping, then a stream there
+# (/data/pattern, checked by the test) and one back (checked here against
+# /data/back).
+test_net_peers() {
+  net_up "$(arg addr)"
+  for peer in $(arg peers | tr ',' ' '); do
+    wait_ping "$peer" 60
+    nc "$peer" 5001 </data/pattern || fail "sending to $peer:5001 failed"
+    recv_tcp 5002 /tmp/back "$peer"
+    recv_done 120
+    cmp /data/back /tmp/back || fail "the stream from $peer:5002 ($(stat -c %s /tmp/back) bytes) differs from /data/back"
+    step "$peer: sent $(stat -c %s /data/pattern) bytes, received $(stat -c %s /tmp/back) bytes, verified"
+  done
+  finish PASS
+}
+
 case "$NAME" in
   net_host) test_net_host ;;
+  net_peers) test_net_peers ;;
   net_pair) test_net_pair ;;
   verified_data) test_verified_data ;;
   two_queues) test_two_queues ;;

@@ -926,5 +926,119 @@ TEST_F(LinuxGuest, NetTwoGuestsThroughTheSwitch) {
   StopBackend(v);
 }
 
+// One vios, one switch, four transports: a real Linux guest (vhost-user) and
+// three vioguest processes, over crq (crqd), Xen (xenemud) and shm, each
+// joined to a tap in a network namespace of the test's own (vioguest net
+// tap). The Linux guest's virtio_net reaches each of them, in turn: ping,
+// then 2 MiB over TCP each way, checked by the guest (what came back) and
+// by this test (what each namespace received). The vioguests reach each
+// other frame by frame in tests/net_system (NetAcrossTransports).
+TEST_F(LinuxGuest, NetLinuxGuestReachesEveryTransport) {
+  if (backend_kind_ != "vios") GTEST_SKIP() << "the switch is vios's";
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: network namespaces and tap devices";
+#ifndef LINUX_NET_EMULATORS
+  GTEST_SKIP() << "built without crqd and xenemud";
+#else
+  constexpr uint64_t kData = 2 * kMiB;
+  struct Peer {
+    std::string name, transport, attach, guest, addr, mac, ns;
+  };
+  const std::string crqd = sock_dir_ + "/crqd.sock", xen = sock_dir_ + "/xen.sock", shm = sock_dir_ + "/s.sock";
+  std::vector<Peer> peers = {
+      {"c", "crq", "crqd=" + crqd + ",partition=2,unit=0x2000,liobn=0x2000,remote-liobn=0x1000,remote-window-mib=64",
+       "crq:" + crqd + ",partition=1,unit=0x1000,liobn=0x1000", "10.66.0.2", "52:54:00:00:0c:02", ""},
+      {"x", "xen", "channel=emu:" + xen + ",domid=1", "xen:emu:" + xen + ",domid=1", "10.66.0.3", "52:54:00:00:0c:03", ""},
+      {"s", "shm", "path=" + shm, "shm:" + shm, "10.66.0.4", "52:54:00:00:0c:04", ""},
+  };
+  for (Peer& p : peers) {
+    p.ns = "vioport-lx" + std::to_string(::getpid()) + p.name;
+    ASSERT_EQ(Run({"ip", "netns", "add", p.ns}), 0);
+  }
+  struct Guard {
+    std::function<void()> f;
+    ~Guard() { f(); }
+  } guard{[&] {
+    if (HasFailure()) DumpLogs();
+    guests_.clear();
+    backends_.clear();  // the vioguests and socats live in the namespaces: stop them first
+    for (const Peer& p : peers) Run({"ip", "netns", "del", p.ns});
+  }};
+  fs::create_directories(Path("data"));
+  WritePatternFile(Path("data/pattern"), 0x3c, 0, kData);
+  WritePatternFile(Path("data/back"), 0xc3, 0, kData);
+  auto in_ns = [&](const Peer& p, std::vector<std::string> cmd) {
+    cmd[0] = Resolve(cmd[0]);
+    std::vector<std::string> v = {Resolve("ip"), "netns", "exec", p.ns};
+    v.insert(v.end(), cmd.begin(), cmd.end());
+    return v;
+  };
+  auto wait_path = [&](Child& c, const std::string& path) {
+    const auto t0 = Clock::now();
+    while (!fs::exists(path)) {
+      ASSERT_TRUE(c.Running()) << c.CommandLine() << " exited:\n" << Slurp(c.err_path());
+      ASSERT_LT(Since(t0), 20 * scale_) << c.CommandLine() << " did not create " << path;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  };
+  backends_.push_back(std::make_unique<Child>(
+      std::vector<std::string>{CRQD_BIN, "--socket", crqd, "--control", sock_dir_ + "/crqd.ctl", "--pair",
+                               "client=1:0x1000:0x1000:64,server=2:0x2000:0x2000:1"},
+      dir_, "crqd"));
+  ASSERT_NO_FATAL_FAILURE(wait_path(*backends_.back(), crqd));
+  backends_.push_back(std::make_unique<Child>(
+      std::vector<std::string>{XENEMUD_BIN, "--xenstore", sock_dir_ + "/xs.sock", "--domains", xen}, dir_, "xenemud"));
+  ASSERT_NO_FATAL_FAILURE(wait_path(*backends_.back(), xen));
+  std::vector<std::string> vios = {backend_bin_, "--netdev", "switch,id=sw0", "--device",
+                                   "net,id=lg,switch=sw0,mac=52:54:00:00:0c:01", "--attach",
+                                   "lg,transport=vhost-user,socket=" + sock_, "--control", sock_dir_ + "/ctl"};
+  for (const Peer& p : peers)
+    vios.insert(vios.end(), {"--device", "net,id=" + p.name + ",switch=sw0,mac=" + p.mac, "--attach",
+                             p.name + ",transport=" + p.transport + "," + p.attach});
+  backends_.push_back(std::make_unique<Child>(vios, dir_, "backend"));
+  Child& v = *backends_.back();
+  ASSERT_NO_FATAL_FAILURE(WaitListening(v, {sock_, shm}));
+  std::vector<Child*> sinks;
+  for (const Peer& p : peers) {
+    backends_.push_back(std::make_unique<Child>(
+        in_ns(p, {VIOGUEST_BIN, "--transport", p.guest, "net", "tap", "--ifname", "vt0"}), dir_, "vioguest-" + p.name));
+    Child& tap = *backends_.back();
+    const auto t0 = Clock::now();
+    while (Slurp(tap.err_path()).find("joined to the device") == std::string::npos) {
+      ASSERT_TRUE(tap.Running()) << "vioguest over " << p.transport << " exited:\n" << Slurp(tap.err_path());
+      ASSERT_LT(Since(t0), 20 * scale_) << "vioguest over " << p.transport << " did not join its tap";
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_EQ(Run(in_ns(p, {"ip", "link", "set", "lo", "up"})), 0);
+    ASSERT_EQ(Run(in_ns(p, {"ip", "link", "set", "vt0", "address", p.mac})), 0);
+    ASSERT_EQ(Run(in_ns(p, {"ip", "addr", "add", p.addr + "/24", "dev", "vt0"})), 0);
+    ASSERT_EQ(Run(in_ns(p, {"ip", "link", "set", "vt0", "up"})), 0);
+    backends_.push_back(std::make_unique<Child>(
+        in_ns(p, {"socat", "-u", "TCP-LISTEN:5001,reuseaddr", "OPEN:" + Path("received-" + p.name) + ",creat,trunc"}),
+        dir_, "socat-in-" + p.name));
+    sinks.push_back(backends_.back().get());
+    backends_.push_back(std::make_unique<Child>(
+        in_ns(p, {"socat", "-u", "OPEN:" + Path("data/back"), "TCP-LISTEN:5002,reuseaddr"}), dir_, "socat-out-" + p.name));
+  }
+  Child& g = StartGuest({.workload = "net_peers",
+                         .extra_args = "vioport.addr=10.66.0.1 vioport.peers=10.66.0.2,10.66.0.3,10.66.0.4",
+                         .data_dir = Path("data"),
+                         .net_mac = "52:54:00:00:0c:01"});
+  ExpectGuestPasses(g, v, "net_peers", 400);
+  if (HasFailure()) return;
+  for (size_t i = 0; i < peers.size(); ++i) {
+    SCOPED_TRACE(peers[i].transport);
+    EXPECT_EQ(sinks[i]->Wait(30 * scale_), 0) << "socat (receiver) did not finish";
+    ASSERT_EQ(fs::file_size(Path("received-" + peers[i].name)), kData);
+    ExpectRegion(Path("received-" + peers[i].name), 0, kData, 0x3c);
+  }
+  const std::string stats = Control(sock_dir_ + "/ctl", "stats");
+  for (const Peer& p : peers) {
+    EXPECT_GE(Counter(stats, p.name + ".rx_bytes"), kData) << stats;
+    EXPECT_GE(Counter(stats, p.name + ".tx_bytes"), kData) << stats;
+  }
+  StopBackend(v);
+#endif
+}
+
 }  // namespace
 }  // namespace vioport
