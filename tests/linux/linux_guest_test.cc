@@ -69,6 +69,12 @@ __attribute__((format(printf, 1, 2))) void Log(const char* fmt, ...) {
 
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// Runs `f` when the scope ends, however it ends (a failed ASSERT included).
+struct AtExit {
+  std::function<void()> f;
+  ~AtExit() { f(); }
+};
+
 std::string Slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::stringstream s;
@@ -825,10 +831,7 @@ TEST_F(LinuxGuest, NetToHostThroughTap) {
   constexpr uint64_t kData = 4 * kMiB;
   const std::string ns = "vioport-ln" + std::to_string(::getpid());
   ASSERT_EQ(Run({"ip", "netns", "add", ns}), 0);
-  struct Guard {
-    std::function<void()> f;
-    ~Guard() { f(); }
-  } guard{[&] {
+  AtExit guard{[&] {
     if (HasFailure()) DumpLogs();
     guests_.clear();
     backends_.clear();  // vios and socat live in the namespace: stop them first
@@ -954,10 +957,7 @@ TEST_F(LinuxGuest, NetLinuxGuestReachesEveryTransport) {
     p.ns = "vioport-lx" + std::to_string(::getpid()) + p.name;
     ASSERT_EQ(Run({"ip", "netns", "add", p.ns}), 0);
   }
-  struct Guard {
-    std::function<void()> f;
-    ~Guard() { f(); }
-  } guard{[&] {
+  AtExit guard{[&] {
     if (HasFailure()) DumpLogs();
     guests_.clear();
     backends_.clear();  // the vioguests and socats live in the namespaces: stop them first

@@ -137,10 +137,16 @@ class RawNet {
   };
   Used Wait(uint16_t q, absl::Duration timeout = absl::Seconds(5)) {
     Used u;
+    u.used = WaitFor(q, timeout, &u) == WaitResult::kUsed;
+    return u;
+  }
+  // What the wait for queue `q`'s next used buffer ended in.
+  WaitResult WaitFor(uint16_t q, absl::Duration timeout = absl::Seconds(5), Used* u = nullptr) {
+    Used ignored;
+    if (!u) u = &ignored;
     WaitPolicy p;
     p.timeout = timeout;
-    u.used = WaitUsed(*drv, drv->queue(q), p, &u.token, &u.len) == WaitResult::kUsed;
-    return u;
+    return WaitUsed(*drv, drv->queue(q), p, &u->token, &u->len);
   }
   // Sends one transmit chain and waits for the device to give it back.
   Used Transmit(const std::vector<Buf>& bufs) {
@@ -282,11 +288,7 @@ TEST_P(NetRing, TransmitOutsideMemoryNeedsResetThenRecovers) {
   std::vector<DriverBuffer> ring = {{0x7fff'0000'0000ULL, 200, false}};
   ASSERT_EQ(raw.drv->queue(kTx).Add(ring, 9), AddStatus::kOk);
   raw.drv->Kick(kTx);
-  WaitPolicy p;
-  p.timeout = absl::Seconds(5);
-  uint64_t token;
-  uint32_t len;
-  EXPECT_EQ(WaitUsed(*raw.drv, raw.drv->queue(kTx), p, &token, &len), WaitResult::kNeedsReset);
+  EXPECT_EQ(raw.WaitFor(kTx), WaitResult::kNeedsReset);
   EXPECT_TRUE(raw.NeedsReset());
   EXPECT_TRUE(raw.sink->Take().empty());
   EXPECT_EQ(raw.Counter("tx_packets"), 0u);
@@ -385,11 +387,7 @@ TEST_P(NetRing, ReceiveBufferOutsideMemoryNeedsReset) {
   ASSERT_EQ(raw.drv->queue(kRx).Add(ring, 9), AddStatus::kOk);
   raw.drv->Kick(kRx);
   raw.Deliver({EthFrame(100, 11)});
-  WaitPolicy p;
-  p.timeout = absl::Seconds(5);
-  uint64_t token;
-  uint32_t len;
-  EXPECT_EQ(WaitUsed(*raw.drv, raw.drv->queue(kRx), p, &token, &len), WaitResult::kNeedsReset);
+  EXPECT_EQ(raw.WaitFor(kRx), WaitResult::kNeedsReset);
   EXPECT_EQ(raw.Counter("rx_packets"), 0u);
   raw.Init();
   std::vector<DmaBuffer> b = raw.Add(kRx, {{std::vector<uint8_t>(2048), true}}, 3);
@@ -504,11 +502,7 @@ TEST_P(NetRing, ControlQueueGarbageGetsErrorAcks) {
   EXPECT_EQ(raw.Counter("drop_filtered"), 1u);
   // No writable byte for the ack: NEEDS_RESET.
   raw.Add(kCtrl, {{{ctrl::kClassRx, ctrl::kRxPromisc, 1}, false}}, 6);
-  WaitPolicy p;
-  p.timeout = absl::Seconds(5);
-  uint64_t token;
-  uint32_t len;
-  EXPECT_EQ(WaitUsed(*raw.drv, raw.drv->queue(kCtrl), p, &token, &len), WaitResult::kNeedsReset);
+  EXPECT_EQ(raw.WaitFor(kCtrl), WaitResult::kNeedsReset);
   EXPECT_TRUE(raw.NeedsReset());
 }
 
