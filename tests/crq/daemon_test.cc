@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -383,7 +384,15 @@ TEST_F(CrqDaemonTest, UnsealedMemfdAndDuplicateIdRefused) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, socket_.c_str(), socket_.size() + 1);
-  ASSERT_EQ(::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  // The socket's file exists from bind(); until crqd's listen() a connect
+  // is refused (seen once in CI): retry that for a while.
+  int rc = -1;
+  for (int i = 0; i < 1000 && rc != 0; ++i) {
+    rc = ::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    if (rc != 0 && errno != ECONNREFUSED) break;
+    if (rc != 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(rc, 0) << std::strerror(errno);
   wire::Hello hello;
   hello.partition = kClient;
   hello.memory_bytes = kMemBytes;
