@@ -404,7 +404,7 @@ TEST_P(NetRing, ReceiveBufferOutsideMemoryNeedsReset) {
 // order.
 TEST_P(NetRing, AGuestWithoutReceiveBuffersHoldsABoundedBacklog) {
   NetOptions o;
-  o.inbox.frames = 64;
+  o.inbox.items = 64;
   o.inbox.per_source = 32;
   RawNet raw(GetParam(), kBasic | f::Bit(f::kMrgRxbuf), o);
   std::vector<std::vector<uint8_t>> frames;

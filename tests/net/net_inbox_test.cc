@@ -64,7 +64,7 @@ std::vector<std::pair<uint32_t, uint32_t>> Order(const std::vector<Frame>& frame
 
 Inbox::Limits L(uint32_t frames, uint64_t bytes, uint32_t per_source) {
   Inbox::Limits l;
-  l.frames = frames;
+  l.items = frames;
   l.bytes = bytes;
   l.per_source = per_source;
   return l;

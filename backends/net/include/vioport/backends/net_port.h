@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include "vioport/backends/port_inbox.h"
 #include "vioport/core/net_spec.h"
 
 namespace vioport::net {
@@ -43,64 +43,10 @@ class FrameSink {
   virtual void SetPortCaps(uint32_t /*port*/, const RxCaps* /*caps*/) {}
 };
 
-// The receiving side of one port. Any thread pushes; the port's own thread
-// takes. Bounded in frames and in bytes, and per source: one sender cannot
-// take more than its share, so a flooding port does not crowd out the
-// others. The eventfd is readable while frames wait (the receiver's device
-// loop watches it).
-class Inbox {
- public:
-  struct Limits {
-    uint32_t frames = 2048;           // in total
-    uint64_t bytes = 8ull << 20;      // in total
-    uint32_t per_source = 512;        // frames from one sending port
-  };
-  explicit Inbox(Limits limits);
-  Inbox() : Inbox(Limits{}) {}
-  ~Inbox();
-  Inbox(const Inbox&) = delete;
-  Inbox& operator=(const Inbox&) = delete;
-
-  bool ok() const { return efd_ >= 0; }
-  int event_fd() const { return efd_; }
-
-  // Adds frames from `source` (a switch port number); those over a limit
-  // are dropped and counted (drops()). Returns how many were taken. Wakes
-  // the receiver if it was idle.
-  size_t Push(uint32_t source, std::span<Frame> frames);
-  // Takes up to `max` frames, oldest first, round robin across sources,
-  // and clears the wake-up: a receiver that stops short of empty (max
-  // reached) calls Wake() to come back; one with no room for frames just
-  // leaves them, and the next Push wakes it again.
-  size_t Take(std::vector<Frame>* out, size_t max);
-  // Clears the wake-up without taking anything.
-  void Ack();
-  // Drops everything queued (a device reset), counting nothing.
-  void Clear();
-  // Wakes the receiver without a frame (it has deferred work of its own).
-  void Wake();
-
-  uint64_t drops() const { return drops_.load(std::memory_order_relaxed); }
-  size_t size() const;
-
- private:
-  void AckLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Signal();  // one eventfd write
-  struct Source {
-    uint32_t id;
-    std::vector<Frame> frames;  // FIFO: [head, size)
-    size_t head = 0;
-  };
-  const Limits limits_;
-  int efd_ = -1;
-  mutable absl::Mutex mu_;
-  std::vector<Source> sources_ ABSL_GUARDED_BY(mu_);
-  size_t next_ ABSL_GUARDED_BY(mu_) = 0;  // round-robin cursor
-  uint32_t frames_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  bool signalled_ ABSL_GUARDED_BY(mu_) = false;
-  std::atomic<uint64_t> drops_{0};
-};
+// The receiving side of one port (port_inbox.h): bounded in frames and
+// bytes, and per source, with an eventfd to wake the receiver.
+inline size_t InboxBytes(const Frame& f) { return f.data.size(); }
+using Inbox = PortInbox<Frame>;
 
 // Per-port counters every port kind reports (device ports and the uplink).
 struct PortCounters {
