@@ -20,6 +20,7 @@
 #include "vioport/backends/net_device.h"
 #include "vioport/core/driver.h"
 #include "vioport/guest/wait.h"
+#include "vioport/testing/raw_loopback.h"
 #include "vioport/transports/loopback.h"
 
 namespace vioport::net {
@@ -54,10 +55,7 @@ class CaptureSink : public FrameSink {
   std::vector<Frame> got_;
 };
 
-struct Buf {
-  std::vector<uint8_t> bytes;
-  bool writable;
-};
+using Buf = vioport::testing::RawBuf;
 
 std::vector<uint8_t> HdrBytes(const Hdr& h) {
   std::vector<uint8_t> out(kHdrSize);
@@ -83,71 +81,12 @@ std::vector<uint8_t> Cat(std::vector<uint8_t> a, const std::vector<uint8_t>& b) 
 
 constexpr uint16_t kRx = 0, kTx = 1, kCtrl = 2;
 
-class RawNet {
+class RawNet : public vioport::testing::RawLoopback {
  public:
-  RawNet(Mode mode, uint64_t wanted, NetOptions o = {}) {
-    auto d = NetDevice::Create(o);
-    EXPECT_TRUE(d.ok()) << d.status();
-    if (!d.ok()) return;
-    dev = *d;
-    sink = std::make_shared<CaptureSink>();
-    dev->Plug(sink, 7);
-    LoopbackOptions lo;
-    lo.copy_only = mode.copy_only;
-    t = std::make_unique<LoopbackTransport>(dev, lo);
-    drv = std::make_unique<VirtioDriver>(*t);
-    opts.device_id = static_cast<uint32_t>(DeviceId::kNet);
-    opts.wanted_features = wanted | (mode.packed ? vioport::feature::Bit(vioport::feature::kRingPacked) : 0);
-    opts.num_queues = 3;
-    opts.queue_size = 64;
-    Init();
-  }
-  ~RawNet() {
-    if (dev) dev->Plug(nullptr, 0);
-    drv.reset();
-    for (auto& m : dma_) t->dma().Free(m);
-  }
-  void Init() {
-    const absl::Status s = drv->Init(opts);
-    ASSERT_TRUE(s.ok()) << s;
-  }
+  RawNet(Mode mode, uint64_t wanted, NetOptions o = {})
+      : RawNet(*NetDevice::Create(o), mode, wanted) {}
+  ~RawNet() { dev->Plug(nullptr, 0); }
 
-  // Adds a chain of `bufs` to queue `q` (token = its first buffer's index
-  // in kept()), kicks. Returns the DMA buffers, in order.
-  std::vector<DmaBuffer> Add(uint16_t q, const std::vector<Buf>& bufs, uint64_t token) {
-    std::vector<DmaBuffer> dma;
-    std::vector<DriverBuffer> ring;
-    for (const Buf& b : bufs) {
-      DmaBuffer m = *t->dma().Allocate(std::max<size_t>(b.bytes.size(), 1), 8,
-                                       b.writable ? Access::kWrite : Access::kRead);
-      std::memcpy(m.host, b.bytes.data(), b.bytes.size());
-      dma.push_back(m);
-      dma_.push_back(m);
-      ring.push_back({m.device_addr, static_cast<uint32_t>(b.bytes.size()), b.writable});
-    }
-    EXPECT_EQ(drv->queue(q).Add(ring, token), AddStatus::kOk);
-    drv->Kick(q);
-    return dma;
-  }
-
-  struct Used {
-    bool used = false;
-    uint64_t token = 0;
-    uint32_t len = 0;
-  };
-  Used Wait(uint16_t q, absl::Duration timeout = absl::Seconds(5)) {
-    Used u;
-    u.used = WaitFor(q, timeout, &u) == WaitResult::kUsed;
-    return u;
-  }
-  // What the wait for queue `q`'s next used buffer ended in.
-  WaitResult WaitFor(uint16_t q, absl::Duration timeout = absl::Seconds(5), Used* u = nullptr) {
-    Used ignored;
-    if (!u) u = &ignored;
-    WaitPolicy p;
-    p.timeout = timeout;
-    return WaitUsed(*drv, drv->queue(q), p, &u->token, &u->len);
-  }
   // Sends one transmit chain and waits for the device to give it back.
   Used Transmit(const std::vector<Buf>& bufs) {
     Add(kTx, bufs, 1);
@@ -177,24 +116,23 @@ class RawNet {
     dev->inbox().Push(3, v);
   }
 
-  bool NeedsReset() { return t->GetStatus() & status::kDeviceNeedsReset; }
-  uint64_t Counter(const std::string& name) const {
-    std::vector<std::pair<std::string, uint64_t>> c;
-    dev->AppendCounters(&c);
-    for (auto& [n, v] : c)
-      if (n == name) return v;
-    ADD_FAILURE() << "no counter " << name;
-    return 0;
-  }
-
-  DriverOptions opts;
   std::shared_ptr<NetDevice> dev;
-  std::shared_ptr<CaptureSink> sink;
-  std::unique_ptr<LoopbackTransport> t;
-  std::unique_ptr<VirtioDriver> drv;
+  std::shared_ptr<CaptureSink> sink = std::make_shared<CaptureSink>();
 
  private:
-  std::vector<DmaBuffer> dma_;
+  static DriverOptions Options(Mode mode, uint64_t wanted) {
+    DriverOptions o;
+    o.device_id = static_cast<uint32_t>(DeviceId::kNet);
+    o.wanted_features = wanted | (mode.packed ? vioport::feature::Bit(vioport::feature::kRingPacked) : 0);
+    o.num_queues = 3;
+    o.queue_size = 64;
+    return o;
+  }
+  RawNet(std::shared_ptr<NetDevice> d, Mode mode, uint64_t wanted)
+      : RawLoopback(d, mode.copy_only, Options(mode, wanted)), dev(std::move(d)) {
+    dev->Plug(sink, 7);
+    Init();
+  }
 };
 
 constexpr uint64_t kBasic = f::Bit(f::kMac) | f::Bit(f::kStatus) | f::Bit(f::kMtu);

@@ -1,0 +1,308 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "vioport/backends/vsock_device.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace vioport {
+
+namespace f = vsock::feature;
+
+namespace {
+// Counters only the device's thread writes: a plain add.
+void Bump(std::atomic<uint64_t>& c, uint64_t n = 1) {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+constexpr size_t kBatch = 64;  // packets per hand-over to the hub
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<VsockDevice>> VsockDevice::Create(const VsockOptions& o) {
+  if (!vsock::IsGuestCid(o.guest_cid))
+    return absl::InvalidArgumentError(absl::StrCat("vsock: cid=", o.guest_cid, " is not a guest CID (3..4294967294)"));
+  if (o.max_queue_size == 0 || (o.max_queue_size & (o.max_queue_size - 1)) || o.max_queue_size > 1024)
+    return absl::InvalidArgumentError(absl::StrCat("vsock: queue-size=", o.max_queue_size, " is not a power of 2 up to 1024"));
+  std::shared_ptr<VsockDevice> d(new VsockDevice(o));
+  if (!d->inbox_->ok()) return absl::ResourceExhaustedError("vsock: eventfd failed");
+  return d;
+}
+
+VsockDevice::VsockDevice(const VsockOptions& o) : opts_(o), inbox_(std::make_unique<vsock::Inbox>(o.inbox)) {}
+
+VsockDevice::~VsockDevice() = default;
+
+void VsockDevice::Plug(std::shared_ptr<vsock::PacketSink> sink) { sink_ = std::move(sink); }
+
+void VsockDevice::TransportReset() {
+  reset_request_.store(true);
+  inbox_->Wake();
+}
+
+uint64_t VsockDevice::device_features() const {
+  uint64_t v = feature::Bit(f::kStream);
+  if (opts_.seqpacket) v |= feature::Bit(f::kSeqpacket);
+  return v | feature::kCoreSupported;
+}
+
+void VsockDevice::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
+  const vsock::Config c{opts_.guest_cid};
+  const auto* bytes = reinterpret_cast<const uint8_t*>(&c);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = offset + i < sizeof c ? bytes[offset + i] : 0;
+}
+
+absl::Status VsockDevice::Activate(ActivateContext ctx) {
+  for (uint16_t q : {vsock::kRxQueue, vsock::kTxQueue, vsock::kEventQueue})
+    if (q >= ctx.queues.size() || !ctx.queues[q])
+      return absl::FailedPreconditionError(absl::StrCat("vsock: queue ", q, " is not enabled"));
+  ctx_ = std::move(ctx);
+  features_ = ctx_.features;
+  tx_more_ = false;
+  local_.clear();
+  taken_.clear();
+  taken_head_ = 0;
+  offset_ = 0;
+  // Packets for a driver that was not there belong to connections it no
+  // longer has.
+  inbox_->Clear();
+  active_ = true;
+  return absl::OkStatus();
+}
+
+ActivateContext VsockDevice::Reset() {
+  Flush();
+  active_ = false;
+  local_.clear();
+  taken_.clear();
+  taken_head_ = 0;
+  offset_ = 0;
+  return std::move(ctx_);
+}
+
+void VsockDevice::QueueNotify(uint16_t queue) {
+  if (!active_) return;
+  if (queue == vsock::kTxQueue) {
+    DrainTx();
+    Flush();
+    DeliverRx();  // the RSTs it may have made
+  } else if (queue == vsock::kRxQueue) {
+    DeliverRx();
+  } else if (queue == vsock::kEventQueue) {
+    SendEvents();
+  }
+}
+
+bool VsockDevice::ProcessEvents() {
+  if (!active_) {
+    taken_.clear();
+    while (inbox_->Take(&taken_, kBatch) > 0) {
+      Bump(no_driver_drops_, taken_.size());
+      taken_.clear();
+    }
+    return false;
+  }
+  bool did = false;
+  if (reset_request_.load()) SendEvents();
+  if (tx_more_) {
+    tx_more_ = false;
+    DrainTx();
+    Flush();
+    did = true;
+  }
+  did |= DeliverRx();
+  return did;
+}
+
+void VsockDevice::Flush() {
+  if (tx_batch_.empty()) return;
+  if (sink_) {
+    sink_->Send(opts_.guest_cid, tx_batch_);
+  } else {
+    for (const vsock::Packet& p : tx_batch_) Refuse(p.hdr, vsock::Refusal::kNoRoute);
+  }
+  tx_batch_.clear();
+}
+
+void VsockDevice::Refuse(const vsock::Hdr& h, vsock::Refusal why) {
+  Bump(refused_[static_cast<size_t>(why)]);
+  if (h.op == vsock::kOpRst) return;  // never an RST for an RST
+  if (local_.size() >= kMaxLocal) {
+    Bump(rst_dropped_);
+    return;
+  }
+  vsock::Packet rst;
+  rst.hdr = vsock::RstFor(h);
+  // The RST comes from the address the guest wrote to, for the guest's own
+  // address (not a spoofed one: that would make the device answer for
+  // another guest).
+  rst.hdr.dst_cid = opts_.guest_cid;
+  local_.push_back(std::move(rst));
+}
+
+void VsockDevice::DrainTx() {
+  DeviceQueue& q = *ctx_.queues[vsock::kTxQueue];
+  q.DisableNotifications();
+  uint32_t budget = kTxBudget;
+  for (;;) {
+    DescriptorChain c;
+    PopStatus st = PopStatus::kEmpty;
+    while (budget > 0 && (st = q.Pop(c)) == PopStatus::kChain) {
+      --budget;
+      const uint32_t readable = c.readable_bytes();
+      vsock::Hdr h;
+      if (readable < vsock::kHdrSize) {
+        // Not even a header: nothing to answer, a counted drop.
+        Bump(short_chains_);
+        q.AddUsed(std::move(c), 0);
+        continue;
+      }
+      if (c.Read(0, &h, sizeof h) != RingError::kNone) {
+        q.AddUsed(std::move(c), 0);  // a faulted chain broke the queue
+        st = PopStatus::kError;
+        break;
+      }
+      const vsock::Refusal why = vsock::CheckGuestPacket(h, opts_.guest_cid, features_, readable - vsock::kHdrSize);
+      if (why != vsock::Refusal::kNone) {
+        q.AddUsed(std::move(c), 0);
+        Refuse(h, why);
+        continue;
+      }
+      vsock::Packet p;
+      p.hdr = h;
+      p.payload.resize(h.len);
+      if (h.len > 0 && c.Read(vsock::kHdrSize, p.payload.data(), h.len) != RingError::kNone) {
+        q.AddUsed(std::move(c), 0);
+        st = PopStatus::kError;
+        break;
+      }
+      q.AddUsed(std::move(c), 0);
+      Bump(tx_packets_);
+      Bump(tx_bytes_, h.len);
+      tx_batch_.push_back(std::move(p));
+      if (tx_batch_.size() >= kBatch) Flush();
+    }
+    ctx_.Publish(q);
+    if (st == PopStatus::kError || q.broken()) return;
+    if (budget == 0) {
+      tx_more_ = true;  // the rest next turn, after the loop's other devices
+      inbox_->Wake();
+      return;
+    }
+    if (!q.EnableNotifications()) return;
+    q.DisableNotifications();
+  }
+}
+
+VsockDevice::Put VsockDevice::PutNext(vsock::Packet& p, size_t* offset) {
+  DeviceQueue& q = *ctx_.queues[vsock::kRxQueue];
+  if (q.broken()) return Put::kBroken;
+  DescriptorChain c;
+  for (;;) {
+    const PopStatus st = q.Pop(c);
+    if (st == PopStatus::kError) return Put::kBroken;
+    if (st == PopStatus::kEmpty) {
+      if (q.EnableNotifications()) continue;  // buffers arrived meanwhile
+      return Put::kNoBuffers;
+    }
+    if (c.writable_bytes() >= vsock::kHdrSize) break;
+    // Not even room for a header: back, empty, counted.
+    Bump(small_rx_buffers_);
+    q.AddUsed(std::move(c), 0);
+  }
+  q.DisableNotifications();
+  const size_t left = p.payload.size() - *offset;
+  const size_t part = std::min<size_t>(left, c.writable_bytes() - vsock::kHdrSize);
+  vsock::Hdr h = p.hdr;
+  h.len = static_cast<uint32_t>(part);
+  // A SEQPACKET message cut in pieces ends (EOM, EOR) with its last one.
+  if (h.op == vsock::kOpRw && part < left) h.flags &= ~(vsock::kSeqEom | vsock::kSeqEor);
+  bool fault = c.Write(0, &h, sizeof h) != RingError::kNone;
+  if (!fault && part > 0) fault = c.Write(vsock::kHdrSize, p.payload.data() + *offset, part) != RingError::kNone;
+  q.AddUsed(std::move(c), fault ? 0 : static_cast<uint32_t>(vsock::kHdrSize + part));
+  if (fault) return Put::kBroken;
+  *offset += part;
+  Bump(rx_bytes_, part);
+  if (*offset == p.payload.size()) Bump(rx_packets_);
+  return Put::kDone;
+}
+
+bool VsockDevice::DeliverRx() {
+  bool did = false;
+  uint32_t budget = kRxBudget;
+  DeviceQueue& q = *ctx_.queues[vsock::kRxQueue];
+  while (budget > 0) {
+    vsock::Packet* p = nullptr;
+    bool from_local = false;
+    // The device's own RSTs first: they close what the guest is waiting on.
+    if (!local_.empty()) {
+      p = &local_.front();
+      from_local = true;
+    } else {
+      if (taken_head_ == taken_.size()) {
+        taken_.clear();
+        taken_head_ = 0;
+        if (inbox_->Take(&taken_, kBatch) == 0) break;
+      }
+      p = &taken_[taken_head_];
+    }
+    const Put r = PutNext(*p, &offset_);
+    if (r != Put::kDone) {
+      // Wait for the guest's next receive buffers (its kick brings us
+      // back); packets meanwhile wait in the inbox, bounded.
+      inbox_->Ack();
+      break;
+    }
+    --budget;
+    did = true;
+    if (offset_ < p->payload.size()) continue;  // more pieces of this packet
+    offset_ = 0;
+    if (from_local) {
+      Bump(rst_sent_);
+      local_.pop_front();
+    } else {
+      ++taken_head_;
+    }
+  }
+  if (budget == 0) inbox_->Wake();
+  if (did) ctx_.Publish(q);
+  return did;
+}
+
+void VsockDevice::SendEvents() {
+  if (!reset_request_.load()) return;
+  DeviceQueue& q = *ctx_.queues[vsock::kEventQueue];
+  DescriptorChain c;
+  for (;;) {
+    const PopStatus st = q.Pop(c);
+    if (st != PopStatus::kChain) return;  // no buffer yet: the driver's kick brings us back
+    if (c.writable_bytes() >= sizeof(vsock::Event)) break;
+    q.AddUsed(std::move(c), 0);
+    ctx_.Publish(q);
+  }
+  const vsock::Event e{vsock::kEventTransportReset};
+  const bool fault = c.Write(0, &e, sizeof e) != RingError::kNone;
+  q.AddUsed(std::move(c), fault ? 0 : sizeof e);
+  ctx_.Publish(q);
+  if (fault) return;
+  reset_request_.store(false);
+  Bump(events_sent_);
+}
+
+void VsockDevice::AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const {
+  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  out->push_back({"rx_packets", get(rx_packets_)});
+  out->push_back({"rx_bytes", get(rx_bytes_)});
+  out->push_back({"tx_packets", get(tx_packets_)});
+  out->push_back({"tx_bytes", get(tx_bytes_)});
+  out->push_back({"rst_sent", get(rst_sent_)});
+  for (size_t i = 1; i < refused_.size(); ++i)
+    out->push_back({absl::StrCat("refused_", vsock::RefusalName(static_cast<vsock::Refusal>(i))), get(refused_[i])});
+  out->push_back({"drop_short_chain", get(short_chains_)});
+  out->push_back({"drop_rx_full", inbox_->drops()});
+  out->push_back({"drop_rst", get(rst_dropped_)});
+  out->push_back({"drop_no_driver", get(no_driver_drops_)});
+  out->push_back({"rx_buffers_too_small", get(small_rx_buffers_)});
+  out->push_back({"events_sent", get(events_sent_)});
+}
+
+}  // namespace vioport
