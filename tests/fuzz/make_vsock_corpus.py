@@ -6,7 +6,8 @@
 
 The input format is documented at the top of vsock_fuzzer.cc: a mode byte,
 our buf_alloc and largest packet, then steps (0 raw guest packet, 1 packet
-to the endpoint, 2 host data, 3 host consumed, 4 shutdown, 5 reset). The
+to the endpoint, 2 host data, 3 host consumed, 4 shutdown with flags from
+bits 3-4: 10 SEND, 16 RECV, 28 both, 5 reset). The
 seeds are conversations as a Linux guest's driver has them: a guest-opened
 stream with credit updates and a clean close, a host-opened SEQPACKET
 exchange, the raw packets a guest sends (good and hostile), and a guest
@@ -65,8 +66,8 @@ SEEDS = {
     + host_data(b"", eom=1)
     + to_endpoint(RW, flags=1, buf_alloc=16384, fwd_cnt=10000, payload=pattern(50, 4))
     + consumed(50)
-    + bytes([4])
-    + to_endpoint(RST),
+    + bytes([10])  # shutdown SEND (a half-close)
+    + to_endpoint(SHUTDOWN, flags=3, buf_alloc=16384, fwd_cnt=10000),
     "raw_packets": head(F_SEQPACKET, 65536, 0)
     + raw(3, 2, 50000, 1234, 64, STREAM, RW, payload=pattern(64, 5))
     + raw(4, 2, 50000, 1234, 0, STREAM, REQUEST)
@@ -83,7 +84,7 @@ SEEDS = {
     + to_endpoint(RW, payload=pattern(10, 10)),
     "host_close_then_data": head(0, 65536, 1024)
     + to_endpoint(RW, payload=pattern(300, 11))
-    + bytes([4])
+    + bytes([28])  # shutdown both
     + to_endpoint(RW, payload=pattern(300, 12))
     + consumed(600)
     + to_endpoint(RST)

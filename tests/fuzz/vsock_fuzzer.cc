@@ -16,7 +16,7 @@
 //      le32 fwd_cnt, le16 len] then len payload bytes
 //   2  host data: le16 length, a byte (bit 0: end of message), the bytes
 //   3  the host consumed le32 bytes
-//   4  the host shuts down
+//   4  the host shuts down (flags from the step byte's bits 3-4)
 //   5  the host resets
 // Checked besides ASan/UBSan: held() never exceeds the buf_alloc we
 // advertised and equals what reached the host minus what it consumed; a
@@ -198,7 +198,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       case 4:
-        e.Shutdown(&out);
+        e.Shutdown((step >> 3) & 3, &out);  // no flag, SEND, RECV or both
         break;
       case 5:
         e.Reset(&out);

@@ -66,11 +66,12 @@ std::vector<uint8_t> HdrBytes(const Hdr& h) {
 // An Ethernet frame from the device's MAC to `dst`, `len` bytes in all,
 // payload seeded.
 std::vector<uint8_t> EthFrame(size_t len, uint32_t seed, Mac dst = 0x525400aabbccULL) {
-  std::vector<uint8_t> fr = testing::Pattern(len, seed);
+  std::vector<uint8_t> fr = testing::Pattern(std::max<size_t>(len, kEthHeader), seed);
   MacToBytes(dst, fr.data());
   MacToBytes(0x525400123456ULL, fr.data() + 6);
   fr[12] = 0x08;  // IPv4 by type; the device does not parse it without offloads
   fr[13] = 0x00;
+  fr.resize(len);  // a runt keeps what fits
   return fr;
 }
 

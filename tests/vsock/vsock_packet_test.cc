@@ -289,7 +289,7 @@ TEST(VsockEndpoint, CleanCloseFromTheGuestEndsWithOurRst) {
 TEST(VsockEndpoint, CleanCloseFromTheHost) {
   Conn c;
   Endpoint::Output o;
-  c.e.Shutdown(&o);
+  c.e.Shutdown(kShutdownBoth, &o);
   ASSERT_EQ(o.to_peer.size(), 1u);
   EXPECT_EQ(o.to_peer[0].hdr.op, kOpShutdown);
   EXPECT_EQ(o.to_peer[0].hdr.flags, kShutdownBoth);
@@ -301,6 +301,24 @@ TEST(VsockEndpoint, CleanCloseFromTheHost) {
   EXPECT_EQ(c.e.held(), 0u);
   Endpoint::Output r = c.From(kOpRst);
   EXPECT_TRUE(r.to_peer.empty());
+  EXPECT_TRUE(c.e.closed());
+}
+
+TEST(VsockEndpoint, HalfCloseFromTheHost) {
+  Conn c;
+  Endpoint::Output o;
+  c.e.Shutdown(kShutdownSend, &o);
+  ASSERT_EQ(o.to_peer.size(), 1u);
+  EXPECT_EQ(o.to_peer[0].hdr.flags, kShutdownSend);
+  EXPECT_EQ(c.e.state(), Endpoint::State::kEstablished);
+  // The host sends no more, but still receives.
+  Endpoint::Output s;
+  EXPECT_EQ(c.e.Send(Bytes(10, 1), false, &s), 0u);
+  EXPECT_EQ(c.From(kOpRw, Bytes(100, 2)).to_host.size(), 100u);
+  // The guest closes its side too: both shut, our RST ends it.
+  Endpoint::Output r = c.From(kOpShutdown, {}, kShutdownBoth);
+  ASSERT_EQ(r.to_peer.size(), 1u);
+  EXPECT_EQ(r.to_peer[0].hdr.op, kOpRst);
   EXPECT_TRUE(c.e.closed());
 }
 

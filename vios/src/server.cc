@@ -18,6 +18,7 @@
 #include "vioport/backends/blk_device.h"
 #include "vioport/backends/console_device.h"
 #include "vioport/backends/net_device.h"
+#include "vioport/backends/vsock_device.h"
 #include "vioport/backends/rng_device.h"
 #include "vioport/core/log.h"
 #include "vioport/transports/registry.h"
@@ -85,7 +86,7 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec) {
     dev = std::move(*d);
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat(o.origin(), ": unknown device type '", spec.type, "' (blk, net, rng or console)"));
+        absl::StrCat(o.origin(), ": unknown device type '", spec.type, "' (blk, net, vsock, rng or console)"));
   }
   return dev;
 }
@@ -126,12 +127,9 @@ Server::~Server() {
   // switch hold each other (the device sends into the switch, the switch
   // holds the device's inbox): unplug before letting go of either.
   for (auto& [id, e] : devices_) e.attachment.reset();
-  for (auto& [id, e] : devices_) {
-    if (!e.sw) continue;
-    e.sw->RemovePort(e.port);
-    if (auto* net = dynamic_cast<NetDevice*>(e.device.get())) net->Plug(nullptr, 0);
-  }
+  for (auto& [id, e] : devices_) Unplug(e);
   devices_.clear();
+  vsock_hub_.reset();
   netdevs_.clear();
 }
 
@@ -228,12 +226,61 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> Server::MakeNetDevice(DeviceSpec& 
   return std::shared_ptr<VirtioDevice>(std::move(dev));
 }
 
+// A net device leaves its switch, a vsock device the hub: each holds the
+// other (the device sends into it, it holds the device's inbox).
+void Server::Unplug(Entry& e) {
+  if (e.sw) {
+    e.sw->RemovePort(e.port);
+    if (auto* net = dynamic_cast<NetDevice*>(e.device.get())) net->Plug(nullptr, 0);
+  }
+  if (auto* vs = dynamic_cast<VsockDevice*>(e.device.get())) {
+    vs->Plug(nullptr);
+    if (vsock_hub_) vsock_hub_->RemoveGuest(e.vsock_cid);
+  }
+}
+
+absl::StatusOr<std::shared_ptr<VirtioDevice>> Server::MakeVsockDevice(DeviceSpec& spec, Entry* entry) {
+  Options& o = spec.options;
+  auto cid = o.Uint("cid", 0, 3, 0xfffffffe);
+  auto uds = o.String("uds-path", "");
+  auto group = o.String("group", "");
+  auto seq = o.Bool("seqpacket", true);
+  auto qs = o.Uint("queue-size", 1024, 1, 1024);
+  for (const absl::Status& s : {cid.status(), uds.status(), group.status(), seq.status(), qs.status()})
+    if (!s.ok()) return s;
+  if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
+  if (*cid == 0) return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": vsock needs cid=N (3..4294967294)"));
+  if (!vsock_hub_) {
+    auto h = VsockHub::Create({});
+    if (!h.ok()) return h.status();
+    vsock_hub_ = std::move(*h);
+  }
+  VsockOptions v;
+  v.guest_cid = *cid;
+  v.seqpacket = *seq;
+  v.max_queue_size = static_cast<uint16_t>(*qs);
+  auto d = VsockDevice::Create(v);
+  if (!d.ok()) return absl::Status(d.status().code(), absl::StrCat(o.origin(), ": ", d.status().message()));
+  std::shared_ptr<VsockDevice> dev = std::move(*d);
+  VsockHub::Guest g;
+  g.id = spec.id;
+  g.cid = *cid;
+  g.inbox = std::shared_ptr<vsock::Inbox>(dev, &dev->inbox());
+  g.uds_path = *uds;
+  if (!group->empty()) g.groups = absl::StrSplit(*group, '+', absl::SkipEmpty());
+  if (absl::Status s = vsock_hub_->AddGuest(std::move(g)); !s.ok())
+    return absl::Status(s.code(), absl::StrCat(o.origin(), ": ", s.message()));
+  dev->Plug(vsock_hub_);
+  entry->vsock_cid = *cid;
+  return std::shared_ptr<VirtioDevice>(std::move(dev));
+}
+
 absl::Status Server::AddDevice(DeviceSpec spec) {
   if (devices_.count(spec.id) || netdevs_.count(spec.id))
     return absl::AlreadyExistsError(absl::StrCat(spec.options.origin(), ": device id '", spec.id, "' already exists"));
   Entry e;
   absl::StatusOr<std::shared_ptr<VirtioDevice>> dev =
-      spec.type == "net" ? MakeNetDevice(spec, &e) : MakeDevice(spec);
+      spec.type == "net" ? MakeNetDevice(spec, &e) : spec.type == "vsock" ? MakeVsockDevice(spec, &e) : MakeDevice(spec);
   if (!dev.ok()) return dev.status();
   VIOPORT_LOG(kInfo, "device ", spec.id, ": ", spec.type, " created");
   const std::string id = spec.id;
@@ -286,10 +333,7 @@ absl::Status Server::Remove(const std::string& id) {
   auto it = devices_.find(id);
   if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
   it->second.attachment.reset();  // drops the guest: the device is reset first
-  if (it->second.sw) {
-    it->second.sw->RemovePort(it->second.port);
-    if (auto* net = dynamic_cast<NetDevice*>(it->second.device.get())) net->Plug(nullptr, 0);
-  }
+  Unplug(it->second);
   devices_.erase(it);
   VIOPORT_LOG(kInfo, "device ", id, ": removed");
   return absl::OkStatus();
@@ -340,6 +384,11 @@ absl::StatusOr<std::string> Server::Stats(const std::string& id) const {
     absl::StrAppend(&out, id, ".switch.drop_spoofed ", p.spoofed, "\n", id, ".switch.drop_bad_source ", p.bad_source,
                     "\n", id, ".switch.drop_vlan ", p.vlan_drops, "\n", id, ".switch.flooded ", p.flooded, "\n", id,
                     ".switch.unicast ", p.unicast, "\n");
+  }
+  if (it->second.vsock_cid && vsock_hub_) {
+    std::vector<std::pair<std::string, uint64_t>> h;
+    vsock_hub_->AppendCounters(it->second.vsock_cid, &h);
+    for (const auto& [k, v] : h) absl::StrAppend(&out, id, ".", k, " ", v, "\n");
   }
   if (const DeviceEndpoint* a = it->second.attachment.get()) {
     CounterList counters;

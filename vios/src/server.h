@@ -15,6 +15,7 @@
 #include "boost/asio/io_context.hpp"
 #include "net_switch.h"
 #include "net_tap.h"
+#include "vsock_hub.h"
 #include "spec.h"
 #include "vioport/core/device.h"
 #include "vioport/transports/registry.h"
@@ -52,6 +53,7 @@ class Server {
     std::string transport;  // the registered name of the attachment's transport
     std::shared_ptr<Switch> sw;  // a net device's switch, and its port there
     uint32_t port = 0;
+    uint64_t vsock_cid = 0;      // a vsock device's CID on the hub
   };
   struct Netdev {
     DeviceSpec spec;
@@ -60,6 +62,8 @@ class Server {
     std::string switch_id;           // the tap's switch
   };
   absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeNetDevice(DeviceSpec& spec, Entry* entry);
+  absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeVsockDevice(DeviceSpec& spec, Entry* entry);
+  void Unplug(Entry& e);
   absl::Status NetAction(const std::string& id, const std::string& action);
   struct Control;
   void AcceptControl();
@@ -67,6 +71,7 @@ class Server {
   boost::asio::io_context& io_;
   std::map<std::string, Netdev> netdevs_;
   std::map<std::string, Entry> devices_;
+  std::shared_ptr<VsockHub> vsock_hub_;  // made with the first vsock device
   std::unique_ptr<Control> control_;
 };
 

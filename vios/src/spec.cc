@@ -44,6 +44,14 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
           the guest); mac-lock drops frames whose source is not mac (and
           refuses MAC_ADDR_SET); standby offers STANDBY (net failover);
           offloads=off offers no checksum or TSO offload
+      vsock,id=ID,cid=N[,uds-path=PATH][,group=G[+H...]][,seqpacket=off]
+                  [,queue-size=N]
+          virtio-vsock for guest CID N (3..4294967294) on vios's hub. The
+          host side is PATH: a host process connects to PATH and writes
+          "CONNECT <port>\n", and reads "OK <host-port>\n" once the guest
+          accepts; the guest's connections to host port P reach a listener
+          on PATH_P. Guests sharing a group reach each other by CID;
+          without one, a guest reaches only the host (docs/vsock.md)
       rng,id=ID
       console,id=ID,socket=PATH        host side on a Unix socket (one client)
       console,id=ID,stdio=on           host side on vios's own stdin/stdout

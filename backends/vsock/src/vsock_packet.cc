@@ -137,7 +137,7 @@ void Endpoint::OnPacket(const Hdr& h, std::span<const uint8_t> payload, Output* 
       // Beyond the credit we advertised: the peer ignores flow control.
       if (uint64_t{held()} + payload.size() > limits_.buf_alloc) return Refuse(Refusal::kCredit, out);
       rx_cnt_ += static_cast<uint32_t>(payload.size());
-      if (shut_sent_) {
+      if (shut_sent_ & kShutdownRecv) {
         // We said we receive no more: these bytes are dropped, and count
         // as consumed (what the host still holds from before stays held).
         fwd_cnt_ += static_cast<uint32_t>(payload.size());
@@ -166,7 +166,7 @@ void Endpoint::OnPacket(const Hdr& h, std::span<const uint8_t> payload, Output* 
 }
 
 size_t Endpoint::Send(std::span<const uint8_t> data, bool eom, Output* out) {
-  if (state_ != State::kEstablished || peer_shut_recv_) return 0;
+  if (state_ != State::kEstablished || peer_shut_recv_ || (shut_sent_ & kShutdownSend)) return 0;
   const uint32_t free = peer_free();
   const size_t n = std::min<size_t>(data.size(), free);
   const bool seq = type_ == kTypeSeqpacket;
@@ -196,12 +196,13 @@ void Endpoint::Consumed(uint32_t n, Output* out) {
   if (peer_view_free < limits_.max_packet || fwd_cnt_ - advertised_fwd_ >= limits_.buf_alloc / 4) CreditUpdate(out);
 }
 
-void Endpoint::Shutdown(Output* out) {
+void Endpoint::Shutdown(uint32_t flags, Output* out) {
   if (state_ == State::kRequestSent) return Reset(out);
-  if (state_ != State::kEstablished) return;
-  out->to_peer.push_back(Make(kOpShutdown, kShutdownBoth));
-  shut_sent_ = true;
-  state_ = State::kClosing;
+  flags &= kShutdownBoth;
+  if (state_ != State::kEstablished || flags == 0 || (shut_sent_ | flags) == shut_sent_) return;
+  shut_sent_ |= flags;
+  out->to_peer.push_back(Make(kOpShutdown, shut_sent_));
+  if (shut_sent_ == kShutdownBoth) state_ = State::kClosing;
 }
 
 }  // namespace vioport::vsock

@@ -63,7 +63,7 @@ class Endpoint {
   enum class State : uint8_t {
     kRequestSent,  // we sent REQUEST, waiting for RESPONSE
     kEstablished,
-    kClosing,      // we sent SHUTDOWN (both), waiting for the peer's RST
+    kClosing,      // we shut both directions, waiting for the peer's RST
     kClosed,
   };
   struct Limits {
@@ -95,8 +95,11 @@ class Endpoint {
   // The host took `n` bytes of what OnPacket delivered: our fwd_cnt grows,
   // and a CREDIT_UPDATE goes out when the peer may be waiting for it.
   void Consumed(uint32_t n, Output* out);
-  // The host will send no more (and receive no more): SHUTDOWN both.
-  void Shutdown(Output* out);
+  // SHUTDOWN with `flags`: kShutdownSend, the host will send no more (its
+  // socket read EOF: the peer may still send); kShutdownRecv, it takes no
+  // more (what arrives is dropped); both, the connection is closing and
+  // waits for the peer's RST.
+  void Shutdown(uint32_t flags, Output* out);
   // Ends the connection now: the RST to send (none if closed already).
   void Reset(Output* out);
 
@@ -127,7 +130,7 @@ class Endpoint {
   uint32_t rx_cnt_ = 0, fwd_cnt_ = 0;     // bytes received, bytes the host took
   uint32_t advertised_fwd_ = 0;           // the fwd_cnt the peer last heard from us
   bool peer_shut_send_ = false, peer_shut_recv_ = false;
-  bool shut_sent_ = false;
+  uint32_t shut_sent_ = 0;  // SHUTDOWN flags we sent
 };
 
 }  // namespace vioport::vsock

@@ -1,0 +1,693 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "vsock_hub.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "vioport/core/log.h"
+
+namespace vioport::vios {
+
+using vsock::Endpoint;
+using vsock::Packet;
+using vsock::Refusal;
+
+namespace {
+constexpr uint64_t kTagWake = 1, kTagInbox = 2;
+constexpr uint64_t kTagListener = uint64_t{1} << 62, kTagConn = uint64_t{1} << 63;
+constexpr uint32_t kHubSource = 1;        // the hub's own RSTs, in a device's inbox
+constexpr size_t kMaxLine = 64;           // "CONNECT <port>\n"
+constexpr size_t kMaxBacklog = 16384;     // packets for one guest its inbox had no room for
+constexpr size_t kReadChunk = 64 * 1024;
+constexpr uint32_t kFirstHostPort = 1u << 30;
+
+uint64_t Key(uint32_t guest_port, uint32_t host_port) { return (uint64_t{guest_port} << 32) | host_port; }
+void Bump(std::atomic<uint64_t>& a, uint64_t n = 1) { a.fetch_add(n, std::memory_order_relaxed); }
+
+bool ShareGroup(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+  for (const auto& x : a)
+    for (const auto& y : b)
+      if (x == y) return true;
+  return false;
+}
+}  // namespace
+
+struct VsockHub::GuestState {
+  Guest g;
+  int listen_fd = -1;
+  // Hub thread only.
+  std::deque<Packet> backlog;  // for the guest, waiting for room in its inbox
+  bool stalled = false;        // its inbox refused packets: host reads paused
+  absl::flat_hash_map<uint64_t, uint64_t> by_key;  // (guest port, host port) -> connection
+  uint32_t next_port = kFirstHostPort;
+  uint32_t open = 0;
+  // Any thread.
+  std::array<std::atomic<uint64_t>, static_cast<size_t>(Refusal::kCount)> refused{};
+  std::atomic<uint64_t> conns_open{0}, conns_total{0}, bad_connect{0}, to_host_bytes{0}, from_host_bytes{0};
+  std::atomic<uint64_t> dest_full{0}, drop_to_guest{0};
+};
+
+struct VsockHub::Conn {
+  enum class Phase : uint8_t { kConnectLine, kWaitResponse, kOpen };
+  uint64_t id = 0;
+  std::shared_ptr<GuestState> g;
+  int fd = -1;
+  bool seq = false;
+  Phase phase = Phase::kOpen;
+  std::optional<Endpoint> ep;
+  std::string line;                    // the CONNECT line so far
+  std::vector<uint8_t> in;             // host bytes read, not yet taken by the guest's credit
+  bool in_eom = false;                 // (SEQPACKET) `in` ends a message
+  std::deque<std::vector<uint8_t>> out;  // for the host: stream chunks, or whole messages
+  size_t out_off = 0;
+  std::vector<uint8_t> msg;            // (SEQPACKET) a message from the guest, being assembled
+  bool host_eof = false;               // the host will send no more
+  bool shut_wr_pending = false, shut_wr_done = false;
+  bool draining = false;               // closed on the vsock side; writing what is left
+  absl::Time deadline = absl::InfiniteFuture();
+  uint32_t events = 0;
+};
+
+absl::StatusOr<std::shared_ptr<VsockHub>> VsockHub::Create(Options options) {
+  std::shared_ptr<VsockHub> h(new VsockHub(std::move(options)));
+  if (h->ep_ < 0 || h->wake_fd_ < 0 || !h->host_inbox_.ok())
+    return absl::ResourceExhaustedError(absl::StrCat("vsock hub: epoll/eventfd: ", std::strerror(errno)));
+  auto add = [&](int fd, uint64_t tag) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = tag;
+    return ::epoll_ctl(h->ep_, EPOLL_CTL_ADD, fd, &ev) == 0;
+  };
+  if (!add(h->wake_fd_, kTagWake) || !add(h->host_inbox_.event_fd(), kTagInbox))
+    return absl::InternalError(absl::StrCat("vsock hub: epoll_ctl: ", std::strerror(errno)));
+  h->thread_ = std::thread([raw = h.get()] { raw->Run(); });
+  return h;
+}
+
+VsockHub::VsockHub(Options options)
+    : opts_(std::move(options)), host_inbox_(vsock::Inbox::Limits{8192, 32ull << 20, 1024}) {
+  ep_ = ::epoll_create1(EPOLL_CLOEXEC);
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  buf_.resize(256 * 1024);
+}
+
+VsockHub::~VsockHub() {
+  if (thread_.joinable()) {
+    stop_.store(true);
+    Wake();
+    thread_.join();
+  }
+  for (auto& [id, c] : conns_) ::close(c->fd);
+  auto close_listener = [](GuestState& g) {
+    if (g.listen_fd < 0) return;
+    ::close(g.listen_fd);
+    ::unlink(g.g.uds_path.c_str());
+  };
+  for (auto& [cid, g] : serving_) close_listener(*g);
+  {
+    absl::MutexLock l(&mu_);
+    for (auto& g : added_) close_listener(*g);
+    for (auto& g : removed_) close_listener(*g);
+  }
+  if (ep_ >= 0) ::close(ep_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void VsockHub::Wake() {
+  const uint64_t one = 1;
+  while (::write(wake_fd_, &one, sizeof one) < 0 && errno == EINTR) {
+  }
+}
+
+absl::Status VsockHub::AddGuest(Guest g) {
+  if (!vsock::IsGuestCid(g.cid)) return absl::InvalidArgumentError(absl::StrCat("vsock: cid ", g.cid, " is not a guest CID"));
+  auto st = std::make_shared<GuestState>();
+  if (!g.uds_path.empty()) {
+    sockaddr_un addr{};
+    if (g.uds_path.size() + 12 >= sizeof addr.sun_path)  // room for "_<port>"
+      return absl::InvalidArgumentError(absl::StrCat("vsock: uds-path '", g.uds_path, "' is too long for a Unix socket"));
+    // A socket left by an earlier run is replaced; anything else is not ours.
+    struct stat sb;
+    if (::lstat(g.uds_path.c_str(), &sb) == 0) {
+      if (!S_ISSOCK(sb.st_mode))
+        return absl::AlreadyExistsError(absl::StrCat("vsock: uds-path '", g.uds_path, "' exists and is not a socket"));
+      ::unlink(g.uds_path.c_str());
+    }
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return absl::UnavailableError(absl::StrCat("vsock: socket: ", std::strerror(errno)));
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, g.uds_path.c_str(), g.uds_path.size() + 1);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 || ::listen(fd, 128) < 0) {
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      return absl::UnavailableError(absl::StrCat("vsock: uds-path '", g.uds_path, "': ", why));
+    }
+    st->listen_fd = fd;
+  }
+  st->g = std::move(g);
+  absl::MutexLock l(&mu_);
+  if (guests_.count(st->g.cid)) {
+    if (st->listen_fd >= 0) {
+      ::close(st->listen_fd);
+      ::unlink(st->g.uds_path.c_str());
+    }
+    return absl::AlreadyExistsError(absl::StrCat("vsock: cid ", st->g.cid, " is taken by another device"));
+  }
+  guests_[st->g.cid] = st;
+  added_.push_back(st);
+  Wake();
+  return absl::OkStatus();
+}
+
+void VsockHub::RemoveGuest(uint64_t cid) {
+  absl::MutexLock l(&mu_);
+  auto it = guests_.find(cid);
+  if (it == guests_.end()) return;
+  removed_.push_back(it->second);
+  guests_.erase(it);
+  Wake();
+}
+
+bool VsockHub::HasCid(uint64_t cid) const {
+  absl::ReaderMutexLock l(&mu_);
+  return guests_.count(cid) > 0;
+}
+
+void VsockHub::Send(uint64_t from_cid, std::vector<Packet>& packets) {
+  std::vector<Packet> host;
+  absl::ReaderMutexLock l(&mu_);
+  auto fit = guests_.find(from_cid);
+  if (fit == guests_.end()) return;  // a device the hub let go of
+  GuestState& from = *fit->second;
+  auto refuse = [&](const vsock::Hdr& h, Refusal why) {
+    Bump(from.refused[static_cast<size_t>(why)]);
+    if (h.op == vsock::kOpRst) return;
+    Packet r;
+    r.hdr = vsock::RstFor(h);
+    r.hdr.dst_cid = from_cid;
+    from.g.inbox->Push(kHubSource, {&r, 1});
+  };
+  for (Packet& p : packets) {
+    const uint64_t dst = p.hdr.dst_cid;
+    if (dst == vsock::kCidHost) {
+      host.push_back(std::move(p));
+      continue;
+    }
+    auto tit = guests_.find(dst);
+    if (tit == guests_.end()) {
+      refuse(p.hdr, Refusal::kNoRoute);
+      continue;
+    }
+    GuestState& to = *tit->second;
+    if (!ShareGroup(from.g.groups, to.g.groups)) {
+      refuse(p.hdr, Refusal::kGroup);
+      continue;
+    }
+    const vsock::Hdr h = p.hdr;
+    if (to.g.inbox->Push(static_cast<uint32_t>(from_cid), {&p, 1}) == 0) {
+      // The receiver's inbox is full: rather than lose a piece of a stream
+      // silently, both ends get an RST.
+      Bump(from.dest_full);
+      if (h.op != vsock::kOpRst) {
+        Packet r;
+        r.hdr = vsock::RstFor(h);
+        to.g.inbox->Push(kHubSource, {&r, 1});
+        r.hdr = vsock::RstFor(h);
+        r.hdr.dst_cid = from_cid;
+        from.g.inbox->Push(kHubSource, {&r, 1});
+      }
+    }
+  }
+  if (host.empty()) return;
+  const size_t taken = host_inbox_.Push(static_cast<uint32_t>(from_cid), host);
+  for (size_t i = taken; i < host.size(); ++i) {
+    Bump(from.dest_full);
+    refuse(host[i].hdr, Refusal::kNoRoute);
+  }
+}
+
+void VsockHub::AppendCounters(uint64_t cid, std::vector<std::pair<std::string, uint64_t>>* out) const {
+  std::shared_ptr<GuestState> g;
+  {
+    absl::ReaderMutexLock l(&mu_);
+    auto it = guests_.find(cid);
+    if (it == guests_.end()) return;
+    g = it->second;
+  }
+  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  out->push_back({"hub.conns_open", get(g->conns_open)});
+  out->push_back({"hub.conns_total", get(g->conns_total)});
+  out->push_back({"hub.to_host_bytes", get(g->to_host_bytes)});
+  out->push_back({"hub.from_host_bytes", get(g->from_host_bytes)});
+  for (size_t i = 1; i < g->refused.size(); ++i)
+    out->push_back({absl::StrCat("hub.refused_", vsock::RefusalName(static_cast<Refusal>(i))), get(g->refused[i])});
+  out->push_back({"hub.bad_connect", get(g->bad_connect)});
+  out->push_back({"hub.drop_dest_full", get(g->dest_full)});
+  out->push_back({"hub.drop_to_guest", get(g->drop_to_guest)});
+}
+
+// ---- the hub thread ------------------------------------------------------------
+
+void VsockHub::Run() {
+  epoll_event evs[64];
+  while (!stop_.load()) {
+    int timeout = 100;  // deadlines are checked at least this often
+    for (const auto& [cid, g] : serving_)
+      if (g->stalled) timeout = 1;
+    const int n = ::epoll_wait(ep_, evs, 64, timeout);
+    if (n < 0 && errno != EINTR) break;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t tag = evs[i].data.u64;
+      if (tag == kTagWake) {
+        uint64_t v;
+        while (::read(wake_fd_, &v, sizeof v) < 0 && errno == EINTR) {
+        }
+        ApplyPending();
+      } else if (tag == kTagInbox) {
+        HandleFromGuests();
+      } else if (tag & kTagConn) {
+        auto it = conns_.find(tag & ~kTagConn);
+        if (it == conns_.end()) continue;
+        Conn& c = *it->second;
+        const uint64_t id = c.id;
+        if (evs[i].events & EPOLLOUT) OnHostWritable(c);
+        if (!conns_.count(id)) continue;
+        if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) OnHostReadable(c);
+      } else if (tag & kTagListener) {
+        auto it = serving_.find(tag & ~kTagListener);
+        if (it != serving_.end()) Accept(*it->second);
+      }
+    }
+    PushBacklogs();
+    CheckDeadlines();
+  }
+}
+
+void VsockHub::ApplyPending() {
+  std::vector<std::shared_ptr<GuestState>> added, removed;
+  {
+    absl::MutexLock l(&mu_);
+    added.swap(added_);
+    removed.swap(removed_);
+  }
+  for (auto& g : added) {
+    serving_[g->g.cid] = g;
+    if (g->listen_fd >= 0) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u64 = kTagListener | g->g.cid;
+      ::epoll_ctl(ep_, EPOLL_CTL_ADD, g->listen_fd, &ev);
+    }
+  }
+  for (auto& g : removed) {
+    std::vector<uint64_t> ids;
+    for (const auto& [key, id] : g->by_key) ids.push_back(id);
+    for (const auto& [id, c] : conns_)
+      if (c->g == g && c->phase == Conn::Phase::kConnectLine) ids.push_back(id);
+    for (uint64_t id : ids) Close(id);
+    if (g->listen_fd >= 0) {
+      ::epoll_ctl(ep_, EPOLL_CTL_DEL, g->listen_fd, nullptr);
+      ::close(g->listen_fd);
+      ::unlink(g->g.uds_path.c_str());
+      g->listen_fd = -1;
+    }
+    g->backlog.clear();
+    serving_.erase(g->g.cid);
+  }
+}
+
+void VsockHub::HandleFromGuests() {
+  for (int round = 0; round < 16; ++round) {
+    taken_.clear();
+    if (host_inbox_.Take(&taken_, 256) == 0) return;
+    for (Packet& p : taken_) {
+      auto it = serving_.find(p.hdr.src_cid);
+      if (it == serving_.end()) continue;  // the guest is gone
+      HandleGuestPacket(*it->second, p);
+    }
+  }
+  host_inbox_.Wake();  // more next turn, after the sockets
+}
+
+void VsockHub::Refuse(uint64_t cid, const vsock::Hdr& h, Refusal why) {
+  auto it = serving_.find(cid);
+  if (it == serving_.end()) return;
+  Bump(it->second->refused[static_cast<size_t>(why)]);
+  if (h.op == vsock::kOpRst) return;
+  Packet r;
+  r.hdr = vsock::RstFor(h);
+  ToGuest(*it->second, std::move(r));
+}
+
+void VsockHub::HandleGuestPacket(GuestState& g, Packet& p) {
+  auto it = g.by_key.find(Key(p.hdr.src_port, p.hdr.dst_port));
+  if (it == g.by_key.end()) {
+    if (p.hdr.op == vsock::kOpRequest) return GuestConnect(g, p);
+    return Refuse(g.g.cid, p.hdr, Refusal::kNoConnection);
+  }
+  Conn& c = *conns_.at(it->second);
+  if (!c.ep || c.draining) return;
+  Endpoint::Output out;
+  c.ep->OnPacket(p.hdr, p.payload, &out);
+  Apply(c, out);
+}
+
+void VsockHub::GuestConnect(GuestState& g, const Packet& p) {
+  if (g.g.uds_path.empty()) return Refuse(g.g.cid, p.hdr, Refusal::kNoListener);
+  if (g.open >= opts_.max_conns) return Refuse(g.g.cid, p.hdr, Refusal::kTooManyConns);
+  const bool seq = p.hdr.type == vsock::kTypeSeqpacket;
+  const std::string path = absl::StrCat(g.g.uds_path, "_", p.hdr.dst_port);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return Refuse(g.g.cid, p.hdr, Refusal::kNoListener);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const int fd = ::socket(AF_UNIX, (seq ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Refuse(g.g.cid, p.hdr, Refusal::kNoListener);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    // Nobody listening there (ENOENT, ECONNREFUSED), or a full backlog (EAGAIN).
+    ::close(fd);
+    return Refuse(g.g.cid, p.hdr, Refusal::kNoListener);
+  }
+  auto c = std::make_unique<Conn>();
+  c->id = next_conn_++;
+  c->g = serving_.at(g.g.cid);
+  c->fd = fd;
+  c->seq = seq;
+  c->phase = Conn::Phase::kOpen;
+  c->ep.emplace(vsock::kCidHost, p.hdr.dst_port, g.g.cid, p.hdr.src_port, p.hdr.type, opts_.limits);
+  Packet resp = c->ep->Accept(p.hdr);
+  g.by_key[Key(p.hdr.src_port, p.hdr.dst_port)] = c->id;
+  ++g.open;
+  Bump(g.conns_open);
+  Bump(g.conns_total);
+  ++open_;
+  Conn& ref = *c;
+  conns_[c->id] = std::move(c);
+  epoll_event ev{};
+  ev.events = 0;
+  ev.data.u64 = kTagConn | ref.id;
+  ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+  ToGuest(g, std::move(resp));
+  UpdateInterest(ref);
+}
+
+void VsockHub::Accept(GuestState& g) {
+  for (;;) {
+    const int fd = ::accept4(g.listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    auto c = std::make_unique<Conn>();
+    c->id = next_conn_++;
+    c->g = serving_.at(g.g.cid);
+    c->fd = fd;
+    c->phase = Conn::Phase::kConnectLine;
+    c->deadline = absl::Now() + opts_.close_timeout;
+    Conn& ref = *c;
+    conns_[c->id] = std::move(c);
+    epoll_event ev{};
+    ev.events = 0;
+    ev.data.u64 = kTagConn | ref.id;
+    ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+    UpdateInterest(ref);
+  }
+}
+
+void VsockHub::OnHostReadable(Conn& c) {
+  GuestState& g = *c.g;
+  if (c.phase == Conn::Phase::kConnectLine) {
+    char tmp[kMaxLine];
+    const ssize_t r = ::recv(c.fd, tmp, kMaxLine - c.line.size(), 0);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (r <= 0) return Close(c.id);
+    c.line.append(tmp, static_cast<size_t>(r));
+    const size_t nl = c.line.find('\n');
+    if (nl == std::string::npos) {
+      if (c.line.size() >= kMaxLine) {
+        Bump(g.bad_connect);
+        Close(c.id);
+      }
+      return;
+    }
+    std::string cmd = c.line.substr(0, nl);
+    if (!cmd.empty() && cmd.back() == '\r') cmd.pop_back();
+    c.in.assign(c.line.begin() + static_cast<ptrdiff_t>(nl + 1), c.line.end());  // the stream's first bytes
+    c.line.clear();
+    uint32_t port = 0;
+    if (!absl::StartsWithIgnoreCase(cmd, "CONNECT ") || !absl::SimpleAtoi(cmd.substr(8), &port)) {
+      Bump(g.bad_connect);
+      return Close(c.id);
+    }
+    if (g.open >= opts_.max_conns) {
+      Bump(g.refused[static_cast<size_t>(Refusal::kTooManyConns)]);
+      return Close(c.id);
+    }
+    // A host port the guest sees the connection come from.
+    uint32_t hp = g.next_port;
+    for (uint32_t tries = 0; g.by_key.count(Key(port, hp)); ++tries) {
+      if (tries > 1u << 20) {
+        Bump(g.refused[static_cast<size_t>(Refusal::kTooManyConns)]);
+        return Close(c.id);
+      }
+      hp = hp + 1 >= (1u << 31) ? kFirstHostPort : hp + 1;
+    }
+    g.next_port = hp + 1 >= (1u << 31) ? kFirstHostPort : hp + 1;
+    c.ep.emplace(vsock::kCidHost, hp, g.g.cid, port, vsock::kTypeStream, opts_.limits);
+    g.by_key[Key(port, hp)] = c.id;
+    ++g.open;
+    Bump(g.conns_open);
+    Bump(g.conns_total);
+    ++open_;
+    c.phase = Conn::Phase::kWaitResponse;
+    c.deadline = absl::Now() + opts_.close_timeout;
+    ToGuest(g, c.ep->Connect());
+    UpdateInterest(c);
+    return;
+  }
+  if (c.phase != Conn::Phase::kOpen || !c.ep || c.draining) {
+    UpdateInterest(c);
+    return;
+  }
+  if (!c.in.empty() || g.stalled || c.host_eof) {
+    UpdateInterest(c);
+    return;
+  }
+  const uint32_t credit = c.ep->peer_free();
+  if (credit == 0) {
+    UpdateInterest(c);
+    return;
+  }
+  const size_t want = c.seq ? buf_.size() : std::min<size_t>(credit, kReadChunk);
+  const ssize_t r = ::recv(c.fd, buf_.data(), want, 0);
+  Endpoint::Output out;
+  if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (r < 0) {
+    c.ep->Reset(&out);
+    return Apply(c, out);
+  }
+  if (r == 0) {
+    // The host's end of the stream (a close, or a half-close: it may still
+    // read): the guest hears SHUTDOWN SEND and closes when it is done.
+    c.host_eof = true;
+    c.ep->Shutdown(vsock::kShutdownSend, &out);
+    return Apply(c, out);
+  }
+  const std::span<const uint8_t> got(buf_.data(), static_cast<size_t>(r));
+  const size_t took = c.ep->Send(got, c.seq, &out);
+  Bump(g.from_host_bytes, took);
+  if (took < got.size()) {
+    c.in.assign(got.begin() + static_cast<ptrdiff_t>(took), got.end());
+    c.in_eom = c.seq;
+  }
+  Apply(c, out);
+}
+
+void VsockHub::OnHostWritable(Conn& c) {
+  Flush(c);
+  if (!conns_.count(c.id)) return;
+  if (c.draining && c.out.empty()) return Close(c.id);
+  UpdateInterest(c);
+}
+
+void VsockHub::Apply(Conn& c, Endpoint::Output& out) {
+  GuestState& g = *c.g;
+  for (Packet& p : out.to_peer) ToGuest(g, std::move(p));
+  if (out.refused != Refusal::kNone) Bump(g.refused[static_cast<size_t>(out.refused)]);
+  if (!out.to_host.empty() || (c.seq && out.eom)) {
+    if (c.seq) {
+      c.msg.insert(c.msg.end(), out.to_host.begin(), out.to_host.end());
+      if (out.eom) c.out.push_back(std::move(c.msg)), c.msg.clear();
+    } else {
+      c.out.push_back(std::move(out.to_host));
+    }
+  }
+  if (out.host_eof) c.shut_wr_pending = true;
+  if (c.phase == Conn::Phase::kWaitResponse) {
+    if (c.ep->closed()) return Close(c.id);  // the guest refused: the host's socket is closed
+    if (c.ep->state() == Endpoint::State::kEstablished) {
+      const std::string ok = absl::StrCat("OK ", c.ep->local_port(), "\n");
+      if (::send(c.fd, ok.data(), ok.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(ok.size())) {
+        Endpoint::Output o;
+        c.ep->Reset(&o);
+        for (Packet& p : o.to_peer) ToGuest(g, std::move(p));
+        return Close(c.id);
+      }
+      c.phase = Conn::Phase::kOpen;
+      c.deadline = absl::InfiniteFuture();
+    }
+  }
+  // Host bytes that waited for credit.
+  if (!c.in.empty() && c.phase == Conn::Phase::kOpen && !c.ep->closed() && c.ep->peer_free() > 0) {
+    Endpoint::Output o;
+    const size_t took = c.ep->Send(c.in, c.in_eom, &o);
+    Bump(g.from_host_bytes, took);
+    c.in.erase(c.in.begin(), c.in.begin() + static_cast<ptrdiff_t>(took));
+    for (Packet& p : o.to_peer) ToGuest(g, std::move(p));
+  }
+  Flush(c);
+  if (!conns_.count(c.id)) return;
+  if (c.ep->closed() && !c.draining) {
+    // Write what the guest sent before it closed, for a while.
+    c.draining = true;
+    c.deadline = absl::Now() + opts_.close_timeout;
+    if (c.out.empty()) return Close(c.id);
+  }
+  UpdateInterest(c);
+}
+
+void VsockHub::Flush(Conn& c) {
+  uint64_t wrote = 0;
+  while (!c.out.empty()) {
+    std::vector<uint8_t>& front = c.out.front();
+    const ssize_t w = ::send(c.fd, front.data() + c.out_off, front.size() - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0 && (errno == EAGAIN || errno == EINTR)) break;
+    if (w < 0) {
+      // The host side went away: the guest's end is reset.
+      c.out.clear();
+      c.out_off = 0;
+      if (c.ep && !c.ep->closed()) {
+        Endpoint::Output o;
+        c.ep->Reset(&o);
+        for (Packet& p : o.to_peer) ToGuest(*c.g, std::move(p));
+      }
+      return Close(c.id);
+    }
+    c.out_off += static_cast<size_t>(w);
+    wrote += static_cast<uint64_t>(w);
+    if (c.out_off == front.size()) {
+      c.out.pop_front();
+      c.out_off = 0;
+    }
+  }
+  if (wrote > 0) {
+    Bump(c.g->to_host_bytes, wrote);
+    if (c.ep && !c.ep->closed()) {
+      Endpoint::Output o;
+      c.ep->Consumed(static_cast<uint32_t>(wrote), &o);
+      for (Packet& p : o.to_peer) ToGuest(*c.g, std::move(p));
+    }
+  }
+  if (c.out.empty() && c.shut_wr_pending && !c.shut_wr_done) {
+    ::shutdown(c.fd, SHUT_WR);
+    c.shut_wr_done = true;
+  }
+}
+
+void VsockHub::UpdateInterest(Conn& c) {
+  uint32_t want = 0;
+  if (c.phase == Conn::Phase::kConnectLine) want |= EPOLLIN;
+  if (c.phase == Conn::Phase::kOpen && c.ep && !c.ep->closed() && !c.draining && !c.host_eof && !c.g->stalled &&
+      c.in.empty() && c.ep->peer_free() > 0)
+    want |= EPOLLIN;
+  if (!c.out.empty()) want |= EPOLLOUT;
+  if (want == c.events) return;
+  epoll_event ev{};
+  ev.events = want;
+  ev.data.u64 = kTagConn | c.id;
+  ::epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
+  c.events = want;
+}
+
+void VsockHub::Close(uint64_t id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Conn& c = *it->second;
+  ::epoll_ctl(ep_, EPOLL_CTL_DEL, c.fd, nullptr);
+  ::close(c.fd);
+  if (c.ep) {
+    const uint64_t key = Key(c.ep->peer_port(), c.ep->local_port());
+    auto k = c.g->by_key.find(key);
+    if (k != c.g->by_key.end() && k->second == id) {
+      c.g->by_key.erase(k);
+      --c.g->open;
+      c.g->conns_open.fetch_sub(1, std::memory_order_relaxed);
+      --open_;
+    }
+  }
+  conns_.erase(it);
+}
+
+void VsockHub::ToGuest(GuestState& g, Packet p) {
+  if (g.backlog.size() >= kMaxBacklog) {
+    Bump(g.drop_to_guest);
+    return;
+  }
+  g.backlog.push_back(std::move(p));
+}
+
+void VsockHub::PushBacklogs() {
+  std::vector<Packet> batch;
+  for (auto& [cid, gp] : serving_) {
+    GuestState& g = *gp;
+    if (g.backlog.empty()) {
+      if (g.stalled) {
+        g.stalled = false;
+        for (auto& [id, c] : conns_)
+          if (c->g == gp) UpdateInterest(*c);
+      }
+      continue;
+    }
+    batch.assign(std::make_move_iterator(g.backlog.begin()), std::make_move_iterator(g.backlog.end()));
+    g.backlog.clear();
+    const size_t taken = g.g.inbox->Push(static_cast<uint32_t>(vsock::kCidHost), batch);
+    for (size_t i = taken; i < batch.size(); ++i) g.backlog.push_back(std::move(batch[i]));
+    const bool was = g.stalled;
+    g.stalled = !g.backlog.empty();
+    if (was != g.stalled)
+      for (auto& [id, c] : conns_)
+        if (c->g == gp) UpdateInterest(*c);
+  }
+}
+
+void VsockHub::CheckDeadlines() {
+  const absl::Time now = absl::Now();
+  std::vector<uint64_t> due;
+  for (const auto& [id, c] : conns_)
+    if (c->deadline <= now) due.push_back(id);
+  for (uint64_t id : due) {
+    Conn& c = *conns_.at(id);
+    // A CONNECT line never finished, a REQUEST never answered, a SHUTDOWN
+    // the guest never followed with its RST, or a close still writing.
+    if (c.ep && !c.ep->closed()) {
+      Endpoint::Output o;
+      c.ep->Reset(&o);
+      for (Packet& p : o.to_peer) ToGuest(*c.g, std::move(p));
+    }
+    Close(id);
+  }
+}
+
+}  // namespace vioport::vios

@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+// vios's vsock hub: every vsock device of a vios is a guest on it, by CID.
+// A packet a guest sends to another guest goes straight to that guest's
+// device (their drivers keep the connection, credit included) if the two
+// share a group; one to the host (CID 2) goes to the hub's host endpoints,
+// which end the connection on Unix sockets in the hybrid-vsock style of
+// Firecracker and cloud-hypervisor:
+//   host-initiated: a host process connects to the guest's uds_path and
+//     writes "CONNECT <port>\n"; once the guest accepts, the hub writes
+//     "OK <host-port>\n" (the port the guest sees the connection come
+//     from, allocated from 2^30 up, as Firecracker does) and the socket
+//     carries the stream; if the guest refuses, the socket is closed.
+//   guest-initiated: a guest connecting to host port P reaches a process
+//     listening on "<uds_path>_<P>" (SOCK_STREAM, or SOCK_SEQPACKET for a
+//     SEQPACKET connection); nobody listening: RST.
+// Every refusal is counted by cause and answered with an RST. Host
+// endpoints run on the hub's own thread; routing between guests runs on
+// the sending device's thread under a reader lock.
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "vioport/backends/vsock_device.h"
+
+namespace vioport::vios {
+
+class VsockHub final : public vsock::PacketSink {
+ public:
+  struct Options {
+    uint32_t max_conns = 1024;          // host connections per guest
+    vsock::Endpoint::Limits limits;     // each host connection's
+    absl::Duration close_timeout = absl::Seconds(2);  // SHUTDOWN without the peer's RST; REQUEST unanswered
+  };
+  struct Guest {
+    std::string id;
+    uint64_t cid = 0;
+    std::shared_ptr<vsock::Inbox> inbox;  // the device's
+    std::string uds_path;                 // "": no host side
+    std::vector<std::string> groups;      // guests sharing one reach each other
+  };
+  static absl::StatusOr<std::shared_ptr<VsockHub>> Create(Options options);
+  ~VsockHub() override;
+
+  // Binds the guest's uds_path (an existing socket file there is replaced).
+  absl::Status AddGuest(Guest g);
+  // Closes its host connections and its uds_path; its packets are refused.
+  void RemoveGuest(uint64_t cid);
+  bool HasCid(uint64_t cid) const;
+
+  // PacketSink: a device's checked packets (any device thread).
+  void Send(uint64_t from_cid, std::vector<vsock::Packet>& packets) override;
+
+  // hub.* counters of one guest.
+  void AppendCounters(uint64_t cid, std::vector<std::pair<std::string, uint64_t>>* out) const;
+
+  // Host connections open now, over all guests (tests).
+  size_t host_connections() const { return open_.load(); }
+
+ private:
+  struct GuestState;
+  struct Conn;
+  explicit VsockHub(Options options);
+  void Run();
+  void Wake();
+  // Hub thread.
+  void HandleFromGuests();
+  void HandleGuestPacket(GuestState& g, vsock::Packet& p);
+  void GuestConnect(GuestState& g, const vsock::Packet& p);
+  void Accept(GuestState& g);
+  void OnHostReadable(Conn& c);
+  void OnHostWritable(Conn& c);
+  void Apply(Conn& c, vsock::Endpoint::Output& out);
+  void Flush(Conn& c);
+  void UpdateInterest(Conn& c);
+  void Close(uint64_t conn_id);
+  void ToGuest(GuestState& g, vsock::Packet p);
+  void PushBacklogs();
+  void Refuse(uint64_t cid, const vsock::Hdr& h, vsock::Refusal why);
+  void ApplyPending();
+  void CheckDeadlines();
+
+  const Options opts_;
+  int ep_ = -1;
+  int wake_fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  vsock::Inbox host_inbox_;  // packets for the host endpoints, by sending guest
+
+  // Routing table, read by device threads.
+  mutable absl::Mutex mu_;
+  std::map<uint64_t, std::shared_ptr<GuestState>> guests_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<GuestState>> added_ ABSL_GUARDED_BY(mu_);    // for the hub thread to start serving
+  std::vector<std::shared_ptr<GuestState>> removed_ ABSL_GUARDED_BY(mu_);  // for the hub thread to close
+
+  // Hub thread only.
+  std::map<uint64_t, std::shared_ptr<GuestState>> serving_;
+  std::map<uint64_t, std::unique_ptr<Conn>> conns_;
+  uint64_t next_conn_ = 1;
+  std::vector<vsock::Packet> taken_;
+  std::vector<uint8_t> buf_;
+  std::atomic<size_t> open_{0};
+};
+
+}  // namespace vioport::vios
