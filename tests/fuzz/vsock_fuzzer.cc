@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// libFuzzer target for virtio-vsock's byte-level parts (backends/vsock):
+// libFuzzer target for virtio-vsock's byte-level parts (backends/vsock and core/vsock_conn):
 // the checks on a packet a guest transmits (CheckGuestPacket) and one end
 // of a connection (Endpoint), driven by hostile packets and host actions in
 // any order.

@@ -5,12 +5,12 @@
 // A packet a guest sends to another guest goes straight to that guest's
 // device (their drivers keep the connection, credit included) if the two
 // share a group; one to the host (CID 2) goes to the hub's host endpoints,
-// which end the connection on Unix sockets in the hybrid-vsock style of
-// Firecracker and cloud-hypervisor:
+// which end the connection on Unix sockets in the "hybrid vsock" style
+// other VMMs' vsock devices speak (docs/vsock.md names them):
 //   host-initiated: a host process connects to the guest's uds_path and
 //     writes "CONNECT <port>\n"; once the guest accepts, the hub writes
 //     "OK <host-port>\n" (the port the guest sees the connection come
-//     from, allocated from 2^30 up, as Firecracker does) and the socket
+//     from, allocated from 2^30 up, as those VMMs do) and the socket
 //     carries the stream; if the guest refuses, the socket is closed.
 //   guest-initiated: a guest connecting to host port P reaches a process
 //     listening on "<uds_path>_<P>" (SOCK_STREAM, or SOCK_SEQPACKET for a
