@@ -63,7 +63,7 @@ struct VsockHub::GuestState {
 };
 
 struct VsockHub::Conn {
-  enum class Phase : uint8_t { kConnectLine, kWaitResponse, kOpen };
+  using Phase = VsockHub::Phase;
   uint64_t id = 0;
   std::shared_ptr<GuestState> g;
   int fd = -1;
@@ -383,46 +383,52 @@ void VsockHub::GuestConnect(GuestState& g, const Packet& p) {
     ::close(fd);
     return Refuse(g.g.cid, p.hdr, Refusal::kNoListener);
   }
+  Conn& c = AddConn(g, fd, Conn::Phase::kOpen);
+  c.seq = seq;
+  c.ep.emplace(vsock::kCidHost, p.hdr.dst_port, g.g.cid, p.hdr.src_port, p.hdr.type, opts_.limits);
+  Bind(g, c);
+  ToGuest(g, c.ep->Accept(p.hdr));
+  UpdateInterest(c);
+}
+
+VsockHub::Conn& VsockHub::AddConn(GuestState& g, int fd, Phase phase) {
   auto c = std::make_unique<Conn>();
   c->id = next_conn_++;
   c->g = serving_.at(g.g.cid);
   c->fd = fd;
-  c->seq = seq;
-  c->phase = Conn::Phase::kOpen;
-  c->ep.emplace(vsock::kCidHost, p.hdr.dst_port, g.g.cid, p.hdr.src_port, p.hdr.type, opts_.limits);
-  Packet resp = c->ep->Accept(p.hdr);
-  g.by_key[Key(p.hdr.src_port, p.hdr.dst_port)] = c->id;
+  c->phase = phase;
+  Conn& ref = *c;
+  conns_[c->id] = std::move(c);
+  epoll_event ev{};
+  ev.events = 0;  // UpdateInterest sets them
+  ev.data.u64 = kTagConn | ref.id;
+  ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+  return ref;
+}
+
+void VsockHub::Bind(GuestState& g, Conn& c) {
+  // Close() undoes each of these.
+  g.by_key[Key(c.ep->peer_port(), c.ep->local_port())] = c.id;
   ++g.open;
   Bump(g.conns_open);
   Bump(g.conns_total);
   ++open_;
-  Conn& ref = *c;
-  conns_[c->id] = std::move(c);
-  epoll_event ev{};
-  ev.events = 0;
-  ev.data.u64 = kTagConn | ref.id;
-  ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
-  ToGuest(g, std::move(resp));
-  UpdateInterest(ref);
+}
+
+void VsockHub::ResetToGuest(Conn& c) {
+  if (!c.ep || c.ep->closed()) return;
+  Endpoint::Output o;
+  c.ep->Reset(&o);
+  for (Packet& p : o.to_peer) ToGuest(*c.g, std::move(p));
 }
 
 void VsockHub::Accept(GuestState& g) {
   for (;;) {
     const int fd = ::accept4(g.listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
-    auto c = std::make_unique<Conn>();
-    c->id = next_conn_++;
-    c->g = serving_.at(g.g.cid);
-    c->fd = fd;
-    c->phase = Conn::Phase::kConnectLine;
-    c->deadline = absl::Now() + opts_.close_timeout;
-    Conn& ref = *c;
-    conns_[c->id] = std::move(c);
-    epoll_event ev{};
-    ev.events = 0;
-    ev.data.u64 = kTagConn | ref.id;
-    ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
-    UpdateInterest(ref);
+    Conn& c = AddConn(g, fd, Conn::Phase::kConnectLine);
+    c.deadline = absl::Now() + opts_.close_timeout;
+    UpdateInterest(c);
   }
 }
 
@@ -466,11 +472,7 @@ void VsockHub::OnHostReadable(Conn& c) {
     }
     g.next_port = hp + 1 >= (1u << 31) ? kFirstHostPort : hp + 1;
     c.ep.emplace(vsock::kCidHost, hp, g.g.cid, port, vsock::kTypeStream, opts_.limits);
-    g.by_key[Key(port, hp)] = c.id;
-    ++g.open;
-    Bump(g.conns_open);
-    Bump(g.conns_total);
-    ++open_;
+    Bind(g, c);
     c.phase = Conn::Phase::kWaitResponse;
     c.deadline = absl::Now() + opts_.close_timeout;
     ToGuest(g, c.ep->Connect());
@@ -540,9 +542,7 @@ void VsockHub::Apply(Conn& c, Endpoint::Output& out) {
     if (c.ep->state() == Endpoint::State::kEstablished) {
       const std::string ok = absl::StrCat("OK ", c.ep->local_port(), "\n");
       if (::send(c.fd, ok.data(), ok.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(ok.size())) {
-        Endpoint::Output o;
-        c.ep->Reset(&o);
-        for (Packet& p : o.to_peer) ToGuest(g, std::move(p));
+        ResetToGuest(c);
         return Close(c.id);
       }
       c.phase = Conn::Phase::kOpen;
@@ -578,11 +578,7 @@ void VsockHub::Flush(Conn& c) {
       // The host side went away: the guest's end is reset.
       c.out.clear();
       c.out_off = 0;
-      if (c.ep && !c.ep->closed()) {
-        Endpoint::Output o;
-        c.ep->Reset(&o);
-        for (Packet& p : o.to_peer) ToGuest(*c.g, std::move(p));
-      }
+      ResetToGuest(c);
       return Close(c.id);
     }
     c.out_off += static_cast<size_t>(w);
@@ -681,11 +677,7 @@ void VsockHub::CheckDeadlines() {
     Conn& c = *conns_.at(id);
     // A CONNECT line never finished, a REQUEST never answered, a SHUTDOWN
     // the guest never followed with its RST, or a close still writing.
-    if (c.ep && !c.ep->closed()) {
-      Endpoint::Output o;
-      c.ep->Reset(&o);
-      for (Packet& p : o.to_peer) ToGuest(*c.g, std::move(p));
-    }
+    ResetToGuest(c);
     Close(id);
   }
 }

@@ -71,6 +71,9 @@ class VsockHub final : public vsock::PacketSink {
 
  private:
   struct GuestState;
+  // A host connection: reading the CONNECT line (host-initiated), waiting
+  // for the guest's RESPONSE, or carrying the stream.
+  enum class Phase : uint8_t { kConnectLine, kWaitResponse, kOpen };
   struct Conn;
   explicit VsockHub(Options options);
   void Run();
@@ -85,6 +88,13 @@ class VsockHub final : public vsock::PacketSink {
   void Apply(Conn& c, vsock::Endpoint::Output& out);
   void Flush(Conn& c);
   void UpdateInterest(Conn& c);
+  // A connection on `fd`, registered with epoll (no events until
+  // UpdateInterest), and its binding to (guest port, host port) once its
+  // endpoint exists; Close undoes both.
+  Conn& AddConn(GuestState& g, int fd, Phase phase);
+  void Bind(GuestState& g, Conn& c);
+  // Resets the connection's endpoint, its RST to the guest (if still open).
+  void ResetToGuest(Conn& c);
   void Close(uint64_t conn_id);
   void ToGuest(GuestState& g, vsock::Packet p);
   void PushBacklogs();

@@ -7,6 +7,7 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
+#include "vioport/core/counters.h"
 #include "vioport/core/log.h"
 
 namespace vioport {
@@ -17,10 +18,6 @@ using f::Has;
 
 namespace {
 constexpr uint32_t kMaxCtrlChains = 64;  // control commands per kick
-
-// Counters only the device's thread writes: a plain add (no locked
-// read-modify-write per frame); readers on other threads see whole values.
-void Bump(std::atomic<uint64_t>& c, uint64_t n) { c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<NetDevice>> NetDevice::Create(const NetOptions& o) {
@@ -190,7 +187,7 @@ bool NetDevice::ProcessEvents() {
     // No driver to deliver to: what the switch sent is dropped, counted.
     taken_.clear();
     while (inbox_->Take(&taken_, kBatch) > 0) {
-      Bump(no_driver_drops_, taken_.size());
+      BumpOwned(no_driver_drops_, taken_.size());
       taken_.clear();
     }
     ApplyOperatorActions();
@@ -298,7 +295,7 @@ void NetDevice::FlushTx() {
   if (sink_) {
     sink_->Send(port_, tx_batch_);
   } else {
-    Bump(unplugged_, tx_batch_.size());
+    BumpOwned(unplugged_, tx_batch_.size());
   }
   // Buffers the switch did not keep (no port wanted the frame, or it
   // copied it) serve the next frames: no allocation per frame.
@@ -320,8 +317,8 @@ void NetDevice::DrainTx(uint16_t pair) {
     uint64_t& n;
     uint64_t& b;
     ~Flush() {
-      Bump(d->counters_.tx_packets, n);
-      Bump(d->counters_.tx_bytes, b);
+      BumpOwned(d->counters_.tx_packets, n);
+      BumpOwned(d->counters_.tx_bytes, b);
     }
   } flush_counts{this, tx_n, tx_b};
   // Chains are taken a few at a time and their frames prefetched before
@@ -379,12 +376,12 @@ void NetDevice::DrainTx(uint16_t pair) {
           continue;
         }
         if (!link_up_) {
-          Bump(link_down_drops_, 1);
+          BumpOwned(link_down_drops_, 1);
           continue;
         }
         ++tx_n;
         tx_b += fr.data.size();
-        if (fr.hdr.gso_type != net::kGsoNone) Bump(tx_gso_, 1);
+        if (fr.hdr.gso_type != net::kGsoNone) BumpOwned(tx_gso_, 1);
         if (usable_pairs_ > 1) steer_[net::FlowHash(fr.data) & 0xff] = static_cast<uint8_t>(pair);
         SendToNetwork(std::move(fr));
       }
@@ -422,7 +419,7 @@ bool NetDevice::DeliverRx() {
       if (inbox_->Take(&taken_, kBatch) == 0) break;
       for (net::Frame& fr : taken_) {
         if (!link_up_) {
-          Bump(link_down_drops_, 1);
+          BumpOwned(link_down_drops_, 1);
           continue;
         }
         if (!ctrl_.filter.Accepts(fr.data)) {
@@ -536,9 +533,9 @@ NetDevice::Put NetDevice::PutFrame(uint16_t pair, const net::Frame& fr) {
   for (size_t i = used; i < held.size(); ++i) rest.push_back(std::move(held[i]));
   held = std::move(rest);
   if (fault) return Put::kBroken;
-  Bump(counters_.rx_packets, 1);
-  Bump(counters_.rx_bytes, fr.data.size());
-  if (fr.hdr.gso_type != net::kGsoNone) Bump(rx_gso_, 1);
+  BumpOwned(counters_.rx_packets, 1);
+  BumpOwned(counters_.rx_bytes, fr.data.size());
+  if (fr.hdr.gso_type != net::kGsoNone) BumpOwned(rx_gso_, 1);
   return Put::kDone;
 }
 
@@ -556,7 +553,7 @@ void NetDevice::ProcessCtrl() {
       // No room for the ack: not a command the device can answer.
       q.AddUsed(std::move(c), 0);
       q.Fail(RingError::kBadRequest);
-      Bump(ctrl_err_, 1);
+      BumpOwned(ctrl_err_, 1);
       break;
     }
     uint8_t ack = net::kCtrlErr;
@@ -570,7 +567,7 @@ void NetDevice::ProcessCtrl() {
         if (ctrl_.guest_offloads != offloads_before) UpdateCaps();
       }
     }
-    Bump((ack == net::kCtrlOk ? ctrl_ok_ : ctrl_err_), 1);
+    BumpOwned((ack == net::kCtrlOk ? ctrl_ok_ : ctrl_err_), 1);
     c.Write(0, &ack, 1);
     q.AddUsed(std::move(c), 1);
   }

@@ -5,16 +5,13 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "vioport/core/counters.h"
 
 namespace vioport {
 
 namespace f = vsock::feature;
 
 namespace {
-// Counters only the device's thread writes: a plain add.
-void Bump(std::atomic<uint64_t>& c, uint64_t n = 1) {
-  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-}
 constexpr size_t kBatch = 64;  // packets per hand-over to the hub
 }  // namespace
 
@@ -96,7 +93,7 @@ bool VsockDevice::ProcessEvents() {
   if (!active_) {
     taken_.clear();
     while (inbox_->Take(&taken_, kBatch) > 0) {
-      Bump(no_driver_drops_, taken_.size());
+      BumpOwned(no_driver_drops_, taken_.size());
       taken_.clear();
     }
     return false;
@@ -124,10 +121,10 @@ void VsockDevice::Flush() {
 }
 
 void VsockDevice::Refuse(const vsock::Hdr& h, vsock::Refusal why) {
-  Bump(refused_[static_cast<size_t>(why)]);
+  BumpOwned(refused_[static_cast<size_t>(why)]);
   if (h.op == vsock::kOpRst) return;  // never an RST for an RST
   if (local_.size() >= kMaxLocal) {
-    Bump(rst_dropped_);
+    BumpOwned(rst_dropped_);
     return;
   }
   vsock::Packet rst;
@@ -152,7 +149,7 @@ void VsockDevice::DrainTx() {
       vsock::Hdr h;
       if (readable < vsock::kHdrSize) {
         // Not even a header: nothing to answer, a counted drop.
-        Bump(short_chains_);
+        BumpOwned(short_chains_);
         q.AddUsed(std::move(c), 0);
         continue;
       }
@@ -176,8 +173,8 @@ void VsockDevice::DrainTx() {
         break;
       }
       q.AddUsed(std::move(c), 0);
-      Bump(tx_packets_);
-      Bump(tx_bytes_, h.len);
+      BumpOwned(tx_packets_);
+      BumpOwned(tx_bytes_, h.len);
       tx_batch_.push_back(std::move(p));
       if (tx_batch_.size() >= kBatch) Flush();
     }
@@ -206,7 +203,7 @@ VsockDevice::Put VsockDevice::PutNext(vsock::Packet& p, size_t* offset) {
     }
     if (c.writable_bytes() >= vsock::kHdrSize) break;
     // Not even room for a header: back, empty, counted.
-    Bump(small_rx_buffers_);
+    BumpOwned(small_rx_buffers_);
     q.AddUsed(std::move(c), 0);
   }
   q.DisableNotifications();
@@ -221,8 +218,8 @@ VsockDevice::Put VsockDevice::PutNext(vsock::Packet& p, size_t* offset) {
   q.AddUsed(std::move(c), fault ? 0 : static_cast<uint32_t>(vsock::kHdrSize + part));
   if (fault) return Put::kBroken;
   *offset += part;
-  Bump(rx_bytes_, part);
-  if (*offset == p.payload.size()) Bump(rx_packets_);
+  BumpOwned(rx_bytes_, part);
+  if (*offset == p.payload.size()) BumpOwned(rx_packets_);
   return Put::kDone;
 }
 
@@ -257,7 +254,7 @@ bool VsockDevice::DeliverRx() {
     if (offset_ < p->payload.size()) continue;  // more pieces of this packet
     offset_ = 0;
     if (from_local) {
-      Bump(rst_sent_);
+      BumpOwned(rst_sent_);
       local_.pop_front();
     } else {
       ++taken_head_;
@@ -285,7 +282,7 @@ void VsockDevice::SendEvents() {
   ctx_.Publish(q);
   if (fault) return;
   reset_request_.store(false);
-  Bump(events_sent_);
+  BumpOwned(events_sent_);
 }
 
 void VsockDevice::AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const {

@@ -4,6 +4,7 @@
 // prints them as ID.TRANSPORT.NAME, then the transport's own extras).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -12,6 +13,13 @@
 namespace vioport {
 
 using CounterList = std::vector<std::pair<std::string, uint64_t>>;
+
+// Adds to a counter only one thread writes (a device's own): a plain add,
+// no locked read-modify-write per packet; readers on other threads see
+// whole values.
+inline void BumpOwned(std::atomic<uint64_t>& c, uint64_t n = 1) {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
 
 struct TransportCounters {
   uint64_t requests = 0;          // descriptor chains the device completed

@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "vioport/backends/net_frame.h"
 #include "vioport/backends/net_port.h"
+#include "vioport/core/counters.h"
 #include "vioport/core/device.h"
 #include "vioport/core/net_control.h"
 #include "vioport/core/net_spec.h"
@@ -119,10 +120,7 @@ class NetDevice final : public VirtioDevice, public NetControl {
   explicit NetDevice(const NetOptions& options);
   enum class Put : uint8_t { kDone, kNoBuffers, kDropped, kBroken };
   // Device thread only (single writer: a plain add).
-  void Count(net::Drop d, uint64_t n = 1) {
-    auto& c = drops_[static_cast<size_t>(d)];
-    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-  }
+  void Count(net::Drop d, uint64_t n = 1) { BumpOwned(drops_[static_cast<size_t>(d)], n); }
   void DrainTx(uint16_t pair);
   void FlushTx();
   bool DeliverRx();
