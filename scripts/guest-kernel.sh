@@ -17,8 +17,10 @@ esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${1:-$root/build/guest-kernel}
 # Load order that works with busybox insmod (docs/linux-guest-tests.md): each module after
-# the ones it depends on.
-MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net)
+# the ones it depends on (modinfo -F depends; checked below). vsock: the AF_VSOCK core,
+# the virtio transport's common half, then the virtio transport (needs virtio, virtio_ring).
+MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover
+  virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport)
 
 die() { echo "guest-kernel: ERROR: $*" >&2; exit 1; }
 
@@ -92,11 +94,12 @@ for m in "${MODULES[@]}"; do
   esac
   echo "$m" >>"$cache/modules/order"
 done
-# Every dependency named in a kept module must itself be kept (and come earlier in the order).
+# Every dependency named in a kept module must itself be kept, earlier in the order.
 for m in "${MODULES[@]}"; do
   deps=$(strings "$cache/modules/$m.ko" | sed -n 's/^depends=//p' | head -1 | tr ',' ' ')
   for d in $deps; do
     grep -qx "${d//-/_}" "$cache/modules/order" || die "module $m depends on $d, which is not in the list"
+    sed "/^$m\$/q" "$cache/modules/order" | grep -qx "${d//-/_}" || die "module $m depends on $d, which comes after it"
   done
 done
 cp "$kernel" "$cache/vmlinuz"

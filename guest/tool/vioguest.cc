@@ -35,9 +35,9 @@
 #include "vioport/guest/pattern.h"
 #include "vioport/guest/rng_driver.h"
 #include "vioport/transports/registry.h"
+#include "vioguest.h"
 
-namespace vioport {
-namespace {
+namespace vioport::vioguest {
 
 std::string UsageText() {
   RegisterBuiltinTransports();
@@ -94,7 +94,7 @@ usage: vioguest --transport NAME:CHANNEL[,KEY=VALUE...] [common options] DEVICE 
                                     frames of B payload bytes (default 63000)
                                     for the device to segment at the MTU
   net options: [--no-offloads] [--no-mrg-rxbuf] [--queue-size N]
-  rng [--length B] [--out FILE]     read random bytes
+)", kVsockUsage, R"(  rng [--length B] [--out FILE]     read random bytes
   console [--send TEXT] [--expect TEXT] [--timeout SECONDS]
                                     send TEXT, then read until TEXT is seen; without
                                     options: copy stdin to the port, the port to stdout
@@ -115,11 +115,6 @@ Sizes take K, M, G suffixes (powers of 2). Exit status: 0 ok, 1 failure
 )");
 }
 
-struct Args {
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> opts;  // --key value / --key=value
-  std::map<std::string, bool> flags;
-};
 
 // The program's flags and whether each takes a value; the transports' own
 // flags (GuestFlagSpecs) are added at start.
@@ -131,7 +126,9 @@ std::map<std::string, bool> TakesValue() {
       {"expect", true},    {"timeout", true}, {"reconnect-timeout", true}, {"packed", false},
       {"no-event-idx", false}, {"no-indirect", false}, {"quiet", false}, {"help", false},
       {"count", true}, {"size", true}, {"dst", true}, {"src", true}, {"pairs", true}, {"mode", true}, {"queue-size", true},
-      {"rate", true}, {"ifname", true}, {"no-offloads", false}, {"no-mrg-rxbuf", false}, {"tso", false}};
+      {"rate", true}, {"ifname", true}, {"no-offloads", false}, {"no-mrg-rxbuf", false}, {"tso", false},
+      {"cid", true}, {"port", true}, {"expect-seed", true}, {"expect-length", true}, {"echo", false},
+      {"connections", true}, {"seqpacket", false}, {"rx-buffers", true}, {"buf-alloc", true}};
   for (const OptionSpec& f : GuestFlagSpecs()) m[f.key] = f.kind != OptionSpec::Kind::kBool;
   return m;
 }
@@ -197,13 +194,6 @@ uint64_t Size(const Args& a, const std::string& key, uint64_t dflt) {
   return n * mult;
 }
 
-struct Guest {
-  GuestLink link;               // the transport and what it runs over
-  DriverTransport* transport;   // link.transport
-  uint64_t ring_features = 0;
-  WaitPolicy wait;
-  bool quiet = false;
-};
 
 Guest Connect(const Args& a, const std::string& device) {
   auto it = a.opts.find("transport");
@@ -212,6 +202,7 @@ Guest Connect(const Args& a, const std::string& device) {
   ctx.device = device == "blk"       ? DeviceId::kBlock
                : device == "console" ? DeviceId::kConsole
                : device == "net"     ? DeviceId::kNet
+               : device == "vsock"   ? DeviceId::kVsock
                                      : DeviceId::kEntropy;
   if (a.opts.count("memory")) ctx.memory_bytes = Size(a, "memory", 0) << 20;
   // The transports' own flags, checked as they declared them.
@@ -1096,16 +1087,16 @@ int Main(int argc, char** argv) {
     Usage(absl::StrCat("--log-level ", a.opts.at("log-level")));
   SetLogLevel(level);
   const std::string& dev = a.positional[0];
-  if (dev != "blk" && dev != "rng" && dev != "console" && dev != "net")
-    Usage(absl::StrCat("unknown device '", dev, "' (blk, net, rng, console)"));
+  if (dev != "blk" && dev != "rng" && dev != "console" && dev != "net" && dev != "vsock")
+    Usage(absl::StrCat("unknown device '", dev, "' (blk, net, vsock, rng, console)"));
   Guest g = Connect(a, dev);
   if (dev == "blk") return Blk(g, a);
   if (dev == "net") return Net(g, a);
+  if (dev == "vsock") return Vsock(g, a);
   if (dev == "rng") return Rng(g, a);
   return Console(g, a);
 }
 
-}  // namespace
-}  // namespace vioport
+}  // namespace vioport::vioguest
 
-int main(int argc, char** argv) { return vioport::Main(argc, argv); }
+int main(int argc, char** argv) { return vioport::vioguest::Main(argc, argv); }

@@ -38,7 +38,7 @@ for m in $(cat /modules/order); do
   insmod "/modules/$m.ko" || fail "insmod $m failed"
 done
 case "$NAME" in
-  net_*) ;;  # network workloads have no disk
+  net_* | vsock_*) ;;  # network and vsock workloads have no disk
   *)
     i=0
     while [ ! -b /dev/vda ]; do
@@ -313,7 +313,81 @@ test_net_peers() {
   finish PASS
 }
 
+# ---- vsock workloads (vmw_vsock_virtio_transport; /bin/vsock_peer, tests/linux/vsock_peer.c) ----
+# Ports and seeds are fixed here and in linux_guest_test.cc (the host's ends);
+# sizes and the CID come from the command line (vioport.cid=, vioport.bytes=, ...).
+
+# vsock_up: the guest's vsock device probed, its CID the one vios was given, and
+# the features it negotiated printed (bit 1: SEQPACKET).
+vsock_up() {
+  i=0
+  until [ -c /dev/vsock ] && ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio* >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ $i -le 200 ] || fail "no virtio-vsock device within 20 s; dmesg: $(dmesg | tail -5 | tr '\n' '|')"
+    sleep 0.1
+  done
+  dev=$(ls -d /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio* | head -1)
+  VSOCK_FEATURES=$(cat "$dev/features")
+  step "vsock device ${dev##*/}: features $VSOCK_FEATURES"
+  vsock_peer cid >/tmp/cid.out 2>&1 || fail "$(cat /tmp/cid.out)"
+  cid=$(sed -n 's/.* OK cid=//p' /tmp/cid.out)
+  [ "$cid" = "$(arg cid)" ] || fail "the guest's CID is '$cid', vios was given $(arg cid)"
+  step "local CID $cid"
+}
+# vsock_seqpacket_offered: 0 when the device negotiated VIRTIO_VSOCK_F_SEQPACKET.
+vsock_seqpacket_offered() { [ "$(echo "$VSOCK_FEATURES" | cut -c2)" = 1 ]; }
+
+# The data tests in one boot: two guest listeners the host connects to (the
+# test's own client on 6001, socat on 6002), then, one after the other, a
+# stream to the host's listener on 5001, SEQPACKET messages echoed on 5002
+# and N concurrent connections echoed on 5003.
+test_vsock_data() {
+  vsock_up
+  b=$(arg bytes)
+  vsock_peer stream-listen h2g 6001 "$b" 0x62 "$b" 0x61 &
+  h2g=$!
+  vsock_peer stream-listen socat 6002 "$b" 0x64 "$b" 0x63 &
+  soc=$!
+  vsock_peer stream-connect g2h 2 5001 "$b" 0x51 "$b" 0x52 || fail "guest-to-host stream"
+  if vsock_seqpacket_offered; then
+    vsock_peer seq-connect seq 2 5002 "$(arg messages)" 0x53 || fail "SEQPACKET"
+  else
+    echo "VSOCK-RESULT: seq SKIPPED: the device did not negotiate SEQPACKET (features $VSOCK_FEATURES)"
+  fi
+  vsock_peer many-connect many 2 5003 "$(arg conns)" "$(arg connbytes)" 0x1000 || fail "$(arg conns) connections"
+  wait $h2g || fail "host-initiated stream (6001)"
+  wait $soc || fail "host-initiated stream from socat (6002)"
+  finish PASS
+}
+
+# Connections that stream until the test kills QEMU: three to the host's
+# listener on 5101 and two from the host (6101, 6102), each sending and
+# verifying 1 GiB (far more than moves before the kill).
+test_vsock_flood() {
+  vsock_up
+  big=1073741824
+  vsock_peer stream-listen in1 6101 $big 0x73 $big 0x74 &
+  vsock_peer stream-listen in2 6102 $big 0x73 $big 0x74 &
+  for i in 1 2 3; do
+    vsock_peer stream-connect out$i 2 5101 $big 0x71 $big 0x72 &
+  done
+  echo "VIOPORT-MARK: flooding"
+  wait
+  fail "the streams ended before the guest was killed"
+}
+
+# One stream to the host's listener on 5101 (after another guest on the same
+# device was killed).
+test_vsock_again() {
+  vsock_up
+  vsock_peer stream-connect again 2 5101 "$(arg bytes)" 0x75 "$(arg bytes)" 0x76 || fail "guest-to-host stream"
+  finish PASS
+}
+
 case "$NAME" in
+  vsock_data) test_vsock_data ;;
+  vsock_again) test_vsock_again ;;
+  vsock_flood) test_vsock_flood ;;
   net_host) test_net_host ;;
   net_peers) test_net_peers ;;
   net_pair) test_net_pair ;;

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// A real Linux guest as the driver of vios's vhost-user blk device.
+// A real Linux guest as the driver of vios's vhost-user blk, net and vsock
+// devices (the vsock tests are at the end: LinuxGuestVsock).
 //
 // Each test boots Debian's cloud kernel under QEMU (TCG) with a busybox
 // initramfs (tests/linux/init.sh + mkinitramfs.sh). The guest's own virtio_blk
@@ -11,6 +12,7 @@
 // Backend: vios by default; VIOPORT_LINUX_BACKEND=qsd uses qemu-storage-daemon
 // instead (a known-good peer, for triage). docs/linux-guest-tests.md has more.
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
@@ -23,6 +25,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
@@ -33,6 +36,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -288,6 +292,9 @@ struct GuestOptions {
   // blk device (queues: queue pairs, mq=on above 1).
   std::string net_mac{};
   bool failover = false;     // virtio-net-pci failover=on (STANDBY)
+  // A vhost-user-vsock-pci device instead of the blk device (its CID is the back-end's).
+  bool vsock = false;
+  std::vector<std::string> programs{};  // static executables, put into the initramfs as /bin/NAME
 };
 
 class LinuxGuest : public ::testing::Test {
@@ -421,6 +428,7 @@ class LinuxGuest : public ::testing::Test {
         argv.push_back("--data");
         argv.push_back(o.data_dir);
       }
+      for (const std::string& p : o.programs) argv.insert(argv.end(), {"--bin", p});
       Child mk(argv, dir_, "mkinitramfs");
       const int st = mk.Wait(120);
       EXPECT_EQ(st, 0) << "mkinitramfs failed:\n" << Slurp(mk.err_path());
@@ -431,7 +439,12 @@ class LinuxGuest : public ::testing::Test {
         "-kernel", kernel_dir_ + "/vmlinuz", "-initrd", initrd, "-append",
         "console=ttyS0 quiet panic=-1 vioport.test=" + o.workload + (o.extra_args.empty() ? "" : " " + o.extra_args),
         "-chardev", "socket,id=c0,path=" + (o.socket.empty() ? sock_ : o.socket) + (o.reconnect ? ",reconnect=1" : "")};
-    if (o.net_mac.empty()) {
+    if (o.vsock) {
+      // vectors=0 (INTx), as for net: MSI-X with a vhost-user device crashes
+      // QEMU 7.2 under TCG (net-vsock.md §7). QEMU keeps the event queue; only
+      // receive and transmit go to the back-end.
+      argv.insert(argv.end(), {"-device", "vhost-user-vsock-pci,chardev=c0,vectors=0"});
+    } else if (o.net_mac.empty()) {
       argv.insert(argv.end(), {"-device", "vhost-user-blk-pci,chardev=c0,num-queues=" + std::to_string(o.queues) +
                                               (o.queue_size ? ",queue-size=" + std::to_string(o.queue_size) : "")});
     } else {
@@ -1038,6 +1051,673 @@ TEST_F(LinuxGuest, NetLinuxGuestReachesEveryTransport) {
   }
   StopBackend(v);
 #endif
+}
+
+}  // namespace
+}  // namespace vioport
+
+// ---------------------------------------------------------------------------
+// virtio-vsock: the guest kernel's own vsock core and virtio transport
+// (vmw_vsock_virtio_transport) behind QEMU's vhost-user-vsock-pci, served by
+// vios's vsock device and hub. The guest's end is tests/linux/vsock_peer.c
+// (static, in the initramfs); the host's ends are this test's own Unix
+// sockets, as the hybrid-vsock protocol has them (docs/vsock.md), and socat.
+namespace vioport {
+namespace {
+
+// The SEQPACKET message sizes, cycled: the same table as kSeqSizes in vsock_peer.c.
+constexpr size_t kSeqSizes[] = {1, 2, 3, 44, 100, 1000, 4052, 4096, 4097, 8192, 12345, 65536, 65537, 100000, 7};
+
+int UnixListen(const std::string& path, int type) {
+  ::unlink(path.c_str());
+  const int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0 || ::listen(fd, 256) < 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void SetNonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// The first connection on listener `lfd` (-1 after `seconds` or once `stop` is set).
+int AcceptOne(int lfd, double seconds, const std::atomic<bool>& stop) {
+  const auto t0 = Clock::now();
+  while (!stop.load() && Since(t0) < seconds) {
+    pollfd p{lfd, POLLIN, 0};
+    if (::poll(&p, 1, 100) > 0) {
+      const int fd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd >= 0) return fd;
+    }
+  }
+  return -1;
+}
+
+// The host's CONNECT: connects to `uds`, writes "CONNECT <port>\n" and reads
+// "OK <host-port>\n" (nothing after it). The socket, or -1 with `err` set.
+int HostConnect(const std::string& uds, uint32_t port, uint32_t* host_port, std::string* err, double seconds) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", uds.c_str());
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+    *err = "connect " + uds + ": " + std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  const std::string cmd = "CONNECT " + std::to_string(port) + "\n";
+  std::string line;
+  const auto t0 = Clock::now();
+  if (::send(fd, cmd.data(), cmd.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(cmd.size())) {
+    *err = std::string("writing the CONNECT line: ") + std::strerror(errno);
+  } else {
+    while (err->empty() && (line.empty() || line.back() != '\n')) {
+      pollfd p{fd, POLLIN, 0};
+      if (Since(t0) > seconds) *err = "no answer to CONNECT within " + std::to_string(seconds) + " s";
+      if (::poll(&p, 1, 100) <= 0) continue;
+      char c;
+      const ssize_t n = ::read(fd, &c, 1);  // byte by byte: nothing of the stream is consumed
+      if (n == 1) line += c;
+      else *err = "the hub closed the socket after '" + line + "' (the guest refused?)";
+    }
+  }
+  unsigned long v = 0;
+  if (err->empty() && (std::sscanf(line.c_str(), "OK %lu\n", &v) != 1 || line != "OK " + std::to_string(v) + "\n"))
+    *err = "the answer to CONNECT is '" + line + "', not OK <port>";
+  if (!err->empty()) {
+    ::close(fd);
+    return -1;
+  }
+  *host_port = static_cast<uint32_t>(v);
+  return fd;
+}
+
+// One connection's host end of a stream exchange (vsock_peer's stream-*):
+// sends `send` bytes of stream `sseed` (then shuts its write side) while it
+// receives and checks `recv` bytes of stream `rseed`, until the peer's EOF.
+struct StreamEnd {
+  uint64_t sent = 0, received = 0, sent_sum = 0, recv_sum = 0;
+  std::string error;  // "" when exactly the expected bytes came and all were sent
+};
+StreamEnd ExchangeStream(int fd, uint64_t send, uint64_t sseed, uint64_t recv, uint64_t rseed, double idle,
+                         const std::atomic<bool>& stop) {
+  StreamEnd r;
+  pattern::Checksum64 ss, rs;
+  std::vector<uint8_t> out(64 * 1024), in(64 * 1024);
+  size_t out_len = 0, out_off = 0;
+  bool eof = false, shut = false;
+  SetNonblocking(fd);
+  auto last = Clock::now();
+  while (!(eof && shut) && r.error.empty()) {
+    if (r.sent == send && out_off == out_len && !shut) {
+      if (::shutdown(fd, SHUT_WR) < 0) r.error = std::string("shutdown: ") + std::strerror(errno);
+      shut = true;
+      continue;
+    }
+    if (stop.load()) r.error = "stopped: the guest had finished or failed";
+    if (Since(last) > idle) r.error = "no progress for " + std::to_string(idle) + " s";
+    pollfd p{fd, static_cast<short>((eof ? 0 : POLLIN) | (shut ? 0 : POLLOUT)), 0};
+    if (!r.error.empty() || ::poll(&p, 1, 100) <= 0) continue;
+    if (!eof && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
+      const ssize_t n = ::read(fd, in.data(), in.size());
+      if (n < 0 && errno != EAGAIN && errno != EINTR) r.error = std::string("read: ") + std::strerror(errno);
+      if (n == 0) eof = true;
+      if (n > 0) {
+        const std::span<const uint8_t> got(in.data(), static_cast<size_t>(n));
+        const int64_t bad = pattern::FirstMismatch(rseed, r.received, got);
+        if (r.received + got.size() > recv) r.error = "more than the " + std::to_string(recv) + " bytes expected";
+        else if (bad >= 0) r.error = "received byte " + std::to_string(bad) + " is not the pattern";
+        rs.Add(got);
+        r.received += got.size();
+        last = Clock::now();
+      }
+    }
+    if (!shut && r.error.empty() && (p.revents & POLLOUT)) {
+      if (out_off == out_len) {
+        out_len = static_cast<size_t>(std::min<uint64_t>(out.size(), send - r.sent));
+        pattern::Fill(sseed, r.sent, {out.data(), out_len});
+        out_off = 0;
+      }
+      const ssize_t n = ::send(fd, out.data() + out_off, out_len - out_off, MSG_NOSIGNAL);
+      if (n < 0 && errno != EAGAIN && errno != EINTR) r.error = std::string("write: ") + std::strerror(errno);
+      if (n > 0) {
+        ss.Add({out.data() + out_off, static_cast<size_t>(n)});
+        out_off += static_cast<size_t>(n);
+        r.sent += static_cast<uint64_t>(n);
+        last = Clock::now();
+      }
+    }
+  }
+  if (r.error.empty() && r.received != recv)
+    r.error = "received " + std::to_string(r.received) + " of " + std::to_string(recv) + " bytes";
+  if (!r.error.empty())
+    r.error += " (sent " + std::to_string(r.sent) + ", received " + std::to_string(r.received) + ")";
+  r.sent_sum = ss.Value();
+  r.recv_sum = rs.Value();
+  return r;
+}
+
+// The host end of vsock_peer's seq-connect: each message must be whole (its
+// size from kSeqSizes, not truncated) and the pattern at its offset; it is
+// echoed back as one message. Ends at the guest's EOF.
+struct SeqEnd {
+  uint64_t messages = 0, bytes = 0;
+  std::string error;
+};
+SeqEnd SeqEcho(int fd, uint64_t seed, double idle, const std::atomic<bool>& stop) {
+  SeqEnd r;
+  std::vector<uint8_t> buf(256 * 1024);
+  const timeval tv{static_cast<time_t>(idle), 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  auto last = Clock::now();
+  while (r.error.empty()) {
+    if (stop.load()) r.error = "stopped: the guest had finished or failed";
+    if (Since(last) > idle) r.error = "no message for " + std::to_string(idle) + " s";
+    pollfd p{fd, POLLIN, 0};
+    if (!r.error.empty() || ::poll(&p, 1, 100) <= 0) continue;
+    iovec iov{buf.data(), buf.size()};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    const ssize_t n = ::recvmsg(fd, &m, 0);
+    if (n == 0) break;  // the guest closed
+    const size_t want = kSeqSizes[r.messages % std::size(kSeqSizes)];
+    if (n < 0) r.error = std::string("recvmsg: ") + std::strerror(errno);
+    else if (m.msg_flags & MSG_TRUNC) r.error = "a message larger than 256 KiB";
+    else if (static_cast<size_t>(n) != want)
+      r.error = "message " + std::to_string(r.messages) + " has " + std::to_string(n) + " bytes, sent as " +
+                std::to_string(want) + " (boundaries lost)";
+    else if (const int64_t bad = pattern::FirstMismatch(seed, r.bytes, {buf.data(), static_cast<size_t>(n)}); bad >= 0)
+      r.error = "message " + std::to_string(r.messages) + ": byte " + std::to_string(bad - static_cast<int64_t>(r.bytes)) +
+                " is wrong";
+    else if (::send(fd, buf.data(), static_cast<size_t>(n), MSG_NOSIGNAL) != n)
+      r.error = std::string("echo send: ") + std::strerror(errno);
+    if (!r.error.empty()) break;
+    ++r.messages;
+    r.bytes += static_cast<uint64_t>(n);
+    last = Clock::now();
+  }
+  if (!r.error.empty()) r.error += " (after " + std::to_string(r.messages) + " messages)";
+  return r;
+}
+
+// The host end of vsock_peer's many-connect: accepts `n` connections on
+// `lfd` and echoes each; what each sends must be its 4-byte index and then
+// `bytes` bytes of stream seed_base+index, and every index must come once.
+struct ManyEnd {
+  size_t accepted = 0, verified = 0;
+  uint64_t bytes = 0;
+  std::string error;
+};
+ManyEnd ManyEcho(int lfd, size_t n, uint64_t bytes, uint64_t seed_base, double idle, const std::atomic<bool>& stop) {
+  struct C {
+    int fd = -1;
+    uint64_t got = 0;
+    uint32_t index = 0;
+    std::vector<uint8_t> pending;  // received, not yet echoed
+    size_t pending_off = 0;
+    bool eof = false;
+  };
+  ManyEnd r;
+  std::vector<C> cs;
+  std::vector<bool> seen(n, false);
+  std::vector<uint8_t> buf(64 * 1024);
+  auto last = Clock::now();
+  while (r.error.empty() && r.verified < n) {
+    if (stop.load()) r.error = "stopped: the guest had finished or failed";
+    if (Since(last) > idle) r.error = "no progress for " + std::to_string(idle) + " s";
+    if (!r.error.empty()) break;
+    std::vector<pollfd> ps{{lfd, static_cast<short>(cs.size() < n ? POLLIN : 0), 0}};
+    for (const C& c : cs)
+      ps.push_back({c.fd, static_cast<short>((c.eof || c.pending.size() > (1 << 20) ? 0 : POLLIN) |
+                                             (c.pending_off < c.pending.size() ? POLLOUT : 0)),
+                    0});
+    if (::poll(ps.data(), ps.size(), 100) <= 0) continue;
+    if (ps[0].revents & POLLIN) {
+      const int fd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd >= 0) {
+        cs.emplace_back();
+        cs.back().fd = fd;
+        ++r.accepted;
+        last = Clock::now();
+      }
+    }
+    for (size_t i = 0; i + 1 < ps.size() && r.error.empty(); ++i) {
+      C& c = cs[i];
+      const short ev = ps[i + 1].revents;
+      if (c.fd < 0 || !ev) continue;
+      if (!c.eof && (ev & (POLLIN | POLLHUP | POLLERR))) {
+        const ssize_t k = ::read(c.fd, buf.data(), buf.size());
+        if (k < 0 && errno != EAGAIN && errno != EINTR) r.error = std::string("read: ") + std::strerror(errno);
+        if (k == 0) c.eof = true;
+        for (ssize_t j = 0; j < k && r.error.empty();) {
+          if (c.got < 4) {  // the index, little-endian
+            c.index |= static_cast<uint32_t>(buf[static_cast<size_t>(j)]) << (8 * c.got);
+            ++c.got;
+            ++j;
+            if (c.got == 4) {
+              if (c.index >= n || seen[c.index]) r.error = "connection index " + std::to_string(c.index) + " twice or out of range";
+              else seen[c.index] = true;
+            }
+            continue;
+          }
+          const std::span<const uint8_t> d(buf.data() + j, static_cast<size_t>(k - j));
+          if (c.got - 4 + d.size() > bytes) r.error = "connection " + std::to_string(c.index) + " sent too much";
+          else if (pattern::FirstMismatch(seed_base + c.index, c.got - 4, d) >= 0)
+            r.error = "connection " + std::to_string(c.index) + ": wrong bytes";
+          c.got += d.size();
+          j = k;
+        }
+        if (k > 0) {
+          c.pending.insert(c.pending.end(), buf.begin(), buf.begin() + k);
+          r.bytes += static_cast<uint64_t>(k);
+          last = Clock::now();
+        }
+      }
+      if (c.pending_off < c.pending.size() && (ev & POLLOUT)) {
+        const ssize_t k = ::send(c.fd, c.pending.data() + c.pending_off, c.pending.size() - c.pending_off, MSG_NOSIGNAL);
+        if (k < 0 && errno != EAGAIN && errno != EINTR) r.error = std::string("echo: ") + std::strerror(errno);
+        if (k > 0) {
+          c.pending_off += static_cast<size_t>(k);
+          if (c.pending_off == c.pending.size()) c.pending.clear(), c.pending_off = 0;
+          last = Clock::now();
+        }
+      }
+      if (c.eof && c.pending.empty()) {
+        if (c.got != 4 + bytes)
+          r.error = "connection " + std::to_string(c.index) + " ended after " + std::to_string(c.got) + " bytes";
+        ::close(c.fd);  // everything echoed: the guest sees EOF
+        c.fd = -1;
+        ++r.verified;
+      }
+    }
+  }
+  for (C& c : cs)
+    if (c.fd >= 0) ::close(c.fd);
+  if (!r.error.empty())
+    r.error += " (" + std::to_string(r.accepted) + " accepted, " + std::to_string(r.verified) + " verified)";
+  return r;
+}
+
+// "key=value" fields of the guest's "VSOCK-RESULT: <name> OK ..." line ("" if absent).
+std::string GuestField(const std::string& serial, const std::string& name, const std::string& key) {
+  const std::string head = "VSOCK-RESULT: " + name + " OK ";
+  const size_t p = serial.find(head);
+  if (p == std::string::npos) return "";
+  std::istringstream line(serial.substr(p + head.size(), serial.find_first_of("\r\n", p) - p - head.size()));
+  for (std::string kv; line >> kv;)
+    if (kv.rfind(key + "=", 0) == 0) return kv.substr(key.size() + 1);
+  return "";
+}
+
+// Whether the console shows `line` as a whole line (the serial port ends lines with \r\n).
+bool HasLine(const std::string& serial, const std::string& line) {
+  for (size_t p = serial.find(line); p != std::string::npos; p = serial.find(line, p + 1))
+    if ((p == 0 || serial[p - 1] == '\n') && p + line.size() < serial.size() &&
+        (serial[p + line.size()] == '\r' || serial[p + line.size()] == '\n'))
+      return true;
+  return false;
+}
+
+std::string Hex16(uint64_t v) {
+  char s[17];
+  std::snprintf(s, sizeof s, "%016llx", static_cast<unsigned long long>(v));
+  return s;
+}
+
+class LinuxGuestVsock : public LinuxGuest {
+ protected:
+  void SetUp() override {
+    LinuxGuest::SetUp();
+    if (HasFatalFailure()) return;
+    peer_ = VSOCK_PEER_BIN;
+    ASSERT_TRUE(fs::exists(peer_)) << peer_ << " is not built (target linux_guest_vsock_peer)";
+    uds_ = sock_dir_ + "/v.vsock";
+    ctl_ = sock_dir_ + "/ctl";
+  }
+  void TearDown() override {
+    stop_.store(true);
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+    for (int fd : fds_) ::close(fd);
+    LinuxGuest::TearDown();
+  }
+  // vios with one vsock device (CID `cid`, host side at uds_) on vhost-user at sock_.
+  Child& StartVios(uint64_t cid) {
+    backends_.push_back(std::make_unique<Child>(
+        std::vector<std::string>{backend_bin_, "--device",
+                                 "vsock,id=v0,cid=" + std::to_string(cid) + ",uds-path=" + uds_, "--attach",
+                                 "v0,transport=vhost-user,socket=" + sock_, "--control", ctl_},
+        dir_, "backend"));
+    return *backends_.back();
+  }
+  int Listen(uint32_t port, int type) {
+    const int fd = UnixListen(uds_ + "_" + std::to_string(port), type);
+    EXPECT_GE(fd, 0) << "listening on " << uds_ << "_" << port << ": " << std::strerror(errno);
+    if (fd >= 0) fds_.push_back(fd);
+    return fd;
+  }
+  // Whether the guest's console shows `text` within `seconds` (no waitpid: safe from any thread).
+  bool SerialShows(const Child& g, const std::string& text, double seconds) {
+    const auto t0 = Clock::now();
+    while (Slurp(g.out_path()).find(text) == std::string::npos) {
+      if (stop_.load() || Since(t0) > seconds) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return true;
+  }
+  // A vios counter of device v0 ("hub.conns_open"), from the control socket.
+  uint64_t Stat(const std::string& name) { return Counter(Control(ctl_, "stats"), "v0." + name); }
+  // Waits until Stat(name) == want (at most `seconds`); the last value.
+  uint64_t WaitStat(const std::string& name, uint64_t want, double seconds) {
+    const auto t0 = Clock::now();
+    uint64_t v = Stat(name);
+    while (v != want && Since(t0) < seconds) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      v = Stat(name);
+    }
+    return v;
+  }
+  // Every refusal and loss counter of the device and its hub is zero. Not
+  // counted as losses: drop_rx_full (the device's inbox refused a packet
+  // from the hub, which keeps it and retries) and drop_no_driver (packets
+  // that arrive after the guest powered off, such as the RST ending a
+  // connection the guest closed just before).
+  void ExpectNoRefusals() {
+    std::istringstream in(Control(ctl_, "stats"));
+    int checked = 0;
+    for (std::string line; std::getline(in, line);) {
+      std::istringstream f(line);
+      std::string k, v;
+      f >> k >> v;
+      if (k == "v0.drop_rx_full" || k == "v0.drop_no_driver") continue;
+      if (k.rfind("v0.refused_", 0) == 0 || k.rfind("v0.hub.refused_", 0) == 0 || k.rfind("v0.drop_", 0) == 0 ||
+          k == "v0.hub.bad_connect" || k.rfind("v0.hub.drop_", 0) == 0 || k == "v0.rx_buffers_too_small") {
+        EXPECT_EQ(v, "0") << k;
+        ++checked;
+      }
+    }
+    EXPECT_GT(checked, 20) << "vios's stats lack the refusal counters";
+  }
+
+  std::string peer_, uds_, ctl_;
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+  std::vector<int> fds_;
+};
+
+// One boot, every kind of traffic, each checked byte for byte at both ends:
+//  - guest-initiated stream: the guest connects to host port 5001 and this
+//    test's listener on <uds-path>_5001 takes it: 8 MiB each way;
+//  - host-initiated streams: this test connects to uds-path with CONNECT
+//    6001 (OK <port> back; the port the guest's accept() reports), and socat,
+//    a standard tool, does the same for 6002 from a file: 8 MiB each way;
+//  - SEQPACKET: messages of 1 B to 100000 B (several packets each) to a
+//    SOCK_SEQPACKET listener on <uds-path>_5002 that checks each message
+//    whole and echoes it; the guest checks every echo is one whole message;
+//  - 100 connections open at once to <uds-path>_5003, 64 KiB each way on each.
+// vios's counters must then add up to exactly the bytes moved, with no
+// refusal or drop and no connection left.
+TEST_F(LinuxGuestVsock, DataBothWays) {
+  if (backend_kind_ != "vios") GTEST_SKIP() << "vsock is served by vios";
+  constexpr uint64_t kCid = 5, kBytes = 8 * kMiB, kMessages = 300, kConns = 100, kConnBytes = 64 * 1024;
+  Child& v = StartVios(kCid);
+  ASSERT_NO_FATAL_FAILURE(WaitListening(v, {sock_, uds_}));
+  const int l_stream = Listen(5001, SOCK_STREAM), l_seq = Listen(5002, SOCK_SEQPACKET), l_many = Listen(5003, SOCK_STREAM);
+  ASSERT_FALSE(HasFailure());
+  // socat's input: the CONNECT line, then the stream.
+  {
+    std::ofstream f(Path("socat-in"), std::ios::binary);
+    f << "CONNECT 6002\n";
+  }
+  {
+    std::vector<uint8_t> d(kBytes);
+    pattern::Fill(0x63, 0, d);
+    std::ofstream f(Path("socat-in"), std::ios::binary | std::ios::app);
+    f.write(reinterpret_cast<const char*>(d.data()), static_cast<std::streamsize>(d.size()));
+  }
+  const double idle = 90 * scale_;
+  const auto t0 = Clock::now();
+  Child& g = StartGuest({.workload = "vsock_data",
+                         .extra_args = "vioport.cid=" + std::to_string(kCid) + " vioport.bytes=" + std::to_string(kBytes) +
+                                       " vioport.messages=" + std::to_string(kMessages) +
+                                       " vioport.conns=" + std::to_string(kConns) +
+                                       " vioport.connbytes=" + std::to_string(kConnBytes),
+                         .vsock = true,
+                         .programs = {peer_}});
+  StreamEnd g2h, h2g;
+  SeqEnd seq;
+  ManyEnd many;
+  uint32_t h2g_port = 0;
+  std::string h2g_connect_error;
+  threads_.emplace_back([&] {
+    const int fd = AcceptOne(l_stream, 180 * scale_, stop_);
+    if (fd < 0) return void(g2h.error = "the guest never connected to 5001");
+    g2h = ExchangeStream(fd, kBytes, 0x52, kBytes, 0x51, idle, stop_);
+    ::close(fd);
+  });
+  threads_.emplace_back([&] {
+    const int fd = AcceptOne(l_seq, 180 * scale_, stop_);
+    if (fd < 0) return void(seq.error = "the guest never connected to 5002");
+    seq = SeqEcho(fd, 0x53, idle, stop_);
+    ::close(fd);
+  });
+  threads_.emplace_back([&] { many = ManyEcho(l_many, kConns, kConnBytes, 0x1000, idle, stop_); });
+  threads_.emplace_back([&] {
+    if (!SerialShows(g, "VSOCK-LISTENING: h2g 6001", 180 * scale_)) return void(h2g.error = "the guest never listened on 6001");
+    const int fd = HostConnect(uds_, 6001, &h2g_port, &h2g_connect_error, 30 * scale_);
+    if (fd < 0) return void(h2g.error = "CONNECT 6001: " + h2g_connect_error);
+    h2g = ExchangeStream(fd, kBytes, 0x61, kBytes, 0x62, idle, stop_);
+    ::close(fd);
+  });
+  // socat, once the guest listens on 6002: the file in, what comes back to a file.
+  std::unique_ptr<Child> socat;
+  if (WaitSerial(g, "VSOCK-LISTENING: socat 6002", 180)) {
+    socat = std::make_unique<Child>(
+        std::vector<std::string>{"/bin/sh", "-c",
+                                 "exec socat -t 120 - UNIX-CONNECT:" + uds_ + " <" + Path("socat-in") + " >" +
+                                     Path("socat-out")},
+        dir_, "socat");
+  } else {
+    ADD_FAILURE() << "the guest never listened on 6002";
+  }
+  ExpectGuestPasses(g, v, "vsock_data", 300);
+  Log("[ timing   ] boot + vsock workload %.1f s\n", Since(t0));
+  const std::string serial = Slurp(g.out_path());
+  // The host's ends finish on their own (the guest waited for every echo and EOF).
+  if (HasFailure()) stop_.store(true);
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  const int socat_status = socat ? socat->Wait(30 * scale_) : -1;
+
+  // a) guest-initiated stream, both ends' bytes and checksums.
+  EXPECT_EQ(g2h.error, "") << "guest->host stream on 5001 (host end)";
+  EXPECT_EQ(g2h.received, kBytes);
+  EXPECT_EQ(GuestField(serial, "g2h", "recv_sum"), Hex16(g2h.sent_sum)) << "the guest's checksum of what the host sent";
+  EXPECT_EQ(GuestField(serial, "g2h", "sent_sum"), Hex16(g2h.recv_sum)) << "what the guest sent, as the host received it";
+  // b) host-initiated, this test's end: OK <port>, the port the guest saw.
+  EXPECT_EQ(h2g.error, "") << "host->guest stream on 6001 (host end)";
+  EXPECT_GE(h2g_port, 1u << 30) << "host ports are allocated from 2^30";
+  EXPECT_TRUE(HasLine(serial, "VSOCK-ACCEPTED: h2g from cid 2 port " + std::to_string(h2g_port)))
+      << "the guest's accept() must report the port OK named (" << h2g_port << ")";
+  EXPECT_EQ(GuestField(serial, "h2g", "recv_sum"), Hex16(h2g.sent_sum));
+  EXPECT_EQ(GuestField(serial, "h2g", "sent_sum"), Hex16(h2g.recv_sum));
+  // b) with socat: OK <port>, then exactly the guest's 8 MiB.
+  EXPECT_EQ(socat_status, 0) << "socat's exit status:\n" << (socat ? Slurp(socat->err_path()) : "");
+  {
+    const std::string out = Slurp(Path("socat-out"));
+    const size_t nl = out.find('\n');
+    ASSERT_NE(nl, std::string::npos) << "socat received no OK line: '" << out.substr(0, 64) << "'";
+    const std::string ok = out.substr(0, nl);
+    unsigned long port = 0;
+    EXPECT_EQ(std::sscanf(ok.c_str(), "OK %lu", &port), 1) << ok;
+    EXPECT_GE(port, 1ul << 30) << ok;
+    EXPECT_TRUE(HasLine(serial, "VSOCK-ACCEPTED: socat from cid 2 port " + std::to_string(port)))
+        << "the guest's accept() must report the port socat was told (" << ok << ")";
+    ASSERT_EQ(out.size() - nl - 1, kBytes) << "socat received the wrong number of bytes after the OK line";
+    const std::span<const uint8_t> data(reinterpret_cast<const uint8_t*>(out.data()) + nl + 1, kBytes);
+    EXPECT_EQ(pattern::FirstMismatch(0x64, 0, data), -1) << "what socat received is not the guest's stream";
+    pattern::Checksum64 sent;
+    std::vector<uint8_t> d(kBytes);
+    pattern::Fill(0x63, 0, d);
+    sent.Add(d);
+    EXPECT_EQ(GuestField(serial, "socat", "recv_sum"), Hex16(sent.Value())) << "the guest's checksum of socat's stream";
+  }
+  // c) SEQPACKET: the device offered it, every message came whole both ways.
+  EXPECT_EQ(serial.find("VSOCK-RESULT: seq SKIPPED"), std::string::npos) << "SEQPACKET was not negotiated";
+  EXPECT_EQ(seq.error, "") << "SEQPACKET echo on 5002 (host end)";
+  EXPECT_EQ(seq.messages, kMessages);
+  EXPECT_EQ(GuestField(serial, "seq", "messages"), std::to_string(kMessages));
+  EXPECT_EQ(GuestField(serial, "seq", "bytes"), std::to_string(seq.bytes));
+  // d) 100 connections at once, each verified both ways.
+  EXPECT_EQ(many.error, "") << "100 connections on 5003 (host end)";
+  EXPECT_EQ(many.verified, kConns);
+  EXPECT_EQ(GuestField(serial, "many", "connections"), std::to_string(kConns));
+  Log("[ vsock    ] 5001 %s; 6001 %s; socat %d; seq %llu messages %llu bytes; %zu connections verified\n",
+      g2h.error.empty() ? "ok" : g2h.error.c_str(), h2g.error.empty() ? "ok" : h2g.error.c_str(), socat_status,
+      static_cast<unsigned long long>(seq.messages), static_cast<unsigned long long>(seq.bytes), many.verified);
+  // vios: every byte counted once, every connection gone, nothing refused.
+  const uint64_t moved = 3 * kBytes + seq.bytes + kConns * (4 + kConnBytes);
+  EXPECT_EQ(WaitStat("hub.conns_open", 0, 10 * scale_), 0u) << "host connections left in vios";
+  EXPECT_EQ(Stat("hub.conns_total"), 4 + kConns);
+  EXPECT_EQ(Stat("hub.to_host_bytes"), moved);
+  EXPECT_EQ(Stat("hub.from_host_bytes"), moved);
+  ExpectNoRefusals();
+  const std::string stats = Control(ctl_, "stats");
+  Log("[ vios     ] %s", stats.c_str());
+  StopBackend(v);
+}
+
+// The guest is killed (SIGKILL to QEMU) in the middle of five streams, three
+// it opened to <uds-path>_5101 and two the host opened with CONNECT: every
+// host socket must be closed by vios (EOF or an error) within seconds, and
+// vios must hold no connection afterwards. What the host received until then
+// must be the guest's pattern, byte for byte. Then a new guest on the same
+// vios device moves a verified stream each way.
+TEST_F(LinuxGuestVsock, GuestKilledMidStream) {
+  if (backend_kind_ != "vios") GTEST_SKIP() << "vsock is served by vios";
+  constexpr uint64_t kCid = 6, kBefore = 256 * 1024;
+  Child& v = StartVios(kCid);
+  ASSERT_NO_FATAL_FAILURE(WaitListening(v, {sock_, uds_}));
+  const int l = Listen(5101, SOCK_STREAM);
+  ASSERT_GE(l, 0);
+  Child& g = StartGuest({.workload = "vsock_flood",
+                         .extra_args = "vioport.cid=" + std::to_string(kCid),
+                         .vsock = true,
+                         .programs = {peer_}});
+  struct Flood {
+    std::string name;
+    int fd = -1;
+    uint64_t send_seed = 0, recv_seed = 0, sent = 0, received = 0;
+    std::string closed{};  // how it ended ("" while open)
+    std::string error{};   // wrong bytes
+  };
+  std::vector<Flood> fl;
+  for (int i = 0; i < 3; ++i) {
+    const int fd = AcceptOne(l, 180 * scale_, stop_);
+    ASSERT_GE(fd, 0) << "the guest's connection " << i + 1 << " to 5101 never came";
+    fds_.push_back(fd);
+    fl.push_back({.name = "guest-initiated " + std::to_string(i + 1), .fd = fd, .send_seed = 0x72, .recv_seed = 0x71});
+  }
+  for (const char* name : {"in1 6101", "in2 6102"}) {
+    ASSERT_TRUE(WaitSerial(g, std::string("VSOCK-LISTENING: ") + name, 120)) << "the guest never listened: " << name;
+    uint32_t port = 0;
+    std::string err;
+    const int fd = HostConnect(uds_, static_cast<uint32_t>(std::stoul(std::string(name).substr(4))), &port, &err,
+                               30 * scale_);
+    ASSERT_GE(fd, 0) << err;
+    fds_.push_back(fd);
+    fl.push_back({.name = std::string("host-initiated ") + name, .fd = fd, .send_seed = 0x74, .recv_seed = 0x73});
+  }
+  for (Flood& f : fl) SetNonblocking(f.fd);
+  // Moves data on every open connection for up to `seconds`, until `done`.
+  std::vector<uint8_t> buf(64 * 1024);
+  auto pump = [&](double seconds, const std::function<bool()>& done) {
+    const auto t0 = Clock::now();
+    while (!done() && Since(t0) < seconds) {
+      std::vector<pollfd> ps;
+      for (const Flood& f : fl) ps.push_back({f.closed.empty() ? f.fd : -1, POLLIN | POLLOUT, 0});
+      if (::poll(ps.data(), ps.size(), 50) <= 0) continue;
+      for (size_t i = 0; i < fl.size(); ++i) {
+        Flood& f = fl[i];
+        if (!f.closed.empty() || !ps[i].revents) continue;
+        if (ps[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+          const ssize_t n = ::read(f.fd, buf.data(), buf.size());
+          if (n == 0) f.closed = "EOF";
+          if (n < 0 && errno != EAGAIN && errno != EINTR) f.closed = std::string("read error: ") + std::strerror(errno);
+          if (n > 0) {
+            if (f.error.empty() &&
+                pattern::FirstMismatch(f.recv_seed, f.received, {buf.data(), static_cast<size_t>(n)}) >= 0)
+              f.error = "wrong bytes after " + std::to_string(f.received);
+            f.received += static_cast<uint64_t>(n);
+          }
+        }
+        if (f.closed.empty() && (ps[i].revents & POLLOUT)) {
+          pattern::Fill(f.send_seed, f.sent, {buf.data(), 16384});
+          const ssize_t n = ::send(f.fd, buf.data(), 16384, MSG_NOSIGNAL);
+          if (n < 0 && errno != EAGAIN && errno != EINTR) f.closed = std::string("write error: ") + std::strerror(errno);
+          if (n > 0) f.sent += static_cast<uint64_t>(n);
+        }
+      }
+    }
+  };
+  pump(120 * scale_, [&] {
+    return std::all_of(fl.begin(), fl.end(), [&](const Flood& f) {
+      return (f.received >= kBefore && f.sent >= kBefore) || !f.closed.empty();
+    });
+  });
+  for (const Flood& f : fl) {
+    ASSERT_EQ(f.closed, "") << f.name << " ended before the guest was killed";
+    ASSERT_GE(f.received, kBefore) << f.name << ": too little data before the kill";
+    ASSERT_GE(f.sent, kBefore) << f.name << ": too little data before the kill";
+  }
+  EXPECT_EQ(Slurp(g.out_path()).find(" FAIL "), std::string::npos) << "a guest stream failed before the kill";
+  EXPECT_EQ(Stat("hub.conns_open"), 5u) << "vios should hold the five connections now";
+  const auto tk = Clock::now();
+  g.Signal(SIGKILL);
+  EXPECT_EQ(g.Wait(10), 128 + SIGKILL);
+  pump(15 * scale_, [&] { return std::all_of(fl.begin(), fl.end(), [](const Flood& f) { return !f.closed.empty(); }); });
+  const double closed_after = Since(tk);
+  for (const Flood& f : fl) {
+    EXPECT_NE(f.closed, "") << f.name << ": still open " << 15 * scale_ << " s after the guest was killed";
+    EXPECT_EQ(f.error, "") << f.name;
+    Log("[ vsock    ] %s: host sent %llu, received %llu verified; then %s\n", f.name.c_str(),
+        static_cast<unsigned long long>(f.sent), static_cast<unsigned long long>(f.received),
+        f.closed.empty() ? "still open" : f.closed.c_str());
+  }
+  Log("[ vsock    ] %s %.2f s after the kill\n",
+      std::all_of(fl.begin(), fl.end(), [](const Flood& f) { return !f.closed.empty(); }) ? "every host socket closed"
+                                                                                        : "gave up waiting",
+      closed_after);
+  EXPECT_EQ(WaitStat("hub.conns_open", 0, 10 * scale_), 0u) << "vios still holds connections of the dead guest";
+  EXPECT_EQ(Stat("hub.conns_total"), 5u);
+  EXPECT_NE(Slurp(v.err_path()).find("front-end disconnected"), std::string::npos);
+  if (HasFailure()) return;
+  // The same device serves the next guest: a new QEMU, one stream of 1 MiB
+  // each way to the same listener, verified at both ends.
+  constexpr uint64_t kAgain = kMiB;
+  Child& g2 = StartGuest({.workload = "vsock_again",
+                          .extra_args = "vioport.cid=" + std::to_string(kCid) + " vioport.bytes=" + std::to_string(kAgain),
+                          .vsock = true,
+                          .programs = {peer_}});
+  StreamEnd again;
+  threads_.emplace_back([&] {
+    const int fd = AcceptOne(l, 180 * scale_, stop_);
+    if (fd < 0) return void(again.error = "the new guest never connected to 5101");
+    again = ExchangeStream(fd, kAgain, 0x76, kAgain, 0x75, 90 * scale_, stop_);
+    ::close(fd);
+  });
+  ExpectGuestPasses(g2, v, "vsock_again");
+  if (HasFailure()) stop_.store(true);
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  EXPECT_EQ(again.error, "") << "the new guest's stream (host end)";
+  EXPECT_EQ(WaitStat("hub.conns_open", 0, 10 * scale_), 0u);
+  EXPECT_EQ(Stat("hub.conns_total"), 6u);
+  StopBackend(v);
 }
 
 }  // namespace

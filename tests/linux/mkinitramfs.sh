@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # Builds the Linux-guest test initramfs (an uncompressed newc cpio):
-#   mkinitramfs.sh --kernel DIR --init FILE --out FILE [--data DIR]
+#   mkinitramfs.sh --kernel DIR --init FILE --out FILE [--data DIR] [--bin PROGRAM]...
 # DIR (from scripts/guest-kernel.sh) provides modules/*.ko and modules/order; FILE
 # becomes /init; the static busybox becomes /bin/busybox. --data DIR is added as
-# /data (a second archive appended to the first; Linux unpacks both).
+# /data (a second archive appended to the first; Linux unpacks both). Each --bin
+# PROGRAM (a static executable, e.g. tests/linux/vsock_peer.c built) becomes /bin/NAME.
 set -euo pipefail
 
 usage() { sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 kernel="" init="" out="" data=""
+bins=()
 while (($#)); do
   case "$1" in
     --kernel) kernel=$2; shift 2 ;;
     --init) init=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
+    --bin) bins+=("$2"); shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "mkinitramfs: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -37,6 +40,10 @@ mkdir -p "$stage"/{bin,dev,proc,sys,tmp,mnt,modules}
 cp "$busybox" "$stage/bin/busybox"
 cp "$init" "$stage/init"
 chmod 0755 "$stage/init" "$stage/bin/busybox"
+for b in "${bins[@]}"; do
+  [[ -x "$b" ]] || die "program $b missing or not executable"
+  cp "$b" "$stage/bin/$(basename "$b")" && chmod 0755 "$stage/bin/$(basename "$b")"
+done
 while read -r m; do
   [[ -n "$m" ]] || continue
   cp "$kernel/modules/$m.ko" "$stage/modules/" || die "module $m.ko missing in $kernel/modules"

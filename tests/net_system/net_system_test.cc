@@ -34,6 +34,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "vioport/testing/emulated_ports.h"
 #include "vioport/testing/process.h"
 #include "vioport/testing/process_test.h"
 #include "vioport/testing/tool_output.h"
@@ -65,36 +66,12 @@ class NetSystem : public testproc::ViosProcessTest {
   // A net device `id` on sw0 with MAC 52:54:00:00:00:NN, attached over
   // `transport`; `extra` goes after the --device options (",vlan=10").
   Port AddPort(const std::string& id, int nn, const std::string& transport, const std::string& extra = "") {
-    Port p{id, absl::StrFormat("52:54:00:00:00:%02x", nn), transport, ""};
-    std::string attach;
-    if (transport == "shm") {
-      attach = "path=" + Path(id + ".sock");
-      p.guest = "shm:" + Path(id + ".sock");
-    } else if (transport == "vhost-user") {
-      attach = "socket=" + Path(id + ".sock");
-      p.guest = "vhost-user:" + Path(id + ".sock");
-    } else if (transport == "crq") {
-      // As the conformance rig: vios is server partition 2 with adapter
-      // 0x2000+slot (a 1 MiB window), the guest client partition 1+2*slot
-      // with adapter 0x1000+slot (a 64 MiB window: its memory).
-      const int slot = crq_slots_++;
-      p.crq_partition = 1 + 2 * slot;
-      attach = absl::StrFormat("crqd=%s,partition=2,unit=%#x,liobn=%#x,remote-liobn=%#x,remote-window-mib=64",
-                               Path("crqd.sock"), 0x2000 + slot, 0x2000 + slot, 0x1000 + slot);
-      p.guest = absl::StrFormat("crq:%s,partition=%u,unit=%#x,liobn=%#x", Path("crqd.sock"), p.crq_partition,
-                                0x1000 + slot, 0x1000 + slot);
-    } else if (transport == "xen") {
-      // vios is dom0; the guest is frontend domain 1+N.
-      const int dom = ++xen_domains_;
-      attach = absl::StrFormat("channel=emu:%s,domid=%d", Path("xen.sock"), dom);
-      p.guest = absl::StrFormat("xen:emu:%s,domid=%d", Path("xen.sock"), dom);
-    } else {
-      ADD_FAILURE() << "no such transport " << transport;
-    }
+    const testproc::PortAttach at = ports_.Attach(id, transport);
+    EXPECT_FALSE(at.attach.empty()) << "no such transport " << transport;
+    Port p{id, absl::StrFormat("52:54:00:00:00:%02x", nn), transport, at.guest, at.crq_partition};
     if (vios_args_.empty()) vios_args_ = {"--netdev", "switch,id=sw0"};
-    vios_args_.insert(vios_args_.end(),
-                      {"--device", absl::StrCat("net,id=", id, ",switch=sw0,mac=", p.mac, extra), "--attach",
-                       absl::StrCat(id, ",transport=", transport, ",", attach)});
+    vios_args_.insert(vios_args_.end(), {"--device", absl::StrCat("net,id=", id, ",switch=sw0,mac=", p.mac, extra),
+                                         "--attach", testproc::EmulatedPorts::AttachArg(id, at)});
     return p;
   }
 
@@ -102,20 +79,16 @@ class NetSystem : public testproc::ViosProcessTest {
   // crq port, xenemud), then vios.
   void StartAll() {
 #ifdef NET_SYSTEM_EMULATORS
-    if (crq_slots_ > 0) {
-      std::vector<std::string> argv = {CRQD_BIN, "--socket", Path("crqd.sock"), "--control", Path("crqd.ctl")};
-      for (int s = 0; s < crq_slots_; ++s)
-        argv.insert(argv.end(), {"--pair", absl::StrFormat("client=%u:%#x:%#x:64,server=2:%#x:%#x:1", 1 + 2 * s,
-                                                           0x1000 + s, 0x1000 + s, 0x2000 + s, 0x2000 + s)});
-      Proc& crqd = Start(argv, "crqd");
-      ASSERT_TRUE(WaitForPaths({Path("crqd.sock"), Path("crqd.ctl")}, crqd)) << crqd.err();
+    if (ports_.needs_crqd()) {
+      Proc& crqd = Start(ports_.CrqdArgv(CRQD_BIN), "crqd");
+      ASSERT_TRUE(WaitForPaths(ports_.CrqdPaths(), crqd)) << crqd.err();
     }
-    if (xen_domains_ > 0) {
-      Proc& xen = Start({XENEMUD_BIN, "--xenstore", Path("xs.sock"), "--domains", Path("xen.sock")}, "xenemud");
-      ASSERT_TRUE(WaitForPaths({Path("xs.sock"), Path("xen.sock")}, xen)) << xen.err();
+    if (ports_.needs_xen()) {
+      Proc& xen = Start(ports_.XenemudArgv(XENEMUD_BIN), "xenemud");
+      ASSERT_TRUE(WaitForPaths(ports_.XenemudPaths(), xen)) << xen.err();
     }
 #else
-    ASSERT_EQ(crq_slots_ + xen_domains_, 0) << "built without the emulators";
+    ASSERT_FALSE(ports_.needs_crqd() || ports_.needs_xen()) << "built without the emulators";
 #endif
     SpawnVios();
   }
@@ -272,8 +245,7 @@ class NetSystem : public testproc::ViosProcessTest {
     EXPECT_EQ(Counter("sw0", "learnt"), ports.size()) << Query("stats sw0");
   }
 
-  int crq_slots_ = 0;
-  int xen_domains_ = 0;
+  testproc::EmulatedPorts ports_{[this](const std::string& n) { return Path(n); }};
 };
 
 // ---- 1. Every transport with every other ---------------------------------------------------

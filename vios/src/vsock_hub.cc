@@ -183,6 +183,13 @@ void VsockHub::RemoveGuest(uint64_t cid) {
   Wake();
 }
 
+void VsockHub::DriverGone(uint64_t cid) {
+  absl::MutexLock l(&mu_);
+  if (!guests_.count(cid)) return;
+  gone_.push_back(cid);
+  Wake();
+}
+
 bool VsockHub::HasCid(uint64_t cid) const {
   absl::ReaderMutexLock l(&mu_);
   return guests_.count(cid) > 0;
@@ -300,10 +307,12 @@ void VsockHub::Run() {
 
 void VsockHub::ApplyPending() {
   std::vector<std::shared_ptr<GuestState>> added, removed;
+  std::vector<uint64_t> gone;
   {
     absl::MutexLock l(&mu_);
     added.swap(added_);
     removed.swap(removed_);
+    gone.swap(gone_);
   }
   for (auto& g : added) {
     serving_[g->g.cid] = g;
@@ -329,6 +338,50 @@ void VsockHub::ApplyPending() {
     g->backlog.clear();
     serving_.erase(g->g.cid);
   }
+  if (gone.empty()) return;
+  // What the guests sent before their drivers went is in the inbox: it goes
+  // to the host sockets first.
+  for (;;) {
+    taken_.clear();
+    if (host_inbox_.Take(&taken_, 256) == 0) break;
+    for (Packet& p : taken_) {
+      auto it = serving_.find(p.hdr.src_cid);
+      if (it != serving_.end()) HandleGuestPacket(*it->second, p);
+    }
+  }
+  for (uint64_t cid : gone) {
+    auto it = serving_.find(cid);
+    if (it != serving_.end()) DropConnections(*it->second);
+  }
+}
+
+void VsockHub::DropConnections(GuestState& g) {
+  // Nothing goes to the guest any more (no RST: its driver has forgotten
+  // the connections). A host socket still owed bytes the guest sent drains
+  // them, as after a close, and is then closed; the others are closed now.
+  // Sockets still on their CONNECT line do not belong to the driver: they
+  // stay.
+  std::vector<uint64_t> ids;
+  for (const auto& [id, c] : conns_)
+    if (c->g.get() == &g && c->phase != Conn::Phase::kConnectLine) ids.push_back(id);
+  for (uint64_t id : ids) {
+    Conn& c = *conns_.at(id);
+    if (c.ep && !c.ep->closed()) {
+      Endpoint::Output unused;
+      c.ep->Reset(&unused);
+    }
+    c.in.clear();
+    c.msg.clear();
+    if (c.out.empty() || c.phase != Conn::Phase::kOpen) {
+      Close(id);
+      continue;
+    }
+    c.draining = true;
+    c.deadline = absl::Now() + opts_.close_timeout;
+    UpdateInterest(c);
+  }
+  g.backlog.clear();
+  g.stalled = false;
 }
 
 void VsockHub::HandleFromGuests() {

@@ -15,9 +15,11 @@
 //   guest-initiated: a guest connecting to host port P reaches a process
 //     listening on "<uds_path>_<P>" (SOCK_STREAM, or SOCK_SEQPACKET for a
 //     SEQPACKET connection); nobody listening: RST.
-// Every refusal is counted by cause and answered with an RST. Host
-// endpoints run on the hub's own thread; routing between guests runs on
-// the sending device's thread under a reader lock.
+// Every refusal is counted by cause and answered with an RST. A guest
+// whose device is reset (its driver or front-end gone) loses its host
+// connections: each host socket is closed once what the guest had sent is
+// written to it. Host endpoints run on the hub's own thread; routing
+// between guests runs on the sending device's thread under a reader lock.
 
 #include <atomic>
 #include <cstdint>
@@ -62,6 +64,8 @@ class VsockHub final : public vsock::PacketSink {
 
   // PacketSink: a device's checked packets (any device thread).
   void Send(uint64_t from_cid, std::vector<vsock::Packet>& packets) override;
+  // PacketSink: the device was reset; its guest's host connections end.
+  void DriverGone(uint64_t cid) override;
 
   // hub.* counters of one guest.
   void AppendCounters(uint64_t cid, std::vector<std::pair<std::string, uint64_t>>* out) const;
@@ -100,6 +104,7 @@ class VsockHub final : public vsock::PacketSink {
   void PushBacklogs();
   void Refuse(uint64_t cid, const vsock::Hdr& h, vsock::Refusal why);
   void ApplyPending();
+  void DropConnections(GuestState& g);
   void CheckDeadlines();
 
   const Options opts_;
@@ -114,6 +119,7 @@ class VsockHub final : public vsock::PacketSink {
   std::map<uint64_t, std::shared_ptr<GuestState>> guests_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<GuestState>> added_ ABSL_GUARDED_BY(mu_);    // for the hub thread to start serving
   std::vector<std::shared_ptr<GuestState>> removed_ ABSL_GUARDED_BY(mu_);  // for the hub thread to close
+  std::vector<uint64_t> gone_ ABSL_GUARDED_BY(mu_);  // CIDs whose driver went: connections to drop
 
   // Hub thread only.
   std::map<uint64_t, std::shared_ptr<GuestState>> serving_;

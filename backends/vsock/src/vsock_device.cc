@@ -49,7 +49,11 @@ void VsockDevice::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
 }
 
 absl::Status VsockDevice::Activate(ActivateContext ctx) {
-  for (uint16_t q : {vsock::kRxQueue, vsock::kTxQueue, vsock::kEventQueue})
+  // The event queue is optional: a front-end may keep it for itself and
+  // hand the device only receive and transmit (QEMU's vhost-user-vsock does:
+  // it sends TRANSPORT_RESET itself). TransportReset() then has no queue to
+  // use and waits, harmlessly, for one.
+  for (uint16_t q : {vsock::kRxQueue, vsock::kTxQueue})
     if (q >= ctx.queues.size() || !ctx.queues[q])
       return absl::FailedPreconditionError(absl::StrCat("vsock: queue ", q, " is not enabled"));
   ctx_ = std::move(ctx);
@@ -68,6 +72,8 @@ absl::Status VsockDevice::Activate(ActivateContext ctx) {
 
 ActivateContext VsockDevice::Reset() {
   Flush();
+  // After the flush: the sink has every packet the driver sent before it went.
+  if (active_ && sink_) sink_->DriverGone(opts_.guest_cid);
   active_ = false;
   local_.clear();
   taken_.clear();
@@ -267,6 +273,7 @@ bool VsockDevice::DeliverRx() {
 
 void VsockDevice::SendEvents() {
   if (!reset_request_.load()) return;
+  if (vsock::kEventQueue >= ctx_.queues.size() || !ctx_.queues[vsock::kEventQueue]) return;  // not ours
   DeviceQueue& q = *ctx_.queues[vsock::kEventQueue];
   DescriptorChain c;
   for (;;) {

@@ -39,6 +39,10 @@ class PacketSink {
  public:
   virtual ~PacketSink() = default;
   virtual void Send(uint64_t from_cid, std::vector<Packet>& packets) = 0;
+  // The device was reset (its front-end went away, or the driver or the
+  // front-end stopped it) after every packet it had sent: the driver's
+  // connections are gone with it. On the device's thread.
+  virtual void DriverGone(uint64_t /*cid*/) {}
 };
 }  // namespace vsock
 
