@@ -13,6 +13,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "vioguest.h"
 #include "vioport/guest/pattern.h"
 #include "vioport/guest/vsock_bench.h"
@@ -21,19 +22,27 @@
 namespace vioport::vioguest {
 
 const char* const kVsockUsage = R"(  vsock info                        guest CID, socket types, features
-  vsock connect --cid C --port P [--seed N --length B] [--expect-seed N --expect-length B]
-             [--echo] [--connections K] [--size B] [--seqpacket] [--timeout SECONDS]
-                                    open K connections (default 1) to C:P; on
-                                    connection i send B seeded bytes (seed N+i;
-                                    writes, or SEQPACKET messages of seeded
-                                    sizes, up to --size, default 4096), shut
-                                    down sending, read to EOF and check every
-                                    byte against seed N+i (--echo: against
-                                    what was sent); prints checksums
-  vsock listen  --port P [--count K] [same data options as connect]
-                                    accept K connections (default 1) on P and
-                                    run the same exchange on each (--echo:
-                                    send back what arrives, message by message)
+  vsock connect --cid C[,C...] --port P[,P...] [--connections K]
+             [--seed N --length B] [--expect-seed N --expect-length B]
+             [--echo] [--size B] [--seqpacket] [--timeout SECONDS]
+                                    open K connections (default 1) to each
+                                    C:P (lists pair up; one P serves every C);
+                                    connection i in that order sends B seeded
+                                    bytes (seed N+i; writes, or SEQPACKET
+                                    messages of seeded sizes up to --size,
+                                    default 4096), shuts down sending, reads
+                                    to EOF and checks every byte against seed
+                                    N+i (--echo: sends back what arrives,
+                                    message by message, instead of sending)
+  vsock listen  --port P[,P...] [--count K] [--reconnect-timeout SECONDS]
+             [same data options as connect]
+                                    accept K connections (default 1) on each
+                                    port and run the same exchange on each:
+                                    connection i of port k uses seed N+k*K+i;
+                                    with --reconnect-timeout a device that
+                                    fails (vios restarted) is initialised
+                                    again: its open connections end (counted
+                                    as resets=) and are waited for again
   vsock bench   --cid C --port P --mode tx|rx|rr [--size B] [--time SECONDS]
                                     against tests/vsock's vsock-peer serve:
                                     tx/rx stream throughput with --size writes
@@ -68,6 +77,7 @@ struct Flow {
   std::string error;
   pattern::Checksum64 sum;
   std::vector<std::vector<uint8_t>> echo;  // messages (or stream pieces) to send back
+  size_t port_index = 0;                   // listen: which of the --port list
   size_t echo_off = 0;
 };
 
@@ -175,6 +185,17 @@ class Runner {
   std::vector<uint8_t> buf_;
 };
 
+// --key A,B,C as numbers.
+std::vector<uint64_t> List(const Args& a, const std::string& key) {
+  std::vector<uint64_t> out;
+  for (absl::string_view v : absl::StrSplit(a.opts.at(key), ',')) {
+    uint64_t n;
+    if (!absl::SimpleAtoi(v, &n)) Usage(absl::StrCat("--", key, " ", a.opts.at(key), ": numbers, comma-separated"));
+    out.push_back(n);
+  }
+  return out;
+}
+
 FlowSpec SpecFrom(const Args& a, uint64_t i) {
   FlowSpec s;
   s.size = static_cast<uint32_t>(Size(a, "size", 4096));
@@ -194,7 +215,7 @@ FlowSpec SpecFrom(const Args& a, uint64_t i) {
   return s;
 }
 
-int Report(const char* op, std::vector<Flow>& flows, absl::Time start, const VsockDriver& d) {
+int Report(const char* op, std::vector<Flow>& flows, absl::Time start, const VsockDriver& d, uint64_t resets) {
   uint64_t sent = 0, recvd = 0;
   int bad = 0;
   bool verify = false;
@@ -213,16 +234,18 @@ int Report(const char* op, std::vector<Flow>& flows, absl::Time start, const Vso
   }
   const double secs = Seconds(start);
   std::printf("result device=vsock op=%s connections=%zu sent=%" PRIu64 " received=%" PRIu64
-              " seconds=%.3f checksum=%016" PRIx64 " failed=%d verified=%s rst_received=%" PRIu64 "\n",
+              " seconds=%.3f checksum=%016" PRIx64 " failed=%d verified=%s rst_received=%" PRIu64
+              " resets=%" PRIu64 " transport_resets=%" PRIu64 "\n",
               op, flows.size(), sent, recvd, secs, flows.size() == 1 ? flows[0].sum.Value() : 0, bad,
-              bad ? "no" : (verify ? "yes" : "n/a"), d.stats().rst_received);
+              bad ? "no" : (verify ? "yes" : "n/a"), d.stats().rst_received, resets, d.stats().transport_resets);
   return bad ? 1 : 0;
 }
 
 // Runs the flows until all are done (and `more`, which may add flows and
-// move the deadline, says no more will come) or the deadline passes.
+// move the deadline, says no more will come) or the deadline passes. When
+// the device fails, `recover` may bring it back (true) or not (exit).
 void RunFlows(VsockDriver& d, std::vector<Flow>& flows, uint32_t size, absl::Time* deadline,
-              const std::function<bool()>& more = nullptr) {
+              const std::function<bool()>& more = nullptr, const std::function<bool()>& recover = nullptr) {
   Runner r(d, size);
   for (;;) {
     const bool coming = more && more();
@@ -241,7 +264,8 @@ void RunFlows(VsockDriver& d, std::vector<Flow>& flows, uint32_t size, absl::Tim
       break;
     }
     if (!moved)
-      if (absl::Status s = d.Poll(absl::Milliseconds(5)); !s.ok()) Fail(s, "vsock");
+      if (absl::Status s = d.Poll(absl::Milliseconds(5)); !s.ok())
+        if (!recover || !recover()) Fail(s, "vsock");
   }
 }
 
@@ -358,49 +382,92 @@ int Vsock(Guest& g, const Args& a) {
   const uint32_t size = static_cast<uint32_t>(Size(a, "size", 4096));
   const absl::Duration timeout = absl::Seconds(static_cast<int64_t>(Size(a, "timeout", 60)));
   if (!a.opts.count("port")) Usage(absl::StrCat("vsock ", cmd, " needs --port"));
-  const uint32_t port = static_cast<uint32_t>(Size(a, "port", 0));
+  const std::vector<uint64_t> ports = List(a, "port");
+  for (uint64_t p : ports)
+    if (p > 0xffffffffull) Usage(absl::StrCat("--port ", p, ": ports are 32-bit"));
   std::vector<Flow> flows;
   const absl::Time start = absl::Now();
   if (cmd == "connect") {
     if (!a.opts.count("cid")) Usage("vsock connect needs --cid");
+    const std::vector<uint64_t> cids = List(a, "cid");
+    if (cids.size() != ports.size() && ports.size() != 1)
+      Usage("--cid and --port: lists of the same length (or one port for every CID)");
     const uint64_t n = Size(a, "connections", 1);
-    for (uint64_t i = 0; i < n; ++i) {
-      auto id = d.Connect(Size(a, "cid", 0), port, type, absl::Seconds(10));
-      if (!id.ok()) Fail(id.status(), absl::StrCat("vsock connect ", i));
-      Flow f;
-      f.id = *id;
-      f.s = SpecFrom(a, i);
-      flows.push_back(std::move(f));
+    for (size_t j = 0; j < cids.size(); ++j) {
+      const uint32_t port = static_cast<uint32_t>(ports.size() == 1 ? ports[0] : ports[j]);
+      for (uint64_t i = 0; i < n; ++i) {
+        auto id = d.Connect(cids[j], port, type, absl::Seconds(10));
+        if (!id.ok()) Fail(id.status(), absl::StrCat("vsock connect to ", cids[j], ":", port));
+        Flow f;
+        f.id = *id;
+        f.s = SpecFrom(a, j * n + i);
+        flows.push_back(std::move(f));
+      }
     }
     absl::Time deadline = start + timeout;
     RunFlows(d, flows, size, &deadline);
-    const int rc = Report("connect", flows, start, d);
+    const int rc = Report("connect", flows, start, d, 0);
     for (Flow& f : flows) d.Close(f.id);
     return rc;
   }
   if (cmd == "listen") {
-    if (absl::Status s = d.Listen(port, type); !s.ok()) Fail(s, "vsock listen");
-    const uint64_t count = Size(a, "count", 1);
-    std::printf("listening on %" PRIu64 ":%u\n", d.guest_cid(), port);
+    for (uint64_t p : ports)
+      if (absl::Status s = d.Listen(static_cast<uint32_t>(p), type); !s.ok()) Fail(s, "vsock listen");
+    const uint64_t count = Size(a, "count", 1);  // per port
+    const absl::Duration reconnect = absl::Seconds(static_cast<int64_t>(Size(a, "reconnect-timeout", 0)));
+    std::printf("listening on %" PRIu64 ":%s\n", d.guest_cid(), a.opts.at("port").c_str());
     std::fflush(stdout);
+    std::vector<uint64_t> accepted(ports.size(), 0);
+    uint64_t resets = 0;
     // The deadline starts at the first connection.
     absl::Time deadline = absl::InfiniteFuture();
-    RunFlows(d, flows, size, &deadline, [&] {
-      while (flows.size() < count) {
-        auto id = d.Accept(port, type, flows.empty() ? absl::Milliseconds(5) : absl::ZeroDuration());
-        if (!id.ok()) {
-          if (absl::IsDeadlineExceeded(id.status())) break;
-          Fail(id.status(), "vsock accept");
-        }
-        if (flows.empty()) deadline = absl::Now() + timeout;
-        Flow f;
-        f.id = *id;
-        f.s = SpecFrom(a, flows.size());
-        flows.push_back(std::move(f));
-      }
-      return flows.size() < count;
-    });
-    const int rc = Report("listen", flows, start, d);
+    RunFlows(
+        d, flows, size, &deadline,
+        [&] {
+          bool more = false;
+          for (size_t k = 0; k < ports.size(); ++k) {
+            while (accepted[k] < count) {
+              auto id = d.Accept(static_cast<uint32_t>(ports[k]), type, flows.empty() ? absl::Milliseconds(5) : absl::ZeroDuration());
+              if (!id.ok()) {
+                if (absl::IsDeadlineExceeded(id.status())) break;
+                Fail(id.status(), "vsock accept");
+              }
+              if (flows.empty()) deadline = absl::Now() + timeout;
+              Flow f;
+              f.id = *id;
+              f.s = SpecFrom(a, k * count + accepted[k]);
+              f.port_index = k;
+              flows.push_back(std::move(f));
+              ++accepted[k];
+            }
+            more = more || accepted[k] < count;
+          }
+          return more;
+        },
+        [&]() -> bool {
+          // The device failed (a restarted vios, a lost transport): with
+          // --reconnect-timeout, initialise it again. Open connections end
+          // as reset and may come again; the listeners stay.
+          if (reconnect <= absl::ZeroDuration()) return false;
+          const absl::Time give_up = absl::Now() + reconnect;
+          while (!d.Init(g.ring_features, o).ok()) {
+            if (absl::Now() > give_up) return false;
+            absl::SleepFor(absl::Milliseconds(50));
+          }
+          for (auto it = flows.begin(); it != flows.end();) {
+            if (!it->done) {
+              d.Close(it->id, absl::ZeroDuration());
+              --accepted[it->port_index];
+              ++resets;
+              if (!g.quiet) std::fprintf(stderr, "vioguest: connection reset by the device's reset; listening again\n");
+              it = flows.erase(it);
+            } else {
+              ++it;
+            }
+          }
+          return true;
+        });
+    const int rc = Report("listen", flows, start, d, resets);
     for (Flow& f : flows) d.Close(f.id);
     return rc;
   }

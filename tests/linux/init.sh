@@ -384,7 +384,31 @@ test_vsock_again() {
   finish PASS
 }
 
+# Sibling guests in the guest's hub group, at the CIDs in vioport.peers=
+# (vioguest processes over other transports), all at once: the guest
+# connects to each one's listener on 7000 (guest sends seed 128+CID, the
+# peer 144+CID) while its own listener on 7001 takes one connection from each
+# (the peer sends 160+CID, the guest 176+CID). vioport.bytes= each way on each.
+test_vsock_peers() {
+  vsock_up
+  b=$(arg bytes)
+  peers=$(arg peers | tr ',' ' ')
+  vsock_peer stream-serve in 7001 "$(echo $peers | wc -w)" "$b" 176 "$b" 160 &
+  srv=$!
+  pids=""
+  for c in $peers; do
+    vsock_peer stream-connect "out$c" "$c" 7000 "$b" $((128 + c)) "$b" $((144 + c)) &
+    pids="$pids $!"
+  done
+  for p in $pids; do
+    wait "$p" || fail "a stream to a peer on 7000 failed"
+  done
+  wait $srv || fail "a stream from a peer to 7001 failed"
+  finish PASS
+}
+
 case "$NAME" in
+  vsock_peers) test_vsock_peers ;;
   vsock_data) test_vsock_data ;;
   vsock_again) test_vsock_again ;;
   vsock_flood) test_vsock_flood ;;

@@ -19,6 +19,14 @@
 //       shuts down its write side, and it ends when the peer's EOF arrives.
 //       More or fewer bytes than RECV fail. The listener prints
 //       "VSOCK-LISTENING: NAME PORT" once it listens, and the peer's address.
+//   vsock_peer stream-serve NAME PORT COUNT SEND SEND_SEED RECV RECV_SEED
+//       COUNT SOCK_STREAM connections accepted on PORT and served at once (a
+//       process each), each the exchange of stream-listen with the seeds
+//       offset by the connecting peer's CID (SEND_SEED+CID, RECV_SEED+CID),
+//       so each peer's bytes are its own; a CID that comes twice fails.
+//       Prints "VSOCK-LISTENING: NAME PORT", "VSOCK-ACCEPTED: NAME from cid
+//       C port P" per connection, each connection's result as NAME-cidC,
+//       then "VSOCK-RESULT: NAME OK connections=COUNT" when all passed.
 //   vsock_peer seq-connect NAME CID PORT COUNT SEED
 //       one SOCK_SEQPACKET connection: COUNT messages of the sizes in
 //       kSeqSizes (cycled), message i holding stream SEED at the message's
@@ -44,6 +52,7 @@
 #include <sys/ioctl.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -264,6 +273,53 @@ static int CmdStreamListen(char** a) {
   return 0;
 }
 
+static int CmdStreamServe(char** a) {
+  const unsigned port = (unsigned)ParseU64(a[0]);
+  const uint64_t count = ParseU64(a[1]), send = ParseU64(a[2]), sseed = ParseU64(a[3]), recv = ParseU64(a[4]),
+                 rseed = ParseU64(a[5]);
+  if (count == 0 || count > 64) Fail("COUNT must be 1..64");
+  const int l = socket(AF_VSOCK, SOCK_STREAM, 0);
+  if (l < 0) Fail("socket(AF_VSOCK): %s", strerror(errno));
+  struct sockaddr_vm addr = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port};
+  if (bind(l, (struct sockaddr*)&addr, sizeof addr) < 0) Fail("bind port %u: %s", port, strerror(errno));
+  if (listen(l, 16) < 0) Fail("listen: %s", strerror(errno));
+  printf("VSOCK-LISTENING: %s %u\n", g_name, port);
+  fflush(stdout);
+  unsigned cids[64];
+  pid_t pids[64];
+  for (uint64_t i = 0; i < count; ++i) {
+    struct sockaddr_vm peer;
+    socklen_t len = sizeof peer;
+    const int fd = accept(l, (struct sockaddr*)&peer, &len);
+    if (fd < 0) Fail("accept %" PRIu64 ": %s", i, strerror(errno));
+    for (uint64_t j = 0; j < i; ++j)
+      if (cids[j] == peer.svm_cid) Fail("a second connection from cid %u", peer.svm_cid);
+    cids[i] = peer.svm_cid;
+    printf("VSOCK-ACCEPTED: %s from cid %u port %u\n", g_name, peer.svm_cid, peer.svm_port);
+    fflush(stdout);
+    pids[i] = fork();
+    if (pids[i] < 0) Fail("fork: %s", strerror(errno));
+    if (pids[i] == 0) {
+      static char name[96];
+      snprintf(name, sizeof name, "%s-cid%u", g_name, peer.svm_cid);
+      g_name = name;
+      close(l);
+      Exchange(fd, send, sseed + peer.svm_cid, recv, rseed + peer.svm_cid);
+      exit(0);
+    }
+    close(fd);
+  }
+  close(l);
+  int failed = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    int st = 0;
+    if (waitpid(pids[i], &st, 0) != pids[i] || !WIFEXITED(st) || WEXITSTATUS(st) != 0) ++failed;
+  }
+  if (failed) Fail("%d of %" PRIu64 " connections failed", failed, count);
+  printf("VSOCK-RESULT: %s OK connections=%" PRIu64 "\n", g_name, count);
+  return 0;
+}
+
 // Message sizes, cycled (the host's check in linux_guest_test.cc has the
 // same table): tiny ones, ones around a 4 KiB receive buffer, and ones larger
 // than one 64 KiB packet (several packets, EOM only on the last).
@@ -429,6 +485,7 @@ int main(int argc, char** argv) {
   const char* cmd = argv[1];
   if (strcmp(cmd, "stream-connect") == 0 && argc == 9) return CmdStreamConnect(argv + 3);
   if (strcmp(cmd, "stream-listen") == 0 && argc == 8) return CmdStreamListen(argv + 3);
+  if (strcmp(cmd, "stream-serve") == 0 && argc == 9) return CmdStreamServe(argv + 3);
   if (strcmp(cmd, "seq-connect") == 0 && argc == 7) return CmdSeqConnect(argv + 3);
   if (strcmp(cmd, "many-connect") == 0 && argc == 8) return CmdManyConnect(argv + 3);
   Fail("unknown command or wrong argument count: %s (%d arguments)", cmd, argc - 1);

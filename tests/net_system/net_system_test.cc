@@ -180,16 +180,7 @@ class NetSystem : public testproc::ViosProcessTest {
   // it as waiting, crqd freed the client partition, Xen unmapped its pages.
   void WaitGone(const Port& p) {
     std::string list;
-    const bool gone = testproc::WaitFor(
-        [&] {
-          list = Query("list");
-          for (absl::string_view line : absl::StrSplit(list, '\n')) {
-            std::vector<absl::string_view> w = absl::StrSplit(line, ' ', absl::SkipEmpty());
-            if (!w.empty() && w[0] == p.id) return std::find(w.begin(), w.end(), "waiting") != w.end();
-          }
-          return false;
-        },
-        15);
+    const bool gone = WaitDeviceWaiting(p.id, &list);
     ASSERT_TRUE(gone) << p.id << " still has a guest:\n" << list;
 #ifdef NET_SYSTEM_EMULATORS
     if (p.transport == "crq") {

@@ -63,9 +63,20 @@ absl::Status VsockDevice::Activate(ActivateContext ctx) {
   taken_.clear();
   taken_head_ = 0;
   offset_ = 0;
-  // Packets for a driver that was not there belong to connections it no
-  // longer has.
-  inbox_->Clear();
+  // REQUESTs that came while no driver was there go first; other packets
+  // from then were dropped (ProcessEvents), what the inbox still holds is
+  // delivered (a driver answers a packet for no connection with an RST).
+  taken_ = std::move(waiting_requests_);
+  waiting_requests_.clear();
+  // Rings that start where a driver left them (a front-end reconnected to a
+  // restarted vios and set the ring bases) belong to a driver that still
+  // holds connections this vios never knew: tell it (§5.10.6.4). A fresh
+  // driver's transmit ring starts at 0 (packed: both wrap counters set).
+  const uint32_t fresh = feature::Has(features_, feature::kRingPacked) ? 0x80008000u : 0u;
+  if (ctx_.queues[vsock::kTxQueue]->GetBase() != fresh) {
+    reset_request_.store(true);
+    inbox_->Wake();
+  }
   active_ = true;
   return absl::OkStatus();
 }
@@ -97,10 +108,18 @@ void VsockDevice::QueueNotify(uint16_t queue) {
 
 bool VsockDevice::ProcessEvents() {
   if (!active_) {
-    taken_.clear();
-    while (inbox_->Take(&taken_, kBatch) > 0) {
-      BumpOwned(no_driver_drops_, taken_.size());
-      taken_.clear();
+    // No driver: new connections (REQUESTs) wait, bounded, for one to come
+    // up (the hub gives up on them after its timeout); the rest belong to
+    // connections no driver holds any more.
+    std::vector<vsock::Packet> got;
+    while (inbox_->Take(&got, kBatch) > 0) {
+      for (vsock::Packet& p : got) {
+        if (p.hdr.op == vsock::kOpRequest && waiting_requests_.size() < kMaxWaitingRequests)
+          waiting_requests_.push_back(std::move(p));
+        else
+          BumpOwned(no_driver_drops_);
+      }
+      got.clear();
     }
     return false;
   }

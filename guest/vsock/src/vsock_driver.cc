@@ -48,7 +48,7 @@ absl::Status VsockDriver::Init(uint64_t ring_features, const VsockDriverOptions&
   if (drv_.num_queues() > 0) drv_.Reset();
   FreeAll();
   EndAll();
-  if (o.rx_buffers == 0 || o.tx_slots == 0 || o.rx_payload < 256 || o.max_packet == 0 ||
+  if (o.rx_buffers == 0 || o.tx_slots == 0 || o.rx_buffer < vsock::kHdrSize + 256 || o.max_packet == 0 ||
       o.max_packet > vsock::kMaxPayload || o.buf_alloc < o.max_packet)
     return absl::InvalidArgumentError("vsock: buffer options out of range");
   opts_ = o;
@@ -79,7 +79,7 @@ absl::Status VsockDriver::Init(uint64_t ring_features, const VsockDriverOptions&
   DriverQueue& rxq = drv_.queue(vsock::kRxQueue);
   DriverQueue& txq = drv_.queue(vsock::kTxQueue);
   const uint32_t rx_count = std::min(o.rx_buffers, rxq.size());
-  rx_slot_ = (vsock::kHdrSize + o.rx_payload + 63) & ~63u;
+  rx_slot_ = (o.rx_buffer + 63) & ~63u;
   auto rx = dma.Allocate(size_t{rx_count} * rx_slot_, 64, Access::kWrite);
   if (!rx.ok()) return rx.status();
   rx_ = *rx;

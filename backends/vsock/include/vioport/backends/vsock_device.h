@@ -86,6 +86,7 @@ class VsockDevice final : public VirtioDevice {
   static constexpr uint32_t kTxBudget = 128;   // transmit chains per loop turn
   static constexpr uint32_t kRxBudget = 256;   // receive buffers filled per loop turn
   static constexpr size_t kMaxLocal = 256;     // RSTs the device made, waiting for receive buffers
+  static constexpr size_t kMaxWaitingRequests = 64;  // REQUESTs kept while no driver is there
 
  private:
   explicit VsockDevice(const VsockOptions& options);
@@ -109,6 +110,7 @@ class VsockDevice final : public VirtioDevice {
   std::vector<vsock::Packet> tx_batch_;
   std::deque<vsock::Packet> local_;       // RSTs from the device itself
   std::vector<vsock::Packet> taken_;      // from the inbox
+  std::vector<vsock::Packet> waiting_requests_;  // REQUESTs that came with no driver
   size_t taken_head_ = 0;
   size_t offset_ = 0;                     // of the packet at the head, delivered so far
 

@@ -6,7 +6,7 @@
 // caller's thread runs the queues inside every call (Poll, Connect, Send,
 // Recv, Accept), nothing runs between calls.
 //
-// Buffers: receive buffers of a header plus rx_payload bytes; transmit
+// Buffers: receive buffers of rx_buffer bytes (header included); transmit
 // slots of a header plus max_packet bytes for data, and small ones for
 // control packets; all posted and reaped in batches.
 #pragma once
@@ -31,9 +31,12 @@ namespace vioport {
 struct VsockDriverOptions {
   bool seqpacket = true;           // negotiate SEQPACKET when the device offers it
   uint32_t queue_size = 256;       // 0: the device's maximum (capped at 1024)
-  uint32_t rx_buffers = 64;        // receive buffers posted
-  uint32_t rx_payload = 64 * 1024; // payload bytes per receive buffer (the header comes on top)
-  uint32_t tx_slots = 32;          // data packets in flight
+  // Receive buffers: rx_buffers of rx_buffer bytes, header included (the
+  // device cuts a larger packet to fit). 64 x 16 KiB: 1 MiB, 256 pages a
+  // Xen back-end maps (its maptrack table holds 1024).
+  uint32_t rx_buffers = 64;
+  uint32_t rx_buffer = 16 * 1024;
+  uint32_t tx_slots = 16;          // data packets in flight
   uint32_t max_packet = vsock::kMaxPayload;
   uint32_t buf_alloc = 256 * 1024; // per connection: what we advertise
   uint32_t backlog = 128;          // connections waiting in Accept, per listener

@@ -220,6 +220,20 @@ class ViosProcessTest : public ProcessTest {
         seconds);
     return got != ~0ull && got >= bytes && writer.Running();
   }
+  // Waits until `list` shows device `id` waiting for a guest (the last one
+  // left); `*list` gets what vios listed last.
+  bool WaitDeviceWaiting(const std::string& id, std::string* list, double seconds = 15) {
+    return WaitFor(
+        [&] {
+          *list = Viosctl("list");
+          for (absl::string_view line : absl::StrSplit(*list, '\n')) {
+            std::vector<absl::string_view> w = absl::StrSplit(line, ' ', absl::SkipEmpty());
+            if (!w.empty() && w[0] == id) return std::find(w.begin(), w.end(), "waiting") != w.end();
+          }
+          return false;
+        },
+        seconds);
+  }
   // Polls vios's log until it has `text` (bounded).
   bool ViosLogHas(const std::string& text, double seconds = 10) {
     return WaitFor([&] { return absl::StrContains(vios_->err(), text); }, seconds);
