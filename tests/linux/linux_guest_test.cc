@@ -1820,7 +1820,7 @@ TEST_F(LinuxGuestVsock, ReachesVioguestsOverEveryTransport) {
   // vsock driver's buffers pass 1024 within its first 256 KiB; a map that
   // fails with GNTST_no_space then fails the queue (OUT_OF_RANGE, device
   // needs reset) instead of falling back to grant copy.
-  ASSERT_NO_FATAL_FAILURE(StartEmulators(ports));
+  ASSERT_NO_FATAL_FAILURE(StartEmulators(ports, {"--max-maptrack", "8192"}));
   std::vector<std::string> argv = {backend_bin_, "--device",
                                    absl::StrCat("vsock,id=v0,cid=", kGuestCid, ",uds-path=", uds_, ",group=g"),
                                    "--attach", "v0,transport=vhost-user,socket=" + sock_, "--control", ctl_};

@@ -218,8 +218,8 @@ void VsockDriver::Dispatch(const vsock::Hdr& h, std::span<const uint8_t> payload
   }
   const bool type_ok = h.type == vsock::kTypeStream || (h.type == vsock::kTypeSeqpacket && seqpacket_);
   if (!type_ok) {
-    ++stats_.bad_packets;
-    return QueueRst(h);
+    ++stats_.bad_packets;  // no RST: one of that type would not be believed either
+    return;
   }
   auto k = by_key_.find({h.dst_port, h.src_cid, h.src_port});
   if (k != by_key_.end()) {
