@@ -90,6 +90,20 @@ SEEDS = {
     + to_endpoint(RST)
     + host_data(pattern(10, 13))
     + bytes([5]),
+    # Mode bit 5: CONNECT lines in pieces, as socat or a host agent sends them.
+    "connect_line": bytes([0x20]) + bytes([5]) + b"CONNE" + bytes([12]) + b"CT 1234\nDATA",
+    "connect_line_crlf": bytes([0x20]) + bytes([14]) + b"connect 52\r\nxy",
+    "connect_line_bad": bytes([0x20]) + bytes([20]) + b"CONNECT -1\n" + b"CONNECT 99999999999\n",
+    "connect_line_long": bytes([0x20]) + bytes([64]) + b"CONNECT " + b"0" * 56,
+    # Mode bit 6: a stream's small packets and others through an inbox.
+    "inbox_merge": bytes([0x40])
+    + bytes([0x10, 0, 0, 1]) + pattern(8, 14)
+    + bytes([0x10, 0, 0, 2]) + pattern(16, 15)
+    + bytes([0x11, 0, 0, 1]) + pattern(8, 16)
+    + bytes([0x10, 1, 1, 1]) + pattern(8, 17)
+    + bytes([0x10, 4, 0x30, 1]) + pattern(8, 18)
+    + bytes([0x10, 0, 0, 255]) + pattern(2040, 19)
+    + bytes([0x20, 2, 0, 0]),
 }
 
 

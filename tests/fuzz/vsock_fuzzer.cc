@@ -18,6 +18,17 @@
 //   3  the host consumed le32 bytes
 //   4  the host shuts down (flags from the step byte's bits 3-4)
 //   5  the host resets
+// Two more modes, picked by [0]'s bits 5 and 6 (the rest of the input is
+// theirs):
+//  bit 5: the hybrid handshake's CONNECT line as a host process sends it,
+//    in pieces ([le8 length][bytes]...), parsed after each as vios's hub
+//    does (ParseConnectLine); checked: a line is accepted only with its
+//    \n within 64 bytes and "connect " before a decimal port, and what
+//    follows it is left for the stream.
+//  bit 6: packets pushed into a device inbox ([port, type, flags, length,
+//    payload]...) and taken back; checked: what the inbox accepted comes
+//    out per connection byte for byte, in order, STREAM RW joined only
+//    within one connection and up to 64 KiB, nothing else joined.
 // Checked besides ASan/UBSan: held() never exceeds the buf_alloc we
 // advertised and equals what reached the host minus what it consumed; a
 // packet we make is addressed as the connection is, its len is its
@@ -32,6 +43,11 @@
 #include <span>
 #include <vector>
 
+#include <map>
+#include <string>
+#include <tuple>
+
+#include "vioport/backends/vsock_device.h"
 #include "vioport/backends/vsock_packet.h"
 
 using namespace vioport::vsock;
@@ -99,8 +115,90 @@ struct Model {
 
 }  // namespace
 
+namespace {
+
+void FuzzConnectLine(Reader& r) {
+  std::string line;
+  uint8_t n = 0;
+  while (r.Take(&n, 1)) {
+    const std::span<const uint8_t> piece = r.Bytes(std::min<size_t>(n, kMaxConnectLine - line.size()));
+    line.append(reinterpret_cast<const char*>(piece.data()), piece.size());
+    const ConnectLine c = ParseConnectLine(line);
+    if (c.result == ConnectLine::Result::kNeedMore) {
+      CHECK(line.size() < kMaxConnectLine && line.find('\n') == std::string::npos);
+      continue;
+    }
+    if (c.result == ConnectLine::Result::kBad) return;
+    CHECK(c.consumed >= 10 && c.consumed <= line.size() && c.consumed <= kMaxConnectLine);
+    CHECK(line[c.consumed - 1] == '\n' && line.find('\n') == c.consumed - 1);
+    std::string word = line.substr(0, 8);
+    for (char& ch : word) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    CHECK(word == "connect ");
+    return;
+  }
+}
+
+void FuzzInbox(Reader& r) {
+  Inbox in(Inbox::Limits{8, 4096, 4});
+  // Order holds within one source's queue (sources are taken round robin):
+  // a connection's bytes are compared per source. The source is kept in
+  // dst_port, which the inbox does not look at.
+  using Key = std::tuple<uint32_t, uint32_t, uint16_t>;
+  std::map<Key, std::vector<uint8_t>> pushed, taken;
+  std::vector<Packet> out;
+  uint8_t h[4];
+  while (r.Take(h, 4)) {
+    Packet p;
+    p.hdr.src_cid = 3;
+    p.hdr.dst_cid = 2;
+    p.hdr.src_port = h[0] & 3;
+    p.hdr.dst_port = h[0] >> 4;
+    p.hdr.type = (h[1] & 1) ? kTypeSeqpacket : kTypeStream;
+    p.hdr.op = (h[1] & 2) ? kOpCreditUpdate : kOpRw;
+    p.hdr.flags = h[2] & 3;
+    const std::span<const uint8_t> b = r.Bytes(size_t{h[3]} * 8);
+    p.payload.assign(b.begin(), b.end());
+    p.hdr.len = static_cast<uint32_t>(p.payload.size());
+    const Key k{p.hdr.dst_port, p.hdr.src_port, p.hdr.type};
+    const std::vector<uint8_t> copy = p.payload;
+    if (in.Push(h[0] >> 4, {&p, 1}) == 1) pushed[k].insert(pushed[k].end(), copy.begin(), copy.end());
+    if (h[1] & 4) {
+      out.clear();
+      in.Take(&out, h[2] >> 4);
+      for (const Packet& q : out) {
+        CHECK(q.hdr.len == q.payload.size() && q.payload.size() <= kMaxPayload);
+        taken[{q.hdr.dst_port, q.hdr.src_port, q.hdr.type}].insert(taken[{q.hdr.dst_port, q.hdr.src_port, q.hdr.type}].end(), q.payload.begin(),
+                                                   q.payload.end());
+      }
+    }
+  }
+  out.clear();
+  while (in.Take(&out, 64) > 0) {
+  }
+  for (const Packet& q : out) {
+    CHECK(q.hdr.len == q.payload.size() && q.payload.size() <= kMaxPayload);
+    taken[{q.hdr.dst_port, q.hdr.src_port, q.hdr.type}].insert(taken[{q.hdr.dst_port, q.hdr.src_port, q.hdr.type}].end(), q.payload.begin(),
+                                               q.payload.end());
+  }
+  for (const auto& [k, v] : pushed) CHECK(taken[k] == v);
+}
+
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Reader r{data, size};
+  if (size > 0 && (data[0] & 0x20)) {
+    r.p++;
+    r.n--;
+    FuzzConnectLine(r);
+    return 0;
+  }
+  if (size > 0 && (data[0] & 0x40)) {
+    r.p++;
+    r.n--;
+    FuzzInbox(r);
+    return 0;
+  }
   uint8_t mode = 0;
   uint32_t buf_alloc = 0;
   uint16_t max_packet = 0;

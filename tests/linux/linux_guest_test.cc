@@ -528,23 +528,19 @@ class LinuxGuest : public ::testing::Test {
     }
   }
 
-  // crqd and xenemud as `ports`' attachments need them (xenemud with
-  // `xen_args` more), each waited for until it serves.
-  void StartEmulators(const testproc::EmulatedPorts& ports, const std::vector<std::string>& xen_args = {}) {
+  // crqd and xenemud as `ports`' attachments need them, each waited for until it serves.
+  void StartEmulators(const testproc::EmulatedPorts& ports) {
 #ifdef LINUX_NET_EMULATORS
     if (ports.needs_crqd()) {
       backends_.push_back(std::make_unique<Child>(ports.CrqdArgv(CRQD_BIN), dir_, "crqd"));
       ASSERT_NO_FATAL_FAILURE(WaitPaths(*backends_.back(), ports.CrqdPaths()));
     }
     if (ports.needs_xen()) {
-      std::vector<std::string> argv = ports.XenemudArgv(XENEMUD_BIN);
-      argv.insert(argv.end(), xen_args.begin(), xen_args.end());
-      backends_.push_back(std::make_unique<Child>(argv, dir_, "xenemud"));
+      backends_.push_back(std::make_unique<Child>(ports.XenemudArgv(XENEMUD_BIN), dir_, "xenemud"));
       ASSERT_NO_FATAL_FAILURE(WaitPaths(*backends_.back(), ports.XenemudPaths()));
     }
 #else
     ASSERT_FALSE(ports.needs_crqd() || ports.needs_xen()) << "built without crqd and xenemud";
-    (void)xen_args;
 #endif
   }
 
@@ -1815,12 +1811,7 @@ TEST_F(LinuxGuestVsock, ReachesVioguestsOverEveryTransport) {
   std::vector<Peer> peers;
   for (const auto& [transport, cid] : std::vector<std::pair<std::string, uint64_t>>{{"shm", 4}, {"crq", 5}, {"xen", 6}})
     peers.push_back({"v" + transport, cid, ports.Attach("v" + transport, transport)});
-  // xenemud allows 8192 live grant maps to a grantee instead of its default
-  // 1024: vios's grant map cache keeps up to 4096 pages (cache-pages), and a
-  // vsock driver's buffers pass 1024 within its first 256 KiB; a map that
-  // fails with GNTST_no_space then fails the queue (OUT_OF_RANGE, device
-  // needs reset) instead of falling back to grant copy.
-  ASSERT_NO_FATAL_FAILURE(StartEmulators(ports, {"--max-maptrack", "8192"}));
+  ASSERT_NO_FATAL_FAILURE(StartEmulators(ports));
   std::vector<std::string> argv = {backend_bin_, "--device",
                                    absl::StrCat("vsock,id=v0,cid=", kGuestCid, ",uds-path=", uds_, ",group=g"),
                                    "--attach", "v0,transport=vhost-user,socket=" + sock_, "--control", ctl_};

@@ -170,6 +170,25 @@ TEST_P(VsockDriverTest, StreamBothWaysPastTheCredit) {
   EXPECT_EQ(drv->stats().bad_packets, 0u);
 }
 
+// More small packets in the ring than the device takes in one turn
+// (VsockDevice::kTxBudget): the rest must come on the next turn, without
+// another notification from the driver.
+TEST_P(VsockDriverTest, ManySmallWritesPastTheDeviceBudget) {
+  auto id = drv->Connect(vsock::kCidHost, kHostPort, vsock::kTypeStream, absl::Seconds(5));
+  ASSERT_TRUE(id.ok()) << id.status();
+  Host::Conn* hc = host->Only();
+  ASSERT_NE(hc, nullptr);
+  std::vector<uint8_t> all(600 * 100);
+  pattern::Fill(4, 0, all);
+  for (size_t i = 0; i < 600; ++i) {
+    auto n = drv->Send(*id, std::span<const uint8_t>(all).subspan(i * 100, 100), false, absl::ZeroDuration());
+    ASSERT_TRUE(n.ok()) << n.status();
+    ASSERT_EQ(*n, 100u) << i;
+  }
+  ASSERT_TRUE(PollUntil([&] { return hc->data.size() == all.size(); })) << hc->data.size();
+  EXPECT_EQ(hc->data, all);
+}
+
 TEST_P(VsockDriverTest, SeqpacketMessagesKeepTheirBoundaries) {
   auto id = drv->Connect(vsock::kCidHost, kHostPort, vsock::kTypeSeqpacket, absl::Seconds(5));
   ASSERT_TRUE(id.ok()) << id.status();

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <vector>
 
+#include "vioport/backends/vsock_device.h"
 #include "vioport/backends/vsock_packet.h"
 
 namespace vioport::vsock {
@@ -29,6 +30,46 @@ Hdr GuestHdr(uint16_t op, uint32_t len = 0, uint16_t type = kTypeStream) {
   h.op = op;
   h.buf_alloc = 64 * 1024;
   return h;
+}
+
+// A stream's small packets join in the inbox: a credit window of 1-byte
+// writes (far more packets than a source's item share) all arrive, in
+// order; SEQPACKET, flagged packets and other connections stay apart.
+TEST(VsockInbox, SmallStreamPacketsJoin) {
+  Inbox in(Inbox::Limits{64, 1 << 20, 16});
+  auto rw = [](uint32_t port, uint16_t type, uint32_t flags, uint8_t byte) {
+    Packet p;
+    p.hdr.src_cid = 3;
+    p.hdr.dst_cid = 2;
+    p.hdr.src_port = port;
+    p.hdr.dst_port = 80;
+    p.hdr.type = type;
+    p.hdr.op = kOpRw;
+    p.hdr.flags = flags;
+    p.hdr.fwd_cnt = byte;
+    p.payload = {byte};
+    p.hdr.len = 1;
+    return p;
+  };
+  for (int i = 0; i < 1000; ++i) {
+    Packet p = rw(1, kTypeStream, 0, static_cast<uint8_t>(i));
+    ASSERT_EQ(in.Push(7, {&p, 1}), 1u) << i;
+  }
+  Packet other = rw(2, kTypeStream, 0, 0xaa), seq1 = rw(1, kTypeSeqpacket, kSeqEom, 1), seq2 = rw(1, kTypeSeqpacket, kSeqEom, 2);
+  ASSERT_EQ(in.Push(7, {&other, 1}), 1u);
+  ASSERT_EQ(in.Push(7, {&seq1, 1}), 1u);
+  ASSERT_EQ(in.Push(7, {&seq2, 1}), 1u);
+  std::vector<Packet> got;
+  in.Take(&got, 100);
+  ASSERT_EQ(got.size(), 4u);
+  ASSERT_EQ(got[0].payload.size(), 1000u);
+  EXPECT_EQ(got[0].hdr.len, 1000u);
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(got[0].payload[i], static_cast<uint8_t>(i)) << i;
+  EXPECT_EQ(got[0].hdr.fwd_cnt, static_cast<uint8_t>(999)) << "the later packet's credit";
+  EXPECT_EQ(got[1].hdr.src_port, 2u);
+  EXPECT_EQ(got[2].payload, std::vector<uint8_t>{1});
+  EXPECT_EQ(got[3].payload, std::vector<uint8_t>{2});
+  EXPECT_EQ(in.drops(), 0u);
 }
 
 TEST(VsockCheck, AcceptsWhatLinuxSends) {

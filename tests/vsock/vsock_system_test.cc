@@ -155,8 +155,10 @@ TEST_F(VsockSystem, AcrossTransports) {
   for (size_t t = 0; t < c.size(); ++t) {
     const Dev& a = l[(t + 1) % l.size()];
     const Dev& b = l[(t + 2) % l.size()];
+    // 1 KiB writes: more packets in the ring at once than the device takes
+    // in one turn.
     std::vector<std::string> cmd = {"connect", "--cid", absl::StrCat(a.cid, ",", b.cid, ",2"), "--port", "5000,5001,6000",
-                                    "--timeout", "90"};
+                                    "--size", "1024", "--timeout", "90"};
     for (const std::string& s : data(200, kCsend, 100, kLsend)) cmd.push_back(s);
     connectors.push_back(&Guest(c[t], cmd));
   }

@@ -45,13 +45,16 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
           refuses MAC_ADDR_SET); standby offers STANDBY (net failover);
           offloads=off offers no checksum or TSO offload
       vsock,id=ID,cid=N[,uds-path=PATH][,group=G[+H...]][,seqpacket=off]
-                  [,queue-size=N]
+                  [,queue-size=N][,buf-alloc=SIZE]
           virtio-vsock for guest CID N (3..4294967294) on vios's hub. The
           host side is PATH: a host process connects to PATH and writes
           "CONNECT <port>\n", and reads "OK <host-port>\n" once the guest
           accepts; the guest's connections to host port P reach a listener
           on PATH_P. Guests sharing a group reach each other by CID;
-          without one, a guest reaches only the host (docs/vsock.md)
+          without one, a guest reaches only the host. buf-alloc: the
+          receive window vios offers the guest per host connection
+          (default 256K; data vios may hold per connection; 64K..64M)
+          (docs/vsock.md)
       rng,id=ID
       console,id=ID,socket=PATH        host side on a Unix socket (one client)
       console,id=ID,stdio=on           host side on vios's own stdin/stdout

@@ -31,7 +31,7 @@ namespace {
 constexpr uint64_t kTagWake = 1, kTagInbox = 2;
 constexpr uint64_t kTagListener = uint64_t{1} << 62, kTagConn = uint64_t{1} << 63;
 constexpr uint32_t kHubSource = 1;        // the hub's own RSTs, in a device's inbox
-constexpr size_t kMaxLine = 64;           // "CONNECT <port>\n"
+constexpr size_t kMaxLine = vsock::kMaxConnectLine;  // "CONNECT <port>\n"
 constexpr size_t kMaxBacklog = 16384;     // packets for one guest its inbox had no room for
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr uint32_t kFirstHostPort = 1u << 30;
@@ -438,7 +438,7 @@ void VsockHub::GuestConnect(GuestState& g, const Packet& p) {
   }
   Conn& c = AddConn(g, fd, Conn::Phase::kOpen);
   c.seq = seq;
-  c.ep.emplace(vsock::kCidHost, p.hdr.dst_port, g.g.cid, p.hdr.src_port, p.hdr.type, opts_.limits);
+  c.ep.emplace(vsock::kCidHost, p.hdr.dst_port, g.g.cid, p.hdr.src_port, p.hdr.type, LimitsOf(g));
   Bind(g, c);
   ToGuest(g, c.ep->Accept(p.hdr));
   UpdateInterest(c);
@@ -493,23 +493,15 @@ void VsockHub::OnHostReadable(Conn& c) {
     if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (r <= 0) return Close(c.id);
     c.line.append(tmp, static_cast<size_t>(r));
-    const size_t nl = c.line.find('\n');
-    if (nl == std::string::npos) {
-      if (c.line.size() >= kMaxLine) {
-        Bump(g.bad_connect);
-        Close(c.id);
-      }
-      return;
-    }
-    std::string cmd = c.line.substr(0, nl);
-    if (!cmd.empty() && cmd.back() == '\r') cmd.pop_back();
-    c.in.assign(c.line.begin() + static_cast<ptrdiff_t>(nl + 1), c.line.end());  // the stream's first bytes
-    c.line.clear();
-    uint32_t port = 0;
-    if (!absl::StartsWithIgnoreCase(cmd, "CONNECT ") || !absl::SimpleAtoi(cmd.substr(8), &port)) {
+    const vsock::ConnectLine cl = vsock::ParseConnectLine(c.line);
+    if (cl.result == vsock::ConnectLine::Result::kNeedMore) return;
+    if (cl.result == vsock::ConnectLine::Result::kBad) {
       Bump(g.bad_connect);
       return Close(c.id);
     }
+    c.in.assign(c.line.begin() + static_cast<ptrdiff_t>(cl.consumed), c.line.end());  // the stream's first bytes
+    c.line.clear();
+    const uint32_t port = cl.port;
     if (g.open >= opts_.max_conns) {
       Bump(g.refused[static_cast<size_t>(Refusal::kTooManyConns)]);
       return Close(c.id);
@@ -524,7 +516,7 @@ void VsockHub::OnHostReadable(Conn& c) {
       hp = hp + 1 >= (1u << 31) ? kFirstHostPort : hp + 1;
     }
     g.next_port = hp + 1 >= (1u << 31) ? kFirstHostPort : hp + 1;
-    c.ep.emplace(vsock::kCidHost, hp, g.g.cid, port, vsock::kTypeStream, opts_.limits);
+    c.ep.emplace(vsock::kCidHost, hp, g.g.cid, port, vsock::kTypeStream, LimitsOf(g));
     Bind(g, c);
     c.phase = Conn::Phase::kWaitResponse;
     c.deadline = absl::Now() + opts_.close_timeout;
@@ -575,6 +567,12 @@ void VsockHub::OnHostWritable(Conn& c) {
   if (!conns_.count(c.id)) return;
   if (c.draining && c.out.empty()) return Close(c.id);
   UpdateInterest(c);
+}
+
+vsock::Endpoint::Limits VsockHub::LimitsOf(const GuestState& g) const {
+  vsock::Endpoint::Limits l = opts_.limits;
+  if (g.g.buf_alloc) l.buf_alloc = std::max(g.g.buf_alloc, l.max_packet);
+  return l;
 }
 
 void VsockHub::Apply(Conn& c, Endpoint::Output& out) {

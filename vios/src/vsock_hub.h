@@ -52,6 +52,7 @@ class VsockHub final : public vsock::PacketSink {
     std::shared_ptr<vsock::Inbox> inbox;  // the device's
     std::string uds_path;                 // "": no host side
     std::vector<std::string> groups;      // guests sharing one reach each other
+    uint32_t buf_alloc = 0;               // per host connection; 0: Options::limits
   };
   static absl::StatusOr<std::shared_ptr<VsockHub>> Create(Options options);
   ~VsockHub() override;
@@ -90,6 +91,8 @@ class VsockHub final : public vsock::PacketSink {
   void OnHostReadable(Conn& c);
   void OnHostWritable(Conn& c);
   void Apply(Conn& c, vsock::Endpoint::Output& out);
+  // A host connection's limits for guest `g` (its buf_alloc, if set).
+  vsock::Endpoint::Limits LimitsOf(const GuestState& g) const;
   void Flush(Conn& c);
   void UpdateInterest(Conn& c);
   // A connection on `fd`, registered with epoll (no events until

@@ -99,6 +99,7 @@ void VsockDevice::QueueNotify(uint16_t queue) {
     DrainTx();
     Flush();
     DeliverRx();  // the RSTs it may have made
+    if (tx_more_) inbox_->Wake();
   } else if (queue == vsock::kRxQueue) {
     DeliverRx();
   } else if (queue == vsock::kEventQueue) {
@@ -132,6 +133,7 @@ bool VsockDevice::ProcessEvents() {
     did = true;
   }
   did |= DeliverRx();
+  if (tx_more_) inbox_->Wake();
   return did;
 }
 
@@ -206,8 +208,10 @@ void VsockDevice::DrainTx() {
     ctx_.Publish(q);
     if (st == PopStatus::kError || q.broken()) return;
     if (budget == 0) {
-      tx_more_ = true;  // the rest next turn, after the loop's other devices
-      inbox_->Wake();
+      // The rest next turn, after the loop's other devices: the caller
+      // wakes the inbox once it is done taking from it (a Take clears the
+      // wake-up, so waking here would be lost to DeliverRx's).
+      tx_more_ = true;
       return;
     }
     if (!q.EnableNotifications()) return;

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "vioport/backends/vsock_packet.h"
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+
 namespace vioport::vsock {
 
 Refusal CheckGuestPacket(const Hdr& h, uint64_t guest_cid, uint64_t features, uint32_t chain_payload) {
@@ -15,6 +18,30 @@ Refusal CheckGuestPacket(const Hdr& h, uint64_t guest_cid, uint64_t features, ui
   if (h.op == kOpInvalid || h.op > kOpCreditRequest) return Refusal::kBadOp;
   if (h.op != kOpRw && h.len != 0) return Refusal::kLenNotRw;
   return Refusal::kNone;
+}
+
+ConnectLine ParseConnectLine(absl::string_view received) {
+  ConnectLine r;
+  const size_t nl = received.find('\n');
+  if (nl == absl::string_view::npos) {
+    r.result = received.size() >= kMaxConnectLine ? ConnectLine::Result::kBad : ConnectLine::Result::kNeedMore;
+    return r;
+  }
+  if (nl >= kMaxConnectLine) {
+    r.result = ConnectLine::Result::kBad;
+    return r;
+  }
+  absl::string_view cmd = received.substr(0, nl);
+  if (!cmd.empty() && cmd.back() == '\r') cmd.remove_suffix(1);
+  uint32_t port = 0;
+  if (!absl::StartsWithIgnoreCase(cmd, "CONNECT ") || !absl::SimpleAtoi(cmd.substr(8), &port)) {
+    r.result = ConnectLine::Result::kBad;
+    return r;
+  }
+  r.result = ConnectLine::Result::kOk;
+  r.port = port;
+  r.consumed = nl + 1;
+  return r;
 }
 
 }  // namespace vioport::vsock

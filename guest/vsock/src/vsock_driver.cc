@@ -13,8 +13,8 @@ namespace f = vsock::feature;
 using feature::Bit;
 
 namespace {
-constexpr uint64_t kBigToken = uint64_t{1} << 32;
 constexpr uint32_t kSmallSlot = 64;            // a header, no payload
+constexpr uint32_t kMediumSlot = 4096 + 64;    // a header and up to 4 KiB
 constexpr uint32_t kEventSlots = 8;
 constexpr uint32_t kEventSlot = 16;
 constexpr size_t kPendingLimit = 4096;         // control packets waiting for a transmit slot
@@ -33,12 +33,11 @@ VsockDriver::~VsockDriver() {
 
 void VsockDriver::FreeAll() {
   DmaAllocator& dma = drv_.transport().dma();
-  for (DmaBuffer* b : {&rx_, &ev_, &tx_big_, &tx_small_}) {
+  for (DmaBuffer* b : {&rx_, &ev_, &tx_[0].buf, &tx_[1].buf, &tx_[2].buf}) {
     if (b->host) dma.Free(*b);
     *b = {};
   }
-  tx_free_big_.clear();
-  tx_free_small_.clear();
+  for (TxPool& p : tx_) p.free.clear();
   tx_in_flight_ = 0;
 }
 
@@ -86,16 +85,15 @@ absl::Status VsockDriver::Init(uint64_t ring_features, const VsockDriverOptions&
   auto ev = dma.Allocate(size_t{kEventSlots} * kEventSlot, 64, Access::kWrite);
   if (!ev.ok()) return ev.status();
   ev_ = *ev;
-  const uint32_t big = std::min(o.tx_slots, txq.size());
-  tx_big_slot_ = (vsock::kHdrSize + o.max_packet + 63) & ~63u;
-  auto tb = dma.Allocate(size_t{big} * tx_big_slot_, 64, Access::kRead);
-  if (!tb.ok()) return tb.status();
-  tx_big_ = *tb;
-  for (uint32_t i = big; i > 0; --i) tx_free_big_.push_back(i - 1);
-  auto ts = dma.Allocate(size_t{txq.size()} * kSmallSlot, 64, Access::kRead);
-  if (!ts.ok()) return ts.status();
-  tx_small_ = *ts;
-  for (uint32_t i = txq.size(); i > 0; --i) tx_free_small_.push_back(i - 1);
+  const uint32_t counts[3] = {txq.size(), txq.size(), std::min(o.tx_slots, txq.size())};
+  const uint32_t sizes[3] = {kSmallSlot, kMediumSlot, (vsock::kHdrSize + o.max_packet + 63) & ~63u};
+  for (int k = 0; k < 3; ++k) {
+    auto b = dma.Allocate(size_t{counts[k]} * sizes[k], 64, Access::kRead);
+    if (!b.ok()) return b.status();
+    tx_[k].buf = *b;
+    tx_[k].slot = sizes[k];
+    for (uint32_t i = counts[k]; i > 0; --i) tx_[k].free.push_back(i - 1);
+  }
   for (uint32_t i = 0; i < rx_count; ++i)
     if (absl::Status s = PostRx(i); !s.ok()) return s;
   for (uint32_t i = 0; i < std::min(kEventSlots, drv_.queue(vsock::kEventQueue).size()); ++i)
@@ -267,23 +265,21 @@ absl::Status VsockDriver::Flush() {
   bool added = false;
   while (!pending_.empty()) {
     vsock::Packet& p = pending_.front();
-    const bool big = !p.payload.empty();
-    std::vector<uint32_t>& pool = big ? tx_free_big_ : tx_free_small_;
-    if (pool.empty()) break;
-    const uint32_t slot = pool.back();
-    const uint32_t slot_size = big ? tx_big_slot_ : kSmallSlot;
-    const DmaBuffer& buf = big ? tx_big_ : tx_small_;
-    uint8_t* dst = buf.host + size_t{slot} * slot_size;
+    const size_t need = vsock::kHdrSize + p.payload.size();
+    const int k = need <= kSmallSlot ? 0 : need <= kMediumSlot ? 1 : 2;
+    TxPool& pool = tx_[k];
+    if (pool.free.empty()) break;
+    const uint32_t slot = pool.free.back();
+    uint8_t* dst = pool.buf.host + size_t{slot} * pool.slot;
     p.hdr.len = static_cast<uint32_t>(p.payload.size());
     std::memcpy(dst, &p.hdr, vsock::kHdrSize);
-    if (big) std::memcpy(dst + vsock::kHdrSize, p.payload.data(), p.payload.size());
-    DriverBuffer b{buf.device_addr + uint64_t{slot} * slot_size, static_cast<uint32_t>(vsock::kHdrSize + p.payload.size()),
-                   false};
-    const AddStatus a = q.Add({&b, 1}, big ? (kBigToken | slot) : slot);
+    if (!p.payload.empty()) std::memcpy(dst + vsock::kHdrSize, p.payload.data(), p.payload.size());
+    DriverBuffer b{pool.buf.device_addr + uint64_t{slot} * pool.slot, static_cast<uint32_t>(need), false};
+    const AddStatus a = q.Add({&b, 1}, (uint64_t{static_cast<uint32_t>(k)} << 32) | slot);
     if (a == AddStatus::kFull) break;
     if (a == AddStatus::kBroken) return RingErrorStatus(q.error(), 0);
     if (a != AddStatus::kOk) return absl::InternalError("vsock: transmit buffer not queued");
-    pool.pop_back();
+    pool.free.pop_back();
     ++tx_in_flight_;
     ++stats_.tx_packets;
     stats_.tx_bytes += p.payload.size();
@@ -302,8 +298,10 @@ absl::Status VsockDriver::Reap() {
     const UsedStatus u = txq.GetUsed(&token, &len);
     if (u == UsedStatus::kBroken) return RingErrorStatus(txq.error(), 0);
     if (u == UsedStatus::kNone) break;
-    if (token & kBigToken) tx_free_big_.push_back(static_cast<uint32_t>(token));
-    else tx_free_small_.push_back(static_cast<uint32_t>(token));
+    const uint64_t k = token >> 32;
+    if (k >= tx_.size() || (token & 0xffffffff) >= tx_[k].buf.size / tx_[k].slot)
+      return absl::DataLossError(absl::StrCat("vsock: device returned unknown transmit buffer ", token));
+    tx_[k].free.push_back(static_cast<uint32_t>(token));
     --tx_in_flight_;
   }
   DriverQueue& rxq = drv_.queue(vsock::kRxQueue);

@@ -6,7 +6,10 @@
 // share, so a flooding port does not crowd out the others. An eventfd is
 // readable while items wait (the receiving device's loop watches it).
 //
-// T needs a free function `size_t InboxBytes(const T&)` (found by ADL).
+// T needs free functions (found by ADL) `size_t InboxBytes(const T&)` and
+// `bool InboxMerge(T& queued, T& next)`: true if `next` was folded into
+// `queued`, the last item waiting from the same source (vsock joins a
+// stream's small packets, so the item limits count data, not writes).
 #pragma once
 
 #include <atomic>
@@ -69,6 +72,15 @@ class PortInbox {
       for (T& it : items) {
         const size_t queued = src->items.size() - src->head;
         const size_t b = InboxBytes(it);
+        if (queued > 0 && bytes_ + b <= limits_.bytes) {
+          T& last = src->items.back();
+          const size_t before = InboxBytes(last);
+          if (InboxMerge(last, it)) {
+            bytes_ += InboxBytes(last) - before;
+            ++taken;
+            continue;
+          }
+        }
         if (count_ >= limits_.items || bytes_ + b > limits_.bytes || queued >= limits_.per_source) break;
         bytes_ += b;
         ++count_;

@@ -46,6 +46,7 @@ class FrameSink {
 // The receiving side of one port (port_inbox.h): bounded in frames and
 // bytes, and per source, with an eventfd to wake the receiver.
 inline size_t InboxBytes(const Frame& f) { return f.data.size(); }
+inline bool InboxMerge(Frame&, Frame&) { return false; }  // frames stay frames
 using Inbox = PortInbox<Frame>;
 
 // Per-port counters every port kind reports (device ports and the uplink).

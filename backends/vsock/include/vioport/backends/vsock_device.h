@@ -31,6 +31,23 @@ namespace vioport {
 
 namespace vsock {
 inline size_t InboxBytes(const Packet& p) { return kHdrSize + p.payload.size(); }
+// A STREAM RW that follows another of the same connection waiting in the
+// inbox joins it (up to kMaxPayload): the receiver sees the same bytes in
+// the same order, the credit fields of the later packet. Linux's receive
+// path merges small packets the same way.
+inline bool InboxMerge(Packet& queued, Packet& next) {
+  const Hdr& a = queued.hdr;
+  const Hdr& b = next.hdr;
+  if (a.op != kOpRw || b.op != kOpRw || a.type != kTypeStream || b.type != kTypeStream || a.flags || b.flags ||
+      a.src_cid != b.src_cid || a.dst_cid != b.dst_cid || a.src_port != b.src_port || a.dst_port != b.dst_port ||
+      queued.payload.size() + next.payload.size() > kMaxPayload)
+    return false;
+  queued.payload.insert(queued.payload.end(), next.payload.begin(), next.payload.end());
+  queued.hdr.buf_alloc = b.buf_alloc;
+  queued.hdr.fwd_cnt = b.fwd_cnt;
+  queued.hdr.len = static_cast<uint32_t>(queued.payload.size());
+  return true;
+}
 using Inbox = PortInbox<Packet>;
 
 // Where a device's checked packets go (vios's hub), on the device's thread,

@@ -11,6 +11,7 @@
 // control packets; all posted and reaped in batches.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -36,7 +37,7 @@ struct VsockDriverOptions {
   // Xen back-end maps (its maptrack table holds 1024).
   uint32_t rx_buffers = 64;
   uint32_t rx_buffer = 16 * 1024;
-  uint32_t tx_slots = 16;          // data packets in flight
+  uint32_t tx_slots = 16;          // packets over 4 KiB of data in flight (4 KiB ones: a queue's worth)
   uint32_t max_packet = vsock::kMaxPayload;
   uint32_t buf_alloc = 256 * 1024; // per connection: what we advertise
   uint32_t backlog = 128;          // connections waiting in Accept, per listener
@@ -154,9 +155,16 @@ class VsockDriver {
   absl::Status failed_;
   uint64_t guest_cid_ = 0;
   bool seqpacket_ = false;
-  DmaBuffer rx_{}, ev_{}, tx_big_{}, tx_small_{};
-  uint32_t rx_slot_ = 0, tx_big_slot_ = 0;
-  std::vector<uint32_t> tx_free_big_, tx_free_small_;
+  DmaBuffer rx_{}, ev_{};
+  uint32_t rx_slot_ = 0;
+  // Transmit slots by size: headers only, payloads up to 4 KiB, up to
+  // max_packet. A packet takes the smallest that fits.
+  struct TxPool {
+    DmaBuffer buf{};
+    uint32_t slot = 0;
+    std::vector<uint32_t> free;
+  };
+  std::array<TxPool, 3> tx_{};
   uint32_t tx_in_flight_ = 0;
   std::deque<vsock::Packet> pending_;  // made, not yet in the ring
   absl::flat_hash_map<ConnId, std::unique_ptr<Conn>> conns_;
