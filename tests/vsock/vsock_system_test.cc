@@ -12,6 +12,7 @@
 //    group is refused.
 //  - SeqpacketBoundaries: message boundaries guest to host and guest to
 //    guest.
+//  - ConnectionFloodIsRefusedAtTheLimit: 1100 connections from one guest.
 //  - ViosRestartedUnder{Crq,Xen}Guest: vios killed under a connected guest;
 //    its connection ends, the host's socket closes, its listener survives
 //    the restart and takes a new connection.
@@ -221,6 +222,24 @@ TEST_F(VsockSystem, SeqpacketBoundaries) {
   EXPECT_EQ(lb.status, 0) << lb.out() << lb.err();
   EXPECT_EQ(Refusals("a"), "");
   EXPECT_EQ(Refusals("b"), "");
+}
+
+// A guest opening connections in a loop: the hub takes 1024 per guest and
+// refuses the next (counted); when the guest goes, every one is closed and
+// vios holds nothing.
+TEST_F(VsockSystem, ConnectionFloodIsRefusedAtTheLimit) {
+  const Dev a = Add("a", 3, "shm", "");
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  Proc& host = Peer({"serve", "--listen", a.uds_path + "_9000"}, "peer");
+  ASSERT_TRUE(testproc::WaitFor([&] { return std::filesystem::exists(a.uds_path + "_9000"); }, 10)) << host.err();
+  Proc& g = Guest(a, {"connect", "--cid", "2", "--port", "9000", "--connections", "1100", "--timeout", "60"});
+  g.Wait(120);
+  EXPECT_EQ(g.status, 2) << g.out() << g.err();
+  EXPECT_TRUE(absl::StrContains(g.err(), "vsock connect to 2:9000")) << g.err();
+  EXPECT_TRUE(absl::StrContains(g.err(), "refused")) << g.err();
+  EXPECT_EQ(Stat("a", "hub.refused_too_many_conns"), 1u) << Viosctl("stats a");
+  EXPECT_EQ(Stat("a", "hub.conns_total"), 1024u);
+  EXPECT_TRUE(testproc::WaitFor([&] { return Stat("a", "hub.conns_open") == 0; }, 20)) << Viosctl("stats a");
 }
 
 // Over crq and Xen: their guest sides find a restarted vios again (the
