@@ -11,17 +11,23 @@
 # bytes (tx) and the echo is compared (rr).
 #   --secs N        seconds per run (default 3)
 #   --transports L  comma-separated subset of shm,vhost-user,crq,xen
+#   --window SIZE   the credit window both ways: vios's buf-alloc and the
+#                   guest driver's (default 256K, as Linux's default socket
+#                   buffer); above 256K the guest also posts 96 receive
+#                   buffers instead of 64
 # Prints one line per run and the ratio to the baseline; docs/performance.md
 # records its output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=3
 TRANSPORTS=shm,vhost-user,crq,xen
+WINDOW=256K
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --secs) SECS="$2"; shift 2 ;;
     --transports) TRANSPORTS="$2"; shift 2 ;;
+    --window) WINDOW="$2"; shift 2 ;;
     *) echo "bench-vsock.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -64,7 +70,7 @@ cid=3
 for t in "${list[@]}"; do
   [[ -n "${attach[$t]:-}" ]] || { echo "bench-vsock.sh: unknown transport $t" >&2; exit 2; }
   id=${t//-/}
-  args+=(--device "vsock,id=$id,cid=$cid,uds-path=$work/$id.vsock" --attach "$id,${attach[$t]}")
+  args+=(--device "vsock,id=$id,cid=$cid,uds-path=$work/$id.vsock,buf-alloc=$WINDOW" --attach "$id,${attach[$t]}")
   cid=$((cid + 1))
 done
 "$VIOS" "${args[@]}" --control "$work/vios.ctl" 2>"$work/vios.log" &
@@ -79,7 +85,9 @@ done
 pids+=($!)
 sleep 0.3
 
-echo "vsock: $SECS s per run; guest client through vios against vsock-peer, baseline = the same over a Unix socket"
+rxbufs=64
+[[ $WINDOW == 256K || $WINDOW == 262144 ]] || rxbufs=96
+echo "vsock: $SECS s per run, window $WINDOW; guest client through vios against vsock-peer, baseline = the same over a Unix socket"
 printf '%-14s %-12s %12s %10s\n' workload path result ratio
 run() {  # run MODE SIZE
   local mode=$1 size=$2 base out v key unit
@@ -91,7 +99,7 @@ run() {  # run MODE SIZE
     "$([[ $mode == rr ]] && echo " p50 $(field p50_us <<<"$out") us p99 $(field p99_us <<<"$out") us")"
   for t in "${list[@]}"; do
     out=$("$VIOGUEST" --quiet --transport "${guest[$t]}" vsock bench --cid 2 --port 5000 --mode "$mode" --size "$size" \
-      --time "$SECS" 2>&1) || { echo "$t $mode $size failed: $out" >&2; exit 1; }
+      --time "$SECS" --buf-alloc "$WINDOW" --rx-buffers "$rxbufs" 2>&1) || { echo "$t $mode $size failed: $out" >&2; exit 1; }
     [[ $(field verified <<<"$out") == yes ]] || { echo "$t $mode $size not verified: $out" >&2; exit 1; }
     v=$(field "$key" <<<"$out")
     printf '%-14s %-12s %12s %10s  %s%s\n' "$mode $size" "$t" "$v" "$(awk -v a="$v" -v b="$base" 'BEGIN{printf "%.2f", a/b}')" "$unit" \

@@ -127,7 +127,7 @@ class Runner {
     if (!f.s.echo && f.sent < f.s.send_len) {
       const uint64_t left = f.s.send_len - f.sent;
       const uint64_t msg = f.s.seqpacket ? std::min<uint64_t>(MessageSize(f.s.send_seed, f.msg_sent, f.s.size), left + f.msg_off)
-                                         : std::min<uint64_t>(f.s.size, left);
+                                         : std::min<uint64_t>(f.s.size, left + f.msg_off);
       const size_t n = static_cast<size_t>(msg - f.msg_off);
       std::span<uint8_t> out(buf_.data(), n);
       pattern::Fill(f.s.send_seed, f.sent, out);
@@ -385,6 +385,7 @@ int Vsock(Guest& g, const Args& a) {
   const std::vector<uint64_t> ports = List(a, "port");
   for (uint64_t p : ports)
     if (p > 0xffffffffull) Usage(absl::StrCat("--port ", p, ": ports are 32-bit"));
+  (void)SpecFrom(a, 0);  // bad data options fail now, not at the first connection
   std::vector<Flow> flows;
   const absl::Time start = absl::Now();
   if (cmd == "connect") {

@@ -328,6 +328,7 @@ class LinuxGuest : public ::testing::Test {
     } else {
       backend_bin_ = Env("VIOPORT_VIOS", VIOS_BIN);
     }
+    vioguest_bin_ = Env("VIOPORT_VIOGUEST", VIOGUEST_BIN);
     scale_ = kSlow * std::stod(Env("VIOPORT_LINUX_TIMEOUT_SCALE", "1"));
     Log("[ backend  ] %s (%s); work dir %s\n", backend_kind_.c_str(), backend_bin_.c_str(), dir_.c_str());
   }
@@ -560,7 +561,7 @@ class LinuxGuest : public ::testing::Test {
     return p.empty() ? prog : p;
   }
 
-  std::string backend_kind_, backend_bin_, qemu_, kernel_dir_;
+  std::string backend_kind_, backend_bin_, vioguest_bin_, qemu_, kernel_dir_;
   std::string dir_, sock_dir_, sock_;
   double scale_ = 1;
   std::deque<std::unique_ptr<Child>> backends_;
@@ -1028,7 +1029,7 @@ TEST_F(LinuxGuest, NetLinuxGuestReachesEveryTransport) {
   std::vector<Child*> sinks;
   for (const Peer& p : peers) {
     backends_.push_back(std::make_unique<Child>(
-        in_ns(p, {VIOGUEST_BIN, "--transport", p.at.guest, "net", "tap", "--ifname", "vt0"}), dir_, "vioguest-" + p.name));
+        in_ns(p, {vioguest_bin_, "--transport", p.at.guest, "net", "tap", "--ifname", "vt0"}), dir_, "vioguest-" + p.name));
     Child& tap = *backends_.back();
     const auto t0 = Clock::now();
     while (Slurp(tap.err_path()).find("joined to the device") == std::string::npos) {
@@ -1831,7 +1832,7 @@ TEST_F(LinuxGuestVsock, ReachesVioguestsOverEveryTransport) {
   }
   const std::string len = std::to_string(kBytes), timeout = std::to_string(static_cast<int>(120 * scale_));
   auto vioguest = [&](const Peer& p, const std::string& role, const std::vector<std::string>& args) -> Child& {
-    std::vector<std::string> a = {VIOGUEST_BIN, "--transport", p.at.guest, "vsock", role};
+    std::vector<std::string> a = {vioguest_bin_, "--transport", p.at.guest, "vsock", role};
     a.insert(a.end(), args.begin(), args.end());
     a.insert(a.end(), {"--length", len, "--expect-length", len, "--timeout", timeout});
     backends_.push_back(std::make_unique<Child>(a, dir_, "vioguest-" + role + "-" + p.at.transport));

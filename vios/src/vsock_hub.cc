@@ -175,6 +175,7 @@ absl::Status VsockHub::AddGuest(Guest g) {
 }
 
 void VsockHub::RemoveGuest(uint64_t cid) {
+  EndSiblings(cid);
   absl::MutexLock l(&mu_);
   auto it = guests_.find(cid);
   if (it == guests_.end()) return;
@@ -184,10 +185,68 @@ void VsockHub::RemoveGuest(uint64_t cid) {
 }
 
 void VsockHub::DriverGone(uint64_t cid) {
+  EndSiblings(cid);
   absl::MutexLock l(&mu_);
   if (!guests_.count(cid)) return;
   gone_.push_back(cid);
   Wake();
+}
+
+VsockHub::SibKey VsockHub::SibKeyOf(const vsock::Hdr& h) {
+  if (h.src_cid < h.dst_cid) return {h.src_cid, h.src_port, h.dst_cid, h.dst_port};
+  return {h.dst_cid, h.dst_port, h.src_cid, h.src_port};
+}
+
+void VsockHub::TrackSibling(GuestState& from, const vsock::Hdr& h, bool* refuse) {
+  absl::MutexLock l(&sib_mu_);
+  const SibKey k = SibKeyOf(h);
+  if (h.op == vsock::kOpRst) {
+    if (siblings_.erase(k)) {
+      --sib_count_[std::get<0>(k)];
+      --sib_count_[std::get<2>(k)];
+    }
+    return;
+  }
+  if (siblings_.count(k)) return;  // a REQUEST again: the receiver answers it
+  if (sib_count_[h.src_cid] >= opts_.max_conns || sib_count_[h.dst_cid] >= opts_.max_conns) {
+    *refuse = true;
+    return;
+  }
+  (void)from;
+  siblings_[k] = h.type;
+  ++sib_count_[std::get<0>(k)];
+  ++sib_count_[std::get<2>(k)];
+}
+
+void VsockHub::EndSiblings(uint64_t cid) {
+  std::vector<std::pair<SibKey, uint16_t>> ended;
+  {
+    absl::MutexLock l(&sib_mu_);
+    for (auto it = siblings_.begin(); it != siblings_.end();) {
+      if (std::get<0>(it->first) == cid || std::get<2>(it->first) == cid) {
+        ended.push_back(*it);
+        --sib_count_[std::get<0>(it->first)];
+        --sib_count_[std::get<2>(it->first)];
+        it = siblings_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    sib_count_.erase(cid);
+  }
+  absl::ReaderMutexLock l(&mu_);
+  for (const auto& [k, type] : ended) {
+    const bool low = std::get<0>(k) == cid;
+    Packet r;
+    r.hdr.src_cid = cid;
+    r.hdr.src_port = low ? std::get<1>(k) : std::get<3>(k);
+    r.hdr.dst_cid = low ? std::get<2>(k) : std::get<0>(k);
+    r.hdr.dst_port = low ? std::get<3>(k) : std::get<1>(k);
+    r.hdr.type = type;
+    r.hdr.op = vsock::kOpRst;
+    auto it = guests_.find(r.hdr.dst_cid);
+    if (it != guests_.end()) it->second->g.inbox->Push(kHubSource, {&r, 1});
+  }
 }
 
 bool VsockHub::HasCid(uint64_t cid) const {
@@ -226,6 +285,14 @@ void VsockHub::Send(uint64_t from_cid, std::vector<Packet>& packets) {
       continue;
     }
     const vsock::Hdr h = p.hdr;
+    if (h.op == vsock::kOpRequest || h.op == vsock::kOpRst) {
+      bool over = false;
+      TrackSibling(from, h, &over);
+      if (over) {
+        refuse(h, Refusal::kTooManyConns);
+        continue;
+      }
+    }
     if (to.g.inbox->Push(static_cast<uint32_t>(from_cid), {&p, 1}) == 0) {
       // The receiver's inbox is full: rather than lose a piece of a stream
       // silently, both ends get an RST.

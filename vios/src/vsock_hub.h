@@ -28,6 +28,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -123,6 +124,17 @@ class VsockHub final : public vsock::PacketSink {
   std::vector<std::shared_ptr<GuestState>> added_ ABSL_GUARDED_BY(mu_);    // for the hub thread to start serving
   std::vector<std::shared_ptr<GuestState>> removed_ ABSL_GUARDED_BY(mu_);  // for the hub thread to close
   std::vector<uint64_t> gone_ ABSL_GUARDED_BY(mu_);  // CIDs whose driver went: connections to drop
+  // Connections between guests, from their REQUEST to an RST either way:
+  // when one guest's driver goes, the other end gets the RST its peer can
+  // no longer send. Keyed (lower cid, its port, higher cid, its port); the
+  // value is the socket type. At most max_conns per guest.
+  using SibKey = std::tuple<uint64_t, uint32_t, uint64_t, uint32_t>;
+  static SibKey SibKeyOf(const vsock::Hdr& h);
+  void TrackSibling(GuestState& from, const vsock::Hdr& h, bool* refuse);
+  void EndSiblings(uint64_t cid);
+  absl::Mutex sib_mu_;
+  std::map<SibKey, uint16_t> siblings_ ABSL_GUARDED_BY(sib_mu_);
+  std::map<uint64_t, uint32_t> sib_count_ ABSL_GUARDED_BY(sib_mu_);
 
   // Hub thread only.
   std::map<uint64_t, std::shared_ptr<GuestState>> serving_;

@@ -85,7 +85,10 @@ absl::Status VsockDriver::Init(uint64_t ring_features, const VsockDriverOptions&
   auto ev = dma.Allocate(size_t{kEventSlots} * kEventSlot, 64, Access::kWrite);
   if (!ev.ok()) return ev.status();
   ev_ = *ev;
-  const uint32_t counts[3] = {txq.size(), txq.size(), std::min(o.tx_slots, txq.size())};
+  // Pages in flight count on some transports (a Xen back-end maps each one
+  // and holds at most 1024): 64 of the 4 KiB kind (128 pages), 16 of the
+  // 64 KiB kind (272), headers in a few pages.
+  const uint32_t counts[3] = {txq.size(), std::min(64u, txq.size()), std::min(o.tx_slots, txq.size())};
   const uint32_t sizes[3] = {kSmallSlot, kMediumSlot, (vsock::kHdrSize + o.max_packet + 63) & ~63u};
   for (int k = 0; k < 3; ++k) {
     auto b = dma.Allocate(size_t{counts[k]} * sizes[k], 64, Access::kRead);

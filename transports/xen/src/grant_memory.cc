@@ -132,7 +132,9 @@ class GrantMapMemory final : public GrantMemoryBase {
     if (pages == 0) return false;
     const std::vector<GrantRef> refs = Refs(ref, pages);
     auto m = ch_.MapGrants(fe_, refs, Allows(access, Access::kWrite));
-    if (!m.ok()) return false;
+    // No room to map (the maptrack table is full, as a busy back-end's can
+    // be): the access goes by grant copy, which checks the grant itself.
+    if (!m.ok()) return absl::IsResourceExhausted(m.status());
     (void)ch_.UnmapGrants(*m, static_cast<uint32_t>(refs.size()));
     return true;
   }

@@ -37,7 +37,7 @@ struct VsockDriverOptions {
   // Xen back-end maps (its maptrack table holds 1024).
   uint32_t rx_buffers = 64;
   uint32_t rx_buffer = 16 * 1024;
-  uint32_t tx_slots = 16;          // packets over 4 KiB of data in flight (4 KiB ones: a queue's worth)
+  uint32_t tx_slots = 16;          // packets over 4 KiB of data in flight (and 64 of up to 4 KiB)
   uint32_t max_packet = vsock::kMaxPayload;
   uint32_t buf_alloc = 256 * 1024; // per connection: what we advertise
   uint32_t backlog = 128;          // connections waiting in Accept, per listener
