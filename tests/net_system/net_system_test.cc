@@ -79,16 +79,9 @@ class NetSystem : public testproc::ViosProcessTest {
   // crq port, xenemud), then vios.
   void StartAll() {
 #ifdef NET_SYSTEM_EMULATORS
-    if (ports_.needs_crqd()) {
-      Proc& crqd = Start(ports_.CrqdArgv(CRQD_BIN), "crqd");
-      ASSERT_TRUE(WaitForPaths(ports_.CrqdPaths(), crqd)) << crqd.err();
-    }
-    if (ports_.needs_xen()) {
-      Proc& xen = Start(ports_.XenemudArgv(XENEMUD_BIN), "xenemud");
-      ASSERT_TRUE(WaitForPaths(ports_.XenemudPaths(), xen)) << xen.err();
-    }
+    ASSERT_NO_FATAL_FAILURE(StartEmulators(ports_, CRQD_BIN, XENEMUD_BIN));
 #else
-    ASSERT_FALSE(ports_.needs_crqd() || ports_.needs_xen()) << "built without the emulators";
+    ASSERT_NO_FATAL_FAILURE(StartEmulators(ports_, nullptr, nullptr));
 #endif
     SpawnVios();
   }

@@ -94,6 +94,19 @@ class Host : public vsock::PacketSink {
   std::vector<vsock::Hdr> seen;
 };
 
+// A packet header from the host to the guest.
+vsock::Hdr FromHost(uint32_t src_port, uint32_t dst_port, uint16_t op) {
+  vsock::Hdr h{};
+  h.src_cid = vsock::kCidHost;
+  h.dst_cid = kGuest;
+  h.src_port = src_port;
+  h.dst_port = dst_port;
+  h.type = vsock::kTypeStream;
+  h.op = op;
+  h.buf_alloc = 65536;
+  return h;
+}
+
 class VsockDriverTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
@@ -236,14 +249,7 @@ TEST_P(VsockDriverTest, NoListenerIsARefusal) {
   EXPECT_TRUE(absl::IsUnavailable(id.status())) << id.status();
   EXPECT_EQ(drv->open_connections(), 0u);
   // Nobody listens in the guest either: the host's REQUEST gets an RST.
-  vsock::Hdr h{};
-  h.src_cid = vsock::kCidHost;
-  h.dst_cid = kGuest;
-  h.src_port = 77;
-  h.dst_port = 9000;
-  h.type = vsock::kTypeStream;
-  h.op = vsock::kOpRequest;
-  h.buf_alloc = 65536;
+  const vsock::Hdr h = FromHost(77, 9000, vsock::kOpRequest);
   host->seen.clear();
   host->ToGuest({h, {}});
   ASSERT_TRUE(PollUntil([&] { return !host->seen.empty(); }));
@@ -266,14 +272,7 @@ TEST_P(VsockDriverTest, TransportResetEndsConnectionsListenersStay) {
   drv->Close(*id);
   EXPECT_EQ(drv->guest_cid(), kGuest);
   // The listener survived: a host REQUEST to it is accepted.
-  vsock::Hdr h{};
-  h.src_cid = vsock::kCidHost;
-  h.dst_cid = kGuest;
-  h.src_port = 5555;
-  h.dst_port = 9000;
-  h.type = vsock::kTypeStream;
-  h.op = vsock::kOpRequest;
-  h.buf_alloc = 65536;
+  const vsock::Hdr h = FromHost(5555, 9000, vsock::kOpRequest);
   host->seen.clear();
   host->ToGuest({h, {}});
   auto a = drv->Accept(9000, vsock::kTypeStream, absl::Seconds(5));
@@ -288,16 +287,7 @@ TEST_P(VsockDriverTest, NonsenseFromTheDeviceIsCountedOrReset) {
   Host::Conn* hc = host->Only();
   ASSERT_NE(hc, nullptr);
   const uint32_t guest_port = hc->ep->peer_port();
-  auto base = [&] {
-    vsock::Hdr h{};
-    h.src_cid = vsock::kCidHost;
-    h.dst_cid = kGuest;
-    h.src_port = kHostPort;
-    h.dst_port = guest_port;
-    h.type = vsock::kTypeStream;
-    h.buf_alloc = 65536;
-    return h;
-  };
+  auto base = [&] { return FromHost(kHostPort, guest_port, vsock::kOpRw); };
   host->seen.clear();
   // Another guest's CID: dropped, counted.
   vsock::Hdr wrong = base();

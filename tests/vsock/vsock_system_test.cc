@@ -66,16 +66,9 @@ class VsockSystem : public testproc::ViosProcessTest {
   }
   void StartAll() {
 #ifdef VSOCK_SYSTEM_EMULATORS
-    if (ports_.needs_crqd()) {
-      Proc& crqd = Start(ports_.CrqdArgv(CRQD_BIN), "crqd");
-      ASSERT_TRUE(WaitForPaths(ports_.CrqdPaths(), crqd)) << crqd.err();
-    }
-    if (ports_.needs_xen()) {
-      Proc& xen = Start(ports_.XenemudArgv(XENEMUD_BIN), "xenemud");
-      ASSERT_TRUE(WaitForPaths(ports_.XenemudPaths(), xen)) << xen.err();
-    }
+    ASSERT_NO_FATAL_FAILURE(StartEmulators(ports_, CRQD_BIN, XENEMUD_BIN));
 #else
-    ASSERT_FALSE(ports_.needs_crqd() || ports_.needs_xen()) << "built without the emulators";
+    ASSERT_NO_FATAL_FAILURE(StartEmulators(ports_, nullptr, nullptr));
 #endif
     SpawnVios();
   }

@@ -72,7 +72,7 @@ struct Checksum64 {
       ncarry = 0;
     }
     for (; i + 8 <= d.size(); i += 8) Mix(d.data() + i);
-    while (i < d.size()) carry[ncarry++] = d[i++];
+    while (i < d.size() && ncarry < 8) carry[ncarry++] = d[i++];  // fewer than 8 left: the bound only says so
   }
   uint64_t Value() const {
     Checksum64 c = *this;

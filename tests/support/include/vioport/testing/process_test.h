@@ -30,6 +30,7 @@
 #include "absl/strings/str_split.h"
 
 #include "absl/strings/str_cat.h"
+#include "vioport/testing/emulated_ports.h"
 #include "vioport/testing/process.h"
 #include "vioport/testing/tool_output.h"
 
@@ -219,6 +220,20 @@ class ViosProcessTest : public ProcessTest {
         },
         seconds);
     return got != ~0ull && got >= bytes && writer.Running();
+  }
+  // The channel emulators `ports` needs (crqd, xenemud), each up once its
+  // sockets exist; a null binary: built without that emulator.
+  void StartEmulators(const EmulatedPorts& ports, const char* crqd_bin, const char* xenemud_bin) {
+    if (ports.needs_crqd()) {
+      ASSERT_NE(crqd_bin, nullptr) << "built without crqd";
+      Proc& crqd = Start(ports.CrqdArgv(crqd_bin), "crqd");
+      ASSERT_TRUE(WaitForPaths(ports.CrqdPaths(), crqd)) << crqd.err();
+    }
+    if (ports.needs_xen()) {
+      ASSERT_NE(xenemud_bin, nullptr) << "built without xenemud";
+      Proc& xen = Start(ports.XenemudArgv(xenemud_bin), "xenemud");
+      ASSERT_TRUE(WaitForPaths(ports.XenemudPaths(), xen)) << xen.err();
+    }
   }
   // Waits until `list` shows device `id` waiting for a guest (the last one
   // left); `*list` gets what vios listed last.
