@@ -8,7 +8,9 @@
 //   - a guest connecting to a host listener at uds_path_PORT: 256 KiB
 //     each way within credit, verified, and the host's close reaching it;
 //   - routes between guests only within a group; no listener, no route,
-//     a connection flood and a garbage CONNECT line each refused and counted.
+//     a connection flood and a garbage CONNECT line each refused and counted;
+//   - an RST storm and stray packets from a guest that never reads: no RST
+//     for an RST, bounded, the hub still answering.
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -277,6 +279,66 @@ TEST_F(VsockHubTest, RoutesBetweenGuestsOnlyWithinAGroup) {
   ASSERT_TRUE(c.Next(&p));
   EXPECT_EQ(p.hdr.op, vsock::kOpRst);
   EXPECT_FALSE(b.Next(&p, 100));
+}
+
+// An RST storm and packets for connections that do not exist, from a
+// guest that never reads: no RST answers an RST, every other packet is
+// refused and counted, what waits for the guest stays bounded (its inbox,
+// then the hub's backlog; the rest is counted), and the hub still answers
+// once the guest reads again.
+TEST_F(VsockHubTest, RstStormFromAGuestThatNeverReads) {
+  auto hub = Hub();
+  FakeGuest g(*hub, 3, dir_ + "/v3.sock");
+  FakeGuest other(*hub, 4);  // no shared group: a route the storm may not take
+  constexpr uint32_t kRsts = 30000, kStrays = 30000;
+  std::vector<Packet> batch;
+  auto flush = [&] {
+    g.Send(std::move(batch));
+    batch.clear();
+  };
+  for (uint32_t i = 0; i < kRsts; ++i) {
+    Hdr h = Request(3, 1 + i, i % 2 ? vsock::kCidHost : 4, 80);
+    h.op = vsock::kOpRst;
+    batch.push_back(Packet{h, {}});
+    if (batch.size() == 64) flush();
+  }
+  for (uint32_t i = 0; i < kStrays; ++i) {
+    Hdr h = Request(3, 100000 + i, vsock::kCidHost, 80);
+    h.op = vsock::kOpRw;
+    h.len = 16;
+    batch.push_back(Packet{h, std::vector<uint8_t>(16, 7)});
+    if (batch.size() == 64) flush();
+  }
+  flush();
+  // Every stray packet was refused (no connection, or no room on the way
+  // to the hub's thread: then counted as no route), and so were the RSTs
+  // that found no room; the RSTs to a guest outside the group are counted
+  // there. None of the RSTs is answered (below).
+  EXPECT_TRUE(testproc::WaitFor(
+      [&] {
+        return Counter(*hub, 3, "hub.refused_no_connection") + Counter(*hub, 3, "hub.refused_no_route") >= kStrays;
+      },
+      20))
+      << Counter(*hub, 3, "hub.refused_no_connection") << " + " << Counter(*hub, 3, "hub.refused_no_route");
+  EXPECT_EQ(Counter(*hub, 3, "hub.refused_group"), kRsts / 2);
+  // Drain: only RSTs, none for an RST, at most the inbox and the backlog.
+  Packet p;
+  uint64_t got = 0;
+  while (g.Next(&p, 1000)) {
+    ++got;
+    ASSERT_EQ(p.hdr.op, vsock::kOpRst);
+    ASSERT_GE(p.hdr.dst_port, 100000u) << "an RST answered an RST";
+  }
+  EXPECT_GT(got, 0u);
+  EXPECT_LE(got, kStrays);
+  EXPECT_LE(got, 1024u + 16384u + 64u) << "held for a guest that did not read";
+  // The hub still answers.
+  g.Send(Packet{Request(3, 7, vsock::kCidHost, 1), {}});
+  ASSERT_TRUE(g.Next(&p));
+  EXPECT_EQ(p.hdr.op, vsock::kOpRst);
+  EXPECT_EQ(p.hdr.dst_port, 7u);
+  Packet none;
+  EXPECT_FALSE(other.Next(&none, 200)) << "nothing crossed to a guest outside the group";
 }
 
 TEST_F(VsockHubTest, RefusalsAreCountedAndAnswered) {
