@@ -269,7 +269,7 @@ void RunFlows(VsockDriver& d, std::vector<Flow>& flows, uint32_t size, absl::Tim
   }
 }
 
-int Bench(Guest& g, VsockDriver& d, const Args& a) {
+int Bench(VsockDriver& d, const Args& a) {
   if (!a.opts.count("cid") || !a.opts.count("port")) Usage("vsock bench needs --cid and --port");
   const std::string mode = a.opts.count("mode") ? a.opts.at("mode") : "tx";
   vsock_bench::Header h;
@@ -356,7 +356,6 @@ int Bench(Guest& g, VsockDriver& d, const Args& a) {
     std::printf("result device=vsock op=%s size=%u bytes=%" PRIu64 " seconds=%.3f mbps=%.1f verified=%s\n", mode.c_str(), h.size,
                 bytes, elapsed, bytes / elapsed / 1e6, ok ? "yes" : "no");
   }
-  (void)g;
   return ok ? 0 : 1;
 }
 
@@ -377,7 +376,7 @@ int Vsock(Guest& g, const Args& a) {
                 d.seqpacket() ? "yes" : "no", d.driver().features());
     return 0;
   }
-  if (cmd == "bench") return Bench(g, d, a);
+  if (cmd == "bench") return Bench(d, a);
   const uint16_t type = a.flags.count("seqpacket") ? vsock::kTypeSeqpacket : vsock::kTypeStream;
   const uint32_t size = static_cast<uint32_t>(Size(a, "size", 4096));
   const absl::Duration timeout = absl::Seconds(static_cast<int64_t>(Size(a, "timeout", 60)));

@@ -197,7 +197,7 @@ VsockHub::SibKey VsockHub::SibKeyOf(const vsock::Hdr& h) {
   return {h.dst_cid, h.dst_port, h.src_cid, h.src_port};
 }
 
-void VsockHub::TrackSibling(GuestState& from, const vsock::Hdr& h, bool* refuse) {
+void VsockHub::TrackSibling(const vsock::Hdr& h, bool* refuse) {
   absl::MutexLock l(&sib_mu_);
   const SibKey k = SibKeyOf(h);
   if (h.op == vsock::kOpRst) {
@@ -212,7 +212,6 @@ void VsockHub::TrackSibling(GuestState& from, const vsock::Hdr& h, bool* refuse)
     *refuse = true;
     return;
   }
-  (void)from;
   siblings_[k] = h.type;
   ++sib_count_[std::get<0>(k)];
   ++sib_count_[std::get<2>(k)];
@@ -287,7 +286,7 @@ void VsockHub::Send(uint64_t from_cid, std::vector<Packet>& packets) {
     const vsock::Hdr h = p.hdr;
     if (h.op == vsock::kOpRequest || h.op == vsock::kOpRst) {
       bool over = false;
-      TrackSibling(from, h, &over);
+      TrackSibling(h, &over);
       if (over) {
         refuse(h, Refusal::kTooManyConns);
         continue;

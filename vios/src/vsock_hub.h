@@ -130,7 +130,7 @@ class VsockHub final : public vsock::PacketSink {
   // value is the socket type. At most max_conns per guest.
   using SibKey = std::tuple<uint64_t, uint32_t, uint64_t, uint32_t>;
   static SibKey SibKeyOf(const vsock::Hdr& h);
-  void TrackSibling(GuestState& from, const vsock::Hdr& h, bool* refuse);
+  void TrackSibling(const vsock::Hdr& h, bool* refuse);
   void EndSiblings(uint64_t cid);
   absl::Mutex sib_mu_;
   std::map<SibKey, uint16_t> siblings_ ABSL_GUARDED_BY(sib_mu_);

@@ -156,6 +156,7 @@ void VsockDriver::EndAll() {
   }
   by_key_.clear();
   pending_.clear();
+  pending_bytes_ = 0;
 }
 
 void VsockDriver::TransportReset() {
@@ -182,6 +183,7 @@ void VsockDriver::Queue(vsock::Packet&& p) {
     if (pending_.size() >= kPendingLimit) return;  // a peer flooding us: its RSTs go later or never
     ++stats_.rst_sent;
   }
+  pending_bytes_ += p.payload.size();
   pending_.push_back(std::move(p));
 }
 
@@ -193,7 +195,7 @@ void VsockDriver::QueueRst(const vsock::Hdr& to) {
   Queue(std::move(p));
 }
 
-void VsockDriver::Apply(ConnId, Conn& c, vsock::Endpoint::Output& out) {
+void VsockDriver::Apply(Conn& c, vsock::Endpoint::Output& out) {
   for (vsock::Packet& p : out.to_peer) Queue(std::move(p));
   out.to_peer.clear();
   if (!out.to_host.empty() || out.eom) {
@@ -206,7 +208,7 @@ void VsockDriver::Apply(ConnId, Conn& c, vsock::Endpoint::Output& out) {
   if (c.ep->closed()) {
     c.eof = true;
     auto k = by_key_.find({c.ep->local_port(), c.ep->peer_cid(), c.ep->peer_port()});
-    if (k != by_key_.end() && conns_.count(k->second) && conns_[k->second].get() == &c) by_key_.erase(k);
+    if (k != by_key_.end() && Find(k->second) == &c) by_key_.erase(k);
   }
 }
 
@@ -232,7 +234,7 @@ void VsockDriver::Dispatch(const vsock::Hdr& h, std::span<const uint8_t> payload
       ++stats_.rst_received;
       if (!was_eof) c->reset = true;
     }
-    Apply(k->second, *c, out);
+    Apply(*c, out);
     return;
   }
   if (h.op == vsock::kOpRst) {
@@ -286,6 +288,7 @@ absl::Status VsockDriver::Flush() {
     ++tx_in_flight_;
     ++stats_.tx_packets;
     stats_.tx_bytes += p.payload.size();
+    pending_bytes_ -= p.payload.size();
     pending_.pop_front();
     added = true;
   }
@@ -431,7 +434,7 @@ absl::StatusOr<VsockDriver::ConnId> VsockDriver::Connect(uint64_t cid, uint32_t 
     if (now >= deadline) {
       vsock::Endpoint::Output out;
       ep->Reset(&out);
-      Apply(id, *conns_[id], out);
+      Apply(*conns_[id], out);
       Forget(id);
       (void)Flush();
       return absl::DeadlineExceededError(absl::StrCat("vsock: no answer from ", cid, ":", port));
@@ -495,13 +498,11 @@ absl::StatusOr<size_t> VsockDriver::Send(ConnId id, std::span<const uint8_t> dat
     if (absl::Status s = Check(); !s.ok()) return s;
     c = Find(id);
     if (!c || c->ep->closed() || c->reset) break;
-    size_t pending_bytes = 0;
-    for (const vsock::Packet& p : pending_) pending_bytes += p.payload.size();
-    if (pending_bytes < kPendingBytes) {
+    if (pending_bytes_ < kPendingBytes) {
       vsock::Endpoint::Output out;
       const size_t n = c->ep->Send(data.subspan(done), eom, &out);
       const bool made = !out.to_peer.empty();
-      Apply(id, *c, out);
+      Apply(*c, out);
       done += n;
       if (made) first = false;
       if (absl::Status s = Flush(); !s.ok()) return s;
@@ -558,7 +559,7 @@ absl::StatusOr<VsockDriver::RecvResult> VsockDriver::Recv(ConnId id, std::span<u
       c->rx_bytes -= taken;
       vsock::Endpoint::Output out;
       c->ep->Consumed(static_cast<uint32_t>(taken), &out);
-      Apply(id, *c, out);
+      Apply(*c, out);
       if (absl::Status s = Flush(); !s.ok()) return s;
       return r;
     }
@@ -579,7 +580,7 @@ absl::Status VsockDriver::Shutdown(ConnId id, uint32_t flags) {
   if (!c) return absl::NotFoundError("vsock: no such connection");
   vsock::Endpoint::Output out;
   c->ep->Shutdown(flags, &out);
-  Apply(id, *c, out);
+  Apply(*c, out);
   if (!ready_) return absl::OkStatus();
   return Flush();
 }
@@ -590,7 +591,7 @@ void VsockDriver::Close(ConnId id, absl::Duration linger) {
   if (ready_ && !c->ep->closed() && !c->reset) {
     vsock::Endpoint::Output out;
     c->ep->Shutdown(vsock::kShutdownBoth, &out);
-    Apply(id, *c, out);
+    Apply(*c, out);
     const absl::Time deadline = absl::Now() + linger;
     // Wait for what we sent to go and for the peer's RST.
     for (;;) {
@@ -604,7 +605,7 @@ void VsockDriver::Close(ConnId id, absl::Duration linger) {
     if (c && !c->ep->closed()) {
       vsock::Endpoint::Output rst;
       c->ep->Reset(&rst);
-      Apply(id, *c, rst);
+      Apply(*c, rst);
     }
     if (ready_) (void)Flush();
   }

@@ -137,7 +137,7 @@ class VsockDriver {
   absl::Status PostRx(uint32_t slot);
   absl::Status PostEvent(uint32_t slot);
   void Dispatch(const vsock::Hdr& h, std::span<const uint8_t> payload);
-  void Apply(ConnId id, Conn& c, vsock::Endpoint::Output& out);
+  void Apply(Conn& c, vsock::Endpoint::Output& out);
   void Queue(vsock::Packet&& p);
   void QueueRst(const vsock::Hdr& to);
   absl::Status Flush();
@@ -167,6 +167,7 @@ class VsockDriver {
   std::array<TxPool, 3> tx_{};
   uint32_t tx_in_flight_ = 0;
   std::deque<vsock::Packet> pending_;  // made, not yet in the ring
+  size_t pending_bytes_ = 0;           // their payload bytes
   absl::flat_hash_map<ConnId, std::unique_ptr<Conn>> conns_;
   std::map<Key, ConnId> by_key_;
   std::map<std::pair<uint32_t, uint16_t>, Listener> listeners_;  // (port, type)
