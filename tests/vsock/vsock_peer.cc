@@ -91,7 +91,9 @@ int Listen(const std::string& path, int type) {
   ::unlink(path.c_str());
   const int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
   sockaddr_un a = Addr(path);
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 256) != 0)
+  // The kernel's whole backlog: vios connects without blocking, and a full
+  // backlog (EAGAIN) is a refusal (RST) to the guest, not a wait.
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, SOMAXCONN) != 0)
     Die("listen on " + path + ": " + std::strerror(errno));
   return fd;
 }
