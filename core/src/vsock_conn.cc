@@ -102,6 +102,19 @@ void Endpoint::Reset(Output* out) {
 void Endpoint::CreditUpdate(Output* out) { out->to_peer.push_back(Make(kOpCreditUpdate)); }
 
 void Endpoint::OnPacket(const Hdr& h, std::span<const uint8_t> payload, Output* out) {
+  Receive(h, payload, Hand::kCopy, nullptr, out);
+}
+
+void Endpoint::TakePacket(const Hdr& h, std::vector<uint8_t>&& payload, Output* out) {
+  Receive(h, payload, Hand::kMove, &payload, out);
+}
+
+void Endpoint::PeekPacket(const Hdr& h, std::span<const uint8_t> payload, Output* out) {
+  Receive(h, payload, Hand::kView, nullptr, out);
+}
+
+void Endpoint::Receive(const Hdr& h, std::span<const uint8_t> payload, Hand hand, std::vector<uint8_t>* owned,
+                       Output* out) {
   if (state_ == State::kClosed) return;
   if (h.type != type_) return Refuse(Refusal::kBadType, out);
   if (h.op == kOpRst) {
@@ -129,7 +142,12 @@ void Endpoint::OnPacket(const Hdr& h, std::span<const uint8_t> payload, Output* 
         fwd_cnt_ += static_cast<uint32_t>(payload.size());
         return;
       }
-      out->to_host.insert(out->to_host.end(), payload.begin(), payload.end());
+      if (hand == Hand::kView)
+        out->to_host_in_place = payload;
+      else if (hand == Hand::kMove && out->to_host.empty())
+        out->to_host = std::move(*owned);  // the caller's buffer, not a copy of it
+      else
+        out->to_host.insert(out->to_host.end(), payload.begin(), payload.end());
       if (type_ == kTypeSeqpacket && (h.flags & kSeqEom)) out->eom = true;
       return;
     }
@@ -167,6 +185,16 @@ size_t Endpoint::Send(std::span<const uint8_t> data, bool eom, Output* out) {
     out->to_peer.push_back(std::move(p));
     done += part;
   } while (done < n);
+  tx_cnt_ += static_cast<uint32_t>(n);
+  return n;
+}
+
+size_t Endpoint::NextRw(size_t max, Hdr* h) {
+  if (type_ != kTypeStream || state_ != State::kEstablished || peer_shut_recv_ || (shut_sent_ & kShutdownSend)) return 0;
+  const size_t n = std::min<size_t>({max, peer_free(), limits_.max_packet});
+  if (n == 0) return 0;
+  *h = Make(kOpRw).hdr;
+  h->len = static_cast<uint32_t>(n);
   tx_cnt_ += static_cast<uint32_t>(n);
   return n;
 }

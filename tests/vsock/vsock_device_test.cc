@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -38,16 +39,41 @@ class CaptureSink : public PacketSink {
     for (Packet& p : packets) {
       EXPECT_EQ(from_cid, 3u);
       got_.push_back(std::move(p));
+      in_place_.push_back(false);
     }
   }
-  std::vector<Packet> Take() {
+  // Takes RW packets in place when told to (copying them, as a sink must).
+  bool SendInPlace(uint64_t from_cid, const Hdr& h, std::span<const uint8_t> payload) override {
     absl::MutexLock l(&mu_);
+    ++offered_;
+    if (!take_in_place_) return false;
+    EXPECT_EQ(from_cid, 3u);
+    EXPECT_EQ(h.len, payload.size());
+    got_.push_back(Packet{h, std::vector<uint8_t>(payload.begin(), payload.end())});
+    in_place_.push_back(true);
+    return true;
+  }
+  void TakeInPlace(bool on) {
+    absl::MutexLock l(&mu_);
+    take_in_place_ = on;
+  }
+  std::vector<Packet> Take(std::vector<bool>* in_place = nullptr) {
+    absl::MutexLock l(&mu_);
+    if (in_place) *in_place = std::move(in_place_);
+    in_place_.clear();
     return std::move(got_);
+  }
+  int offered() {
+    absl::MutexLock l(&mu_);
+    return offered_;
   }
 
  private:
   absl::Mutex mu_;
   std::vector<Packet> got_;
+  std::vector<bool> in_place_;
+  bool take_in_place_ = false;
+  int offered_ = 0;
 };
 
 std::vector<uint8_t> Bytes(size_t n, uint8_t seed) {
@@ -155,6 +181,50 @@ TEST_P(VsockRing, PacketsReachTheHubByteForByte) {
   EXPECT_EQ(std::memcmp(&got[1].hdr, one.data(), kHdrSize), 0);
   EXPECT_EQ(raw.Counter("tx_packets"), 2u);
   EXPECT_EQ(raw.Counter("tx_bytes"), 3000u);
+  EXPECT_FALSE(raw.NeedsReset());
+}
+
+TEST_P(VsockRing, MappedPayloadsAreOfferedInPlaceInOrder) {
+  RawVsock raw(GetParam());
+  raw.sink->TakeInPlace(true);
+  const std::vector<uint8_t> a = Bytes(3000, 1), b = Bytes(700, 2), c = Bytes(900, 3);
+  // REQUEST (no payload: batched), an RW with header and payload in one
+  // buffer, an RW with them in two, an RW whose payload spans two buffers
+  // (not one piece: batched), a CREDIT_UPDATE (batched), back to back.
+  std::vector<uint8_t> one = HdrBytes(H(kOpRw, 3000));
+  one.insert(one.end(), a.begin(), a.end());
+  raw.Add(kTxQueue, {{HdrBytes(H(kOpRequest)), false}}, 1);
+  raw.Add(kTxQueue, {{one, false}}, 2);
+  raw.Add(kTxQueue, {{HdrBytes(H(kOpRw, 700)), false}, {b, false}}, 3);
+  raw.Add(kTxQueue, {{HdrBytes(H(kOpRw, 900)), false},
+                     {std::vector<uint8_t>(c.begin(), c.begin() + 400), false},
+                     {std::vector<uint8_t>(c.begin() + 400, c.end()), false}},
+          4);
+  raw.Add(kTxQueue, {{HdrBytes(H(kOpCreditUpdate)), false}}, 5);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(raw.Wait(kTxQueue).used);
+  std::vector<bool> in_place;
+  std::vector<Packet> got = raw.sink->Take(&in_place);
+  ASSERT_EQ(got.size(), 5u);
+  const uint16_t ops[] = {kOpRequest, kOpRw, kOpRw, kOpRw, kOpCreditUpdate};
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].hdr.op, ops[i]) << i;
+  EXPECT_EQ(got[1].payload, a);
+  EXPECT_EQ(got[2].payload, b);
+  EXPECT_EQ(got[3].payload, c);
+  // Only a mapped memory has payloads to offer in place.
+  const bool mapped = !GetParam().copy_only;
+  EXPECT_EQ(in_place, (std::vector<bool>{false, mapped, mapped, false, false}));
+  EXPECT_EQ(raw.Counter("tx_in_place"), mapped ? 2u : 0u);
+  EXPECT_EQ(raw.Counter("tx_packets"), 5u);
+  EXPECT_EQ(raw.Counter("tx_bytes"), 4600u);
+  // A sink that declines gets them through Send, bytes unchanged.
+  raw.sink->TakeInPlace(false);
+  raw.Add(kTxQueue, {{one, false}}, 6);
+  ASSERT_TRUE(raw.Wait(kTxQueue).used);
+  got = raw.sink->Take(&in_place);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].payload, a);
+  EXPECT_EQ(in_place, std::vector<bool>{false});
+  EXPECT_EQ(raw.sink->offered(), mapped ? 3 : 0);
   EXPECT_FALSE(raw.NeedsReset());
 }
 

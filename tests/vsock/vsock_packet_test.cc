@@ -287,6 +287,87 @@ TEST(VsockEndpoint, LargeSendsAreCutIntoPackets) {
   EXPECT_EQ(o.to_peer[2].hdr.len, 1808u);
 }
 
+TEST(VsockEndpoint, CopiedTakenAndPeekedPayloadsAgree) {
+  // The same two packets handed over three ways: copied (OnPacket), given
+  // up (TakePacket: the buffer itself becomes to_host) and left in place
+  // (PeekPacket: a view of the caller's bytes). Same bytes, same credit.
+  const std::vector<uint8_t> a = Bytes(3000, 1), b = Bytes(5000, 2);
+  for (int how = 0; how < 3; ++how) {
+    SCOPED_TRACE(how);
+    Endpoint::Limits l;
+    l.buf_alloc = 8000;
+    Conn c(kTypeStream, l);
+    for (const std::vector<uint8_t>* d : {&a, &b}) {
+      const Hdr h = GuestHdr(kOpRw, static_cast<uint32_t>(d->size()), kTypeStream);
+      Endpoint::Output o;
+      std::vector<uint8_t> mine = *d;
+      const uint8_t* where = mine.data();
+      if (how == 0) {
+        c.e.OnPacket(h, mine, &o);
+        EXPECT_EQ(o.to_host, *d);
+        EXPECT_NE(o.to_host.data(), where);
+      } else if (how == 1) {
+        c.e.TakePacket(h, std::move(mine), &o);
+        EXPECT_EQ(o.to_host, *d);
+        EXPECT_EQ(o.to_host.data(), where);  // moved, not copied
+      } else {
+        c.e.PeekPacket(h, mine, &o);
+        EXPECT_TRUE(o.to_host.empty());
+        ASSERT_EQ(o.to_host_in_place.size(), d->size());
+        EXPECT_EQ(o.to_host_in_place.data(), where);
+      }
+      EXPECT_EQ(o.refused, Refusal::kNone);
+    }
+    EXPECT_EQ(c.e.held(), 8000u);
+    // One byte more is beyond the credit, however it comes.
+    std::vector<uint8_t> one = {7};
+    const Hdr h = GuestHdr(kOpRw, 1, kTypeStream);
+    Endpoint::Output o;
+    if (how == 0) c.e.OnPacket(h, one, &o);
+    if (how == 1) c.e.TakePacket(h, std::move(one), &o);
+    if (how == 2) c.e.PeekPacket(h, one, &o);
+    EXPECT_EQ(o.refused, Refusal::kCredit);
+    EXPECT_TRUE(o.to_host.empty());
+    EXPECT_TRUE(o.to_host_in_place.empty());
+  }
+}
+
+TEST(VsockEndpoint, NextRwHeadersCountLikeSend) {
+  Endpoint::Limits l;
+  l.max_packet = 4096;
+  Conn c(kTypeStream, l);
+  c.guest_buf_alloc = 10000;
+  c.From(kOpCreditUpdate);
+  Hdr h{};
+  // max_packet, then what is left of the guest's credit, then nothing.
+  EXPECT_EQ(c.e.NextRw(100000, &h), 4096u);
+  EXPECT_EQ(h.op, kOpRw);
+  EXPECT_EQ(h.len, 4096u);
+  EXPECT_EQ(h.src_cid, kCidHost);
+  EXPECT_EQ(h.dst_cid, kGuest);
+  EXPECT_EQ(h.src_port, 1234u);
+  EXPECT_EQ(h.dst_port, 50000u);
+  EXPECT_EQ(c.e.NextRw(100, &h), 100u);
+  EXPECT_EQ(h.len, 100u);
+  EXPECT_EQ(c.e.peer_free(), 10000u - 4196u);
+  EXPECT_EQ(c.e.NextRw(100000, &h), 4096u);
+  EXPECT_EQ(c.e.NextRw(100000, &h), 10000u - 8292u);
+  EXPECT_EQ(c.e.NextRw(100000, &h), 0u);
+  // Send agrees: no credit left.
+  Endpoint::Output o;
+  EXPECT_EQ(c.e.Send(Bytes(10, 1), false, &o), 0u);
+  // The guest read it all: credit again, until we shut our sending half.
+  c.guest_fwd_cnt = 10000;
+  c.From(kOpCreditUpdate);
+  EXPECT_EQ(c.e.NextRw(10, &h), 10u);
+  c.e.Shutdown(kShutdownSend, &o);
+  EXPECT_EQ(c.e.NextRw(10, &h), 0u);
+  // Not for SEQPACKET (a message is not cut where credit ends).
+  Conn s(kTypeSeqpacket, l);
+  s.From(kOpCreditUpdate);
+  EXPECT_EQ(s.e.NextRw(10, &h), 0u);
+}
+
 TEST(VsockEndpoint, SeqpacketKeepsMessageBoundaries) {
   Endpoint::Limits l;
   l.max_packet = 4096;

@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -28,7 +29,7 @@ using vsock::Packet;
 using vsock::Refusal;
 
 namespace {
-constexpr uint64_t kTagWake = 1, kTagInbox = 2;
+constexpr uint64_t kTagWake = 1;
 constexpr uint64_t kTagListener = uint64_t{1} << 62, kTagConn = uint64_t{1} << 63;
 constexpr uint32_t kHubSource = 1;        // the hub's own RSTs, in a device's inbox
 constexpr size_t kMaxLine = vsock::kMaxConnectLine;  // "CONNECT <port>\n"
@@ -50,7 +51,7 @@ bool ShareGroup(const std::vector<std::string>& a, const std::vector<std::string
 struct VsockHub::GuestState {
   Guest g;
   int listen_fd = -1;
-  // Hub thread only.
+  // Under io_mu_.
   std::deque<Packet> backlog;  // for the guest, waiting for room in its inbox
   bool stalled = false;        // its inbox refused packets: host reads paused
   absl::flat_hash_map<uint64_t, uint64_t> by_key;  // (guest port, host port) -> connection
@@ -85,7 +86,7 @@ struct VsockHub::Conn {
 
 absl::StatusOr<std::shared_ptr<VsockHub>> VsockHub::Create(Options options) {
   std::shared_ptr<VsockHub> h(new VsockHub(std::move(options)));
-  if (h->ep_ < 0 || h->wake_fd_ < 0 || !h->host_inbox_.ok())
+  if (h->ep_ < 0 || h->wake_fd_ < 0)
     return absl::ResourceExhaustedError(absl::StrCat("vsock hub: epoll/eventfd: ", std::strerror(errno)));
   auto add = [&](int fd, uint64_t tag) {
     epoll_event ev{};
@@ -93,14 +94,13 @@ absl::StatusOr<std::shared_ptr<VsockHub>> VsockHub::Create(Options options) {
     ev.data.u64 = tag;
     return ::epoll_ctl(h->ep_, EPOLL_CTL_ADD, fd, &ev) == 0;
   };
-  if (!add(h->wake_fd_, kTagWake) || !add(h->host_inbox_.event_fd(), kTagInbox))
+  if (!add(h->wake_fd_, kTagWake))
     return absl::InternalError(absl::StrCat("vsock hub: epoll_ctl: ", std::strerror(errno)));
   h->thread_ = std::thread([raw = h.get()] { raw->Run(); });
   return h;
 }
 
-VsockHub::VsockHub(Options options)
-    : opts_(std::move(options)), host_inbox_(vsock::Inbox::Limits{8192, 32ull << 20, 1024}) {
+VsockHub::VsockHub(Options options) : opts_(std::move(options)) {
   ep_ = ::epoll_create1(EPOLL_CLOEXEC);
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   buf_.resize(256 * 1024);
@@ -255,6 +255,36 @@ bool VsockHub::HasCid(uint64_t cid) const {
 
 void VsockHub::Send(uint64_t from_cid, std::vector<Packet>& packets) {
   std::vector<Packet> host;
+  Route(from_cid, packets, host);
+  if (host.empty()) return;
+  // Packets for the host are handled here, on the sending device's thread:
+  // its socket writes need no hand-over to the hub thread.
+  absl::MutexLock io(&io_mu_);
+  auto it = serving_.find(from_cid);
+  if (it == serving_.end()) {
+    ApplyPending();  // a guest just added
+    it = serving_.find(from_cid);
+    if (it == serving_.end()) return;
+  }
+  GuestState& g = *it->second;
+  for (Packet& p : host) HandleGuestPacket(g, p.hdr, &p.payload, {});
+  PushBacklog(it->second);
+}
+
+bool VsockHub::SendInPlace(uint64_t from_cid, const vsock::Hdr& h, std::span<const uint8_t> payload) {
+  if (h.dst_cid != vsock::kCidHost) return false;
+  absl::MutexLock io(&io_mu_);
+  auto it = serving_.find(from_cid);
+  if (it == serving_.end()) return false;
+  GuestState& g = *it->second;
+  auto k = g.by_key.find(Key(h.src_port, h.dst_port));
+  if (k == g.by_key.end()) return false;  // Send refuses it
+  HandleGuestPacket(g, h, nullptr, payload);
+  PushBacklog(it->second);
+  return true;
+}
+
+void VsockHub::Route(uint64_t from_cid, std::vector<Packet>& packets, std::vector<Packet>& host) {
   absl::ReaderMutexLock l(&mu_);
   auto fit = guests_.find(from_cid);
   if (fit == guests_.end()) return;  // a device the hub let go of
@@ -306,12 +336,6 @@ void VsockHub::Send(uint64_t from_cid, std::vector<Packet>& packets) {
       }
     }
   }
-  if (host.empty()) return;
-  const size_t taken = host_inbox_.Push(static_cast<uint32_t>(from_cid), host);
-  for (size_t i = taken; i < host.size(); ++i) {
-    Bump(from.dest_full);
-    refuse(host[i].hdr, Refusal::kNoRoute);
-  }
 }
 
 void VsockHub::AppendCounters(uint64_t cid, std::vector<std::pair<std::string, uint64_t>>* out) const {
@@ -344,6 +368,7 @@ void VsockHub::Run() {
       if (g->stalled) timeout = 1;
     const int n = ::epoll_wait(ep_, evs, 64, timeout);
     if (n < 0 && errno != EINTR) break;
+    absl::MutexLock io(&io_mu_);
     for (int i = 0; i < n; ++i) {
       const uint64_t tag = evs[i].data.u64;
       if (tag == kTagWake) {
@@ -351,8 +376,6 @@ void VsockHub::Run() {
         while (::read(wake_fd_, &v, sizeof v) < 0 && errno == EINTR) {
         }
         ApplyPending();
-      } else if (tag == kTagInbox) {
-        HandleFromGuests();
       } else if (tag & kTagConn) {
         auto it = conns_.find(tag & ~kTagConn);
         if (it == conns_.end()) continue;
@@ -404,17 +427,8 @@ void VsockHub::ApplyPending() {
     g->backlog.clear();
     serving_.erase(g->g.cid);
   }
-  if (gone.empty()) return;
-  // What the guests sent before their drivers went is in the inbox: it goes
-  // to the host sockets first.
-  for (;;) {
-    taken_.clear();
-    if (host_inbox_.Take(&taken_, 256) == 0) break;
-    for (Packet& p : taken_) {
-      auto it = serving_.find(p.hdr.src_cid);
-      if (it != serving_.end()) HandleGuestPacket(*it->second, p);
-    }
-  }
+  // What the guests sent before their drivers went was handled as it came
+  // (Send): their host sockets have it.
   for (uint64_t cid : gone) {
     auto it = serving_.find(cid);
     if (it != serving_.end()) DropConnections(*it->second);
@@ -450,19 +464,6 @@ void VsockHub::DropConnections(GuestState& g) {
   g.stalled = false;
 }
 
-void VsockHub::HandleFromGuests() {
-  for (int round = 0; round < 16; ++round) {
-    taken_.clear();
-    if (host_inbox_.Take(&taken_, 256) == 0) return;
-    for (Packet& p : taken_) {
-      auto it = serving_.find(p.hdr.src_cid);
-      if (it == serving_.end()) continue;  // the guest is gone
-      HandleGuestPacket(*it->second, p);
-    }
-  }
-  host_inbox_.Wake();  // more next turn, after the sockets
-}
-
 void VsockHub::Refuse(uint64_t cid, const vsock::Hdr& h, Refusal why) {
   auto it = serving_.find(cid);
   if (it == serving_.end()) return;
@@ -473,40 +474,51 @@ void VsockHub::Refuse(uint64_t cid, const vsock::Hdr& h, Refusal why) {
   ToGuest(*it->second, std::move(r));
 }
 
-void VsockHub::HandleGuestPacket(GuestState& g, Packet& p) {
-  auto it = g.by_key.find(Key(p.hdr.src_port, p.hdr.dst_port));
+void VsockHub::HandleGuestPacket(GuestState& g, const vsock::Hdr& h, std::vector<uint8_t>* payload,
+                                 std::span<const uint8_t> in_place) {
+  auto it = g.by_key.find(Key(h.src_port, h.dst_port));
   if (it == g.by_key.end()) {
-    if (p.hdr.op == vsock::kOpRequest) return GuestConnect(g, p);
-    return Refuse(g.g.cid, p.hdr, Refusal::kNoConnection);
+    if (h.op == vsock::kOpRequest) return GuestConnect(g, h);
+    return Refuse(g.g.cid, h, Refusal::kNoConnection);
   }
   Conn& c = *conns_.at(it->second);
   if (!c.ep || c.draining) return;
+  const uint32_t credit = c.ep->peer_free();
+  const uint64_t id = c.id;
   Endpoint::Output out;
-  c.ep->OnPacket(p.hdr, p.payload, &out);
+  if (payload)
+    c.ep->TakePacket(h, std::move(*payload), &out);
+  else
+    c.ep->PeekPacket(h, in_place, &out);
   Apply(c, out);
+  // The guest made room (it read what we sent): read the host socket now,
+  // on this thread, rather than wake the hub's for it. Nothing there: the
+  // hub's thread waits for it as before.
+  if (conns_.count(id) && (c.events & EPOLLIN) && c.phase == Conn::Phase::kOpen && c.ep->peer_free() > credit)
+    OnHostReadable(c);
 }
 
-void VsockHub::GuestConnect(GuestState& g, const Packet& p) {
-  if (g.g.uds_path.empty()) return Refuse(g.g.cid, p.hdr, Refusal::kNoListener);
-  if (g.open >= opts_.max_conns) return Refuse(g.g.cid, p.hdr, Refusal::kTooManyConns);
-  const bool seq = p.hdr.type == vsock::kTypeSeqpacket;
-  const std::string path = absl::StrCat(g.g.uds_path, "_", p.hdr.dst_port);
+void VsockHub::GuestConnect(GuestState& g, const vsock::Hdr& h) {
+  if (g.g.uds_path.empty()) return Refuse(g.g.cid, h, Refusal::kNoListener);
+  if (g.open >= opts_.max_conns) return Refuse(g.g.cid, h, Refusal::kTooManyConns);
+  const bool seq = h.type == vsock::kTypeSeqpacket;
+  const std::string path = absl::StrCat(g.g.uds_path, "_", h.dst_port);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) return Refuse(g.g.cid, p.hdr, Refusal::kNoListener);
+  if (path.size() >= sizeof addr.sun_path) return Refuse(g.g.cid, h, Refusal::kNoListener);
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   const int fd = ::socket(AF_UNIX, (seq ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Refuse(g.g.cid, p.hdr, Refusal::kNoListener);
+  if (fd < 0) return Refuse(g.g.cid, h, Refusal::kNoListener);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
     // Nobody listening there (ENOENT, ECONNREFUSED), or a full backlog (EAGAIN).
     ::close(fd);
-    return Refuse(g.g.cid, p.hdr, Refusal::kNoListener);
+    return Refuse(g.g.cid, h, Refusal::kNoListener);
   }
   Conn& c = AddConn(g, fd, Conn::Phase::kOpen);
   c.seq = seq;
-  c.ep.emplace(vsock::kCidHost, p.hdr.dst_port, g.g.cid, p.hdr.src_port, p.hdr.type, LimitsOf(g));
+  c.ep.emplace(vsock::kCidHost, h.dst_port, g.g.cid, h.src_port, h.type, LimitsOf(g));
   Bind(g, c);
-  ToGuest(g, c.ep->Accept(p.hdr));
+  ToGuest(g, c.ep->Accept(h));
   UpdateInterest(c);
 }
 
@@ -645,10 +657,29 @@ void VsockHub::Apply(Conn& c, Endpoint::Output& out) {
   GuestState& g = *c.g;
   for (Packet& p : out.to_peer) ToGuest(g, std::move(p));
   if (out.refused != Refusal::kNone) Bump(g.refused[static_cast<size_t>(out.refused)]);
+  if (!out.to_host_in_place.empty()) {
+    const std::span<const uint8_t> d = out.to_host_in_place;
+    if (c.seq) {
+      c.msg.insert(c.msg.end(), d.begin(), d.end());  // its end (eom) below
+    } else {
+      // Straight from the guest's buffer when nothing waits before it;
+      // what the socket does not take now is copied (a failed write is
+      // left to Flush, which sees it again).
+      size_t sent = 0;
+      if (c.out.empty()) {
+        const ssize_t w = ::send(c.fd, d.data(), d.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) sent = static_cast<size_t>(w);
+      }
+      if (sent < d.size()) QueueOut(c, d.subspan(sent));
+      if (sent > 0) Wrote(c, sent);
+    }
+  }
   if (!out.to_host.empty() || (c.seq && out.eom)) {
     if (c.seq) {
       c.msg.insert(c.msg.end(), out.to_host.begin(), out.to_host.end());
       if (out.eom) c.out.push_back(std::move(c.msg)), c.msg.clear();
+    } else if (!c.out.empty() && c.out.back().size() < kReadChunk) {
+      QueueOut(c, out.to_host);
     } else {
       c.out.push_back(std::move(out.to_host));
     }
@@ -689,7 +720,22 @@ void VsockHub::Flush(Conn& c) {
   uint64_t wrote = 0;
   while (!c.out.empty()) {
     std::vector<uint8_t>& front = c.out.front();
-    const ssize_t w = ::send(c.fd, front.data() + c.out_off, front.size() - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w;
+    if (c.seq) {
+      w = ::send(c.fd, front.data() + c.out_off, front.size() - c.out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } else {
+      // A stream's chunks in one call.
+      std::array<iovec, 64> iov;
+      size_t n = 0;
+      for (auto it = c.out.begin(); it != c.out.end() && n < iov.size(); ++it, ++n) {
+        const size_t off = n == 0 ? c.out_off : 0;
+        iov[n] = {it->data() + off, it->size() - off};
+      }
+      msghdr m{};
+      m.msg_iov = iov.data();
+      m.msg_iovlen = n;
+      w = ::sendmsg(c.fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
     if (w < 0 && (errno == EAGAIN || errno == EINTR)) break;
     if (w < 0) {
       // The host side went away: the guest's end is reset.
@@ -698,25 +744,47 @@ void VsockHub::Flush(Conn& c) {
       ResetToGuest(c);
       return Close(c.id);
     }
-    c.out_off += static_cast<size_t>(w);
     wrote += static_cast<uint64_t>(w);
-    if (c.out_off == front.size()) {
-      c.out.pop_front();
-      c.out_off = 0;
+    if (c.seq) {  // one message per write (an empty one too)
+      c.out_off += static_cast<size_t>(w);
+      if (c.out_off == front.size()) {
+        c.out.pop_front();
+        c.out_off = 0;
+      }
+      continue;
+    }
+    if (w == 0) break;
+    for (size_t left = static_cast<size_t>(w); left > 0;) {
+      const size_t take = std::min(left, c.out.front().size() - c.out_off);
+      c.out_off += take;
+      left -= take;
+      if (c.out_off == c.out.front().size()) {
+        c.out.pop_front();
+        c.out_off = 0;
+      }
     }
   }
-  if (wrote > 0) {
-    Bump(c.g->to_host_bytes, wrote);
-    if (c.ep && !c.ep->closed()) {
-      Endpoint::Output o;
-      c.ep->Consumed(static_cast<uint32_t>(wrote), &o);
-      for (Packet& p : o.to_peer) ToGuest(*c.g, std::move(p));
-    }
-  }
+  if (wrote > 0) Wrote(c, wrote);
   if (c.out.empty() && c.shut_wr_pending && !c.shut_wr_done) {
     ::shutdown(c.fd, SHUT_WR);
     c.shut_wr_done = true;
   }
+}
+
+void VsockHub::QueueOut(Conn& c, std::span<const uint8_t> d) {
+  // Small pieces join the last chunk: Flush's writes stay large.
+  if (!c.out.empty() && c.out.back().size() < kReadChunk)
+    c.out.back().insert(c.out.back().end(), d.begin(), d.end());
+  else
+    c.out.emplace_back(d.begin(), d.end());
+}
+
+void VsockHub::Wrote(Conn& c, uint64_t n) {
+  Bump(c.g->to_host_bytes, n);
+  if (!c.ep || c.ep->closed()) return;
+  Endpoint::Output o;
+  c.ep->Consumed(static_cast<uint32_t>(n), &o);
+  for (Packet& p : o.to_peer) ToGuest(*c.g, std::move(p));
 }
 
 void VsockHub::UpdateInterest(Conn& c) {
@@ -762,8 +830,12 @@ void VsockHub::ToGuest(GuestState& g, Packet p) {
 }
 
 void VsockHub::PushBacklogs() {
-  std::vector<Packet> batch;
-  for (auto& [cid, gp] : serving_) {
+  for (auto& [cid, gp] : serving_) PushBacklog(gp);
+}
+
+void VsockHub::PushBacklog(const std::shared_ptr<GuestState>& gp) {
+  std::vector<Packet>& batch = batch_;
+  {
     GuestState& g = *gp;
     if (g.backlog.empty()) {
       if (g.stalled) {
@@ -771,7 +843,7 @@ void VsockHub::PushBacklogs() {
         for (auto& [id, c] : conns_)
           if (c->g == gp) UpdateInterest(*c);
       }
-      continue;
+      return;
     }
     batch.assign(std::make_move_iterator(g.backlog.begin()), std::make_move_iterator(g.backlog.end()));
     g.backlog.clear();

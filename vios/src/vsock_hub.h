@@ -18,14 +18,18 @@
 // Every refusal is counted by cause and answered with an RST. A guest
 // whose device is reset (its driver or front-end gone) loses its host
 // connections: each host socket is closed once what the guest had sent is
-// written to it. Host endpoints run on the hub's own thread; routing
-// between guests runs on the sending device's thread under a reader lock.
+// written to it. A guest's packets are routed on its device's thread:
+// to another guest's inbox under a reader lock, to the host endpoints
+// under io_mu_ (the host socket written there, no hand-over). The hub's
+// own thread accepts, reads the host sockets and waits for them to take
+// more, under the same lock.
 
 #include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -66,6 +70,9 @@ class VsockHub final : public vsock::PacketSink {
 
   // PacketSink: a device's checked packets (any device thread).
   void Send(uint64_t from_cid, std::vector<vsock::Packet>& packets) override;
+  // PacketSink: an RW for an open host connection, written to its socket
+  // from the guest's buffer (what the socket does not take is copied).
+  bool SendInPlace(uint64_t from_cid, const vsock::Hdr& h, std::span<const uint8_t> payload) override;
   // PacketSink: the device was reset; its guest's host connections end.
   void DriverGone(uint64_t cid) override;
 
@@ -84,10 +91,12 @@ class VsockHub final : public vsock::PacketSink {
   explicit VsockHub(Options options);
   void Run();
   void Wake();
-  // Hub thread.
-  void HandleFromGuests();
-  void HandleGuestPacket(GuestState& g, vsock::Packet& p);
-  void GuestConnect(GuestState& g, const vsock::Packet& p);
+  // Under io_mu_ (the hub thread, or a device thread in Send).
+  // A packet for the host: its payload given up (`payload`) or in the
+  // caller's buffer (`in_place`, payload nullptr).
+  void HandleGuestPacket(GuestState& g, const vsock::Hdr& h, std::vector<uint8_t>* payload,
+                         std::span<const uint8_t> in_place);
+  void GuestConnect(GuestState& g, const vsock::Hdr& h);
   void Accept(GuestState& g);
   void OnHostReadable(Conn& c);
   void OnHostWritable(Conn& c);
@@ -95,6 +104,10 @@ class VsockHub final : public vsock::PacketSink {
   // A host connection's limits for guest `g` (its buf_alloc, if set).
   vsock::Endpoint::Limits LimitsOf(const GuestState& g) const;
   void Flush(Conn& c);
+  // (STREAM) bytes for the host socket, after what waits already.
+  void QueueOut(Conn& c, std::span<const uint8_t> d);
+  // `n` bytes of the guest's reached the host socket: its credit.
+  void Wrote(Conn& c, uint64_t n);
   void UpdateInterest(Conn& c);
   // A connection on `fd`, registered with epoll (no events until
   // UpdateInterest), and its binding to (guest port, host port) once its
@@ -106,6 +119,10 @@ class VsockHub final : public vsock::PacketSink {
   void Close(uint64_t conn_id);
   void ToGuest(GuestState& g, vsock::Packet p);
   void PushBacklogs();
+  void PushBacklog(const std::shared_ptr<GuestState>& g);
+  // Send's routing: packets for other guests go to their inboxes, those
+  // for the host to `host`.
+  void Route(uint64_t from_cid, std::vector<vsock::Packet>& packets, std::vector<vsock::Packet>& host);
   void Refuse(uint64_t cid, const vsock::Hdr& h, vsock::Refusal why);
   void ApplyPending();
   void DropConnections(GuestState& g);
@@ -116,7 +133,6 @@ class VsockHub final : public vsock::PacketSink {
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};
   std::thread thread_;
-  vsock::Inbox host_inbox_;  // packets for the host endpoints, by sending guest
 
   // Routing table, read by device threads.
   mutable absl::Mutex mu_;
@@ -136,12 +152,14 @@ class VsockHub final : public vsock::PacketSink {
   std::map<SibKey, uint16_t> siblings_ ABSL_GUARDED_BY(sib_mu_);
   std::map<uint64_t, uint32_t> sib_count_ ABSL_GUARDED_BY(sib_mu_);
 
-  // Hub thread only.
-  std::map<uint64_t, std::shared_ptr<GuestState>> serving_;
-  std::map<uint64_t, std::unique_ptr<Conn>> conns_;
-  uint64_t next_conn_ = 1;
-  std::vector<vsock::Packet> taken_;
-  std::vector<uint8_t> buf_;
+  // The hub thread's work, and the host-bound packets a device thread
+  // handles in Send.
+  absl::Mutex io_mu_;
+  std::map<uint64_t, std::shared_ptr<GuestState>> serving_ ABSL_GUARDED_BY(io_mu_);
+  std::map<uint64_t, std::unique_ptr<Conn>> conns_ ABSL_GUARDED_BY(io_mu_);
+  uint64_t next_conn_ ABSL_GUARDED_BY(io_mu_) = 1;
+  std::vector<uint8_t> buf_ ABSL_GUARDED_BY(io_mu_);
+  std::vector<vsock::Packet> batch_ ABSL_GUARDED_BY(io_mu_);
   std::atomic<size_t> open_{0};
 };
 

@@ -191,6 +191,19 @@ void VsockDevice::DrainTx() {
         Refuse(h, why);
         continue;
       }
+      if (h.op == vsock::kOpRw && sink_) {
+        const std::span<const uint8_t> view = PayloadInPlace(c, h.len);
+        if (!view.empty()) {
+          Flush();  // what came before goes first
+          if (sink_->SendInPlace(opts_.guest_cid, h, view)) {
+            q.AddUsed(std::move(c), 0);
+            BumpOwned(tx_packets_);
+            BumpOwned(tx_bytes_, h.len);
+            BumpOwned(tx_in_place_);
+            continue;
+          }
+        }
+      }
       vsock::Packet p;
       p.hdr = h;
       p.payload.resize(h.len);
@@ -217,6 +230,19 @@ void VsockDevice::DrainTx() {
     if (!q.EnableNotifications()) return;
     q.DisableNotifications();
   }
+}
+
+std::span<const uint8_t> VsockDevice::PayloadInPlace(const DescriptorChain& c, uint32_t len) {
+  uint64_t start = 0;
+  for (const Segment& seg : c.readable()) {
+    const uint64_t end = start + seg.len;
+    if (vsock::kHdrSize < end) {
+      if (!seg.host || vsock::kHdrSize + uint64_t{len} > end) return {};
+      return {seg.host + (vsock::kHdrSize - start), len};
+    }
+    start = end;
+  }
+  return {};
 }
 
 VsockDevice::Put VsockDevice::PutNext(vsock::Packet& p, size_t* offset) {
@@ -321,6 +347,7 @@ void VsockDevice::AppendCounters(std::vector<std::pair<std::string, uint64_t>>* 
   out->push_back({"rx_bytes", get(rx_bytes_)});
   out->push_back({"tx_packets", get(tx_packets_)});
   out->push_back({"tx_bytes", get(tx_bytes_)});
+  out->push_back({"tx_in_place", get(tx_in_place_)});
   out->push_back({"rst_sent", get(rst_sent_)});
   for (size_t i = 1; i < refused_.size(); ++i)
     out->push_back({absl::StrCat("refused_", vsock::RefusalName(static_cast<vsock::Refusal>(i))), get(refused_[i])});

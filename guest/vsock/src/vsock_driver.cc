@@ -296,6 +296,42 @@ absl::Status VsockDriver::Flush() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<size_t> VsockDriver::SendDirect(Conn& c, std::span<const uint8_t> data) {
+  DriverQueue& q = drv_.queue(vsock::kTxQueue);
+  size_t done = 0;
+  bool added = false;
+  while (done < data.size() && q.num_free() > 0) {
+    size_t want = std::min<size_t>({data.size() - done, c.ep->peer_free(), opts_.max_packet});
+    if (want == 0) break;
+    int k = vsock::kHdrSize + want <= kMediumSlot ? 1 : 2;
+    if (k == 2 && tx_[2].free.empty()) {
+      k = 1;  // the big slots are all in flight: a medium one carries part
+      want = kMediumSlot - vsock::kHdrSize;
+    }
+    TxPool& pool = tx_[k];
+    if (pool.free.empty()) break;
+    vsock::Hdr h;
+    const size_t n = c.ep->NextRw(want, &h);
+    if (n == 0) break;
+    const uint32_t slot = pool.free.back();
+    uint8_t* dst = pool.buf.host + size_t{slot} * pool.slot;
+    std::memcpy(dst, &h, vsock::kHdrSize);
+    std::memcpy(dst + vsock::kHdrSize, data.data() + done, n);
+    DriverBuffer b{pool.buf.device_addr + uint64_t{slot} * pool.slot, static_cast<uint32_t>(vsock::kHdrSize + n), false};
+    const AddStatus a = q.Add({&b, 1}, (uint64_t{static_cast<uint32_t>(k)} << 32) | slot);
+    if (a == AddStatus::kBroken) return RingErrorStatus(q.error(), 0);
+    if (a != AddStatus::kOk) return absl::InternalError("vsock: transmit buffer not queued");
+    pool.free.pop_back();
+    ++tx_in_flight_;
+    ++stats_.tx_packets;
+    stats_.tx_bytes += n;
+    done += n;
+    added = true;
+  }
+  if (added) drv_.Kick(vsock::kTxQueue);
+  return done;
+}
+
 absl::Status VsockDriver::Reap() {
   uint64_t token;
   uint32_t len;
@@ -498,6 +534,14 @@ absl::StatusOr<size_t> VsockDriver::Send(ConnId id, std::span<const uint8_t> dat
     if (absl::Status s = Check(); !s.ok()) return s;
     c = Find(id);
     if (!c || c->ep->closed() || c->reset) break;
+    if (pending_.empty() && c->ep->type() == vsock::kTypeStream && done < data.size()) {
+      // Nothing queued ahead of it: the data goes straight into the ring.
+      absl::StatusOr<size_t> n = SendDirect(*c, data.subspan(done));
+      if (!n.ok()) return n.status();
+      done += *n;
+      if (*n > 0) first = false;
+      if (done == data.size()) break;
+    }
     if (pending_bytes_ < kPendingBytes) {
       vsock::Endpoint::Output out;
       const size_t n = c->ep->Send(data.subspan(done), eom, &out);

@@ -70,6 +70,9 @@ class Endpoint {
   struct Output {
     std::vector<Packet> to_peer;      // packets for the guest, in order
     std::vector<uint8_t> to_host;     // bytes for the host socket
+    // (PeekPacket) bytes for the host socket, in the caller's buffer: the
+    // caller writes or copies them before that buffer goes.
+    std::span<const uint8_t> to_host_in_place;
     bool eom = false;                 // (SEQPACKET) to_host ends a message
     bool host_eof = false;            // the peer will send no more
     Refusal refused = Refusal::kNone; // the peer broke the protocol: RST sent, closed
@@ -84,10 +87,21 @@ class Endpoint {
 
   // A packet from the peer for this connection (addresses already matched).
   void OnPacket(const Hdr& hdr, std::span<const uint8_t> payload, Output* out);
+  // The same, for a payload the caller gives up: data for the host is
+  // moved into out->to_host rather than copied.
+  void TakePacket(const Hdr& hdr, std::vector<uint8_t>&& payload, Output* out);
+  // The same, leaving the payload where it is: data for the host is
+  // out->to_host_in_place, a view of `payload` (to_host stays empty).
+  void PeekPacket(const Hdr& hdr, std::span<const uint8_t> payload, Output* out);
   // Host data to send. Takes what the peer's credit allows (all of it, or
   // none, for SEQPACKET: a message is not split across credit waits) and
   // returns how many bytes it took; `eom` ends a SEQPACKET message.
   size_t Send(std::span<const uint8_t> data, bool eom, Output* out);
+  // Send for a STREAM caller that writes the payload into its own buffer:
+  // the header of the next RW packet, carrying up to `max` bytes (as many
+  // as the peer's credit and max_packet allow), counted as sent; returns
+  // its length, 0 (and no header) when nothing may go now.
+  size_t NextRw(size_t max, Hdr* h);
   // The host took `n` bytes of what OnPacket delivered: our fwd_cnt grows,
   // and a CREDIT_UPDATE goes out when the peer may be waiting for it.
   void Consumed(uint32_t n, Output* out);
@@ -111,6 +125,8 @@ class Endpoint {
 
  private:
   Packet Make(uint16_t op, uint32_t flags = 0);
+  enum class Hand : uint8_t { kCopy, kMove, kView };
+  void Receive(const Hdr& h, std::span<const uint8_t> payload, Hand hand, std::vector<uint8_t>* owned, Output* out);
   void Refuse(Refusal why, Output* out);
   void CreditUpdate(Output* out);
 

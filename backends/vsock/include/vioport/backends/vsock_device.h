@@ -56,6 +56,14 @@ class PacketSink {
  public:
   virtual ~PacketSink() = default;
   virtual void Send(uint64_t from_cid, std::vector<Packet>& packets) = 0;
+  // A checked RW packet whose payload lies in one mapped piece of guest
+  // memory, offered in place before its buffer goes back to the guest
+  // (after every earlier packet's Send): a sink that takes it returns true
+  // and has copied or written what it keeps; false, and the device sends
+  // it the usual way.
+  virtual bool SendInPlace(uint64_t /*from_cid*/, const Hdr& /*h*/, std::span<const uint8_t> /*payload*/) {
+    return false;
+  }
   // The device was reset (its front-end went away, or the driver or the
   // front-end stopped it) after every packet it had sent: the driver's
   // connections are gone with it. On the device's thread.
@@ -109,6 +117,9 @@ class VsockDevice final : public VirtioDevice {
   explicit VsockDevice(const VsockOptions& options);
   enum class Put : uint8_t { kDone, kNoBuffers, kBroken };
   void DrainTx();
+  // The payload of `c` (after the header) when it lies in one mapped
+  // segment; empty otherwise.
+  static std::span<const uint8_t> PayloadInPlace(const DescriptorChain& c, uint32_t len);
   bool DeliverRx();
   Put PutNext(vsock::Packet& p, size_t* offset);
   void SendEvents();
@@ -132,7 +143,7 @@ class VsockDevice final : public VirtioDevice {
   size_t offset_ = 0;                     // of the packet at the head, delivered so far
 
   std::array<std::atomic<uint64_t>, static_cast<size_t>(vsock::Refusal::kCount)> refused_{};
-  std::atomic<uint64_t> rx_packets_{0}, rx_bytes_{0}, tx_packets_{0}, tx_bytes_{0};
+  std::atomic<uint64_t> rx_packets_{0}, rx_bytes_{0}, tx_packets_{0}, tx_bytes_{0}, tx_in_place_{0};
   std::atomic<uint64_t> rst_sent_{0}, rst_dropped_{0}, short_chains_{0}, small_rx_buffers_{0};
   std::atomic<uint64_t> events_sent_{0}, no_driver_drops_{0};
 };

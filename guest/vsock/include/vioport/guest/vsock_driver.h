@@ -141,6 +141,9 @@ class VsockDriver {
   void Queue(vsock::Packet&& p);
   void QueueRst(const vsock::Hdr& to);
   absl::Status Flush();
+  // Stream data written straight into free transmit slots (no packet in
+  // between), as far as credit and slots allow; returns the bytes taken.
+  absl::StatusOr<size_t> SendDirect(Conn& c, std::span<const uint8_t> data);
   absl::Status Reap();
   void TransportReset();
   void EndAll();
