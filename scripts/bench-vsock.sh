@@ -11,15 +11,18 @@
 # bytes (tx) and the echo is compared (rr).
 #   --secs N        seconds per run (default 3)
 #   --transports L  comma-separated subset of shm,vhost-user,crq,xen
+#   --rounds N      rounds per workload (default 3); each round runs the
+#                   baseline, then every transport; medians are printed
 #   --window SIZE   the credit window both ways: vios's buf-alloc and the
 #                   guest driver's (default 256K, as Linux's default socket
 #                   buffer); above 256K the guest also posts 96 receive
 #                   buffers instead of 64
-# Prints one line per run and the ratio to the baseline; docs/performance.md
-# records its output.
+# Prints one line per workload and path (medians) and the ratio to the
+# baseline; docs/performance.md records its output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=3
+ROUNDS=3
 TRANSPORTS=shm,vhost-user,crq,xen
 WINDOW=256K
 while [[ $# -gt 0 ]]; do
@@ -28,6 +31,7 @@ while [[ $# -gt 0 ]]; do
     --secs) SECS="$2"; shift 2 ;;
     --transports) TRANSPORTS="$2"; shift 2 ;;
     --window) WINDOW="$2"; shift 2 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
     *) echo "bench-vsock.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -87,23 +91,33 @@ sleep 0.3
 
 rxbufs=64
 [[ $WINDOW == 256K || $WINDOW == 262144 ]] || rxbufs=96
-echo "vsock: $SECS s per run, window $WINDOW; guest client through vios against vsock-peer, baseline = the same over a Unix socket"
+echo "vsock: $SECS s per run, window $WINDOW, median of $ROUNDS rounds (the ratio: median of each round's ratio to that round's baseline); guest client through vios against vsock-peer, baseline = the same over a Unix socket"
 printf '%-14s %-12s %12s %10s\n' workload path result ratio
-run() {  # run MODE SIZE
-  local mode=$1 size=$2 base out v key unit
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+run() {  # run MODE SIZE: ROUNDS rounds, each the baseline then every transport
+  local mode=$1 size=$2 out v key unit t r
+  local -A vals=() ratios=() p50=() p99=()
   if [[ $mode == rr ]]; then key=rps; unit="round trips/s"; else key=mbps; unit=MB/s; fi
-  out=$("$PEER" bench --connect "$work/base.sock" --mode "$mode" --size "$size" --time "$SECS")
-  [[ $(field verified <<<"$out") == yes ]] || { echo "baseline $mode $size not verified: $out" >&2; exit 1; }
-  base=$(field "$key" <<<"$out")
-  printf '%-14s %-12s %12s %10s  %s%s\n' "$mode $size" unix "$base" 1.00 "$unit" \
-    "$([[ $mode == rr ]] && echo " p50 $(field p50_us <<<"$out") us p99 $(field p99_us <<<"$out") us")"
-  for t in "${list[@]}"; do
-    out=$("$VIOGUEST" --quiet --transport "${guest[$t]}" vsock bench --cid 2 --port 5000 --mode "$mode" --size "$size" \
-      --time "$SECS" --buf-alloc "$WINDOW" --rx-buffers "$rxbufs" 2>&1) || { echo "$t $mode $size failed: $out" >&2; exit 1; }
-    [[ $(field verified <<<"$out") == yes ]] || { echo "$t $mode $size not verified: $out" >&2; exit 1; }
-    v=$(field "$key" <<<"$out")
-    printf '%-14s %-12s %12s %10s  %s%s\n' "$mode $size" "$t" "$v" "$(awk -v a="$v" -v b="$base" 'BEGIN{printf "%.2f", a/b}')" "$unit" \
-      "$([[ $mode == rr ]] && echo " p50 $(field p50_us <<<"$out") us p99 $(field p99_us <<<"$out") us")"
+  for r in $(seq "$ROUNDS"); do
+    out=$("$PEER" bench --connect "$work/base.sock" --mode "$mode" --size "$size" --time "$SECS")
+    [[ $(field verified <<<"$out") == yes ]] || { echo "baseline $mode $size not verified: $out" >&2; exit 1; }
+    local base
+    base=$(field "$key" <<<"$out")
+    vals[unix]+=" $base"; p50[unix]+=" $(field p50_us <<<"$out")"; p99[unix]+=" $(field p99_us <<<"$out")"
+    for t in "${list[@]}"; do
+      out=$("$VIOGUEST" --quiet --transport "${guest[$t]}" vsock bench --cid 2 --port 5000 --mode "$mode" --size "$size" \
+        --time "$SECS" --buf-alloc "$WINDOW" --rx-buffers "$rxbufs" 2>&1) || { echo "$t $mode $size failed: $out" >&2; exit 1; }
+      [[ $(field verified <<<"$out") == yes ]] || { echo "$t $mode $size not verified: $out" >&2; exit 1; }
+      v=$(field "$key" <<<"$out")
+      vals[$t]+=" $v"; ratios[$t]+=" $(awk -v a="$v" -v b="$base" 'BEGIN{printf "%.3f", a/b}')"
+      p50[$t]+=" $(field p50_us <<<"$out")"; p99[$t]+=" $(field p99_us <<<"$out")"
+    done
+  done
+  for t in unix "${list[@]}"; do
+    local ratio=1.00
+    [[ $t == unix ]] || ratio=$(median <<<"${ratios[$t]}")
+    printf '%-14s %-12s %12s %10.2f  %s%s\n' "$mode $size" "$t" "$(median <<<"${vals[$t]}")" "$ratio" "$unit" \
+      "$([[ $mode == rr ]] && echo " p50 $(median <<<"${p50[$t]}") us p99 $(median <<<"${p99[$t]}") us")"
   done
 }
 run tx 4096

@@ -353,8 +353,10 @@ int Bench(VsockDriver& d, const Args& a) {
     std::printf("vsock %s %u B writes over %s: %" PRIu64 " bytes in %.2f s, %.1f MB/s (%.2f Gbit/s)%s\n", mode.c_str(), h.size,
                 a.opts.at("transport").c_str(), bytes, elapsed, bytes / elapsed / 1e6, bytes * 8 / elapsed / 1e9,
                 h.mode == 'T' ? absl::StrCat(", server counted ", peer_bytes).c_str() : "");
-    std::printf("result device=vsock op=%s size=%u bytes=%" PRIu64 " seconds=%.3f mbps=%.1f verified=%s\n", mode.c_str(), h.size,
-                bytes, elapsed, bytes / elapsed / 1e6, ok ? "yes" : "no");
+    std::printf("result device=vsock op=%s size=%u bytes=%" PRIu64 " seconds=%.3f mbps=%.1f tx_waits=%" PRIu64
+                " tx_wait_timeouts=%" PRIu64 " tx_wait_missed=%" PRIu64 " verified=%s\n",
+                mode.c_str(), h.size, bytes, elapsed, bytes / elapsed / 1e6, d.stats().tx_waits, d.stats().tx_wait_timeouts,
+                d.stats().tx_wait_missed, ok ? "yes" : "no");
   }
   return ok ? 0 : 1;
 }

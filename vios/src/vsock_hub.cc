@@ -61,6 +61,7 @@ struct VsockHub::GuestState {
   std::array<std::atomic<uint64_t>, static_cast<size_t>(Refusal::kCount)> refused{};
   std::atomic<uint64_t> conns_open{0}, conns_total{0}, bad_connect{0}, to_host_bytes{0}, from_host_bytes{0};
   std::atomic<uint64_t> dest_full{0}, drop_to_guest{0};
+  std::atomic<uint64_t> to_host_queued{0};  // in-place bytes the host socket had no room for (copied)
 };
 
 struct VsockHub::Conn {
@@ -351,6 +352,7 @@ void VsockHub::AppendCounters(uint64_t cid, std::vector<std::pair<std::string, u
   out->push_back({"hub.conns_total", get(g->conns_total)});
   out->push_back({"hub.to_host_bytes", get(g->to_host_bytes)});
   out->push_back({"hub.from_host_bytes", get(g->from_host_bytes)});
+  out->push_back({"hub.to_host_queued_bytes", get(g->to_host_queued)});
   for (size_t i = 1; i < g->refused.size(); ++i)
     out->push_back({absl::StrCat("hub.refused_", vsock::RefusalName(static_cast<Refusal>(i))), get(g->refused[i])});
   out->push_back({"hub.bad_connect", get(g->bad_connect)});
@@ -490,12 +492,21 @@ void VsockHub::HandleGuestPacket(GuestState& g, const vsock::Hdr& h, std::vector
     c.ep->TakePacket(h, std::move(*payload), &out);
   else
     c.ep->PeekPacket(h, in_place, &out);
+  // When the guest makes room (it read what we sent), the host socket is
+  // read now, on this thread, as long as there are credit and data (up to
+  // a bound); only then is it the hub thread's to watch again (waking that
+  // thread meanwhile would only have it wait for this one's lock).
+  reading_inline_ = true;
   Apply(c, out);
-  // The guest made room (it read what we sent): read the host socket now,
-  // on this thread, rather than wake the hub's for it. Nothing there: the
-  // hub's thread waits for it as before.
-  if (conns_.count(id) && (c.events & EPOLLIN) && c.phase == Conn::Phase::kOpen && c.ep->peer_free() > credit)
-    OnHostReadable(c);
+  if (conns_.count(id) && c.ep->peer_free() > credit) {
+    for (int i = 0; i < 8 && WantsRead(c); ++i) {
+      const uint64_t before = g.from_host_bytes.load(std::memory_order_relaxed);
+      OnHostReadable(c);
+      if (!conns_.count(id) || g.from_host_bytes.load(std::memory_order_relaxed) == before) break;
+    }
+  }
+  reading_inline_ = false;
+  if (conns_.count(id)) UpdateInterest(c);
 }
 
 void VsockHub::GuestConnect(GuestState& g, const vsock::Hdr& h) {
@@ -617,19 +628,8 @@ void VsockHub::OnHostReadable(Conn& c) {
   }
   const size_t want = c.seq ? buf_.size() : std::min<size_t>(credit, kReadChunk);
   const ssize_t r = ::recv(c.fd, buf_.data(), want, 0);
+  if (r <= 0) return HostReadEnd(c, r);
   Endpoint::Output out;
-  if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
-  if (r < 0) {
-    c.ep->Reset(&out);
-    return Apply(c, out);
-  }
-  if (r == 0) {
-    // The host's end of the stream (a close, or a half-close: it may still
-    // read): the guest hears SHUTDOWN SEND and closes when it is done.
-    c.host_eof = true;
-    c.ep->Shutdown(vsock::kShutdownSend, &out);
-    return Apply(c, out);
-  }
   const std::span<const uint8_t> got(buf_.data(), static_cast<size_t>(r));
   const size_t took = c.ep->Send(got, c.seq, &out);
   Bump(g.from_host_bytes, took);
@@ -637,6 +637,20 @@ void VsockHub::OnHostReadable(Conn& c) {
     c.in.assign(got.begin() + static_cast<ptrdiff_t>(took), got.end());
     c.in_eom = c.seq;
   }
+  Apply(c, out);
+}
+
+void VsockHub::HostReadEnd(Conn& c, ssize_t r) {
+  Endpoint::Output out;
+  if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (r < 0) {
+    c.ep->Reset(&out);
+    return Apply(c, out);
+  }
+  // The host's end of the stream (a close, or a half-close: it may still
+  // read): the guest hears SHUTDOWN SEND and closes when it is done.
+  c.host_eof = true;
+  c.ep->Shutdown(vsock::kShutdownSend, &out);
   Apply(c, out);
 }
 
@@ -662,15 +676,20 @@ void VsockHub::Apply(Conn& c, Endpoint::Output& out) {
     if (c.seq) {
       c.msg.insert(c.msg.end(), d.begin(), d.end());  // its end (eom) below
     } else {
-      // Straight from the guest's buffer when nothing waits before it;
-      // what the socket does not take now is copied (a failed write is
-      // left to Flush, which sees it again).
+      // Straight from the guest's buffer when nothing waits before it
+      // (what waits is written first, here: the socket may have room
+      // again); what the socket does not take now is copied. A failed
+      // write is left to Flush below, which sees it again.
       size_t sent = 0;
+      if (!c.out.empty()) WriteOut(c);
       if (c.out.empty()) {
         const ssize_t w = ::send(c.fd, d.data(), d.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0) sent = static_cast<size_t>(w);
       }
-      if (sent < d.size()) QueueOut(c, d.subspan(sent));
+      if (sent < d.size()) {
+        QueueOut(c, d.subspan(sent));
+        Bump(g.to_host_queued, d.size() - sent);
+      }
       if (sent > 0) Wrote(c, sent);
     }
   }
@@ -716,8 +735,9 @@ void VsockHub::Apply(Conn& c, Endpoint::Output& out) {
   UpdateInterest(c);
 }
 
-void VsockHub::Flush(Conn& c) {
+bool VsockHub::WriteOut(Conn& c) {
   uint64_t wrote = 0;
+  bool ok = true;
   while (!c.out.empty()) {
     std::vector<uint8_t>& front = c.out.front();
     ssize_t w;
@@ -738,11 +758,8 @@ void VsockHub::Flush(Conn& c) {
     }
     if (w < 0 && (errno == EAGAIN || errno == EINTR)) break;
     if (w < 0) {
-      // The host side went away: the guest's end is reset.
-      c.out.clear();
-      c.out_off = 0;
-      ResetToGuest(c);
-      return Close(c.id);
+      ok = false;
+      break;
     }
     wrote += static_cast<uint64_t>(w);
     if (c.seq) {  // one message per write (an empty one too)
@@ -765,6 +782,17 @@ void VsockHub::Flush(Conn& c) {
     }
   }
   if (wrote > 0) Wrote(c, wrote);
+  return ok;
+}
+
+void VsockHub::Flush(Conn& c) {
+  if (!WriteOut(c)) {
+    // The host side went away: the guest's end is reset.
+    c.out.clear();
+    c.out_off = 0;
+    ResetToGuest(c);
+    return Close(c.id);
+  }
   if (c.out.empty() && c.shut_wr_pending && !c.shut_wr_done) {
     ::shutdown(c.fd, SHUT_WR);
     c.shut_wr_done = true;
@@ -787,12 +815,17 @@ void VsockHub::Wrote(Conn& c, uint64_t n) {
   for (Packet& p : o.to_peer) ToGuest(*c.g, std::move(p));
 }
 
+bool VsockHub::WantsRead(const Conn& c) const {
+  return c.phase == Conn::Phase::kOpen && c.ep && !c.ep->closed() && !c.draining && !c.host_eof && !c.g->stalled &&
+         c.in.empty() && c.ep->peer_free() > 0;
+}
+
 void VsockHub::UpdateInterest(Conn& c) {
   uint32_t want = 0;
   if (c.phase == Conn::Phase::kConnectLine) want |= EPOLLIN;
-  if (c.phase == Conn::Phase::kOpen && c.ep && !c.ep->closed() && !c.draining && !c.host_eof && !c.g->stalled &&
-      c.in.empty() && c.ep->peer_free() > 0)
-    want |= EPOLLIN;
+  // While a device thread reads inline, EPOLLIN is not added (it stays if
+  // it was there: toggling it would cost two epoll_ctl per packet).
+  if (WantsRead(c) && (!reading_inline_ || (c.events & EPOLLIN))) want |= EPOLLIN;
   if (!c.out.empty()) want |= EPOLLOUT;
   if (want == c.events) return;
   epoll_event ev{};

@@ -24,6 +24,8 @@
 // own thread accepts, reads the host sockets and waits for them to take
 // more, under the same lock.
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -100,15 +102,23 @@ class VsockHub final : public vsock::PacketSink {
   void Accept(GuestState& g);
   void OnHostReadable(Conn& c);
   void OnHostWritable(Conn& c);
+  // A host socket read that returned `r` <= 0: nothing yet, an error (the
+  // guest's end is reset) or the host's end of the stream.
+  void HostReadEnd(Conn& c, ssize_t r);
   void Apply(Conn& c, vsock::Endpoint::Output& out);
   // A host connection's limits for guest `g` (its buf_alloc, if set).
   vsock::Endpoint::Limits LimitsOf(const GuestState& g) const;
   void Flush(Conn& c);
+  // Writes what waits for the host socket until it takes no more; false on
+  // a write error (left for Flush to handle).
+  bool WriteOut(Conn& c);
   // (STREAM) bytes for the host socket, after what waits already.
   void QueueOut(Conn& c, std::span<const uint8_t> d);
   // `n` bytes of the guest's reached the host socket: its credit.
   void Wrote(Conn& c, uint64_t n);
   void UpdateInterest(Conn& c);
+  // The connection has room for host data (the guest's credit) and reads.
+  bool WantsRead(const Conn& c) const;
   // A connection on `fd`, registered with epoll (no events until
   // UpdateInterest), and its binding to (guest port, host port) once its
   // endpoint exists; Close undoes both.
@@ -160,6 +170,7 @@ class VsockHub final : public vsock::PacketSink {
   uint64_t next_conn_ ABSL_GUARDED_BY(io_mu_) = 1;
   std::vector<uint8_t> buf_ ABSL_GUARDED_BY(io_mu_);
   std::vector<vsock::Packet> batch_ ABSL_GUARDED_BY(io_mu_);
+  bool reading_inline_ ABSL_GUARDED_BY(io_mu_) = false;  // a device thread reads a host socket
   std::atomic<size_t> open_{0};
 };
 

@@ -345,6 +345,7 @@ absl::Status VsockDriver::Reap() {
       return absl::DataLossError(absl::StrCat("vsock: device returned unknown transmit buffer ", token));
     tx_[k].free.push_back(static_cast<uint32_t>(token));
     --tx_in_flight_;
+    ++tx_reaped_;
   }
   DriverQueue& rxq = drv_.queue(vsock::kRxQueue);
   const uint64_t rx_count = rx_.size / rx_slot_;
@@ -403,9 +404,12 @@ absl::Status VsockDriver::Poll(absl::Duration timeout) {
   DriverQueue& rxq = drv_.queue(vsock::kRxQueue);
   DriverQueue& txq = drv_.queue(vsock::kTxQueue);
   const uint64_t before = stats_.rx_packets + stats_.transport_resets;
-  const uint32_t in_flight_before = tx_in_flight_;
+  // Any transmit buffer back counts, even when Flush refilled its slot at
+  // once: the re-check below must not sleep after taking used entries (the
+  // interrupt it armed for was for entries it has now seen).
+  const uint64_t reaped_before = tx_reaped_;
   auto progressed = [&] {
-    return stats_.rx_packets + stats_.transport_resets != before || tx_in_flight_ < in_flight_before;
+    return stats_.rx_packets + stats_.transport_resets != before || tx_reaped_ != reaped_before;
   };
   for (uint32_t i = 0;; ++i) {
     if (absl::Status s = Reap(); !s.ok()) return fail(s);
@@ -439,7 +443,19 @@ absl::Status VsockDriver::Poll(absl::Duration timeout) {
       return absl::OkStatus();
     }
     // Both matter when transmit is blocked: wake often to look at both.
-    t.WaitForInterrupt(q.index(), std::min(deadline - now, tx_blocked ? absl::Milliseconds(1) : absl::Milliseconds(100)));
+    const absl::Duration wait = std::min(deadline - now, tx_blocked ? absl::Milliseconds(1) : absl::Milliseconds(100));
+    const bool woken = t.WaitForInterrupt(q.index(), wait);
+    if (tx_blocked) {
+      ++stats_.tx_waits;
+      if (!woken && wait == absl::Milliseconds(1)) {
+        // Timed out: a slow device, or one that gave buffers back and
+        // raised no interrupt for them (a wake-up lost).
+        ++stats_.tx_wait_timeouts;
+        const uint64_t reaped = tx_reaped_;
+        if (absl::Status s = Reap(); !s.ok()) return fail(s);
+        if (tx_reaped_ != reaped) ++stats_.tx_wait_missed;
+      }
+    }
   }
 }
 

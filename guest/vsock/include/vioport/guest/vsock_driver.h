@@ -60,6 +60,11 @@ class VsockDriver {
     uint64_t rst_sent = 0, rst_received = 0, transport_resets = 0;
     uint64_t bad_packets = 0;  // from the device: too short, wrong CID, unknown type
     uint64_t refused = 0;      // REQUESTs answered with RST (no listener, backlog full, limit)
+    // Sleeps with data waiting for a transmit slot; those that ended by
+    // their timeout rather than the device's interrupt; and of those, the
+    // ones after which the device had given buffers back (no interrupt
+    // came for them: a lost wake-up, not a slow device).
+    uint64_t tx_waits = 0, tx_wait_timeouts = 0, tx_wait_missed = 0;
   };
 
   explicit VsockDriver(DriverTransport& transport);
@@ -169,6 +174,7 @@ class VsockDriver {
   };
   std::array<TxPool, 3> tx_{};
   uint32_t tx_in_flight_ = 0;
+  uint64_t tx_reaped_ = 0;  // transmit buffers the device gave back, ever
   std::deque<vsock::Packet> pending_;  // made, not yet in the ring
   size_t pending_bytes_ = 0;           // their payload bytes
   absl::flat_hash_map<ConnId, std::unique_ptr<Conn>> conns_;
