@@ -106,7 +106,8 @@ common options:
 )", GuestTransportsHelp(4), R"(  --memory MIB            guest memory to share (default: the transport's)
   --packed                use packed rings (default split)
   --no-event-idx / --no-indirect
-  --spin-us N             poll a used ring N us before sleeping (default 30)
+  --spin-us N             poll a used ring N us before sleeping (default 30; a vsock
+                          reader waiting for data adapts it, up to 200)
   --quiet                 no progress line
   --log-level LEVEL       error, warning (default), info, debug
 

@@ -51,6 +51,7 @@ absl::Status VsockDriver::Init(uint64_t ring_features, const VsockDriverOptions&
       o.max_packet > vsock::kMaxPayload || o.buf_alloc < o.max_packet)
     return absl::InvalidArgumentError("vsock: buffer options out of range");
   opts_ = o;
+  spin_ = o.wait.spin;
   DriverTransport& t = drv_.transport();
   if (t.GetDeviceId() != static_cast<uint32_t>(DeviceId::kVsock))
     return absl::FailedPreconditionError(absl::StrCat("vsock: the device is type ", t.GetDeviceId(), ", not vsock (19)"));
@@ -389,7 +390,21 @@ absl::Status VsockDriver::Reap() {
   return absl::OkStatus();
 }
 
-absl::Status VsockDriver::Poll(absl::Duration timeout) {
+void VsockDriver::AdaptSpin(absl::Duration waited) {
+  // As a halt-polling guest does: a wait a longer spin would have caught
+  // doubles the spin (up to kMaxSpin); a longer one halves it (down to
+  // the configured spin). Only for a reader waiting for data: a sender
+  // waiting for credit or slots spins the configured time, since there its
+  // spinning takes the core the device needs to make them.
+  if (waited < kMaxSpin)
+    spin_ = std::min(kMaxSpin, std::max(spin_ * 2, absl::Microseconds(10)));
+  else
+    spin_ = std::max(opts_.wait.spin, spin_ / 2);
+}
+
+absl::Status VsockDriver::Poll(absl::Duration timeout) { return PollFor(timeout, false); }
+
+absl::Status VsockDriver::PollFor(absl::Duration timeout, bool adaptive) {
   if (absl::Status s = Check(); !s.ok()) return s;
   auto fail = [&](absl::Status s) {
     ready_ = false;
@@ -399,7 +414,7 @@ absl::Status VsockDriver::Poll(absl::Duration timeout) {
   };
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + timeout;
-  const absl::Time spin_end = start + std::min(timeout, opts_.wait.spin);
+  const absl::Time spin_end = start + std::min(timeout, adaptive ? spin_ : opts_.wait.spin);
   DriverTransport& t = drv_.transport();
   DriverQueue& rxq = drv_.queue(vsock::kRxQueue);
   DriverQueue& txq = drv_.queue(vsock::kTxQueue);
@@ -433,6 +448,7 @@ absl::Status VsockDriver::Poll(absl::Duration timeout) {
     if (progressed()) {
       rxq.DisableInterrupts();
       txq.DisableInterrupts();
+      if (adaptive) AdaptSpin(absl::Now() - start);
       return absl::OkStatus();
     }
     if (drv_.NeedsReset()) return fail(absl::UnavailableError("vsock: device needs reset"));
@@ -440,6 +456,7 @@ absl::Status VsockDriver::Poll(absl::Duration timeout) {
     if (now >= deadline) {
       rxq.DisableInterrupts();
       txq.DisableInterrupts();
+      if (adaptive) AdaptSpin(now - start);
       return absl::OkStatus();
     }
     // Both matter when transmit is blocked: wake often to look at both.
@@ -631,7 +648,7 @@ absl::StatusOr<VsockDriver::RecvResult> VsockDriver::Recv(ConnId id, std::span<u
     if (absl::Status s = Check(); !s.ok()) return s;
     const absl::Time now = absl::Now();
     if (now >= deadline) return r;
-    if (absl::Status s = Poll(deadline - now); !s.ok()) return s;
+    if (absl::Status s = PollFor(deadline - now, /*adaptive=*/true); !s.ok()) return s;
   }
 }
 

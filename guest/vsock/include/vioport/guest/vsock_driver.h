@@ -120,6 +120,9 @@ class VsockDriver {
   absl::Status Poll(absl::Duration timeout);
 
  private:
+  // Poll; `adaptive`: spin for spin_ (adapted to how long waits take), not
+  // the configured spin, before sleeping.
+  absl::Status PollFor(absl::Duration timeout, bool adaptive);
   struct Chunk {
     std::vector<uint8_t> data;
     size_t off = 0;
@@ -174,7 +177,10 @@ class VsockDriver {
   };
   std::array<TxPool, 3> tx_{};
   uint32_t tx_in_flight_ = 0;
-  uint64_t tx_reaped_ = 0;  // transmit buffers the device gave back, ever
+  uint64_t tx_reaped_ = 0;
+  absl::Duration spin_;  // how long Poll polls before it sleeps (AdaptSpin)
+  static constexpr absl::Duration kMaxSpin = absl::Microseconds(200);
+  void AdaptSpin(absl::Duration waited);  // transmit buffers the device gave back, ever
   std::deque<vsock::Packet> pending_;  // made, not yet in the ring
   size_t pending_bytes_ = 0;           // their payload bytes
   absl::flat_hash_map<ConnId, std::unique_ptr<Conn>> conns_;
