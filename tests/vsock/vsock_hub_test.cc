@@ -90,6 +90,21 @@ struct FakeGuest {
   size_t head = 0;
 };
 
+// A host process's listening socket at `path` (a guest's uds_path_PORT);
+// -1 if it could not be made.
+int ListenAt(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (fd < 0 || path.size() >= sizeof addr.sun_path) return -1;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 || ::listen(fd, 16) < 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 Hdr Request(uint64_t src, uint32_t sport, uint64_t dst, uint32_t dport, uint16_t type = vsock::kTypeStream) {
   Hdr h{};
   h.src_cid = src;
@@ -201,13 +216,8 @@ TEST_F(VsockHubTest, GuestReachesAHostListener) {
   auto hub = Hub();
   const std::string uds = dir_ + "/v3.sock";
   FakeGuest g(*hub, 3, uds);
-  const int ls = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  const std::string lp = uds + "_7000";
-  std::memcpy(addr.sun_path, lp.c_str(), lp.size() + 1);
-  ASSERT_EQ(::bind(ls, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(::listen(ls, 4), 0);
+  const int ls = ListenAt(uds + "_7000");
+  ASSERT_GE(ls, 0);
   const std::vector<uint8_t> up = Bytes(256 * 1024, 2), down = Bytes(100 * 1024, 3);
   // The host: reads everything, checks it, answers, closes.
   std::vector<uint8_t> host_got;
@@ -268,13 +278,8 @@ TEST_F(VsockHubTest, InPlaceDataReachesASlowHostInOrder) {
   auto hub = Hub(o);
   const std::string uds = dir_ + "/v3.sock";
   FakeGuest g(*hub, 3, uds);
-  const int ls = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  const std::string lp = uds + "_7000";
-  std::memcpy(addr.sun_path, lp.c_str(), lp.size() + 1);
-  ASSERT_EQ(::bind(ls, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(::listen(ls, 4), 0);
+  const int ls = ListenAt(uds + "_7000");
+  ASSERT_GE(ls, 0);
   const std::vector<uint8_t> up = Bytes(4 << 20, 7);
   std::vector<uint8_t> host_got;
   std::thread host([&] {
@@ -468,13 +473,8 @@ TEST_F(VsockHubTest, RefusalsAreCountedAndAnswered) {
   EXPECT_EQ(::read(h, &c, 1), 0) << "closed without OK";
   ::close(h);
   // A connection flood: a listener takes them, the fourth is refused.
-  const int ls = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  addr = {};
-  addr.sun_family = AF_UNIX;
-  const std::string lp = uds + "_9";
-  std::memcpy(addr.sun_path, lp.c_str(), lp.size() + 1);
-  ASSERT_EQ(::bind(ls, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(::listen(ls, 16), 0);
+  const int ls = ListenAt(uds + "_9");
+  ASSERT_GE(ls, 0);
   for (uint32_t i = 0; i < 4; ++i) {
     g.Send(Packet{Request(3, 600 + i, vsock::kCidHost, 9), {}});
     ASSERT_TRUE(g.Next(&p));
