@@ -11,6 +11,8 @@
 # bytes (tx) and the echo is compared (rr).
 #   --secs N        seconds per run (default 3)
 #   --transports L  comma-separated subset of shm,vhost-user,crq,xen
+#   --host-window SIZE  vios's window only (its buf-alloc: what the guest
+#                   may send ahead to a host socket); default: --window
 #   --rounds N      rounds per workload (default 3); each round runs the
 #                   baseline, then every transport; medians are printed
 #   --window SIZE   the credit window both ways: vios's buf-alloc and the
@@ -25,12 +27,14 @@ SECS=3
 ROUNDS=3
 TRANSPORTS=shm,vhost-user,crq,xen
 WINDOW=256K
+HOST_WINDOW=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) sed -n '3,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     --secs) SECS="$2"; shift 2 ;;
     --transports) TRANSPORTS="$2"; shift 2 ;;
     --window) WINDOW="$2"; shift 2 ;;
+    --host-window) HOST_WINDOW="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     *) echo "bench-vsock.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -74,7 +78,7 @@ cid=3
 for t in "${list[@]}"; do
   [[ -n "${attach[$t]:-}" ]] || { echo "bench-vsock.sh: unknown transport $t" >&2; exit 2; }
   id=${t//-/}
-  args+=(--device "vsock,id=$id,cid=$cid,uds-path=$work/$id.vsock,buf-alloc=$WINDOW" --attach "$id,${attach[$t]}")
+  args+=(--device "vsock,id=$id,cid=$cid,uds-path=$work/$id.vsock,buf-alloc=${HOST_WINDOW:-$WINDOW}" --attach "$id,${attach[$t]}")
   cid=$((cid + 1))
 done
 "$VIOS" "${args[@]}" --control "$work/vios.ctl" 2>"$work/vios.log" &
@@ -91,7 +95,7 @@ sleep 0.3
 
 rxbufs=64
 [[ $WINDOW == 256K || $WINDOW == 262144 ]] || rxbufs=96
-echo "vsock: $SECS s per run, window $WINDOW, median of $ROUNDS rounds (the ratio: median of each round's ratio to that round's baseline); guest client through vios against vsock-peer, baseline = the same over a Unix socket"
+echo "vsock: $SECS s per run, window $WINDOW${HOST_WINDOW:+, vios $HOST_WINDOW}, median of $ROUNDS rounds (the ratio: median of each round's ratio to that round's baseline); guest client through vios against vsock-peer, baseline = the same over a Unix socket"
 printf '%-14s %-12s %12s %10s\n' workload path result ratio
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 run() {  # run MODE SIZE: ROUNDS rounds, each the baseline then every transport
