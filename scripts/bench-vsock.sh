@@ -16,9 +16,10 @@
 #   --rounds N      rounds per workload (default 3); each round runs the
 #                   baseline, then every transport; medians are printed
 #   --window SIZE   the credit window both ways: vios's buf-alloc and the
-#                   guest driver's (default 256K, as Linux's default socket
-#                   buffer); above 256K the guest also posts 96 receive
-#                   buffers instead of 64
+#                   guest driver's (default: each one's own, vios 1M within
+#                   its host budget, the guest 256K as Linux's default
+#                   socket buffer); above 256K the guest also posts 96
+#                   receive buffers instead of 64
 # Prints one line per workload and path (medians) and the ratio to the
 # baseline; docs/performance.md records its output.
 set -euo pipefail
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 SECS=3
 ROUNDS=3
 TRANSPORTS=shm,vhost-user,crq,xen
-WINDOW=256K
+WINDOW=
 HOST_WINDOW=
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -78,7 +79,8 @@ cid=3
 for t in "${list[@]}"; do
   [[ -n "${attach[$t]:-}" ]] || { echo "bench-vsock.sh: unknown transport $t" >&2; exit 2; }
   id=${t//-/}
-  args+=(--device "vsock,id=$id,cid=$cid,uds-path=$work/$id.vsock,buf-alloc=${HOST_WINDOW:-$WINDOW}" --attach "$id,${attach[$t]}")
+  hw=${HOST_WINDOW:-$WINDOW}
+  args+=(--device "vsock,id=$id,cid=$cid,uds-path=$work/$id.vsock${hw:+,buf-alloc=$hw}" --attach "$id,${attach[$t]}")
   cid=$((cid + 1))
 done
 "$VIOS" "${args[@]}" --control "$work/vios.ctl" 2>"$work/vios.log" &
@@ -94,8 +96,10 @@ pids+=($!)
 sleep 0.3
 
 rxbufs=64
-[[ $WINDOW == 256K || $WINDOW == 262144 ]] || rxbufs=96
-echo "vsock: $SECS s per run, window $WINDOW${HOST_WINDOW:+, vios $HOST_WINDOW}, median of $ROUNDS rounds (the ratio: median of each round's ratio to that round's baseline); guest client through vios against vsock-peer, baseline = the same over a Unix socket"
+[[ -z $WINDOW || $WINDOW == 256K || $WINDOW == 262144 ]] || rxbufs=96
+gwin=()
+[[ -z $WINDOW ]] || gwin=(--buf-alloc "$WINDOW")
+echo "vsock: $SECS s per run, window: guest ${WINDOW:-256K (default)}, vios ${HOST_WINDOW:-${WINDOW:-1M (default)}}, median of $ROUNDS rounds (the ratio: median of each round's ratio to that round's baseline); guest client through vios against vsock-peer, baseline = the same over a Unix socket"
 printf '%-14s %-12s %12s %10s\n' workload path result ratio
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 run() {  # run MODE SIZE: ROUNDS rounds, each the baseline then every transport
@@ -110,7 +114,7 @@ run() {  # run MODE SIZE: ROUNDS rounds, each the baseline then every transport
     vals[unix]+=" $base"; p50[unix]+=" $(field p50_us <<<"$out")"; p99[unix]+=" $(field p99_us <<<"$out")"
     for t in "${list[@]}"; do
       out=$("$VIOGUEST" --quiet --transport "${guest[$t]}" vsock bench --cid 2 --port 5000 --mode "$mode" --size "$size" \
-        --time "$SECS" --buf-alloc "$WINDOW" --rx-buffers "$rxbufs" 2>&1) || { echo "$t $mode $size failed: $out" >&2; exit 1; }
+        --time "$SECS" "${gwin[@]}" --rx-buffers "$rxbufs" 2>&1) || { echo "$t $mode $size failed: $out" >&2; exit 1; }
       [[ $(field verified <<<"$out") == yes ]] || { echo "$t $mode $size not verified: $out" >&2; exit 1; }
       v=$(field "$key" <<<"$out")
       vals[$t]+=" $v"; ratios[$t]+=" $(awk -v a="$v" -v b="$base" 'BEGIN{printf "%.3f", a/b}')"

@@ -98,7 +98,7 @@ int ListenAt(const std::string& path) {
   addr.sun_family = AF_UNIX;
   if (fd < 0 || path.size() >= sizeof addr.sun_path) return -1;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 || ::listen(fd, 16) < 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0 || ::listen(fd, SOMAXCONN) < 0) {
     ::close(fd);
     return -1;
   }
@@ -341,6 +341,55 @@ TEST_F(VsockHubTest, InPlaceDataReachesASlowHostInOrder) {
   stray.len = 4;
   const uint8_t four[4] = {1, 2, 3, 4};
   EXPECT_FALSE(hub->SendInPlace(3, stray, four));
+}
+
+// A guest's host budget: each new host connection's window is the budget
+// split across the connections open, never above buf_alloc nor below one
+// packet; a closed connection gives its share back.
+TEST_F(VsockHubTest, HostBudgetSplitsTheWindowAcrossConnections) {
+  auto hub = Hub();
+  const std::string uds = dir_ + "/v3.sock";
+  VsockHub::Guest gs;
+  auto inbox = std::make_shared<vsock::Inbox>();
+  gs.id = "g3";
+  gs.cid = 3;
+  gs.inbox = inbox;
+  gs.uds_path = uds;
+  gs.buf_alloc = 1 << 20;
+  gs.budget = 2 << 20;
+  ASSERT_TRUE(hub->AddGuest(std::move(gs)).ok());
+  const int ls = ListenAt(uds + "_9");
+  ASSERT_GE(ls, 0);
+  std::vector<Packet> got;
+  auto window_of_next = [&](uint32_t port) -> uint32_t {
+    std::vector<Packet> req{Packet{Request(3, port, vsock::kCidHost, 9), {}}};
+    hub->Send(3, req);
+    got.clear();
+    for (int i = 0; i < 200 && inbox->Take(&got, 16) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (got.size() != 1 || got[0].hdr.op != vsock::kOpResponse) {
+      ADD_FAILURE() << "no RESPONSE for port " << port;
+      return 0;
+    }
+    return got[0].hdr.buf_alloc;
+  };
+  // 2 MiB over 1, 2, 3, ... open connections: 1 MiB (buf_alloc caps the
+  // first two), then 2M/3, 2M/4, ...; 64 KiB at the least.
+  EXPECT_EQ(window_of_next(100), 1u << 20);
+  EXPECT_EQ(window_of_next(101), 1u << 20);
+  EXPECT_EQ(window_of_next(102), (2u << 20) / 3);
+  EXPECT_EQ(window_of_next(103), (2u << 20) / 4);
+  for (uint32_t p = 104; p < 140; ++p) window_of_next(p);
+  EXPECT_EQ(window_of_next(140), vsock::kMaxPayload) << "one packet at the least";
+  // The guest resets one: the next connection's share is computed anew.
+  Hdr rst = Request(3, 100, vsock::kCidHost, 9);
+  rst.op = vsock::kOpRst;
+  std::vector<Packet> reset{Packet{rst, {}}};
+  hub->Send(3, reset);
+  for (int i = 0; i < 200 && hub->host_connections() != 40; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(hub->host_connections(), 40u);
+  EXPECT_EQ(window_of_next(141), std::max<uint32_t>((2u << 20) / 41, vsock::kMaxPayload));
+  ::close(ls);
+  hub->RemoveGuest(3);
 }
 
 TEST_F(VsockHubTest, RoutesBetweenGuestsOnlyWithinAGroup) {

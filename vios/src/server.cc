@@ -246,8 +246,10 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> Server::MakeVsockDevice(DeviceSpec
   auto group = o.String("group", "");
   auto seq = o.Bool("seqpacket", true);
   auto qs = o.Uint("queue-size", 1024, 1, 1024);
-  auto ba = o.Uint("buf-alloc", 256 << 10, vsock::kMaxPayload, 64u << 20);
-  for (const absl::Status& s : {cid.status(), uds.status(), group.status(), seq.status(), qs.status(), ba.status()})
+  auto ba = o.Uint("buf-alloc", 1 << 20, vsock::kMaxPayload, 64u << 20);
+  auto budget = o.Uint("host-budget", 64ull << 20, 0, 64ull << 30);
+  for (const absl::Status& s :
+       {cid.status(), uds.status(), group.status(), seq.status(), qs.status(), ba.status(), budget.status()})
     if (!s.ok()) return s;
   if (absl::Status s = o.CheckAllUsed(); !s.ok()) return s;
   if (*cid == 0) return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": vsock needs cid=N (3..4294967294)"));
@@ -269,6 +271,7 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> Server::MakeVsockDevice(DeviceSpec
   g.inbox = std::shared_ptr<vsock::Inbox>(dev, &dev->inbox());
   g.uds_path = *uds;
   g.buf_alloc = static_cast<uint32_t>(*ba);
+  g.budget = *budget;
   if (!group->empty()) g.groups = absl::StrSplit(*group, '+', absl::SkipEmpty());
   if (absl::Status s = vsock_hub_->AddGuest(std::move(g)); !s.ok())
     return absl::Status(s.code(), absl::StrCat(o.origin(), ": ", s.message()));

@@ -45,15 +45,20 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
           refuses MAC_ADDR_SET); standby offers STANDBY (net failover);
           offloads=off offers no checksum or TSO offload
       vsock,id=ID,cid=N[,uds-path=PATH][,group=G[+H...]][,seqpacket=off]
-                  [,queue-size=N][,buf-alloc=SIZE]
+                  [,queue-size=N][,buf-alloc=SIZE][,host-budget=SIZE]
           virtio-vsock for guest CID N (3..4294967294) on vios's hub. The
           host side is PATH: a host process connects to PATH and writes
           "CONNECT <port>\n", and reads "OK <host-port>\n" once the guest
           accepts; the guest's connections to host port P reach a listener
           on PATH_P. Guests sharing a group reach each other by CID;
           without one, a guest reaches only the host. buf-alloc: the
-          receive window vios offers the guest per host connection
-          (default 256K; data vios may hold per connection; 64K..64M)
+          largest receive window vios offers the guest per host
+          connection (default 1M; 64K..64M); host-budget: what vios may
+          hold for the guest's host connections in all (data a host
+          process has not read yet): a new connection's window is at
+          most host-budget / (connections open + 1), at least 64K
+          (default 64M, 0: no budget; the most it holds is about
+          host-budget x (1 + ln(connections x buf-alloc / host-budget)))
           (docs/vsock.md)
       rng,id=ID
       console,id=ID,socket=PATH        host side on a Unix socket (one client)

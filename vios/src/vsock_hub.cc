@@ -664,6 +664,13 @@ void VsockHub::OnHostWritable(Conn& c) {
 vsock::Endpoint::Limits VsockHub::LimitsOf(const GuestState& g) const {
   vsock::Endpoint::Limits l = opts_.limits;
   if (g.g.buf_alloc) l.buf_alloc = std::max(g.g.buf_alloc, l.max_packet);
+  if (g.g.budget) {
+    // Windows already given stay (data may be on its way under them), so
+    // the most vios holds is the sum of each connection's share when it
+    // opened: about budget x (1 + ln(connections x buf_alloc / budget)).
+    const uint64_t share = g.g.budget / (uint64_t{g.open} + 1);
+    l.buf_alloc = static_cast<uint32_t>(std::max<uint64_t>(std::min<uint64_t>(l.buf_alloc, share), l.max_packet));
+  }
   return l;
 }
 

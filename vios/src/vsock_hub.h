@@ -60,6 +60,10 @@ class VsockHub final : public vsock::PacketSink {
     std::string uds_path;                 // "": no host side
     std::vector<std::string> groups;      // guests sharing one reach each other
     uint32_t buf_alloc = 0;               // per host connection; 0: Options::limits
+    // What vios may hold for this guest's host connections (data the guest
+    // sent that a host process has not read): a new connection's window is
+    // at most budget / (connections open + 1), at least one packet. 0: none.
+    uint64_t budget = 0;
   };
   static absl::StatusOr<std::shared_ptr<VsockHub>> Create(Options options);
   ~VsockHub() override;
@@ -106,7 +110,8 @@ class VsockHub final : public vsock::PacketSink {
   // guest's end is reset) or the host's end of the stream.
   void HostReadEnd(Conn& c, ssize_t r);
   void Apply(Conn& c, vsock::Endpoint::Output& out);
-  // A host connection's limits for guest `g` (its buf_alloc, if set).
+  // A new host connection's limits for guest `g` (its buf_alloc, if set,
+  // within its budget's share).
   vsock::Endpoint::Limits LimitsOf(const GuestState& g) const;
   void Flush(Conn& c);
   // Writes what waits for the host socket until it takes no more; false on
