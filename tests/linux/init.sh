@@ -244,8 +244,16 @@ recv_tcp() {
     (sleep 600 | nc -l -p "$1" >"$2") &
   fi
   RECV_PID=$!
+  RECV_FILE=$2
 }
 recv_done() {  # recv_done SECONDS: waits for the recv_tcp stream to end
+  i=0
+  # Its nc may not have started yet (a loaded host): until it shows, or
+  # its file has bytes (it started and ended already), or 5 s.
+  while [ -z "$(ps -o pid,args | grep -v grep | grep ' nc ')" ] && [ ! -s "$RECV_FILE" ] && [ $i -lt 50 ]; do
+    i=$((i + 1))
+    sleep 0.1
+  done
   i=0
   while [ -n "$(ps -o pid,args | grep -v grep | grep ' nc ')" ]; do
     i=$((i + 1))
