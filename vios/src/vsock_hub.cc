@@ -280,7 +280,7 @@ bool VsockHub::SendInPlace(uint64_t from_cid, const vsock::Hdr& h, std::span<con
   GuestState& g = *it->second;
   auto k = g.by_key.find(Key(h.src_port, h.dst_port));
   if (k == g.by_key.end()) return false;  // Send refuses it
-  HandleGuestPacket(g, h, nullptr, payload);
+  HandleConnPacket(g, *conns_.at(k->second), h, nullptr, payload);
   PushBacklog(it->second);
   return true;
 }
@@ -483,7 +483,11 @@ void VsockHub::HandleGuestPacket(GuestState& g, const vsock::Hdr& h, std::vector
     if (h.op == vsock::kOpRequest) return GuestConnect(g, h);
     return Refuse(g.g.cid, h, Refusal::kNoConnection);
   }
-  Conn& c = *conns_.at(it->second);
+  HandleConnPacket(g, *conns_.at(it->second), h, payload, in_place);
+}
+
+void VsockHub::HandleConnPacket(GuestState& g, Conn& c, const vsock::Hdr& h, std::vector<uint8_t>* payload,
+                                std::span<const uint8_t> in_place) {
   if (!c.ep || c.draining) return;
   const uint32_t credit = c.ep->peer_free();
   const uint64_t id = c.id;

@@ -102,6 +102,9 @@ class VsockHub final : public vsock::PacketSink {
   // caller's buffer (`in_place`, payload nullptr).
   void HandleGuestPacket(GuestState& g, const vsock::Hdr& h, std::vector<uint8_t>* payload,
                          std::span<const uint8_t> in_place);
+  // The same, for the connection `c` it belongs to.
+  void HandleConnPacket(GuestState& g, Conn& c, const vsock::Hdr& h, std::vector<uint8_t>* payload,
+                        std::span<const uint8_t> in_place);
   void GuestConnect(GuestState& g, const vsock::Hdr& h);
   void Accept(GuestState& g);
   void OnHostReadable(Conn& c);

@@ -266,6 +266,23 @@ absl::Status VsockDriver::Check() const {
   return absl::OkStatus();
 }
 
+AddStatus VsockDriver::PutInSlot(int k, const vsock::Hdr& h, std::span<const uint8_t> payload) {
+  TxPool& pool = tx_[k];
+  const uint32_t slot = pool.free.back();
+  uint8_t* dst = pool.buf.host + size_t{slot} * pool.slot;
+  std::memcpy(dst, &h, vsock::kHdrSize);
+  if (!payload.empty()) std::memcpy(dst + vsock::kHdrSize, payload.data(), payload.size());
+  DriverBuffer b{pool.buf.device_addr + uint64_t{slot} * pool.slot, static_cast<uint32_t>(vsock::kHdrSize + payload.size()),
+                 false};
+  const AddStatus a = drv_.queue(vsock::kTxQueue).Add({&b, 1}, (uint64_t{static_cast<uint32_t>(k)} << 32) | slot);
+  if (a != AddStatus::kOk) return a;
+  pool.free.pop_back();
+  ++tx_in_flight_;
+  ++stats_.tx_packets;
+  stats_.tx_bytes += payload.size();
+  return a;
+}
+
 absl::Status VsockDriver::Flush() {
   DriverQueue& q = drv_.queue(vsock::kTxQueue);
   bool added = false;
@@ -273,22 +290,12 @@ absl::Status VsockDriver::Flush() {
     vsock::Packet& p = pending_.front();
     const size_t need = vsock::kHdrSize + p.payload.size();
     const int k = need <= kSmallSlot ? 0 : need <= kMediumSlot ? 1 : 2;
-    TxPool& pool = tx_[k];
-    if (pool.free.empty()) break;
-    const uint32_t slot = pool.free.back();
-    uint8_t* dst = pool.buf.host + size_t{slot} * pool.slot;
+    if (tx_[k].free.empty()) break;
     p.hdr.len = static_cast<uint32_t>(p.payload.size());
-    std::memcpy(dst, &p.hdr, vsock::kHdrSize);
-    if (!p.payload.empty()) std::memcpy(dst + vsock::kHdrSize, p.payload.data(), p.payload.size());
-    DriverBuffer b{pool.buf.device_addr + uint64_t{slot} * pool.slot, static_cast<uint32_t>(need), false};
-    const AddStatus a = q.Add({&b, 1}, (uint64_t{static_cast<uint32_t>(k)} << 32) | slot);
+    const AddStatus a = PutInSlot(k, p.hdr, p.payload);
     if (a == AddStatus::kFull) break;
     if (a == AddStatus::kBroken) return RingErrorStatus(q.error(), 0);
     if (a != AddStatus::kOk) return absl::InternalError("vsock: transmit buffer not queued");
-    pool.free.pop_back();
-    ++tx_in_flight_;
-    ++stats_.tx_packets;
-    stats_.tx_bytes += p.payload.size();
     pending_bytes_ -= p.payload.size();
     pending_.pop_front();
     added = true;
@@ -309,23 +316,13 @@ absl::StatusOr<size_t> VsockDriver::SendDirect(Conn& c, std::span<const uint8_t>
       k = 1;  // the big slots are all in flight: a medium one carries part
       want = kMediumSlot - vsock::kHdrSize;
     }
-    TxPool& pool = tx_[k];
-    if (pool.free.empty()) break;
+    if (tx_[k].free.empty()) break;
     vsock::Hdr h;
     const size_t n = c.ep->NextRw(want, &h);
     if (n == 0) break;
-    const uint32_t slot = pool.free.back();
-    uint8_t* dst = pool.buf.host + size_t{slot} * pool.slot;
-    std::memcpy(dst, &h, vsock::kHdrSize);
-    std::memcpy(dst + vsock::kHdrSize, data.data() + done, n);
-    DriverBuffer b{pool.buf.device_addr + uint64_t{slot} * pool.slot, static_cast<uint32_t>(vsock::kHdrSize + n), false};
-    const AddStatus a = q.Add({&b, 1}, (uint64_t{static_cast<uint32_t>(k)} << 32) | slot);
+    const AddStatus a = PutInSlot(k, h, data.subspan(done, n));
     if (a == AddStatus::kBroken) return RingErrorStatus(q.error(), 0);
     if (a != AddStatus::kOk) return absl::InternalError("vsock: transmit buffer not queued");
-    pool.free.pop_back();
-    ++tx_in_flight_;
-    ++stats_.tx_packets;
-    stats_.tx_bytes += n;
     done += n;
     added = true;
   }

@@ -149,6 +149,9 @@ class VsockDriver {
   void Queue(vsock::Packet&& p);
   void QueueRst(const vsock::Hdr& to);
   absl::Status Flush();
+  // Header and payload into a free slot of transmit pool `k`, made
+  // available to the device; on kOk the slot is in flight and counted.
+  AddStatus PutInSlot(int k, const vsock::Hdr& h, std::span<const uint8_t> payload);
   // Stream data written straight into free transmit slots (no packet in
   // between), as far as credit and slots allow; returns the bytes taken.
   absl::StatusOr<size_t> SendDirect(Conn& c, std::span<const uint8_t> data);
