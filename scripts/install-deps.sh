@@ -15,6 +15,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev googletest
   libbenchmark-dev
   libtomlplusplus-dev
+  # JSON for vios's control API (JSON-RPC 2.0)
+  nlohmann-json3-dev
   libxen-dev
   # real xenstore clients (xenstore-read/-write/-ls/-watch ...) the xenstore
   # emulator (emulators/xen) is tested against

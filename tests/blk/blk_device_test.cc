@@ -387,6 +387,8 @@ TEST(BlkCounters, NamedAndCounted) {
   EXPECT_EQ(m["errors"], 1u);
   EXPECT_EQ(m["bad_requests"], 0u);
   EXPECT_EQ(m.count("get_ids"), 1u);
+  EXPECT_EQ(m.count("resizes"), 1u);
+  EXPECT_EQ(m["resizes"], 0u);
 }
 
 }  // namespace

@@ -34,6 +34,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "control_client.h"
 #include "vioport/testing/emulated_ports.h"
 #include "vioport/testing/process.h"
 #include "vioport/testing/process_test.h"
@@ -88,23 +89,12 @@ class NetSystem : public testproc::ViosProcessTest {
 
   // ---- vios's counters -----------------------------------------------------------------
 
-  // One command on the control socket, answered in full (no viosctl process:
-  // for polling).
-  std::string Query(const std::string& command) {
-    const int fd = testproc::ConnectUnixStream(Path("vios.ctl"), 2);
-    if (fd < 0) return "";
-    const std::string line = command + "\n";
-    std::string out;
-    if (::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()))
-      out = testproc::ReadUntil(fd, "\nok\n", 5);
-    ::close(fd);
-    return out;
-  }
-  // Every "ID.NAME VALUE" of `stats ID`, keyed by NAME.
+  // Every "ID.NAME VALUE" of `stats ID`, keyed by NAME (straight from the
+  // control socket, no viosctl process: for polling).
   Counters Stats(const std::string& id) {
     Counters c;
     const std::string prefix = id + ".";
-    for (absl::string_view line : absl::StrSplit(Query("stats " + id), '\n')) {
+    for (absl::string_view line : absl::StrSplit(vios::StatsText(Path("vios.ctl"), id), '\n')) {
       std::vector<absl::string_view> kv = absl::StrSplit(line, ' ');
       uint64_t v;
       if (kv.size() == 2 && absl::ConsumePrefix(&kv[0], prefix) && absl::SimpleAtoi(kv[1], &v)) c[std::string(kv[0])] = v;
@@ -189,7 +179,7 @@ class NetSystem : public testproc::ViosProcessTest {
 #endif
     if (p.transport == "xen") {
       ASSERT_TRUE(testproc::WaitFor([&] { return Counter(p.id, "xen.mapped_pages") == 0; }, 15))
-          << p.id << ": vios still maps the guest's pages:\n" << Query("stats " + p.id);
+          << p.id << ": vios still maps the guest's pages:\n" << vios::StatsText(Path("vios.ctl"), p.id);
     }
   }
   // A finished `net recv` got all `count` frames intact, once each.
@@ -226,7 +216,7 @@ class NetSystem : public testproc::ViosProcessTest {
       ExpectSent(g, 1, p.id + " learning send");
       WaitGone(p);
     }
-    EXPECT_EQ(Counter("sw0", "learnt"), ports.size()) << Query("stats sw0");
+    EXPECT_EQ(Counter("sw0", "learnt"), ports.size()) << vios::StatsText(Path("vios.ctl"), "sw0");
   }
 
   testproc::EmulatedPorts ports_{[this](const std::string& n) { return Path(n); }};
@@ -411,7 +401,7 @@ TEST_F(NetSystem, StalledReceiverDoesNotStopTheOthers) {
         return Delta(s0, s, "rx_packets") + Delta(s0, s, "drop_rx_full") >= kCount - kHeld;
       },
       10))
-      << Query("stats " + stalled.id);
+      << vios::StatsText(Path("vios.ctl"), stalled.id);
   const Counters r1 = Stats(rx.id), s1 = Stats(stalled.id), i1 = Stats(idle.id);
   EXPECT_EQ(Delta(r0, r1, "rx_packets"), kCount);
   EXPECT_EQ(MovedDrops(r0, r1), "");
@@ -422,7 +412,7 @@ TEST_F(NetSystem, StalledReceiverDoesNotStopTheOthers) {
   EXPECT_EQ(Delta(i0, i1, "rx_packets"), 0u);
   // A port with no driver counts what it could not deliver.
   EXPECT_TRUE(testproc::WaitFor([&] { return Delta(i0, Stats(idle.id), "drop_no_driver") == kCount; }, 10))
-      << Query("stats " + idle.id);
+      << vios::StatsText(Path("vios.ctl"), idle.id);
   std::fprintf(stderr, "stalled port: rx_packets +%llu drop_rx_full +%llu; port without a guest: drop_rx_full +%llu\n",
                static_cast<unsigned long long>(Delta(s0, s1, "rx_packets")),
                static_cast<unsigned long long>(Delta(s0, s1, "drop_rx_full")),

@@ -83,7 +83,7 @@ class ViosSystem : public testproc::ProcessTest {
     for (auto w : absl::StrSplit(cmd, ' ')) argv.emplace_back(w);
     Proc p = Run(argv, 30);
     if (code) *code = p.status;
-    return p.out();
+    return p.out() + p.err();
   }
   // Counter `id.name` from viosctl stats.
   uint64_t Stat(const std::string& id, const std::string& name) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // vios: the vioport VIO server daemon. See Usage() in spec.cc and docs/vios.md.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <iostream>
@@ -32,6 +33,14 @@ int main(int argc, char** argv) {
   }
   SetLogLevel(level);
   ::signal(SIGPIPE, SIG_IGN);
+  // Every guest connection, backing file and control client is a file
+  // descriptor: take all the kernel allows this process (the hard limit).
+  if (rlimit rl; ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    const rlim_t soft = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &rl) == 0)
+      VIOPORT_LOG(kInfo, "file descriptors: raised RLIMIT_NOFILE from ", soft, " to ", rl.rlim_max, " (the hard limit)");
+  }
 
   boost::asio::io_context io(1);
   vios::Server server(io);
@@ -58,7 +67,10 @@ int main(int argc, char** argv) {
     }
   }
   if (!cfg->control_path.empty()) {
-    if (absl::Status s = server.ListenControl(cfg->control_path); !s.ok()) {
+    vios::Server::ControlLimits limits;
+    limits.max_clients = cfg->control_max_clients;
+    limits.idle_timeout = absl::Seconds(cfg->control_timeout_s);
+    if (absl::Status s = server.ListenControl(cfg->control_path, limits); !s.ok()) {
       std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());
       return 2;
     }

@@ -1,8 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server.h"
 
+#include "control.h"
+
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <map>
 #include <memory>
@@ -91,6 +97,8 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec) {
   return dev;
 }
 
+}  // namespace
+
 std::string StatusBits(uint8_t s) {
   if (s == 0) return "reset";
   std::string out;
@@ -106,22 +114,35 @@ std::string StatusBits(uint8_t s) {
   return out;
 }
 
+std::string DescriptorHint(int err) {
+  if (err != EMFILE && err != ENFILE) return "";
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  if (err == ENFILE) return " (the system's file table is full: fs.file-max)";
+  return absl::StrCat(" (vios may open ", rl.rlim_cur, " file descriptors, RLIMIT_NOFILE; an idle device takes 2: "
+                      "raise the hard limit, e.g. LimitNOFILE= or ulimit -Hn, and restart vios)");
+}
+
+namespace {
+// An error that ran out of descriptors says which limit and how to raise it.
+absl::Status WithDescriptorHint(absl::Status s) {
+  if (s.ok()) return s;
+  const std::string m(s.message());
+  if (m.find(std::strerror(EMFILE)) != std::string::npos)
+    return absl::Status(s.code(), absl::StrCat(m, DescriptorHint(EMFILE)));
+  if (m.find(std::strerror(ENFILE)) != std::string::npos)
+    return absl::Status(s.code(), absl::StrCat(m, DescriptorHint(ENFILE)));
+  return s;
+}
 }  // namespace
 
-struct Server::Control {
-  asio::local::stream_protocol::acceptor acceptor;
-  std::string path;
-  explicit Control(asio::io_context& io) : acceptor(io) {}
-};
-
-Server::Server(asio::io_context& io) : io_(io) { RegisterBuiltinTransports(); }
+Server::Server(asio::io_context& io) : io_(io) {
+  RegisterBuiltinTransports();
+  RegisterMethods();
+}
 
 Server::~Server() {
-  if (control_) {
-    boost::system::error_code ec;
-    control_->acceptor.close(ec);
-    ::unlink(control_->path.c_str());
-  }
+  StopControl();
   // Attachments first (they reset the devices), then the devices, then
   // the uplinks and switches they were plugged into. A net device and its
   // switch hold each other (the device sends into the switch, the switch
@@ -286,7 +307,7 @@ absl::Status Server::AddDevice(DeviceSpec spec) {
   Entry e;
   absl::StatusOr<std::shared_ptr<VirtioDevice>> dev =
       spec.type == "net" ? MakeNetDevice(spec, &e) : spec.type == "vsock" ? MakeVsockDevice(spec, &e) : MakeDevice(spec);
-  if (!dev.ok()) return dev.status();
+  if (!dev.ok()) return WithDescriptorHint(dev.status());
   VIOPORT_LOG(kInfo, "device ", spec.id, ": ", spec.type, " created");
   const std::string id = spec.id;
   e.spec = std::move(spec);
@@ -315,9 +336,10 @@ absl::Status Server::Attach(AttachSpec spec) {
                                                  "' is already attached (a device has one driver)"));
   EndpointContext ctx{io_, it->second.device, absl::StrCat(spec.device, "@", spec.transport)};
   auto a = MakeDeviceEndpoint(spec.transport, ctx, spec.options);
-  if (!a.ok()) return a.status();
+  if (!a.ok()) return WithDescriptorHint(a.status());
   it->second.attachment = std::move(*a);
   it->second.transport = spec.transport;
+  it->second.attach_options = spec.options.all();
   return absl::OkStatus();
 }
 
@@ -344,163 +366,128 @@ absl::Status Server::Remove(const std::string& id) {
   return absl::OkStatus();
 }
 
-std::string Server::List() const {
-  // WHERE is as wide as the longest (some name a socket, a partition and a unit).
-  int where = 44;
-  for (const auto& [id, e] : devices_)
-    if (e.attachment) where = std::max(where, static_cast<int>(e.attachment->where().size()));
-  std::string out = absl::StrFormat("%-10s %-8s %-10s %-*s %-10s %s\n", "ID", "TYPE", "TRANSPORT", where, "WHERE",
-                                    "GUEST", "STATUS");
+absl::Status Server::Detach(const std::string& id) {
+  auto it = devices_.find(id);
+  if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
+  if (!it->second.attachment) return absl::FailedPreconditionError(absl::StrCat("device '", id, "' is not attached"));
+  it->second.attachment.reset();  // drops the guest: the device is reset first
+  it->second.transport.clear();
+  it->second.attach_options.clear();
+  VIOPORT_LOG(kInfo, "device ", id, ": detached");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Server::ResizeBlk(const std::string& id, uint64_t size) {
+  auto it = devices_.find(id);
+  if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
+  auto* blk = dynamic_cast<BlkDevice*>(it->second.device.get());
+  if (!blk) return absl::FailedPreconditionError(absl::StrCat("device '", id, "' is a ", it->second.spec.type, " device, not blk"));
+  if (absl::Status s = blk->Resize(size); !s.ok()) return absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message()));
+  return blk->capacity_bytes();
+}
+
+rpc::json Server::NetdevList() const {
+  rpc::json out = rpc::json::array();
   for (const auto& [id, n] : netdevs_) {
-    const std::string desc = n.sw ? absl::StrCat(n.sw->num_ports(), " port(s), ", n.sw->learnt(), " MAC(s) learnt")
-                                  : absl::StrCat("tap ", n.tap->ifname(), " on ", n.switch_id);
-    absl::StrAppendFormat(&out, "%-10s %-8s %-10s %-*s %-10s %s\n", id, n.spec.type, "-", where, desc, "-", "-");
-  }
-  for (const auto& [id, e] : devices_) {
-    const DeviceEndpoint* a = e.attachment.get();
-    absl::StrAppendFormat(&out, "%-10s %-8s %-10s %-*s %-10s %s\n", id, e.spec.type, a ? a->mode() : "-", where,
-                          a ? a->where() : "-", a ? (a->connected() ? "connected" : "waiting") : "-",
-                          a ? StatusBits(a->device_status()) : "-");
+    rpc::json j = {{"id", id}, {"type", n.spec.type}};
+    if (n.sw) {
+      j["ports"] = n.sw->num_ports();
+      j["learnt"] = n.sw->learnt();
+    } else {
+      j["ifname"] = n.tap->ifname();
+      j["switch"] = n.switch_id;
+    }
+    out.push_back(std::move(j));
   }
   return out;
 }
 
-absl::StatusOr<std::string> Server::Stats(const std::string& id) const {
-  if (auto n = netdevs_.find(id); n != netdevs_.end()) {
-    std::string out;
-    if (n->second.sw) {
-      absl::StrAppend(&out, id, ".ports ", n->second.sw->num_ports(), "\n");
-      absl::StrAppend(&out, id, ".learnt ", n->second.sw->learnt(), "\n");
+rpc::json Server::DeviceList() const {
+  rpc::json out = rpc::json::array();
+  for (const auto& [id, e] : devices_) {
+    rpc::json j = {{"id", id}, {"type", e.spec.type}};
+    if (const DeviceEndpoint* a = e.attachment.get()) {
+      j["transport"] = e.transport;
+      j["mode"] = a->mode();
+      j["where"] = a->where();
+      j["guest"] = a->connected() ? "connected" : "waiting";
+      j["status"] = StatusBits(a->device_status());
     } else {
-      std::vector<std::pair<std::string, uint64_t>> c;
-      n->second.tap->AppendCounters(&c);
-      for (const auto& [k, v] : c) absl::StrAppend(&out, id, ".", k, " ", v, "\n");
+      j["transport"] = nullptr;
     }
-    return out;
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+absl::StatusOr<rpc::json> Server::DeviceGet(const std::string& id) const {
+  auto it = devices_.find(id);
+  if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
+  const Entry& e = it->second;
+  rpc::json j = {{"id", id}, {"type", e.spec.type}, {"options", e.spec.options.all()}};
+  if (const DeviceEndpoint* a = e.attachment.get()) {
+    j["attachment"] = {{"transport", e.transport},         {"options", e.attach_options},
+                       {"mode", a->mode()},                {"where", a->where()},
+                       {"guest", a->connected() ? "connected" : "waiting"},
+                       {"status", StatusBits(a->device_status())}, {"last_error", a->last_error()}};
+  } else {
+    j["attachment"] = nullptr;
+  }
+  if (auto* blk = dynamic_cast<const BlkDevice*>(e.device.get())) j["capacity"] = blk->capacity_bytes();
+  auto stats = Stats(id);
+  if (stats.ok()) j["counters"] = std::move((*stats)[id]);
+  return j;
+}
+
+absl::StatusOr<rpc::json> Server::Stats(const std::string& id) const {
+  if (id.empty()) {
+    rpc::json all = rpc::json::object();
+    for (const auto& [nid, n] : netdevs_) all.update(*Stats(nid));
+    for (const auto& [did, e] : devices_) all.update(*Stats(did));
+    return all;
+  }
+  rpc::json c = rpc::json::object();
+  if (auto n = netdevs_.find(id); n != netdevs_.end()) {
+    if (n->second.sw) {
+      c["ports"] = n->second.sw->num_ports();
+      c["learnt"] = n->second.sw->learnt();
+    } else {
+      std::vector<std::pair<std::string, uint64_t>> t;
+      n->second.tap->AppendCounters(&t);
+      for (const auto& [k, v] : t) c[k] = v;
+    }
+    return rpc::json{{id, std::move(c)}};
   }
   auto it = devices_.find(id);
   if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
-  std::vector<std::pair<std::string, uint64_t>> c;
-  it->second.device->AppendCounters(&c);
-  std::string out;
-  for (const auto& [k, v] : c) absl::StrAppend(&out, id, ".", k, " ", v, "\n");
+  std::vector<std::pair<std::string, uint64_t>> d;
+  it->second.device->AppendCounters(&d);
+  for (const auto& [k, v] : d) c[k] = v;
   if (it->second.sw) {
     const Switch::PortStats p = it->second.sw->Stats(it->second.port);
-    absl::StrAppend(&out, id, ".switch.drop_spoofed ", p.spoofed, "\n", id, ".switch.drop_bad_source ", p.bad_source,
-                    "\n", id, ".switch.drop_vlan ", p.vlan_drops, "\n", id, ".switch.flooded ", p.flooded, "\n", id,
-                    ".switch.unicast ", p.unicast, "\n");
+    c["switch.drop_spoofed"] = p.spoofed;
+    c["switch.drop_bad_source"] = p.bad_source;
+    c["switch.drop_vlan"] = p.vlan_drops;
+    c["switch.flooded"] = p.flooded;
+    c["switch.unicast"] = p.unicast;
   }
   if (it->second.vsock_cid && vsock_hub_) {
     std::vector<std::pair<std::string, uint64_t>> h;
     vsock_hub_->AppendCounters(it->second.vsock_cid, &h);
-    for (const auto& [k, v] : h) absl::StrAppend(&out, id, ".", k, " ", v, "\n");
+    for (const auto& [k, v] : h) c[k] = v;
   }
   if (const DeviceEndpoint* a = it->second.attachment.get()) {
     CounterList counters;
     a->AppendCounters(&counters);
-    for (const auto& [k, v] : counters) absl::StrAppend(&out, id, ".", it->second.transport, ".", k, " ", v, "\n");
+    for (const auto& [k, v] : counters) c[absl::StrCat(it->second.transport, ".", k)] = v;
     const std::string err = a->last_error();
-    if (!err.empty()) absl::StrAppend(&out, id, ".last_error ", err, "\n");
+    if (!err.empty()) c["last_error"] = err;
   }
-  return out;
-}
-
-std::string Server::Execute(const std::string& line) {
-  std::vector<std::string> words = absl::StrSplit(absl::StripAsciiWhitespace(line), ' ', absl::SkipEmpty());
-  auto done = [](const absl::Status& s, std::string body = "") {
-    if (!s.ok()) return absl::StrCat(body, "error: ", s.message(), "\n");
-    return absl::StrCat(body, "ok\n");
-  };
-  if (words.empty()) return done(absl::InvalidArgumentError("empty command"));
-  const std::string& cmd = words[0];
-  if (cmd == "list" && words.size() == 1) return done(absl::OkStatus(), List());
-  if (cmd == "stats" && words.size() <= 2) {
-    if (words.size() == 2) {
-      auto s = Stats(words[1]);
-      return s.ok() ? done(absl::OkStatus(), *s) : done(s.status());
-    }
-    std::string all;
-    for (const auto& [id, n] : netdevs_) all += *Stats(id);
-    for (const auto& [id, e] : devices_) all += *Stats(id);
-    return done(absl::OkStatus(), all);
-  }
-  if (cmd == "add" && words.size() == 2) {
-    auto d = ParseDevice(words[1]);
-    return done(d.ok() ? AddDevice(std::move(*d)) : d.status());
-  }
-  if (cmd == "attach" && words.size() == 2) {
-    auto a = ParseAttach(words[1]);
-    return done(a.ok() ? Attach(std::move(*a)) : a.status());
-  }
-  if (cmd == "remove" && words.size() == 2) return done(Remove(words[1]));
-  if (cmd == "netdev" && words.size() == 2) {
-    auto d = ParseNetdev(words[1]);
-    return done(d.ok() ? AddNetdev(std::move(*d)) : d.status());
-  }
-  if (cmd == "link" && words.size() == 3 && (words[2] == "up" || words[2] == "down"))
-    return done(NetAction(words[1], words[2]));
-  if (cmd == "announce" && words.size() == 2) return done(NetAction(words[1], "announce"));
-  return done(absl::InvalidArgumentError(
-      absl::StrCat("unknown command '", line,
-                   "' (list, stats [ID], add DEVICE-SPEC, attach ATTACH-SPEC, remove ID, netdev NETDEV-SPEC, "
-                   "link ID up|down, announce ID)")));
-}
-
-absl::Status Server::ListenControl(const std::string& path) {
-  struct stat st;
-  if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) return absl::AlreadyExistsError(absl::StrCat("--control ", path, ": exists and is not a socket"));
-    ::unlink(path.c_str());
-  }
-  control_ = std::make_unique<Control>(io_);
-  control_->path = path;
-  boost::system::error_code ec;
-  control_->acceptor.open(asio::local::stream_protocol(), ec);
-  if (!ec) control_->acceptor.bind(asio::local::stream_protocol::endpoint(path), ec);
-  if (!ec) control_->acceptor.listen(8, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("--control ", path, ": ", ec.message()));
-  ::chmod(path.c_str(), 0600);
-  AcceptControl();
-  return absl::OkStatus();
-}
-
-namespace {
-struct Session : std::enable_shared_from_this<Session> {
-  asio::local::stream_protocol::socket sock;
-  asio::streambuf in{4096};  // a command line is short; longer is refused
-  std::string out;
-  explicit Session(asio::local::stream_protocol::socket s) : sock(std::move(s)) {}
-};
-}  // namespace
-
-void Server::AcceptControl() {
-  control_->acceptor.async_accept([this](const boost::system::error_code& ec, asio::local::stream_protocol::socket sock) {
-    if (ec == asio::error::operation_aborted) return;
-    if (!ec) {
-      auto s = std::make_shared<Session>(std::move(sock));
-      asio::async_read_until(s->sock, s->in, '\n', [this, s](const boost::system::error_code& rec, size_t n) {
-        if (rec) {
-          if (rec != asio::error::not_found) return;
-          s->out = "error: command too long\n";
-        } else {
-          std::string line(asio::buffers_begin(s->in.data()), asio::buffers_begin(s->in.data()) + n);
-          s->out = Execute(line);
-        }
-        asio::async_write(s->sock, asio::buffer(s->out), [s](const boost::system::error_code&, size_t) {
-          boost::system::error_code ignored;
-          s->sock.shutdown(asio::socket_base::shutdown_both, ignored);
-        });
-      });
-    }
-    if (control_->acceptor.is_open()) AcceptControl();
-  });
+  return rpc::json{{id, std::move(c)}};
 }
 
 absl::Status Server::Shutdown() {
-  if (control_) {
-    boost::system::error_code ec;
-    control_->acceptor.close(ec);
-  }
+  StopControl();
   for (auto& [id, e] : devices_)
     if (e.attachment) e.attachment->StopAccepting();
   absl::Status result = absl::OkStatus();

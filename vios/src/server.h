@@ -12,15 +12,23 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "boost/asio/io_context.hpp"
 #include "net_switch.h"
 #include "net_tap.h"
+#include "rpc.h"
 #include "vsock_hub.h"
 #include "spec.h"
 #include "vioport/core/device.h"
 #include "vioport/transports/registry.h"
 
 namespace vioport::vios {
+
+// "ACK|DRIVER|FEATURES_OK|DRIVER_OK", "reset".
+std::string StatusBits(uint8_t status);
+// For an errno of EMFILE/ENFILE: " (RLIMIT_NOFILE is N: ...)", naming the
+// limit that stopped vios and how to raise it; "" for any other errno.
+std::string DescriptorHint(int err);
 
 class Server {
  public:
@@ -32,14 +40,30 @@ class Server {
   absl::Status Attach(AttachSpec spec);
   absl::Status Remove(const std::string& id);
 
-  // Text answers for the control socket.
-  std::string List() const;
-  absl::StatusOr<std::string> Stats(const std::string& id) const;
+  absl::Status Detach(const std::string& id);
+  // A blk device's capacity (bytes; 0: the backing file's size now); the
+  // guest gets a config interrupt. Returns the new capacity.
+  absl::StatusOr<uint64_t> ResizeBlk(const std::string& id, uint64_t size);
 
-  // Control socket: one command line per connection, answered with text and
-  // a last line "ok" or "error: ...".
-  absl::Status ListenControl(const std::string& path);
-  std::string Execute(const std::string& command);
+  // What the control API answers (docs/api.md): device_list, netdev_list,
+  // stats (one id, or every one when `id` is empty).
+  rpc::json DeviceList() const;
+  rpc::json NetdevList() const;
+  absl::StatusOr<rpc::json> Stats(const std::string& id) const;
+  absl::StatusOr<rpc::json> DeviceGet(const std::string& id) const;
+
+  // The control socket: JSON-RPC 2.0, one message per line, any number per
+  // connection (docs/api.md). Limits: clients at once, bytes per message,
+  // and how long a client may stay without sending a whole message.
+  struct ControlLimits {
+    size_t max_clients = 1024;
+    size_t max_message = 256 << 10;
+    absl::Duration idle_timeout = absl::Seconds(60);
+  };
+  absl::Status ListenControl(const std::string& path, ControlLimits limits);
+  absl::Status ListenControl(const std::string& path) { return ListenControl(path, ControlLimits{}); }
+  // One JSON-RPC message, answered as the socket would (empty: no reply due).
+  std::string Call(std::string_view message) const { return rpc_.Handle(message); }
 
   // SIGTERM: stop accepting, finish in-flight requests and flush every device.
   absl::Status Shutdown();
@@ -51,6 +75,7 @@ class Server {
     std::shared_ptr<VirtioDevice> device;
     std::unique_ptr<DeviceEndpoint> attachment;
     std::string transport;  // the registered name of the attachment's transport
+    std::map<std::string, std::string> attach_options;  // as given (device_get)
     std::shared_ptr<Switch> sw;  // a net device's switch, and its port there
     uint32_t port = 0;
     uint64_t vsock_cid = 0;      // a vsock device's CID on the hub
@@ -65,13 +90,21 @@ class Server {
   absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeVsockDevice(DeviceSpec& spec, Entry* entry);
   void Unplug(Entry& e);
   absl::Status NetAction(const std::string& id, const std::string& action);
+  void RegisterMethods();
+  void StopControl();
   struct Control;
+  struct Session;
   void AcceptControl();
+  void ReadControl(std::shared_ptr<Session> s);
+  void ArmIdle(std::shared_ptr<Session> s);
+  void CloseSession(const std::shared_ptr<Session>& s);
+  void ServeLines(std::shared_ptr<Session> s, bool at_eof);
 
   boost::asio::io_context& io_;
   std::map<std::string, Netdev> netdevs_;
   std::map<std::string, Entry> devices_;
   std::shared_ptr<VsockHub> vsock_hub_;  // made with the first vsock device
+  rpc::Dispatcher rpc_;
   std::unique_ptr<Control> control_;
 };
 

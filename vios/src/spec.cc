@@ -69,9 +69,16 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
 )",
                       DeviceTransportsHelp(6), R"(  --config FILE        the same in TOML: [[netdev]], [[device]] and [[attach]]
                        tables with the keys above (type/id, device/transport), plus
-                       top-level control = "PATH" and log-level = "LEVEL"
-  --control PATH       control socket for viosctl (list, stats, add, attach, remove,
-                       netdev, link, announce; docs/api.md)
+                       top-level control = "PATH", control-max-clients = N,
+                       control-timeout = SECONDS and log-level = "LEVEL"
+  --control PATH       the control socket (mode 0600): JSON-RPC 2.0, one message
+                       per line (docs/api.md); viosctl is its command-line client
+  --control-max-clients N
+                       control clients served at once (default 1024); one more
+                       is told so and closed
+  --control-timeout SECONDS
+                       a control client that sends no whole message (or reads
+                       no reply) for this long is closed (default 60)
   --log-level LEVEL    error, warning, info (default) or debug
 
 SIGTERM or SIGINT: stop accepting guests, finish requests in flight, flush, exit 0.
@@ -112,7 +119,26 @@ absl::StatusOr<AttachSpec> MakeAttach(std::string device, std::map<std::string, 
   return a;
 }
 
+// --control-max-clients N (1..65536), --control-timeout SECONDS (1..86400).
+absl::Status SetControlLimit(const std::string& key, const std::string& value, const std::string& origin, Config* c) {
+  const bool clients = key == "control-max-clients";
+  const uint64_t max = clients ? 65536 : 86400;
+  uint64_t n;
+  if (!absl::SimpleAtoi(value, &n) || n < 1 || n > max)
+    return absl::InvalidArgumentError(absl::StrCat(origin, " ", value, ": not a number in 1..", max));
+  (clients ? c->control_max_clients : c->control_timeout_s) = n;
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::StatusOr<DeviceSpec> MakeDeviceSpec(std::string type, std::map<std::string, std::string> kv, std::string origin) {
+  return MakeDevice(std::move(type), std::move(kv), std::move(origin));
+}
+absl::StatusOr<AttachSpec> MakeAttachSpec(std::string device, std::map<std::string, std::string> kv,
+                                          std::string origin) {
+  return MakeAttach(std::move(device), std::move(kv), std::move(origin));
+}
 
 absl::StatusOr<DeviceSpec> ParseDevice(absl::string_view text) {
   std::string type;
@@ -190,6 +216,11 @@ absl::Status MergeToml(const std::string& path, Config* config) {
           config->attaches.push_back(std::move(*a));
         }
       }
+    } else if (key == "control-max-clients" || key == "control-timeout") {
+      auto i = v.value<int64_t>();
+      if (!v.is_integer() || !i || *i < 0)
+        return absl::InvalidArgumentError(absl::StrCat(path, ": '", key, "' must be a non-negative integer"));
+      if (absl::Status s = SetControlLimit(key, absl::StrCat(*i), absl::StrCat(path, ": ", key), config); !s.ok()) return s;
     } else if (key == "control" || key == "log-level") {
       std::string s;
       if (!v.is_string() || !to_string(v, &s))
@@ -242,6 +273,9 @@ absl::StatusOr<Config> ParseCommandLine(const std::vector<std::string>& args) {
     } else if (flag == "--log-level") {
       if (absl::Status s = need_value(); !s.ok()) return s;
       c.log_level = value;
+    } else if (flag == "--control-max-clients" || flag == "--control-timeout") {
+      if (absl::Status s = need_value(); !s.ok()) return s;
+      if (absl::Status s = SetControlLimit(flag.substr(2), value, flag, &c); !s.ok()) return s;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown argument '", args[i], "' (see vios --help)"));
     }

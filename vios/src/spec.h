@@ -36,6 +36,8 @@ struct Config {
   std::vector<DeviceSpec> devices;
   std::vector<AttachSpec> attaches;
   std::string control_path;  // empty: no control socket
+  uint64_t control_max_clients = 1024;  // control clients at once
+  uint64_t control_timeout_s = 60;      // a control client silent this long is closed
   std::string log_level = "info";
 };
 
@@ -45,6 +47,11 @@ absl::StatusOr<DeviceSpec> ParseDevice(absl::string_view text);
 absl::StatusOr<DeviceSpec> ParseNetdev(absl::string_view text);
 // "d0,transport=NAME,KEY=VALUE..." -> AttachSpec. The first element is the device id.
 absl::StatusOr<AttachSpec> ParseAttach(absl::string_view text);
+// The same from a type (or device id) and KEY=VALUE pairs that came some
+// other way (the control API); `origin` starts every error.
+absl::StatusOr<DeviceSpec> MakeDeviceSpec(std::string type, std::map<std::string, std::string> kv, std::string origin);
+absl::StatusOr<AttachSpec> MakeAttachSpec(std::string device, std::map<std::string, std::string> kv,
+                                          std::string origin);
 // The whole command line (argv[0] excluded). --config FILE merges a TOML file.
 absl::StatusOr<Config> ParseCommandLine(const std::vector<std::string>& args);
 absl::Status MergeToml(const std::string& path, Config* config);

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -34,6 +35,22 @@ constexpr size_t kZeroBufferBytes = 64 << 10;
 absl::Status ErrnoError(int err, absl::string_view what, absl::string_view path) {
   return absl::ErrnoToStatus(err, absl::StrCat("blk: ", what, " ", path));
 }
+
+// Size in bytes of what `fd` (stat'ed into `st`) holds: st_size of a regular
+// file, BLKGETSIZE64 of a block device.
+absl::Status SizeOf(int fd, const struct stat& st, absl::string_view path, uint64_t* bytes) {
+  if (S_ISREG(st.st_mode)) {
+    *bytes = static_cast<uint64_t>(st.st_size);
+    return absl::OkStatus();
+  }
+  if (S_ISBLK(st.st_mode)) {
+    if (::ioctl(fd, BLKGETSIZE64, bytes) != 0) return ErrnoError(errno, "BLKGETSIZE64 failed on", path);
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("blk: ", path, " is neither a regular file nor a block device"));
+}
+
+uint64_t WholeSectors(uint64_t bytes) { return bytes & ~uint64_t{blk::kSectorSize - 1}; }
 
 }  // namespace
 
@@ -62,22 +79,14 @@ absl::StatusOr<std::shared_ptr<BlkDevice>> BlkDevice::Open(const BlkOptions& opt
     ::close(fd);
     return ErrnoError(err, "cannot stat", o.path);
   }
-  if (S_ISREG(st.st_mode)) {
-    bytes = static_cast<uint64_t>(st.st_size);
-  } else if (S_ISBLK(st.st_mode)) {
-    if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) {
-      const int err = errno;
-      ::close(fd);
-      return ErrnoError(err, "BLKGETSIZE64 failed on", o.path);
-    }
-  } else {
+  if (absl::Status s = SizeOf(fd, st, o.path, &bytes); !s.ok()) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("blk: ", o.path, " is neither a regular file nor a block device"));
+    return s;
   }
   if (bytes % blk::kSectorSize)
     VIOPORT_LOG(kWarning, "blk: ", o.path, " is ", bytes, " bytes; the last ", bytes % blk::kSectorSize,
                 " bytes (a partial sector) are not exposed");
-  std::shared_ptr<BlkDevice> dev(new BlkDevice(o, fd, bytes & ~uint64_t{blk::kSectorSize - 1}));
+  std::shared_ptr<BlkDevice> dev(new BlkDevice(o, fd, S_ISBLK(st.st_mode), WholeSectors(bytes)));
   struct statfs fs;
   const bool in_memory = S_ISREG(st.st_mode) && ::fstatfs(fd, &fs) == 0 &&
                          (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);
@@ -86,8 +95,12 @@ absl::StatusOr<std::shared_ptr<BlkDevice>> BlkDevice::Open(const BlkOptions& opt
   return dev;
 }
 
-BlkDevice::BlkDevice(const BlkOptions& options, int fd, uint64_t capacity_bytes)
-    : opts_(options), fd_(fd), capacity_(capacity_bytes), zeroes_(kZeroBufferBytes, 0) {
+BlkDevice::BlkDevice(const BlkOptions& options, int fd, bool block_device, uint64_t capacity_bytes)
+    : opts_(options),
+      fd_(fd),
+      block_device_(block_device),
+      capacity_(capacity_bytes),
+      zeroes_(kZeroBufferBytes, 0) {
   namespace bf = blk::feature;
   features_ = feature::kCoreSupported | feature::Bit(bf::kBlkSize) | feature::Bit(bf::kFlush);
   if (opts_.size_max) features_ |= feature::Bit(bf::kSizeMax);
@@ -98,7 +111,7 @@ BlkDevice::BlkDevice(const BlkOptions& options, int fd, uint64_t capacity_bytes)
   } else {
     features_ |= feature::Bit(bf::kDiscard) | feature::Bit(bf::kWriteZeroes);
   }
-  config_.capacity = capacity_ >> blk::kSectorShift;
+  // config_.capacity stays 0: ReadConfig fills it in from capacity_ (Resize).
   config_.size_max = opts_.size_max;
   config_.seg_max = opts_.seg_max;
   config_.blk_size = blk::kSectorSize;
@@ -146,7 +159,82 @@ absl::Status BlkDevice::InitRings() {
 }
 
 void BlkDevice::ReadConfig(uint32_t offset, std::span<uint8_t> out) {
-  std::memcpy(out.data(), reinterpret_cast<const uint8_t*>(&config_) + offset, out.size());
+  // The capacity may change under us (Resize on another thread): take it
+  // from the atomic, into a copy, so that the rest of config_ stays read-only.
+  blk::Config c = config_;
+  c.capacity = capacity_sectors();
+  std::memcpy(out.data(), reinterpret_cast<const uint8_t*>(&c) + offset, out.size());
+}
+
+absl::Status BlkDevice::BackingSize(uint64_t* bytes) const {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) return ErrnoError(errno, "cannot stat", opts_.path);
+  return SizeOf(fd_, st, opts_.path, bytes);
+}
+
+absl::Status BlkDevice::Resize(uint64_t new_size_bytes) {
+  absl::MutexLock rl(&resize_mu_);
+  if (new_size_bytes % blk::kSectorSize)
+    return absl::InvalidArgumentError(absl::StrCat("blk ", opts_.path, ": size ", new_size_bytes,
+                                                   " is not a multiple of ", blk::kSectorSize));
+  if (new_size_bytes > static_cast<uint64_t>(INT64_MAX))  // off_t
+    return absl::InvalidArgumentError(absl::StrCat("blk ", opts_.path, ": size ", new_size_bytes, " is too large"));
+  uint64_t backing = 0;
+  if (absl::Status s = BackingSize(&backing); !s.ok()) return s;
+  // We can only change the size of what we may write and what has a size of
+  // its own to change; anything else the operator resizes outside, and we re-read.
+  const bool can_truncate = !opts_.read_only && !block_device_;
+  if (new_size_bytes != 0 && !can_truncate && new_size_bytes != WholeSectors(backing))
+    return absl::FailedPreconditionError(absl::StrCat(
+        "blk ", opts_.path, ": cannot resize ", block_device_ ? "a block device" : "a read-only device", " to ",
+        new_size_bytes, " bytes: it has ", backing, " bytes (resize it outside, then resize to 0 to pick that up)"));
+  const uint64_t target = new_size_bytes == 0 ? WholeSectors(backing) : new_size_bytes;
+  const uint64_t old = capacity_.load(std::memory_order_acquire);
+  if (new_size_bytes != 0 && can_truncate && backing != target) {
+    if (target < old) {
+      // Shrink: from here on requests are checked against the new end (they
+      // are started under mu_), and writes already in flight past it must
+      // land before the file is cut, or they would extend it again.
+      absl::MutexLock l(&mu_);
+      capacity_.store(target, std::memory_order_release);
+      WaitWritesBeyond(target);
+    }
+    // Grow: the file is extended before any request may reach the new part.
+    if (::ftruncate(fd_, static_cast<off_t>(target)) != 0) {
+      const int err = errno;
+      capacity_.store(old, std::memory_order_release);
+      return ErrnoError(err, absl::StrCat("ftruncate to ", target, " bytes failed on"), opts_.path);
+    }
+  }
+  capacity_.store(target, std::memory_order_release);
+  if (target == old) return absl::OkStatus();  // nothing the driver would see
+  counters_.resizes.fetch_add(1, std::memory_order_relaxed);
+  VIOPORT_LOG(kInfo, "blk ", opts_.path, ": capacity ", old, " -> ", target, " bytes");
+  // NotifyConfigChanged must run on the device thread: leave it a flag and
+  // wake it through the eventfd its loop waits on (ProcessEvents).
+  resize_pending_.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  if (::write(event_fd_, &one, sizeof one) < 0 && errno != EAGAIN) {  // EAGAIN: it is readable already
+    char buf[128];
+    VIOPORT_LOG(kWarning, "blk ", opts_.path, ": cannot wake the device after a resize: ",
+                strerror_r(errno, buf, sizeof buf));
+  }
+  return absl::OkStatus();
+}
+
+void BlkDevice::WaitWritesBeyond(uint64_t end) {
+  for (auto& qp : queues_) {
+    Queue& q = *qp;
+    if (!q.vq || q.writes_in_flight == 0) continue;
+    const bool beyond = std::any_of(q.reqs.begin(), q.reqs.end(), [end](const Request& r) {
+      return r.in_use && Request::IsWrite(r.op) && r.offset + r.remaining > end;
+    });
+    if (!beyond) continue;
+    // Completes them (and whatever else the queue has in flight) here, on the
+    // caller's thread, under mu_ as on the device thread: as Quiesce does.
+    WaitIdle(q, /*drop=*/false);
+    PublishIfNeeded(q);
+  }
 }
 
 absl::Status BlkDevice::Activate(ActivateContext ctx) {
@@ -245,18 +333,30 @@ void BlkDevice::Drain(Queue& q) {
 }
 
 bool BlkDevice::ProcessEvents() {
-  absl::MutexLock l(&mu_);
-  uint64_t v;
-  while (::read(event_fd_, &v, sizeof v) == sizeof v) {
-  }
-  if (!active_) return false;
   bool did = false;
-  for (auto& qp : queues_) {
-    Queue& q = *qp;
-    if (!q.vq) continue;
-    did |= Reap(q, /*drop=*/false);
-    PublishIfNeeded(q);
-    if (q.stalled && !q.free.empty()) Drain(q);
+  {
+    absl::MutexLock l(&mu_);
+    uint64_t v;
+    while (::read(event_fd_, &v, sizeof v) == sizeof v) {
+    }
+    if (active_) {
+      for (auto& qp : queues_) {
+        Queue& q = *qp;
+        if (!q.vq) continue;
+        did |= Reap(q, /*drop=*/false);
+        PublishIfNeeded(q);
+        if (q.stalled && !q.free.empty()) Drain(q);
+      }
+    }
+  }
+  // After the eventfd was drained: a Resize that sets the flag later also
+  // writes the eventfd again, so no change goes unannounced. Whether or not
+  // a driver is active (the controller bumps the generation either way and
+  // interrupts only after DRIVER_OK), and without mu_: the hook calls into
+  // the transport's interrupt sink.
+  if (resize_pending_.exchange(false, std::memory_order_acq_rel)) {
+    NotifyConfigChanged();
+    did = true;
   }
   return did;
 }
@@ -363,6 +463,7 @@ void BlkDevice::AppendCounters(std::vector<std::pair<std::string, uint64_t>>* ou
   add("bytes_written", counters_.bytes_written);
   add("errors", counters_.errors);
   add("bad_requests", counters_.bad_requests);
+  add("resizes", counters_.resizes);
 }
 
 }  // namespace vioport

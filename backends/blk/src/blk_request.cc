@@ -42,6 +42,8 @@ bool BuildIov(std::span<const Segment> segs, uint64_t offset, uint64_t len, std:
   return len == 0;
 }
 
+// `capacity_sectors` is one load of the atomic capacity per request: Resize
+// may change it between requests, never within one's check.
 bool RangeOk(uint64_t sector, uint64_t sectors, uint64_t capacity_sectors) {
   return sector <= capacity_sectors && sectors <= capacity_sectors - sector;
 }

@@ -230,8 +230,10 @@ class Daemon {
     wire::HelloReply r;
     r.status = 1;
     std::snprintf(r.error, sizeof r.error, "%s", why.c_str());
-    (void)wire::SendWithFd(fd, &r, sizeof r, -1);
+    // Counted before the partition hears of it: whoever saw the refusal
+    // sees it in `stats` too.
     refused_.fetch_add(1);
+    (void)wire::SendWithFd(fd, &r, sizeof r, -1);
     std::fprintf(stderr, "crqd: refused a partition: %s\n", why.c_str());
     return false;
   }

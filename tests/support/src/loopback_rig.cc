@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "boost/asio/io_context.hpp"
+#include "control_client.h"
 #include "server.h"
 #include "spec.h"
 #include "vioport/core/log.h"
@@ -269,9 +270,11 @@ class Loopback final : public TransportRig {
   std::string Stats(const std::string& id) override {
     if (!server_) return "error: stopped\n";
     auto s = server_->Stats(id);
-    return s.ok() ? *s + "ok\n" : absl::StrCat("error: ", s.status().message(), "\n");
+    return s.ok() ? vios::RenderStats(*s) + "ok\n" : absl::StrCat("error: ", s.status().message(), "\n");
   }
-  std::string List() override { return server_ ? server_->List() + "ok\n" : "error: stopped\n"; }
+  std::string List() override {
+    return server_ ? vios::RenderList(server_->NetdevList(), server_->DeviceList()) + "ok\n" : "error: stopped\n";
+  }
   std::string DeviceLog() override { return testproc::Proc::Slurp(Path("vios.log")); }
 
  private:

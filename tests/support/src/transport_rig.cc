@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "control_client.h"
 #include "vioport/testing/tool_output.h"
 #include "vioport/transports/vhost_user_guest.h"
 #ifdef VIOPORT_RIG_EMULATORS
@@ -49,33 +50,6 @@ std::string IdOf(const std::string& spec) {
   for (absl::string_view kv : absl::StrSplit(spec, ','))
     if (absl::ConsumePrefix(&kv, "id=")) return std::string(kv);
   return "";
-}
-
-// One command on a vios control socket, answered in full ("" if unreachable).
-std::string ControlQuery(const std::string& socket, const std::string& command) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket.size() >= sizeof addr.sun_path) return "";
-  std::memcpy(addr.sun_path, socket.c_str(), socket.size() + 1);
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
-  std::string out;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    const std::string line = command + "\n";
-    if (::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size())) {
-      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      char buf[4096];
-      while (std::chrono::steady_clock::now() < end) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 100) <= 0) continue;
-        const ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n <= 0) break;
-        out.append(buf, static_cast<size_t>(n));
-      }
-    }
-  }
-  ::close(fd);
-  return out;
 }
 
 }  // namespace
@@ -232,7 +206,7 @@ class ViosRig : public TransportRig {
 
  protected:
   uint64_t QuickStat(const std::string& id, const std::string& name) override {
-    return testproc::StatValue(ControlQuery(Path("vios.ctl"), "stats " + id), id, name);
+    return testproc::StatValue(vios::StatsText(Path("vios.ctl"), id), id, name);
   }
   // The emulator's command line (binary first) and the paths it creates once
   // it serves; none by default.

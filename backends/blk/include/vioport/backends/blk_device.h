@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "vioport/core/blk_spec.h"
@@ -45,6 +46,7 @@ struct BlkCounters {
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0};
   std::atomic<uint64_t> errors{0};        // requests completed with IOERR or UNSUPP
   std::atomic<uint64_t> bad_requests{0};  // malformed requests that failed their queue
+  std::atomic<uint64_t> resizes{0};       // capacity changes made by Resize (each announced to the driver)
 };
 
 class BlkDevice final : public VirtioDevice {
@@ -71,7 +73,24 @@ class BlkDevice final : public VirtioDevice {
   absl::Status Quiesce() override;
   void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override;
 
-  uint64_t capacity_sectors() const { return capacity_ >> blk::kSectorShift; }
+  // Changes the capacity at run time, like QEMU's block_resize. Callable from
+  // any thread (vios's control thread) while the device serves requests on its
+  // own: requests started afterwards are checked against the new capacity,
+  // requests in flight complete. The driver learns of the change through a
+  // config change (generation + config interrupt) that the device thread
+  // raises on its next ProcessEvents(), which a write to event_fd() wakes.
+  //   new_size_bytes == 0: take the backing file's / block device's current
+  //     size (grown or shrunk by the operator), rounded down to 512 bytes.
+  //   otherwise: a multiple of 512. A regular file opened read-write is
+  //     truncated or extended to it; a read-only device or a block device
+  //     cannot be changed from here, so the size must be what the backing
+  //     has now (FailedPrecondition otherwise).
+  // On error the capacity is unchanged.
+  absl::Status Resize(uint64_t new_size_bytes) ABSL_LOCKS_EXCLUDED(resize_mu_, mu_);
+
+  // Current capacity: any thread.
+  uint64_t capacity_bytes() const { return capacity_.load(std::memory_order_acquire); }
+  uint64_t capacity_sectors() const { return capacity_bytes() >> blk::kSectorShift; }
   bool inline_io() const { return inline_io_; }
   const BlkOptions& options() const { return opts_; }
   const BlkCounters& counters() const { return counters_; }
@@ -80,7 +99,7 @@ class BlkDevice final : public VirtioDevice {
   struct Queue;    // per virtqueue: io_uring, request pool (src/blk_queue.h)
   struct Request;  // one popped chain and its I/O state
 
-  BlkDevice(const BlkOptions& options, int fd, uint64_t capacity_bytes);
+  BlkDevice(const BlkOptions& options, int fd, bool block_device, uint64_t capacity_bytes);
   absl::Status InitRings();
 
   // Pops, starts and completes requests of one queue until it is empty.
@@ -112,17 +131,30 @@ class BlkDevice final : public VirtioDevice {
   // Submits and reaps until nothing of q is in flight (Reset, Quiesce).
   void WaitIdle(Queue& q, bool drop) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LogIoError(const char* what, int err) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The backing's current size in bytes (fstat, or BLKGETSIZE64 for a block device).
+  absl::Status BackingSize(uint64_t* bytes) const;
+  // Waits for the writes in flight that reach past `end` (a shrink must not
+  // be undone by a write the old capacity let through).
+  void WaitWritesBeyond(uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const BlkOptions opts_;
   const int fd_;
-  const uint64_t capacity_;  // bytes, a multiple of 512
+  const bool block_device_;  // the backing is a block device (else a regular file)
+  // Bytes, a multiple of 512. Written by Resize (any thread), read by request
+  // checks and ReadConfig on the device thread: an atomic, never a copy.
+  std::atomic<uint64_t> capacity_;
+  // Set by Resize; the device thread consumes it in ProcessEvents and tells
+  // the driver (NotifyConfigChanged must run on the device thread).
+  std::atomic<bool> resize_pending_{false};
+  // Serialises Resize calls: size check, ftruncate and capacity go together.
+  absl::Mutex resize_mu_;
   int event_fd_ = -1;
   uint64_t features_ = 0;
-  blk::Config config_{};
+  blk::Config config_{};  // fixed after construction, except capacity: ReadConfig takes capacity_
   std::vector<uint8_t> zeroes_;  // source of WRITE_ZEROES when fallocate cannot
   bool inline_io_ = false;       // BlkOptions::io resolved at Open
 
-  absl::Mutex mu_;
+  absl::Mutex mu_ ABSL_ACQUIRED_AFTER(resize_mu_);
   ActivateContext ctx_ ABSL_GUARDED_BY(mu_);
   bool active_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::unique_ptr<Queue>> queues_;  // fixed after Open; contents guarded by mu_

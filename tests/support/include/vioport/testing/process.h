@@ -41,6 +41,11 @@ struct Proc {
   // Exit code, 128+signal if killed, -1 on timeout (the child is then killed).
   int Wait(double seconds = 120) {
     if (exited) return status;
+    // Never spawned: nothing to wait for (and kill(-1) would signal every process).
+    if (pid <= 0) {
+      exited = true;
+      return status = 127;
+    }
     const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
     int st = 0;
     for (;;) {
@@ -59,9 +64,11 @@ struct Proc {
     status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     return status;
   }
-  void Signal(int sig) const { ::kill(pid, sig); }
+  void Signal(int sig) const {
+    if (pid > 0) ::kill(pid, sig);
+  }
   bool Running() {
-    if (exited) return false;
+    if (exited || pid <= 0) return false;
     int st;
     const pid_t r = ::waitpid(pid, &st, WNOHANG);
     if (r == pid) {
