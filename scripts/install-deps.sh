@@ -17,6 +17,8 @@ PACKAGES=(
   libtomlplusplus-dev
   # JSON for vios's control API (JSON-RPC 2.0)
   nlohmann-json3-dev
+  # a real Prometheus server the metrics test starts, scrapes vios and queries
+  prometheus
   libxen-dev
   # real xenstore clients (xenstore-read/-write/-ls/-watch ...) the xenstore
   # emulator (emulators/xen) is tested against

@@ -250,6 +250,7 @@ absl::Status DeviceController::Activate() {
     RingError e = DeviceQueue::Create(cfg, memory_.get(), MakeQueueErrorHandler(), &ctx.queues[i]);
     if (e != RingError::kNone) return RingErrorStatus(e, i);
     if (polled_) ctx.queues[i]->SetPolled(true);
+    device_->AttachStats(*ctx.queues[i]);
   }
   std::vector<const DeviceQueue*> queues;
   for (const auto& q : ctx.queues) queues.push_back(q.get());

@@ -74,11 +74,18 @@ RingError DeviceQueue::AppendSegment(DescriptorChain& c, uint64_t addr, uint32_t
   return RingError::kNone;
 }
 
+void DeviceQueue::SetStats(QueueStats* stats, LatencyHistogram* latency) {
+  stats_ = stats;
+  latency_ = stats ? latency : nullptr;
+  pop_ns_.assign(latency_ ? cfg_.size : 0, 0);
+}
+
 bool DeviceQueue::AcceptUsed(DescriptorChain& chain, uint32_t& written) {
   if (chain.owner_ != this || chain.epoch_ != epoch_) {  // stale (from before a reset) or foreign
     chain.Clear();  // consumed either way: the caller keeps no pointers into old memory
     return false;
   }
+  const uint16_t id = chain.id_;
   in_flight_--;
   RingError fault = chain.fault_;
   if (written > chain.writable_bytes_) written = chain.writable_bytes_;
@@ -92,6 +99,12 @@ bool DeviceQueue::AcceptUsed(DescriptorChain& chain, uint32_t& written) {
   counters_.completed++;
   counters_.bytes_in += readable;
   counters_.bytes_out += written;
+  if (stats_) {
+    BumpOwned(stats_->requests);
+    BumpOwned(stats_->bytes_in, readable);
+    BumpOwned(stats_->bytes_out, written);
+    if (latency_ && id < pop_ns_.size() && pop_ns_[id]) latency_->Record(DeviceStats::NowNs() - pop_ns_[id]);
+  }
   return true;
 }
 

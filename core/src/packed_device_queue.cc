@@ -210,6 +210,7 @@ PopStatus PackedDeviceQueue::Pop(DescriptorChain& out) {
   avail_wrap_ = wrap;
   in_flight_++;
   counters_.popped++;
+  MarkPopped(id);
   return PopStatus::kChain;
 }
 

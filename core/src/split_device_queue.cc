@@ -251,6 +251,7 @@ PopStatus SplitDeviceQueue::WalkChain(uint16_t head, DescriptorChain& out) {
   if (log_) log_->Popped(head);
   in_flight_++;
   counters_.popped++;
+  MarkPopped(out.id_);
   return PopStatus::kChain;
 }
 

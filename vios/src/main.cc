@@ -75,6 +75,12 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (!cfg->metrics_address.empty()) {
+    if (absl::Status s = server.ListenMetrics(cfg->metrics_address); !s.ok()) {
+      std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
   if (server.num_devices() == 0 && cfg->control_path.empty()) {
     std::fprintf(stderr, "vios: nothing to serve: give --device/--attach, --config or --control (see vios --help)\n");
     return 2;

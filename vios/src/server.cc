@@ -2,6 +2,7 @@
 #include "server.h"
 
 #include "control.h"
+#include "metrics.h"
 
 #include <sys/resource.h>
 #include <sys/stat.h>

@@ -24,6 +24,8 @@
 
 namespace vioport::vios {
 
+class MetricsServer;
+
 // "ACK|DRIVER|FEATURES_OK|DRIVER_OK", "reset".
 std::string StatusBits(uint8_t status);
 // For an errno of EMFILE/ENFILE: " (RLIMIT_NOFILE is N: ...)", naming the
@@ -62,6 +64,11 @@ class Server {
   };
   absl::Status ListenControl(const std::string& path, ControlLimits limits);
   absl::Status ListenControl(const std::string& path) { return ListenControl(path, ControlLimits{}); }
+  // --metrics ADDR:PORT: Prometheus text exposition over HTTP (GET /metrics);
+  // turns on request timing (the latency histogram).
+  absl::Status ListenMetrics(const std::string& address);
+  std::string PrometheusText() const;
+
   // One JSON-RPC message, answered as the socket would (empty: no reply due).
   std::string Call(std::string_view message) const { return rpc_.Handle(message); }
 
@@ -105,6 +112,7 @@ class Server {
   std::map<std::string, Entry> devices_;
   std::shared_ptr<VsockHub> vsock_hub_;  // made with the first vsock device
   rpc::Dispatcher rpc_;
+  std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<Control> control_;
 };
 

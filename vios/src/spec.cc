@@ -69,7 +69,7 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
 )",
                       DeviceTransportsHelp(6), R"(  --config FILE        the same in TOML: [[netdev]], [[device]] and [[attach]]
                        tables with the keys above (type/id, device/transport), plus
-                       top-level control = "PATH", control-max-clients = N,
+                       top-level control = "PATH", metrics = "ADDR:PORT", control-max-clients = N,
                        control-timeout = SECONDS and log-level = "LEVEL"
   --control PATH       the control socket (mode 0600): JSON-RPC 2.0, one message
                        per line (docs/api.md); viosctl is its command-line client
@@ -79,6 +79,9 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
   --control-timeout SECONDS
                        a control client that sends no whole message (or reads
                        no reply) for this long is closed (default 60)
+  --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics (read-only:
+                       GET /metrics and nothing else; port 0 picks one, logged);
+                       also times every request (a latency histogram per device)
   --log-level LEVEL    error, warning, info (default) or debug
 
 SIGTERM or SIGINT: stop accepting guests, finish requests in flight, flush, exit 0.
@@ -221,11 +224,11 @@ absl::Status MergeToml(const std::string& path, Config* config) {
       if (!v.is_integer() || !i || *i < 0)
         return absl::InvalidArgumentError(absl::StrCat(path, ": '", key, "' must be a non-negative integer"));
       if (absl::Status s = SetControlLimit(key, absl::StrCat(*i), absl::StrCat(path, ": ", key), config); !s.ok()) return s;
-    } else if (key == "control" || key == "log-level") {
+    } else if (key == "control" || key == "log-level" || key == "metrics") {
       std::string s;
       if (!v.is_string() || !to_string(v, &s))
         return absl::InvalidArgumentError(absl::StrCat(path, ": '", key, "' must be a string"));
-      (key == "control" ? config->control_path : config->log_level) = s;
+      (key == "control" ? config->control_path : key == "metrics" ? config->metrics_address : config->log_level) = s;
     } else {
       return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key '", key, "'"));
     }
@@ -273,6 +276,9 @@ absl::StatusOr<Config> ParseCommandLine(const std::vector<std::string>& args) {
     } else if (flag == "--log-level") {
       if (absl::Status s = need_value(); !s.ok()) return s;
       c.log_level = value;
+    } else if (flag == "--metrics") {
+      if (absl::Status s = need_value(); !s.ok()) return s;
+      c.metrics_address = value;
     } else if (flag == "--control-max-clients" || flag == "--control-timeout") {
       if (absl::Status s = need_value(); !s.ok()) return s;
       if (absl::Status s = SetControlLimit(flag.substr(2), value, flag, &c); !s.ok()) return s;

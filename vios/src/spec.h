@@ -38,6 +38,7 @@ struct Config {
   std::string control_path;  // empty: no control socket
   uint64_t control_max_clients = 1024;  // control clients at once
   uint64_t control_timeout_s = 60;      // a control client silent this long is closed
+  std::string metrics_address;          // ADDR:PORT for Prometheus; empty: none
   std::string log_level = "info";
 };
 

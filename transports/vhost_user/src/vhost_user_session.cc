@@ -718,6 +718,7 @@ absl::Status Session::BuildQueue(uint16_t q) {
   if (RingError e = DeviceQueue::Create(cfg, memory_.get(), on_error, &dq); e != RingError::kNone)
     return Bad(absl::StrCat("queue ", q, ": ", RingErrorName(e)));
   dq->SetBase(vr.base);
+  device_->AttachStats(*dq);
   if (auto* split = dynamic_cast<SplitDeviceQueue*>(dq.get());
       split && inflight_map_ && q < inflight_queues_ && vr.num <= inflight_qsize_) {
     if (logs_.size() < vrings_.size()) logs_.resize(vrings_.size());

@@ -3,6 +3,7 @@
 // rng, vsock), and the interrupt-out port a transport implements for it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -13,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "vioport/core/device_queue.h"
+#include "vioport/core/device_stats.h"
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/spec.h"
 
@@ -48,7 +50,7 @@ struct ActivateContext {
 // by the device, from that same thread.
 class VirtioDevice {
  public:
-  virtual ~VirtioDevice() = default;
+  virtual ~VirtioDevice() { delete stats_.load(); }
 
   virtual DeviceId device_id() const = 0;
   // Device-specific feature bits (0-23, 50-127) plus the ring/transport bits
@@ -94,6 +96,25 @@ class VirtioDevice {
   // its own (capacity resize, link up): generation bump + config interrupt.
   void set_config_changed_hook(std::function<void()> f) { config_changed_ = std::move(f); }
 
+  // Per-queue totals and request latency over the device's life, made on
+  // first use (any thread); queues count into it (AttachStats).
+  DeviceStats& stats() {
+    DeviceStats* s = stats_.load(std::memory_order_acquire);
+    if (s) return *s;
+    auto* made = new DeviceStats(num_queues());
+    if (stats_.compare_exchange_strong(s, made, std::memory_order_acq_rel)) return *made;
+    delete made;  // another thread made it first
+    return *s;
+  }
+  // Null until a queue of the device first ran.
+  const DeviceStats* stats_if_any() const { return stats_.load(std::memory_order_acquire); }
+  // Gives queue q (a queue being activated) this device's counters, and the
+  // latency histogram when timing is on.
+  void AttachStats(DeviceQueue& q) {
+    DeviceStats& s = stats();
+    q.SetStats(s.queue(q.index()), DeviceStats::timing() ? &s.latency() : nullptr);
+  }
+
  protected:
   void NotifyConfigChanged() {
     if (config_changed_) config_changed_();
@@ -101,6 +122,7 @@ class VirtioDevice {
 
  private:
   std::function<void()> config_changed_;
+  std::atomic<DeviceStats*> stats_{nullptr};
 };
 
 }  // namespace vioport

@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "vioport/core/descriptor_chain.h"
+#include "vioport/core/device_stats.h"
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/ring_error.h"
 #include "vioport/core/spec.h"
@@ -98,6 +100,10 @@ class DeviceQueue {
   const QueueConfig& config() const { return cfg_; }
   GuestMemory* memory() const { return mem_; }
   const QueueCounters& counters() const { return counters_; }
+  // Where completed requests are also counted (a device's life-long
+  // per-queue totals), and, if `latency` is given, timed from pop to
+  // completion. Before the first Pop.
+  void SetStats(QueueStats* stats, LatencyHistogram* latency);
   // Chains popped and not yet returned.
   uint32_t in_flight() const { return in_flight_; }
 
@@ -120,7 +126,15 @@ class DeviceQueue {
   virtual bool DoEnableNotifications() = 0;
   virtual void DoDisableNotifications() = 0;
 
+  // Pop side of the timing: when chain `id` was popped (latency only).
+  void MarkPopped(uint16_t id) {
+    if (latency_ && id < pop_ns_.size()) pop_ns_[id] = DeviceStats::NowNs();
+  }
+
   QueueCounters counters_;
+  QueueStats* stats_ = nullptr;
+  LatencyHistogram* latency_ = nullptr;
+  std::vector<uint64_t> pop_ns_;  // by chain id, while timing
   bool polled_ = false;
   uint32_t in_flight_ = 0;
   uint32_t epoch_ = 0;
