@@ -107,6 +107,25 @@ test_two_queues() {
   finish PASS
 }
 
+# The host grows the disk while the guest runs (vios blk_resize): the config
+# interrupt makes virtio_blk re-read the capacity; the new space takes data.
+test_resize() {
+  old=$(arg oldsectors) new=$(arg newsectors)
+  [ "$(cat /sys/block/vda/size)" = "$old" ] || fail "vda has $(cat /sys/block/vda/size) sectors, expected $old"
+  echo "VIOPORT-MARK: resize-now"
+  i=0
+  while [ "$(cat /sys/block/vda/size)" != "$new" ]; do
+    i=$((i + 1))
+    [ $i -le 1200 ] || fail "vda still has $(cat /sys/block/vda/size) sectors 120 s after the resize, expected $new"
+    sleep 0.1
+  done
+  step "vda grew to $new sectors: $(dmesg | grep -i 'new size\|capacity change' | tail -1)"
+  write_region /data/pattern $((old * 512 / MIB))
+  drop_caches
+  verify_region /data/pattern $((old * 512 / MIB))
+  finish PASS
+}
+
 test_read_only() {
   [ "$(cat /sys/block/vda/ro)" = 1 ] || fail "/sys/block/vda/ro is $(cat /sys/block/vda/ro), expected 1"
   if dd if=/dev/zero of=/dev/vda bs=4k count=16 oflag=direct conv=fsync,notrunc 2>/tmp/dd.err; then
@@ -424,6 +443,7 @@ case "$NAME" in
   net_peers) test_net_peers ;;
   net_pair) test_net_pair ;;
   verified_data) test_verified_data ;;
+  resize) test_resize ;;
   two_queues) test_two_queues ;;
   read_only) test_read_only ;;
   fs_create) test_fs_create ;;

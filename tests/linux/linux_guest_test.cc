@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "control_client.h"
 #include "vioport/guest/pattern.h"
 #include "vioport/testing/emulated_ports.h"
 #include "vioport/testing/tool_output.h"
@@ -280,6 +281,7 @@ struct BackendOptions {
   bool readonly = false;
   int queues = 1;
   int queue_size = 0;  // vios queue-size= (0: its default)
+  std::string control{};  // vios --control (empty: none)
 };
 
 struct GuestOptions {
@@ -391,6 +393,10 @@ class LinuxGuest : public ::testing::Test {
                      (o.queue_size ? ",queue-size=" + std::to_string(o.queue_size) : ""));
       argv.push_back("--attach");
       argv.push_back("d0,transport=vhost-user,socket=" + sock_);
+      if (!o.control.empty()) {
+        argv.push_back("--control");
+        argv.push_back(o.control);
+      }
     }
     backends_.push_back(std::make_unique<Child>(argv, dir_, "backend"));
     Child& b = *backends_.back();
@@ -729,6 +735,38 @@ TEST_F(LinuxGuest, FilesystemTwoBoots) {
 // middle of requests when it dies (vios then logs "resubmitting N requests").
 // QEMU 7.2 also rewinds the ring to the used index when GET_VRING_BASE fails,
 // so requests completed in order survive even without the in-flight log.
+// vios grows the disk at run time (blk_resize on its control socket): the
+// guest's own virtio_blk driver takes the config interrupt, re-reads the
+// capacity and /dev/vda grows; data written into the new space lands in
+// the grown file.
+TEST_F(LinuxGuest, ResizeSeenByTheGuest) {
+  if (backend_kind_ != "vios") GTEST_SKIP() << "the resize is vios's control API";
+  constexpr uint64_t kDisk = 32 * kMiB, kGrown = 48 * kMiB, kData = 4 * kMiB, kSeed = 0x52;
+  const std::string img = Path("disk.img");
+  MakeSparseFile(img, kDisk);
+  fs::create_directories(Path("data"));
+  WritePatternFile(Path("data/pattern"), kSeed, kDisk, kData);  // the pattern as it is at 32 MiB
+  Child& b = StartBackend({.image = img, .control = Path("vios.ctl")});
+  if (HasFailure()) return;  // already reported
+  Child& g = StartGuest({.workload = "resize",
+                         .extra_args = absl::StrCat("vioport.oldsectors=", kDisk / 512, " vioport.newsectors=",
+                                                    kGrown / 512),
+                         .data_dir = Path("data")});
+  ASSERT_TRUE(WaitSerial(g, "VIOPORT-MARK: resize-now", 180)) << "the guest never got to the resize";
+  auto r = vios::ControlCall(Path("vios.ctl"), "blk_resize", {{"id", "d0"}, {"size", kGrown}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->contains("result")) << r->dump();
+  ExpectGuestPasses(g, b, "resize");
+  if (HasFailure()) return;  // already reported
+  EXPECT_EQ(fs::file_size(img), kGrown);
+  ExpectRegion(img, kDisk, kData, kSeed);
+  auto stats = vios::ControlCall(Path("vios.ctl"), "stats", {{"id", "d0"}});
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ((*stats)["result"]["d0"]["resizes"], 1);
+  EXPECT_GE((*stats)["result"]["d0"]["vhost-user.interrupts"], 1);
+  StopBackend(b);
+}
+
 TEST_F(LinuxGuest, Reconnect) {
   constexpr uint64_t kDisk = 64 * kMiB, kData = 32 * kMiB, kSeed = 0x66;
   const std::string img = Path("disk.img");

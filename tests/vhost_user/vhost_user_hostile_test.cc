@@ -5,6 +5,8 @@
 // protocol error, and name the problem in last_error(); meanwhile a second
 // server and device on the same io_context keep serving verified I/O, and
 // the victim's next connection is served as if nothing happened.
+#include <sys/socket.h>
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -113,6 +115,16 @@ const std::vector<Case>& Cases() {
          Send(g, Req::kSetVringKick, U64(0), {a.get(), b.get()});
        },
        "SET_VRING_KICK: 2 fds with an fd request"},
+      {"BackendChannelWithoutFd", Stage::kOwner, [](Guest& g) { Send(g, Req::kSetBackendReqFd, {}); },
+       "SET_BACKEND_REQ_FD: 0 fds, expected 1 (a socket)"},
+      {"BackendChannelWithPayload", Stage::kOwner,
+       [](Guest& g) {
+         int sv[2];
+         ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+         UniqueFd a(sv[0]), b(sv[1]);
+         Send(g, Req::kSetBackendReqFd, U64(0), {a.get()});
+       },
+       "SET_BACKEND_REQ_FD: payload of 8 bytes, expected none"},
       {"KickWithoutFd", Stage::kMemory, [](Guest& g) { Send(g, Req::kSetVringKick, U64(0)); },
        "SET_VRING_KICK: 0 fds with an fd request"},
       {"CallNoFdFlagWithFd", Stage::kMemory,
@@ -316,8 +328,8 @@ const std::vector<Case>& Cases() {
       {"FeaturesNotOffered", Stage::kOwner, [](Guest& g) { Send(g, Req::kSetFeatures, U64(1ull << 63)); },
        "SET_FEATURES: features 0x8000000000000000 include bits not offered"},
       {"ProtocolFeaturesNotOffered", Stage::kConnected,
-       [](Guest& g) { Send(g, Req::kSetProtocolFeatures, U64(1ull << vu::proto::kBackendReq)); },
-       "SET_PROTOCOL_FEATURES: protocol features 0x20 include bits not offered"},
+       [](Guest& g) { Send(g, Req::kSetProtocolFeatures, U64(1ull << vu::proto::kStatus)); },
+       "SET_PROTOCOL_FEATURES: protocol features 0x10000 include bits not offered"},
       {"GetInflightTooManyQueues", Stage::kMemory,
        [](Guest& g) { Send(g, Req::kGetInflightFd, AsBytes(vu::Inflight{0, 0, 5, 64})); },
        "GET_INFLIGHT_FD: 5 queues (the device has 1)"},

@@ -66,9 +66,9 @@ TEST(VhostUserServer, QemuSessionSplitRings) {
                      vu::kFeatureProtocolFeatures, blk::feature::kFlush, blk::feature::kMq})
     EXPECT_TRUE(feature::Has(g.offered(), b)) << "feature bit " << b;
   for (unsigned b : {vu::proto::kMq, vu::proto::kReplyAck, vu::proto::kConfig, vu::proto::kInflightShmfd,
-                     vu::proto::kResetDevice, vu::proto::kConfigureMemSlots})
+                     vu::proto::kResetDevice, vu::proto::kConfigureMemSlots, vu::proto::kBackendReq})
     EXPECT_TRUE(feature::Has(g.offered_proto(), b)) << "protocol bit " << b;
-  for (unsigned b : {vu::proto::kLogShmfd, vu::proto::kBackendReq, vu::proto::kHostNotifier, vu::proto::kStatus})
+  for (unsigned b : {vu::proto::kLogShmfd, vu::proto::kHostNotifier, vu::proto::kStatus})
     EXPECT_FALSE(feature::Has(g.offered_proto(), b)) << "protocol bit " << b;
   EXPECT_EQ(g.fe().GetU64(Req::kGetQueueNum), 2u);
   EXPECT_EQ(loop.Status(srv), status::kAcknowledge | status::kDriver);

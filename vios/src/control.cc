@@ -73,6 +73,10 @@ void Server::RegisterMethods() {
     if (absl::Status s = rpc::Params(params).CheckAllUsed(); !s.ok()) return s;
     return DeviceList();
   });
+  rpc_.Add("reactor_list", [this](const json& params) -> absl::StatusOr<json> {
+    if (absl::Status s = rpc::Params(params).CheckAllUsed(); !s.ok()) return s;
+    return ReactorList();
+  });
   rpc_.Add("netdev_list", [this](const json& params) -> absl::StatusOr<json> {
     if (absl::Status s = rpc::Params(params).CheckAllUsed(); !s.ok()) return s;
     return NetdevList();

@@ -44,6 +44,10 @@ int main(int argc, char** argv) {
 
   boost::asio::io_context io(1);
   vios::Server server(io);
+  if (absl::Status s = server.StartReactors(cfg->threads, cfg->cpus); !s.ok()) {
+    std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
   // Switches first: uplinks and net devices name them.
   for (int pass = 0; pass < 2; ++pass) {
     for (auto& d : cfg->netdevs) {

@@ -3,17 +3,20 @@
 
 #include "control.h"
 #include "metrics.h"
+#include "reactor.h"
 
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <map>
 #include <memory>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -148,11 +151,67 @@ Server::~Server() {
   // the uplinks and switches they were plugged into. A net device and its
   // switch hold each other (the device sends into the switch, the switch
   // holds the device's inbox): unplug before letting go of either.
-  for (auto& [id, e] : devices_) e.attachment.reset();
+  for (auto& [id, e] : devices_) DropAttachment(e);
   for (auto& [id, e] : devices_) Unplug(e);
   devices_.clear();
   vsock_hub_.reset();
   netdevs_.clear();
+  reactors_.clear();  // stops and joins their threads
+}
+
+absl::Status Server::StartReactors(size_t n, const std::vector<int>& cpus) {
+  if (!reactors_.empty()) return absl::FailedPreconditionError("reactors already started");
+  for (const auto& [id, e] : devices_)
+    if (e.attachment) return absl::FailedPreconditionError("reactors must start before devices are attached");
+  if (!cpus.empty()) n = cpus.size();
+  if (n <= 1 && cpus.empty()) return absl::OkStatus();  // one loop: the control loop serves every device
+  for (size_t i = 0; i < n; ++i) {
+    reactors_.push_back(std::make_unique<Reactor>(static_cast<int>(i), cpus.empty() ? -1 : cpus[i]));
+    reactors_.back()->Start();
+    if (reactors_.back()->cpu >= 0 && !reactors_.back()->pinned)
+      return absl::InvalidArgumentError(absl::StrCat("--cpus: cannot pin reactor ", i, " to CPU ", cpus[i]));
+  }
+  VIOPORT_LOG(kInfo, "reactors: ", n, " event-loop threads", cpus.empty() ? "" : " (pinned)");
+  return absl::OkStatus();
+}
+
+asio::io_context& Server::IoFor(int reactor) {
+  return reactor < 0 ? io_ : reactors_[static_cast<size_t>(reactor)]->io;
+}
+
+// Destroys e's attachment on the thread that serves it (the guest is dropped,
+// the device reset).
+void Server::DropAttachment(Entry& e) {
+  if (!e.attachment) return;
+  OnDeviceThread(e, [&e] { e.attachment.reset(); });
+  if (e.reactor >= 0 && static_cast<size_t>(e.reactor) < reactors_.size()) --reactors_[e.reactor]->devices;
+  e.reactor = -1;
+}
+
+rpc::json Server::ReactorList() const {
+  rpc::json out = rpc::json::array();
+  for (const auto& r : reactors_) {
+    // CPU time of the reactor's thread (utime + stime, clock ticks).
+    double cpu_seconds = -1;
+    if (FILE* f = std::fopen(absl::StrCat("/proc/self/task/", r->tid, "/stat").c_str(), "r")) {
+      char buf[1024];
+      const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+      std::fclose(f);
+      buf[n] = 0;
+      if (const char* p = std::strrchr(buf, ')')) {
+        unsigned long long ut = 0, st = 0;
+        // After "(comm)": state, then fields 4..13; utime and stime are 14 and 15.
+        if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2)
+          cpu_seconds = static_cast<double>(ut + st) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+      }
+    }
+    rpc::json devices = rpc::json::array();
+    for (const auto& [id, e] : devices_)
+      if (e.reactor == r->index) devices.push_back(id);
+    out.push_back({{"id", r->index}, {"cpu", r->cpu >= 0 ? rpc::json(r->cpu) : rpc::json(nullptr)},
+                   {"tid", r->tid}, {"devices", std::move(devices)}, {"cpu_seconds", cpu_seconds}});
+  }
+  return out;
 }
 
 absl::Status Server::AddNetdev(DeviceSpec spec) {
@@ -335,12 +394,39 @@ absl::Status Server::Attach(AttachSpec spec) {
   if (it->second.attachment)
     return absl::AlreadyExistsError(absl::StrCat(spec.options.origin(), ": device '", spec.device,
                                                  "' is already attached (a device has one driver)"));
-  EndpointContext ctx{io_, it->second.device, absl::StrCat(spec.device, "@", spec.transport)};
-  auto a = MakeDeviceEndpoint(spec.transport, ctx, spec.options);
-  if (!a.ok()) return WithDescriptorHint(a.status());
-  it->second.attachment = std::move(*a);
-  it->second.transport = spec.transport;
-  it->second.attach_options = spec.options.all();
+  // reactor=K is vios's, not the transport's: taken out before the transport sees the options.
+  std::map<std::string, std::string> kv = spec.options.all();
+  int reactor = -1;
+  if (auto r = kv.find("reactor"); r != kv.end()) {
+    uint64_t k = 0;
+    if (!absl::SimpleAtoi(r->second, &k) || k >= reactors_.size())
+      return absl::InvalidArgumentError(absl::StrCat(
+          spec.options.origin(), ": option 'reactor=", r->second, "': ",
+          reactors_.empty() ? std::string("vios runs no reactors (--threads N, N > 1)")
+                            : absl::StrCat("vios has reactors 0..", reactors_.size() - 1)));
+    reactor = static_cast<int>(k);
+    kv.erase(r);
+  } else if (!reactors_.empty()) {
+    // The least loaded: fewest attachments (the first of equals).
+    reactor = 0;
+    for (size_t i = 1; i < reactors_.size(); ++i)
+      if (reactors_[i]->devices < reactors_[reactor]->devices) reactor = static_cast<int>(i);
+  }
+  Options options(spec.options.origin(), std::move(kv));
+  Entry& e = it->second;
+  e.reactor = reactor;
+  // The endpoint is made (and later destroyed) on its reactor's thread: its
+  // sockets and handlers belong to that loop from the start.
+  EndpointContext ctx{IoFor(reactor), e.device, absl::StrCat(spec.device, "@", spec.transport)};
+  auto a = OnDeviceThread(e, [&] { return MakeDeviceEndpoint(spec.transport, ctx, options); });
+  if (!a.ok()) {
+    e.reactor = -1;
+    return WithDescriptorHint(a.status());
+  }
+  e.attachment = std::move(*a);
+  e.transport = spec.transport;
+  e.attach_options = spec.options.all();
+  if (reactor >= 0) ++reactors_[reactor]->devices;
   return absl::OkStatus();
 }
 
@@ -360,7 +446,7 @@ absl::Status Server::Remove(const std::string& id) {
   }
   auto it = devices_.find(id);
   if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
-  it->second.attachment.reset();  // drops the guest: the device is reset first
+  DropAttachment(it->second);  // drops the guest: the device is reset first
   Unplug(it->second);
   devices_.erase(it);
   VIOPORT_LOG(kInfo, "device ", id, ": removed");
@@ -371,7 +457,7 @@ absl::Status Server::Detach(const std::string& id) {
   auto it = devices_.find(id);
   if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
   if (!it->second.attachment) return absl::FailedPreconditionError(absl::StrCat("device '", id, "' is not attached"));
-  it->second.attachment.reset();  // drops the guest: the device is reset first
+  DropAttachment(it->second);  // drops the guest: the device is reset first
   it->second.transport.clear();
   it->second.attach_options.clear();
   VIOPORT_LOG(kInfo, "device ", id, ": detached");
@@ -409,10 +495,13 @@ rpc::json Server::DeviceList() const {
     rpc::json j = {{"id", id}, {"type", e.spec.type}};
     if (const DeviceEndpoint* a = e.attachment.get()) {
       j["transport"] = e.transport;
-      j["mode"] = a->mode();
-      j["where"] = a->where();
-      j["guest"] = a->connected() ? "connected" : "waiting";
-      j["status"] = StatusBits(a->device_status());
+      OnDeviceThread(e, [&] {
+        j["mode"] = a->mode();
+        j["where"] = a->where();
+        j["guest"] = a->connected() ? "connected" : "waiting";
+        j["status"] = StatusBits(a->device_status());
+      });
+      if (e.reactor >= 0) j["reactor"] = e.reactor;
     } else {
       j["transport"] = nullptr;
     }
@@ -427,10 +516,13 @@ absl::StatusOr<rpc::json> Server::DeviceGet(const std::string& id) const {
   const Entry& e = it->second;
   rpc::json j = {{"id", id}, {"type", e.spec.type}, {"options", e.spec.options.all()}};
   if (const DeviceEndpoint* a = e.attachment.get()) {
-    j["attachment"] = {{"transport", e.transport},         {"options", e.attach_options},
-                       {"mode", a->mode()},                {"where", a->where()},
-                       {"guest", a->connected() ? "connected" : "waiting"},
-                       {"status", StatusBits(a->device_status())}, {"last_error", a->last_error()}};
+    OnDeviceThread(e, [&] {
+      j["attachment"] = {{"transport", e.transport},         {"options", e.attach_options},
+                         {"mode", a->mode()},                {"where", a->where()},
+                         {"guest", a->connected() ? "connected" : "waiting"},
+                         {"status", StatusBits(a->device_status())}, {"last_error", a->last_error()}};
+    });
+    j["attachment"]["reactor"] = e.reactor >= 0 ? rpc::json(e.reactor) : rpc::json(nullptr);
   } else {
     j["attachment"] = nullptr;
   }
@@ -479,9 +571,12 @@ absl::StatusOr<rpc::json> Server::Stats(const std::string& id) const {
   }
   if (const DeviceEndpoint* a = it->second.attachment.get()) {
     CounterList counters;
-    a->AppendCounters(&counters);
+    std::string err;
+    OnDeviceThread(it->second, [&] {
+      a->AppendCounters(&counters);
+      err = a->last_error();
+    });
     for (const auto& [k, v] : counters) c[absl::StrCat(it->second.transport, ".", k)] = v;
-    const std::string err = a->last_error();
     if (!err.empty()) c["last_error"] = err;
   }
   return rpc::json{{id, std::move(c)}};
@@ -490,10 +585,10 @@ absl::StatusOr<rpc::json> Server::Stats(const std::string& id) const {
 absl::Status Server::Shutdown() {
   StopControl();
   for (auto& [id, e] : devices_)
-    if (e.attachment) e.attachment->StopAccepting();
+    if (e.attachment) OnDeviceThread(e, [&e] { e.attachment->StopAccepting(); });
   absl::Status result = absl::OkStatus();
   for (auto& [id, e] : devices_) {
-    absl::Status s = e.attachment ? e.attachment->Quiesce() : e.device->Quiesce();
+    absl::Status s = e.attachment ? OnDeviceThread(e, [&e] { return e.attachment->Quiesce(); }) : e.device->Quiesce();
     if (!s.ok()) {
       VIOPORT_LOG(kError, "device ", id, ": ", s.message());
       result.Update(s);

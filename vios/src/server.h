@@ -37,6 +37,15 @@ class Server {
   explicit Server(boost::asio::io_context& io);
   ~Server();
 
+  // Reactors: N event-loop threads (pinned to `cpus` when given, one each);
+  // each attached device is served on one of them, the least loaded unless
+  // its attachment says reactor=K. Without reactors (the default, and
+  // --threads 1) devices share `io`, the control loop's thread. Before any
+  // device is attached.
+  absl::Status StartReactors(size_t n, const std::vector<int>& cpus);
+  size_t num_reactors() const { return reactors_.size(); }
+  rpc::json ReactorList() const;
+
   absl::Status AddNetdev(DeviceSpec spec);
   absl::Status AddDevice(DeviceSpec spec);
   absl::Status Attach(AttachSpec spec);
@@ -86,7 +95,14 @@ class Server {
     std::shared_ptr<Switch> sw;  // a net device's switch, and its port there
     uint32_t port = 0;
     uint64_t vsock_cid = 0;      // a vsock device's CID on the hub
+    int reactor = -1;            // the attachment's reactor (-1: the control loop)
   };
+  struct Reactor;
+  // Runs f on the thread that serves e's attachment (at once if that is this one).
+  template <typename F>
+  auto OnDeviceThread(const Entry& e, F&& f) const -> decltype(f());
+  boost::asio::io_context& IoFor(int reactor);
+  std::vector<std::unique_ptr<Reactor>> reactors_;
   struct Netdev {
     DeviceSpec spec;
     std::shared_ptr<Switch> sw;      // type switch
@@ -96,6 +112,7 @@ class Server {
   absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeNetDevice(DeviceSpec& spec, Entry* entry);
   absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeVsockDevice(DeviceSpec& spec, Entry* entry);
   void Unplug(Entry& e);
+  void DropAttachment(Entry& e);
   absl::Status NetAction(const std::string& id, const std::string& action);
   void RegisterMethods();
   void StopControl();

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "metrics.h"
+#include "reactor.h"
 #include "server.h"
 #include "vioport/backends/blk_device.h"
 #include "vioport/core/log.h"
@@ -72,8 +73,18 @@ std::string Server::PrometheusText() const {
     const std::string transport = e.attachment ? e.transport : "";
     x.Sample("vios_device_info", {{"device", id}, {"type", e.spec.type}, {"transport", transport}}, 1);
     const Exposition::Labels dev = {{"device", id}};
-    x.Sample("vios_device_guest_connected", dev, e.attachment && e.attachment->connected() ? 1 : 0);
-    x.Sample("vios_device_status", dev, e.attachment ? e.attachment->device_status() : 0);
+    // What the attachment knows, read on the thread that serves it.
+    bool connected = false;
+    uint8_t status = 0;
+    CounterList counters;
+    if (const DeviceEndpoint* a = e.attachment.get())
+      OnDeviceThread(e, [&] {
+        connected = a->connected();
+        status = a->device_status();
+        a->AppendCounters(&counters);
+      });
+    x.Sample("vios_device_guest_connected", dev, connected ? 1 : 0);
+    x.Sample("vios_device_status", dev, status);
     if (auto* blk = dynamic_cast<const BlkDevice*>(e.device.get()))
       x.Sample("vios_blk_capacity_bytes", dev, static_cast<double>(blk->capacity_bytes()));
     // The device's own counters: vios_<type>_<name>_total{device}.
@@ -126,11 +137,7 @@ std::string Server::PrometheusText() const {
                static_cast<double>(cumulative));
     }
     // The transport's: vios_transport_<name>_total{device,transport}.
-    if (const DeviceEndpoint* a = e.attachment.get()) {
-      CounterList counters;
-      a->AppendCounters(&counters);
-      for (const auto& [name, v] : counters) AddCounter(x, "vios_transport", name, devt, v, "transport endpoint");
-    }
+    for (const auto& [name, v] : counters) AddCounter(x, "vios_transport", name, devt, v, "transport endpoint");
   }
   for (const auto& [id, n] : netdevs_) {
     const Exposition::Labels l = {{"netdev", id}};

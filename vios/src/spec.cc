@@ -2,6 +2,9 @@
 #include "spec.h"
 
 #include <toml++/toml.h>
+#include <unistd.h>
+
+#include <algorithm>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -69,7 +72,8 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
 )",
                       DeviceTransportsHelp(6), R"(  --config FILE        the same in TOML: [[netdev]], [[device]] and [[attach]]
                        tables with the keys above (type/id, device/transport), plus
-                       top-level control = "PATH", metrics = "ADDR:PORT", control-max-clients = N,
+                       top-level control = "PATH", metrics = "ADDR:PORT", threads = N,
+                       control-max-clients = N,
                        control-timeout = SECONDS and log-level = "LEVEL"
   --control PATH       the control socket (mode 0600): JSON-RPC 2.0, one message
                        per line (docs/api.md); viosctl is its command-line client
@@ -79,6 +83,11 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
   --control-timeout SECONDS
                        a control client that sends no whole message (or reads
                        no reply) for this long is closed (default 60)
+  --threads N          N event-loop threads (reactors) serve the devices, each device
+                       on one, the least loaded unless its --attach says reactor=K
+                       (0..N-1); the control socket and metrics keep the main
+                       thread. Default 1: every device on the main thread
+  --cpus LIST          one reactor per CPU in LIST (e.g. 0,2-3), pinned to it
   --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics (read-only:
                        GET /metrics and nothing else; port 0 picks one, logged);
                        also times every request (a latency histogram per device)
@@ -130,6 +139,27 @@ absl::Status SetControlLimit(const std::string& key, const std::string& value, c
   if (!absl::SimpleAtoi(value, &n) || n < 1 || n > max)
     return absl::InvalidArgumentError(absl::StrCat(origin, " ", value, ": not a number in 1..", max));
   (clients ? c->control_max_clients : c->control_timeout_s) = n;
+  return absl::OkStatus();
+}
+
+// "0,2-3" -> {0, 2, 3}: CPUs this machine has, each once.
+absl::Status ParseCpuList(const std::string& text, std::vector<int>* out) {
+  out->clear();
+  const long ncpu = ::sysconf(_SC_NPROCESSORS_CONF);
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    std::vector<absl::string_view> ab = absl::StrSplit(part, absl::MaxSplits('-', 1));
+    int a, b;
+    if (!absl::SimpleAtoi(ab[0], &a) || (ab.size() == 2 ? !absl::SimpleAtoi(ab[1], &b) : (b = a, false)) || a < 0 ||
+        b < a || b >= ncpu)
+      return absl::InvalidArgumentError(
+          absl::StrCat("--cpus ", text, ": '", part, "' is not a CPU or range of CPUs in 0..", ncpu - 1));
+    for (int c = a; c <= b; ++c) {
+      if (std::find(out->begin(), out->end(), c) != out->end())
+        return absl::InvalidArgumentError(absl::StrCat("--cpus ", text, ": CPU ", c, " given twice"));
+      out->push_back(c);
+    }
+  }
+  if (out->size() > 256) return absl::InvalidArgumentError(absl::StrCat("--cpus ", text, ": more than 256 CPUs"));
   return absl::OkStatus();
 }
 
@@ -219,6 +249,11 @@ absl::Status MergeToml(const std::string& path, Config* config) {
           config->attaches.push_back(std::move(*a));
         }
       }
+    } else if (key == "threads") {
+      auto i = v.value<int64_t>();
+      if (!v.is_integer() || !i || *i < 1 || *i > 256)
+        return absl::InvalidArgumentError(absl::StrCat(path, ": 'threads' must be an integer in 1..256"));
+      config->threads = static_cast<uint64_t>(*i);
     } else if (key == "control-max-clients" || key == "control-timeout") {
       auto i = v.value<int64_t>();
       if (!v.is_integer() || !i || *i < 0)
@@ -276,6 +311,13 @@ absl::StatusOr<Config> ParseCommandLine(const std::vector<std::string>& args) {
     } else if (flag == "--log-level") {
       if (absl::Status s = need_value(); !s.ok()) return s;
       c.log_level = value;
+    } else if (flag == "--threads") {
+      if (absl::Status s = need_value(); !s.ok()) return s;
+      if (!absl::SimpleAtoi(value, &c.threads) || c.threads < 1 || c.threads > 256)
+        return absl::InvalidArgumentError(absl::StrCat("--threads ", value, ": not a number in 1..256"));
+    } else if (flag == "--cpus") {
+      if (absl::Status s = need_value(); !s.ok()) return s;
+      if (absl::Status s = ParseCpuList(value, &c.cpus); !s.ok()) return s;
     } else if (flag == "--metrics") {
       if (absl::Status s = need_value(); !s.ok()) return s;
       c.metrics_address = value;

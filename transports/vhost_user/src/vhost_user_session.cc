@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/log.h"
 #include "vioport/core/net_control.h"
@@ -81,6 +83,13 @@ class Session::Interrupts final : public InterruptSink {
       int fd = c.exchange(-1);
       if (fd >= 0) ::close(fd);
     }
+    if (backend_fd_ >= 0) ::close(backend_fd_);
+  }
+  // The back-end request channel (SET_BACKEND_REQ_FD), for config changes.
+  void SetBackendFd(int fd) {
+    absl::MutexLock l(&backend_mu_);
+    if (backend_fd_ >= 0) ::close(backend_fd_);
+    backend_fd_ = fd;
   }
   void SetCall(uint16_t q, int fd) {
     int old = call_[q].exchange(fd);
@@ -91,15 +100,30 @@ class Session::Interrupts final : public InterruptSink {
     sent_.fetch_add(1, std::memory_order_relaxed);
     SignalForeignEventFd(call_[q].load(std::memory_order_acquire));
   }
-  // No back-end request channel is negotiated, so a config change cannot be
-  // announced; it is counted (and the front-end reads it on its next GET_CONFIG).
-  void ConfigInterrupt() override { config_.fetch_add(1, std::memory_order_relaxed); }
+  // A config change goes to the front-end as BACKEND_CONFIG_CHANGE_MSG on
+  // the back-end request channel (the front-end then reads the config with
+  // GET_CONFIG and interrupts the guest). No reply is asked for: the
+  // front-end's GET_CONFIG arrives on the main channel, which this session
+  // must be free to answer. Without the channel it is only counted.
+  void ConfigInterrupt() override {
+    config_.fetch_add(1, std::memory_order_relaxed);
+    absl::MutexLock l(&backend_mu_);
+    if (backend_fd_ < 0) return;
+    Header h{};
+    h.request = kBackendConfigChangeMsg;
+    h.flags = kVersion;
+    h.size = 0;
+    if (::send(backend_fd_, &h, sizeof h, MSG_DONTWAIT | MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof h))
+      config_lost_.fetch_add(1, std::memory_order_relaxed);
+  }
   uint64_t sent() const { return sent_.load(std::memory_order_relaxed); }
   uint64_t config_sent() const { return config_.load(std::memory_order_relaxed); }
 
  private:
   std::vector<std::atomic<int>> call_;
-  std::atomic<uint64_t> sent_{0}, config_{0};
+  std::atomic<uint64_t> sent_{0}, config_{0}, config_lost_{0};
+  absl::Mutex backend_mu_;
+  int backend_fd_ ABSL_GUARDED_BY(backend_mu_) = -1;
 };
 
 Session::Session(std::shared_ptr<VirtioDevice> device, Host* host, SessionOptions options)
@@ -108,9 +132,14 @@ Session::Session(std::shared_ptr<VirtioDevice> device, Host* host, SessionOption
   vrings_.resize(nq);
   active_set_.assign(nq, false);
   irq_ = std::make_shared<Interrupts>(nq);
+  // The device's own config changes (a blk resize, a link change) go to the
+  // front-end on the back-end request channel (QEMU then re-reads the
+  // config and interrupts the guest).
+  device_->set_config_changed_hook([irq = irq_] { irq->ConfigInterrupt(); });
   offered_ = feature::Offer(device_->device_features(), opts_.transport_features) | (1ull << kFeatureProtocolFeatures);
   offered_proto_ = (1ull << proto::kMq) | (1ull << proto::kReplyAck) | (1ull << proto::kConfig) |
-                   (1ull << proto::kResetDevice) | (1ull << proto::kConfigureMemSlots);
+                   (1ull << proto::kResetDevice) | (1ull << proto::kConfigureMemSlots) |
+                   (1ull << proto::kBackendReq);
   if (opts_.inflight) offered_proto_ |= 1ull << proto::kInflightShmfd;
   // A network device behind a VMM that keeps the control queue: the net
   // messages (RARP after migration, the MTU the VMM configured).
@@ -121,6 +150,7 @@ Session::Session(std::shared_ptr<VirtioDevice> device, Host* host, SessionOption
 Session::~Session() {
   *alive_ = false;
   StopDevice();
+  device_->set_config_changed_hook(nullptr);
   for (uint16_t q = 0; q < vrings_.size(); ++q) {
     if (vrings_[q].kick >= 0) host_->UnwatchKick(q);
     CloseFd(vrings_[q].kick);
@@ -166,13 +196,14 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
   const Req req = m.req();
   const bool needs_owner = !(req == Req::kGetFeatures || req == Req::kGetProtocolFeatures ||
                              req == Req::kSetProtocolFeatures || req == Req::kGetQueueNum ||
-                             req == Req::kGetMaxMemSlots || req == Req::kSetOwner || req == Req::kGetConfig);
+                             req == Req::kGetMaxMemSlots || req == Req::kSetOwner || req == Req::kGetConfig ||
+                             req == Req::kSetBackendReqFd);  // QEMU sends it right after the protocol features
   if (needs_owner && !owner_) return WrongState("before SET_OWNER");
   // Requests without fds must not carry any (they would leak otherwise; a
   // front-end sending them is confused).
   const bool takes_fds = req == Req::kSetMemTable || req == Req::kAddMemReg || req == Req::kRemMemReg ||
                          req == Req::kSetVringKick || req == Req::kSetVringCall || req == Req::kSetVringErr ||
-                         req == Req::kSetInflightFd;
+                         req == Req::kSetInflightFd || req == Req::kSetBackendReqFd;
   if (!takes_fds && !m.fds.empty()) return Bad(absl::StrCat("carries ", m.fds.size(), " unexpected fds"));
   auto u64 = [&](uint64_t* v) -> absl::Status {
     return m.As(v) ? absl::OkStatus() : Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected 8"));
@@ -337,6 +368,12 @@ absl::Status Session::Dispatch(Message& m, bool* replied) {
     case Req::kResetDevice:
       if (auto s = Need(proto::kResetDevice, "RESET_DEVICE"); !s.ok()) return s;
       return ResetRings();
+    case Req::kSetBackendReqFd:
+      if (auto s = Need(proto::kBackendReq, "BACKEND_REQ"); !s.ok()) return s;
+      if (!m.payload.empty()) return Bad(absl::StrCat("payload of ", m.payload.size(), " bytes, expected none"));
+      if (m.fds.size() != 1) return Bad(absl::StrCat(m.fds.size(), " fds, expected 1 (a socket)"));
+      irq_->SetBackendFd(m.TakeFd(0));
+      return absl::OkStatus();
     default:
       return Bad(absl::StrCat("request ", m.header.request, " is not supported by this back-end"));
   }

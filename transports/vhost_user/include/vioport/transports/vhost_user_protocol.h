@@ -95,6 +95,9 @@ inline constexpr unsigned kConfigureMemSlots = 15;
 inline constexpr unsigned kStatus = 16;
 }  // namespace proto
 
+// Back-end requests (on the SET_BACKEND_REQ_FD channel, back-end to front-end).
+inline constexpr uint32_t kBackendConfigChangeMsg = 2;
+
 inline constexpr size_t kHeaderSize = 12;
 inline constexpr size_t kMaxFds = 8;            // per message, as libvhost-user
 inline constexpr size_t kMaxPayload = 4096;     // larger than any payload we accept
