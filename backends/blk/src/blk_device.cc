@@ -30,7 +30,7 @@ constexpr uint32_t kMaxDiscardSectors = 1u << 22;
 constexpr uint32_t kMaxWriteZeroesSectors = 1u << 22;
 // 4 KiB: the granularity at which file systems can free blocks.
 constexpr uint32_t kDiscardSectorAlignment = 8;
-constexpr size_t kZeroBufferBytes = 64 << 10;
+// kZeroBufferBytes: blk_queue.h
 
 absl::Status ErrnoError(int err, absl::string_view what, absl::string_view path) {
   return absl::ErrnoToStatus(err, absl::StrCat("blk: ", what, " ", path));
@@ -91,7 +91,9 @@ absl::StatusOr<std::shared_ptr<BlkDevice>> BlkDevice::Open(const BlkOptions& opt
   const bool in_memory = S_ISREG(st.st_mode) && ::fstatfs(fd, &fs) == 0 &&
                          (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);
   dev->inline_io_ = o.io == BlkOptions::Io::kInline || (o.io == BlkOptions::Io::kAuto && in_memory);
-  if (absl::Status s = dev->InitRings(); !s.ok()) return s;
+  // The eventfd and the io_urings (a descriptor each, and ring memory) are
+  // made when a driver first needs them (event_fd(), Activate): an idle
+  // device holds its backing file and nothing else.
   return dev;
 }
 
@@ -99,8 +101,7 @@ BlkDevice::BlkDevice(const BlkOptions& options, int fd, bool block_device, uint6
     : opts_(options),
       fd_(fd),
       block_device_(block_device),
-      capacity_(capacity_bytes),
-      zeroes_(kZeroBufferBytes, 0) {
+      capacity_(capacity_bytes) {
   namespace bf = blk::feature;
   features_ = feature::kCoreSupported | feature::Bit(bf::kBlkSize) | feature::Bit(bf::kFlush);
   if (opts_.size_max) features_ |= feature::Bit(bf::kSizeMax);
@@ -137,10 +138,29 @@ BlkDevice::~BlkDevice() {
   ::close(fd_);
 }
 
+int BlkDevice::event_fd() const {
+  int fd = event_fd_.load(std::memory_order_acquire);
+  if (fd >= 0) return fd;
+  absl::MutexLock l(&efd_mu_);
+  fd = event_fd_.load(std::memory_order_relaxed);
+  if (fd < 0) {
+    fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) {
+      char buf[128];
+      VIOPORT_LOG(kError, "blk ", opts_.path, ": eventfd: ", strerror_r(errno, buf, sizeof buf));
+      return -1;
+    }
+    event_fd_.store(fd, std::memory_order_release);
+  }
+  return fd;
+}
+
 absl::Status BlkDevice::InitRings() {
-  event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (event_fd_ < 0) return ErrnoError(errno, "eventfd for", opts_.path);
+  if (rings_ready_) return absl::OkStatus();
+  const int efd = event_fd();
+  if (efd < 0) return ErrnoError(EMFILE, "eventfd for", opts_.path);
   for (auto& q : queues_) {
+    if (q->ring_ready) continue;
     // One SQE per request at a time and at most queue_size requests, so the
     // rings never fill (the CQ is twice the SQ).
     io_uring_params p{};
@@ -152,9 +172,10 @@ absl::Status BlkDevice::InitRings() {
     }
     if (ret < 0) return ErrnoError(-ret, absl::StrCat("io_uring set-up for queue ", q->index, " of"), opts_.path);
     q->ring_ready = true;
-    ret = io_uring_register_eventfd(&q->ring, event_fd_);
+    ret = io_uring_register_eventfd(&q->ring, efd);
     if (ret < 0) return ErrnoError(-ret, "io_uring eventfd registration for", opts_.path);
   }
+  rings_ready_ = true;
   return absl::OkStatus();
 }
 
@@ -212,9 +233,13 @@ absl::Status BlkDevice::Resize(uint64_t new_size_bytes) {
   VIOPORT_LOG(kInfo, "blk ", opts_.path, ": capacity ", old, " -> ", target, " bytes");
   // NotifyConfigChanged must run on the device thread: leave it a flag and
   // wake it through the eventfd its loop waits on (ProcessEvents).
+  // No eventfd yet: no driver has ever run the device, and the next one
+  // reads the new capacity anyway.
+  const int efd = event_fd_.load(std::memory_order_acquire);
+  if (efd < 0) return absl::OkStatus();
   resize_pending_.store(true, std::memory_order_release);
   const uint64_t one = 1;
-  if (::write(event_fd_, &one, sizeof one) < 0 && errno != EAGAIN) {  // EAGAIN: it is readable already
+  if (::write(efd, &one, sizeof one) < 0 && errno != EAGAIN) {  // EAGAIN: it is readable already
     char buf[128];
     VIOPORT_LOG(kWarning, "blk ", opts_.path, ": cannot wake the device after a resize: ",
                 strerror_r(errno, buf, sizeof buf));
@@ -246,6 +271,7 @@ absl::Status BlkDevice::Activate(ActivateContext ctx) {
   if (ctx.queues.size() > queues_.size())
     return absl::InvalidArgumentError(absl::StrCat("blk: ", ctx.queues.size(), " queues for a device with ",
                                                    queues_.size()));
+  if (absl::Status s = InitRings(); !s.ok()) return s;
   ctx_ = std::move(ctx);
   for (auto& qp : queues_) {
     Queue& q = *qp;
@@ -337,7 +363,8 @@ bool BlkDevice::ProcessEvents() {
   {
     absl::MutexLock l(&mu_);
     uint64_t v;
-    while (::read(event_fd_, &v, sizeof v) == sizeof v) {
+    const int efd = event_fd_.load(std::memory_order_acquire);
+    while (efd >= 0 && ::read(efd, &v, sizeof v) == sizeof v) {
     }
     if (active_) {
       for (auto& qp : queues_) {

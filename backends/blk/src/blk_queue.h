@@ -13,6 +13,9 @@
 
 namespace vioport {
 
+// The source of WRITE_ZEROES where fallocate cannot (allocated on first use).
+inline constexpr size_t kZeroBufferBytes = 64 << 10;
+
 // One popped chain and the state of its I/O. Slots are reused: their vectors
 // keep their capacity, so the steady state allocates nothing per request.
 struct BlkDevice::Request {

@@ -224,6 +224,7 @@ void BlkDevice::BuildZeroIov(Request& r) {
   r.iov_first = 0;
   uint64_t left = r.remaining;
   while (left > 0 && r.iov.size() < kZeroIovs) {
+    if (zeroes_.empty()) zeroes_.assign(kZeroBufferBytes, 0);  // first use: an idle device holds none
     const size_t n = std::min<uint64_t>(left, zeroes_.size());
     r.iov.push_back({zeroes_.data(), n});
     left -= n;

@@ -13,12 +13,23 @@ namespace vioport {
 
 namespace asio = boost::asio;
 
-// One watched fd: a duplicate (so the owner may close its own at any time)
-// and what to do when it is readable.
+// One watched fd and what to do when it is readable. Kicks are duplicates
+// (the transport may close its own at any time); the device's event fd is
+// watched as it is (it lives as long as the device) and released, not
+// closed, when the watch ends: no descriptor per device beyond its own.
 struct DeviceLoop::Watch {
   asio::posix::stream_descriptor sd;
   std::function<void()> on_ready;
+  bool owns_fd = true;
   Watch(asio::io_context& io, int fd, std::function<void()> f) : sd(io, fd), on_ready(std::move(f)) {}
+  ~Watch() {
+    if (!owns_fd && sd.is_open()) sd.release();
+  }
+  void Stop() {
+    boost::system::error_code ec;
+    if (owns_fd) sd.close(ec);
+    else if (sd.is_open()) sd.release();
+  }
 };
 
 DeviceLoop::DeviceLoop(asio::io_context& io, std::shared_ptr<VirtioDevice> device, Options options)
@@ -29,9 +40,9 @@ DeviceLoop::DeviceLoop(asio::io_context& io, std::shared_ptr<VirtioDevice> devic
     io_ = own_io_.get();
     poller_ = std::thread([this] { PollLoop(); });
     poller_id_ = poller_.get_id();
-  } else {
-    WatchEvents();
   }
+  // Event mode watches the device's events from the first guest on (Serve):
+  // until then the device may not even have its event fd.
 }
 
 DeviceLoop::~DeviceLoop() {
@@ -39,8 +50,7 @@ DeviceLoop::~DeviceLoop() {
   Run([this] {
     UnwatchKicks();
     if (events_) {
-      boost::system::error_code ec;
-      events_->sd.close(ec);
+      events_->Stop();
       events_.reset();
     }
   });
@@ -52,7 +62,10 @@ DeviceLoop::~DeviceLoop() {
   }
 }
 
-void DeviceLoop::Serve(DeviceController* ctl) { ctl_ = ctl; }
+void DeviceLoop::Serve(DeviceController* ctl) {
+  ctl_ = ctl;
+  if (ctl && !opts_.poll && !events_) WatchEvents();
+}
 
 void DeviceLoop::Arm(const std::shared_ptr<Watch>& w) {
   // The handler holds the watch (it may outlive the loop on vios's io); the
@@ -98,10 +111,11 @@ void DeviceLoop::Kick(uint16_t q) {
 void DeviceLoop::WatchEvents() {
   const int fd = device_->event_fd();
   if (fd < 0) return;
-  events_ = std::make_shared<Watch>(*io_, ::fcntl(fd, F_DUPFD_CLOEXEC, 0), [this] {
+  events_ = std::make_shared<Watch>(*io_, fd, [this] {
     if (device_->ProcessEvents() && ctl_) ctl_->ServeWhileBusy(opts_.spin_us);
     if (after_work_) after_work_();
   });
+  events_->owns_fd = false;
   Arm(events_);
 }
 

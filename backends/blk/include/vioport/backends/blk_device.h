@@ -68,7 +68,8 @@ class BlkDevice final : public VirtioDevice {
   absl::Status Activate(ActivateContext ctx) override;
   ActivateContext Reset() override;
   void QueueNotify(uint16_t queue) override;
-  int event_fd() const override { return event_fd_; }
+  // Made on first use (a driver's loop asks when a guest attaches).
+  int event_fd() const override;
   bool ProcessEvents() override;
   absl::Status Quiesce() override;
   void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override;
@@ -100,7 +101,7 @@ class BlkDevice final : public VirtioDevice {
   struct Request;  // one popped chain and its I/O state
 
   BlkDevice(const BlkOptions& options, int fd, bool block_device, uint64_t capacity_bytes);
-  absl::Status InitRings();
+  absl::Status InitRings() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Pops, starts and completes requests of one queue until it is empty.
   void Drain(Queue& q) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -148,7 +149,9 @@ class BlkDevice final : public VirtioDevice {
   std::atomic<bool> resize_pending_{false};
   // Serialises Resize calls: size check, ftruncate and capacity go together.
   absl::Mutex resize_mu_;
-  int event_fd_ = -1;
+  mutable absl::Mutex efd_mu_;
+  mutable std::atomic<int> event_fd_{-1};
+  bool rings_ready_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t features_ = 0;
   blk::Config config_{};  // fixed after construction, except capacity: ReadConfig takes capacity_
   std::vector<uint8_t> zeroes_;  // source of WRITE_ZEROES when fallocate cannot
