@@ -19,6 +19,9 @@ PACKAGES=(
   nlohmann-json3-dev
   # a real Prometheus server the metrics test starts, scrapes vios and queries
   prometheus
+  # the control API's Python client (docs/api.md, run by a test) and the
+  # fuzz corpus and benchmark scripts
+  python3
   libxen-dev
   # real xenstore clients (xenstore-read/-write/-ls/-watch ...) the xenstore
   # emulator (emulators/xen) is tested against
