@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 
@@ -261,6 +262,22 @@ class Loopback final : public TransportRig {
     return s.ok() ? 0 : 1;
   }
   bool DevicesRunning() override { return server_ != nullptr; }
+  absl::Status RemoveDevice(const std::string& id) override {
+    if (!server_) return absl::FailedPreconditionError("stopped");
+    return server_->Remove(id);
+  }
+  absl::Status AddDevice(const std::string& spec) override {
+    if (!server_) return absl::FailedPreconditionError("stopped");
+    auto d = vios::ParseDevice(spec);
+    if (!d.ok()) return d.status();
+    const std::string id = d->id;
+    if (absl::Status s = server_->AddDevice(std::move(*d)); !s.ok()) return s;
+    auto a = vios::ParseAttach(id + ",transport=loopback");
+    if (!a.ok()) return a.status();
+    if (absl::Status s = server_->Attach(std::move(*a)); !s.ok()) return s;
+    if (std::find(ids_.begin(), ids_.end(), id) == ids_.end()) ids_.push_back(id);
+    return absl::OkStatus();
+  }
 
   std::string GuestSpec(const std::string& id) const override { return "loopback:" + id; }
   uint64_t AddressOutsideGuestMemory() const override {

@@ -21,6 +21,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "control_client.h"
+#include "nlohmann/json.hpp"
+#include "vioport/transports/options.h"
 #include "vioport/testing/tool_output.h"
 #include "vioport/transports/vhost_user_guest.h"
 #ifdef VIOPORT_RIG_EMULATORS
@@ -195,6 +197,33 @@ class ViosRig : public TransportRig {
   }
   int StopDevices() override { return KillDevices(SIGTERM); }
   bool DevicesRunning() override { return vios_ && vios_->Running(); }
+  absl::Status RemoveDevice(const std::string& id) override {
+    return Control("device_remove", {{"id", id}});
+  }
+  absl::Status AddDevice(const std::string& spec) override {
+    const std::string id = IdOf(spec);
+    if (id.empty()) return absl::InvalidArgumentError(absl::StrCat("no id= in '", spec, "'"));
+    int slot = SlotOf(id);
+    if (slot < 0) {
+      slot = static_cast<int>(ids_.size());
+      ids_.push_back(id);
+    }
+    std::string type;
+    std::map<std::string, std::string> kv;
+    if (absl::Status s = SplitKeyValues(spec, "device", "the device type", &type, &kv); !s.ok()) return s;
+    nlohmann::json add = {{"type", type}};
+    for (const auto& [k, v] : kv) add[k] = v;
+    if (absl::Status s = Control("device_add", add); !s.ok()) return s;
+    nlohmann::json attach = {{"id", id}, {"transport", traits_.transport}};
+    std::string first;
+    std::map<std::string, std::string> opts;
+    if (absl::Status s = SplitKeyValues(absl::StrCat(id, ",", AttachOptions(slot, id)), "attach", "the device id",
+                                        &first, &opts);
+        !s.ok())
+      return s;
+    for (const auto& [k, v] : opts) attach[k] = v;
+    return Control("device_attach", attach);
+  }
 
   std::string GuestSpec(const std::string& id) const override {
     return absl::StrCat(traits_.transport, ":", GuestChannel(SlotOf(id), id));
@@ -218,6 +247,15 @@ class ViosRig : public TransportRig {
   virtual std::string GuestChannel(int slot, const std::string& id) const = 0;
   // Before vios starts again: waits until the channel forgot the dead one.
   virtual absl::Status WaitDeviceSideGone() { return absl::OkStatus(); }
+
+  // One control API call; its error as a status.
+  absl::Status Control(const std::string& method, const nlohmann::json& params) {
+    auto r = vios::ControlCall(Path("vios.ctl"), method, params, 30);
+    if (!r.ok()) return r.status();
+    if (r->contains("error"))
+      return absl::InternalError(absl::StrCat(method, ": ", (*r)["error"].value("message", "")));
+    return absl::OkStatus();
+  }
 
   std::string Viosctl(const std::string& command) {
     std::vector<std::string> argv = {VIOSCTL_BIN, "--control", Path("vios.ctl")};

@@ -105,6 +105,12 @@ class TransportRig {
   // SIGTERM: vios finishes what is in flight, flushes and exits; its status.
   virtual int StopDevices() = 0;
   virtual bool DevicesRunning() = 0;
+  // At run time, through vios's control API: removes device `id` (its guest
+  // is told as the transport allows), and adds a device (a --device spec)
+  // attached over this transport in the slot of the id it names (a removed
+  // device's slot, or a new one).
+  virtual absl::Status RemoveDevice(const std::string& id) = 0;
+  virtual absl::Status AddDevice(const std::string& device_spec) = 0;
 
   // ---- Guests ------------------------------------------------------------------
 
