@@ -296,6 +296,7 @@ void DeviceController::ServeWhileBusy(uint32_t spin_us) {
   auto idle_until = start + window;
   const auto hard_stop = start + 20 * window;
   VirtioDevice& dev = device();
+  BusyPollEpisode episode(dev.stats(), spin_us);
   for (;;) {
     if (!running() || (status() & status::kDeviceNeedsReset)) return;
     bool progress = dev.ProcessEvents();
@@ -306,6 +307,7 @@ void DeviceController::ServeWhileBusy(uint32_t spin_us) {
       dev.QueueNotify(i);
       progress |= q->counters().popped != before || q->in_flight() != 0;
     }
+    episode.Pass(progress);
     const auto now = Clock::now();
     if (progress) idle_until = now + window;
     if (now >= idle_until || now >= hard_stop) return;

@@ -50,9 +50,16 @@ class NetTap : public testproc::ViosProcessTest {
     }
   }
   void TearDown() override {
-    // The vioguests and socats live in the namespaces: stop them first.
-    ViosProcessTest::TearDown();
+    // The vioguests and socats live in the namespaces: stop them first, then
+    // delete the namespaces while the test's directory (where Run writes the
+    // commands' output) still exists; the base TearDown removes it.
+    for (Proc& p : procs_)
+      if (p.pid > 0 && p.Running()) {
+        p.Signal(SIGKILL);
+        p.Wait(10);
+      }
     for (const std::string& ns : ns_) Run({ip_, "netns", "del", ns});
+    ViosProcessTest::TearDown();
   }
 
   int Run(const std::vector<std::string>& argv) {

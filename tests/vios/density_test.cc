@@ -147,5 +147,20 @@ TEST_F(Density, NineThousandIdleDevices) {
   EXPECT_EQ(vios.Wait(60), 0) << vios.err().substr(0, 2000);
 }
 
+// Where the descriptors run out, vios says which limit stopped it and how
+// to raise it (here a hard limit of 64, set with prlimit).
+TEST_F(Density, RunningOutOfDescriptorsNamesTheLimit) {
+  MakeDisk(Path("d.img"), 1 << 20);
+  std::vector<std::string> argv = {"/usr/bin/prlimit", "--nofile=64:64", VIOS_BIN};
+  for (int i = 0; i < 40; ++i)
+    argv.insert(argv.end(), {"--device", absl::StrCat("blk,id=d", i, ",path=", Path("d.img")), "--attach",
+                             absl::StrCat("d", i, ",transport=shm,path=", Path(absl::StrCat("d", i, ".sock")))});
+  Proc p = testproc::Spawn(argv, dir_, "vios");
+  ASSERT_EQ(p.Wait(30), 2) << p.err();
+  EXPECT_TRUE(absl::StrContains(p.err(), "Too many open files")) << p.err();
+  EXPECT_TRUE(absl::StrContains(p.err(), "vios may open 64 file descriptors, RLIMIT_NOFILE")) << p.err();
+  EXPECT_TRUE(absl::StrContains(p.err(), "raise the hard limit")) << p.err();
+}
+
 }  // namespace
 }  // namespace vioport

@@ -144,6 +144,10 @@ TEST_F(Metrics, PromtoolLintsCleanAndTheCountersMatchTheGuest) {
   EXPECT_EQ(Value(text, R"(vios_request_duration_seconds_bucket{device="d0",transport="shm",le="+Inf"})"), reqs);
   EXPECT_GT(Value(text, R"(vios_request_duration_seconds_sum{device="d0",transport="shm"})"), 0);
   EXPECT_EQ(Value(text, R"(vios_net_drops_total{device="n0",cause="rx_full"})"), 0) << "errors carry a cause label";
+  // Adaptive polling: shm's default threshold (spin-us 20) and the episodes the writes caused.
+  EXPECT_EQ(Value(text, R"(vios_device_poll_spin_seconds{device="d0"})"), 2e-05) << text;
+  EXPECT_GT(Value(text, R"(vios_device_polls_total{device="d0"})"), 0) << text;
+  EXPECT_GT(Value(text, R"(vios_device_poll_seconds_total{device="d0"})"), 0) << text;
   EXPECT_EQ(Value(text, R"(vios_switch_ports{netdev="sw0"})"), 1);
 }
 

@@ -556,6 +556,13 @@ absl::StatusOr<rpc::json> Server::Stats(const std::string& id) const {
   std::vector<std::pair<std::string, uint64_t>> d;
   it->second.device->AppendCounters(&d);
   for (const auto& [k, v] : d) c[k] = v;
+  if (const DeviceStats* ds = it->second.device->stats_if_any()) {
+    // Adaptive polling: the threshold, and what polling found.
+    c["poll.spin_us"] = ds->spin_us.load();
+    c["poll.episodes"] = ds->busy_polls.load();
+    c["poll.busy_us"] = ds->busy_poll_ns.load() / 1000;
+    c["poll.found_work"] = ds->busy_poll_found.load();
+  }
   if (it->second.sw) {
     const Switch::PortStats p = it->second.sw->Stats(it->second.port);
     c["switch.drop_spoofed"] = p.spoofed;
@@ -584,10 +591,14 @@ absl::StatusOr<rpc::json> Server::Stats(const std::string& id) const {
 
 absl::Status Server::Shutdown() {
   StopControl();
-  for (auto& [id, e] : devices_)
+  for (auto& kv : devices_) {
+    Entry& e = kv.second;
     if (e.attachment) OnDeviceThread(e, [&e] { e.attachment->StopAccepting(); });
+  }
   absl::Status result = absl::OkStatus();
-  for (auto& [id, e] : devices_) {
+  for (auto& kv : devices_) {
+    const std::string& id = kv.first;
+    Entry& e = kv.second;
     absl::Status s = e.attachment ? OnDeviceThread(e, [&e] { return e.attachment->Quiesce(); }) : e.device->Quiesce();
     if (!s.ok()) {
       VIOPORT_LOG(kError, "device ", id, ": ", s.message());

@@ -120,6 +120,16 @@ std::string Server::PrometheusText() const {
         x.Sample("vios_queue_bytes_total", in, static_cast<double>(qs->bytes_in.load()));
         x.Sample("vios_queue_bytes_total", out, static_cast<double>(qs->bytes_out.load()));
       }
+      x.Family("vios_device_poll_spin_seconds", "gauge",
+               "adaptive polling: how long the device is served past its last progress before sleeping");
+      x.Family("vios_device_polls_total", "counter", "adaptive polling episodes (one per wake-up that polls)");
+      x.Family("vios_device_poll_seconds_total", "counter", "time spent polling past wake-ups");
+      x.Family("vios_device_poll_found_work_total", "counter",
+               "polling passes that found new work without a wake-up");
+      x.Sample("vios_device_poll_spin_seconds", dev, static_cast<double>(s->spin_us.load()) / 1e6);
+      x.Sample("vios_device_polls_total", dev, static_cast<double>(s->busy_polls.load()));
+      x.Sample("vios_device_poll_seconds_total", dev, static_cast<double>(s->busy_poll_ns.load()) / 1e9);
+      x.Sample("vios_device_poll_found_work_total", dev, static_cast<double>(s->busy_poll_found.load()));
       const LatencyHistogram& h = s->latency();
       uint64_t cumulative = 0;
       for (size_t b = 0; b <= LatencyHistogram::kBoundsNs.size(); ++b) {

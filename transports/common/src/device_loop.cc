@@ -40,9 +40,11 @@ DeviceLoop::DeviceLoop(asio::io_context& io, std::shared_ptr<VirtioDevice> devic
     io_ = own_io_.get();
     poller_ = std::thread([this] { PollLoop(); });
     poller_id_ = poller_.get_id();
+  } else if (device_->events_without_driver()) {
+    WatchEvents();
   }
-  // Event mode watches the device's events from the first guest on (Serve):
-  // until then the device may not even have its event fd.
+  // Otherwise event mode watches the device's events from the first guest
+  // on (Serve): until then the device may not even have its event fd.
 }
 
 DeviceLoop::~DeviceLoop() {

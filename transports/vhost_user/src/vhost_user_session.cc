@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <optional>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -859,6 +860,8 @@ void Session::Serve(uint32_t spin_us) {
   const auto start = Clock::now();
   auto idle_until = start + window;
   const auto hard_stop = start + 20 * window;
+  std::optional<BusyPollEpisode> episode;
+  if (spin_us) episode.emplace(device_->stats(), spin_us);
   for (;;) {
     if (!active_ || needs_reset_) return;
     bool progress = device_->ProcessEvents();
@@ -871,6 +874,7 @@ void Session::Serve(uint32_t spin_us) {
       progress |= dq->counters().popped != before || dq->in_flight() != 0;
     }
     if (!spin_us) return;
+    episode->Pass(progress);
     const auto now = Clock::now();
     if (progress) idle_until = now + window;
     if (now >= idle_until || now >= hard_stop) return;

@@ -83,6 +83,11 @@ class VirtioDevice {
   // ProcessEvents() in its loop without waiting. Returns true if it did work.
   // The fd is valid for the device's lifetime; -1 means "no async work".
   virtual int event_fd() const { return -1; }
+  // Whether the device has events to process while no driver runs it (a
+  // net or vsock device's inbox, counted as drops): its loop then watches
+  // event_fd() from the start. A device without (blk) is watched from its
+  // first guest on, and may make its event fd only then.
+  virtual bool events_without_driver() const { return true; }
   virtual bool ProcessEvents() { return false; }
 
   // The server is stopping: complete every request in flight (publishing

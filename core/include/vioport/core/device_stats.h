@@ -54,6 +54,13 @@ class DeviceStats {
   LatencyHistogram& latency() { return latency_; }
   const LatencyHistogram& latency() const { return latency_; }
 
+  // Adaptive polling (a transport serving the device for spin_us past its
+  // last progress after each wake-up, then sleeping): the threshold last
+  // used, the episodes, the time spent in them, and the passes that found
+  // work without a wake-up (requests that came while polling).
+  std::atomic<uint32_t> spin_us{0};
+  std::atomic<uint64_t> busy_polls{0}, busy_poll_ns{0}, busy_poll_found{0};
+
   // Whether queues activated from now on time their requests (two clock
   // reads per request; vios turns it on with --metrics).
   static void EnableTiming(bool on) { timing_.store(on, std::memory_order_relaxed); }
@@ -69,6 +76,27 @@ class DeviceStats {
   std::unique_ptr<QueueStats[]> queues_;
   LatencyHistogram latency_;
   static inline std::atomic<bool> timing_{false};
+};
+
+// One serve-while-busy episode, recorded into the device's stats when it ends.
+class BusyPollEpisode {
+ public:
+  BusyPollEpisode(DeviceStats& s, uint32_t spin_us) : s_(s), t0_(DeviceStats::NowNs()) {
+    s_.spin_us.store(spin_us, std::memory_order_relaxed);
+  }
+  ~BusyPollEpisode() {
+    BumpOwned(s_.busy_polls);
+    BumpOwned(s_.busy_poll_ns, DeviceStats::NowNs() - t0_);
+    BumpOwned(s_.busy_poll_found, found_ > 0 ? found_ - 1 : 0);  // the first pass is the wake-up's own work
+  }
+  BusyPollEpisode(const BusyPollEpisode&) = delete;
+  BusyPollEpisode& operator=(const BusyPollEpisode&) = delete;
+  void Pass(bool progress) { found_ += progress; }
+
+ private:
+  DeviceStats& s_;
+  const uint64_t t0_;
+  uint64_t found_ = 0;
 };
 
 }  // namespace vioport

@@ -70,6 +70,7 @@ class BlkDevice final : public VirtioDevice {
   void QueueNotify(uint16_t queue) override;
   // Made on first use (a driver's loop asks when a guest attaches).
   int event_fd() const override;
+  bool events_without_driver() const override { return false; }  // completions come from a driver's requests
   bool ProcessEvents() override;
   absl::Status Quiesce() override;
   void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override;
