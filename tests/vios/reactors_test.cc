@@ -11,18 +11,21 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "control_client.h"
 #include "nlohmann/json.hpp"
 #include "vioport/testing/process.h"
 #include "vioport/testing/process_test.h"
 #include "vioport/testing/tool_output.h"
+#include "vioport/transports/options.h"
 
 namespace vioport {
 namespace {
@@ -170,6 +173,64 @@ TEST_F(Reactors, CpusPinsOneReactorPerCpu) {
   testproc::CheckFile(Path("d0.img"), 7, 0, 8 << 20, &bad);
   EXPECT_EQ(bad, -1);
 }
+
+#ifdef CRQD_BIN
+// Endpoints that share their transport's state share a reactor: every crq
+// adapter of one vios partition is served by one CrqPartitionHost (one
+// partition, one interrupt), so they all go to the reactor of the first,
+// and reactor=K may not split them. Guests on both adapters verify data.
+TEST_F(Reactors, AdaptersOfOnePartitionShareAReactor) {
+  std::vector<std::string> crqd = {CRQD_BIN, "--socket", Path("crqd.sock"), "--control", Path("crqd.ctl")};
+  for (int i = 0; i < 3; ++i)
+    crqd.insert(crqd.end(), {"--pair", absl::StrFormat("client=%d:%#x:%#x:64,server=100:%#x:%#x:1", 1 + 2 * i,
+                                                       0x1000 + i, 0x1000 + i, 0x2000 + i, 0x2000 + i)});
+  Proc& emu = Start(crqd, "crqd");
+  ASSERT_TRUE(testproc::WaitFor([&] { return !emu.Running() || std::filesystem::exists(Path("crqd.sock")); }, 10));
+  ASSERT_TRUE(emu.Running()) << emu.err();
+  auto attach = [&](int i) {
+    return absl::StrFormat("d%d,transport=crq,crqd=%s,partition=100,unit=%#x,liobn=%#x,remote-liobn=%#x,"
+                           "remote-window-mib=64",
+                           i, Path("crqd.sock"), 0x2000 + i, 0x2000 + i, 0x1000 + i);
+  };
+  std::vector<std::string> args = {"--threads", "2"};
+  for (int i = 0; i < 3; ++i) {
+    MakeDisk(Path(absl::StrCat("d", i, ".img")), 8 << 20);
+    args.insert(args.end(), {"--device", absl::StrCat("blk,id=d", i, ",path=", Path(absl::StrCat("d", i, ".img")))});
+  }
+  args.insert(args.end(), {"--attach", attach(0), "--attach", attach(1)});
+  ASSERT_NO_FATAL_FAILURE(StartVios(args));
+  const json reactors = Call("reactor_list")["result"];
+  ASSERT_EQ(reactors.size(), 2u);
+  EXPECT_EQ(reactors[0]["devices"], json({"d0", "d1"})) << "one partition, one reactor: " << reactors;
+  EXPECT_TRUE(reactors[1]["devices"].empty()) << reactors;
+  // reactor=1 would split the partition: refused, naming why.
+  std::string first;
+  std::map<std::string, std::string> kv;
+  ASSERT_TRUE(SplitKeyValues(attach(2) + ",reactor=1", "attach", "the device id", &first, &kv).ok());
+  json params = {{"id", first}};
+  for (const auto& [k, v] : kv) params[k] = v;
+  const json refused = Call("device_attach", params);
+  EXPECT_TRUE(absl::StrContains(refused.dump(), "shares its crq channel with device 'd0', served on reactor 0"))
+      << refused;
+  // Guests on both adapters: data verified.
+  std::vector<Proc*> writers;
+  for (int i = 0; i < 2; ++i)
+    writers.push_back(&Start({VIOGUEST_BIN, "--quiet", "--memory", "64", "--transport",
+                              absl::StrFormat("crq:%s,partition=%d,unit=%#x,liobn=%#x", Path("crqd.sock"), 1 + 2 * i,
+                                              0x1000 + i, 0x1000 + i),
+                              "blk", "write", "--seed", std::to_string(60 + i), "--length", "4M"},
+                             "vioguest"));
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(writers[i]->Wait(120), 0) << writers[i]->err();
+    int64_t bad = 0;
+    const std::string sum = testproc::CheckFile(Path(absl::StrCat("d", i, ".img")), 60 + i, 0, 4 << 20, &bad);
+    EXPECT_EQ(bad, -1);
+    EXPECT_EQ(testproc::Field(writers[i]->out(), "checksum"), sum);
+  }
+  vios_->Signal(SIGTERM);
+  EXPECT_EQ(vios_->Wait(30), 0) << vios_->err();
+}
+#endif
 
 TEST_F(Reactors, BadFlagsAreNamed) {
   auto run = [&](std::vector<std::string> args) {

@@ -406,13 +406,33 @@ absl::Status Server::Attach(AttachSpec spec) {
                             : absl::StrCat("vios has reactors 0..", reactors_.size() - 1)));
     reactor = static_cast<int>(k);
     kv.erase(r);
-  } else if (!reactors_.empty()) {
+  }
+  Options options(spec.options.origin(), std::move(kv));
+  // Attachments that share their transport's state (one partition, one
+  // domain) share its thread: the reactor of the first of them.
+  std::string affinity;
+  if (!reactors_.empty()) {
+    auto key = DeviceEndpointAffinity(spec.transport, options);
+    if (!key.ok()) return key.status();
+    affinity = *key;
+  }
+  if (!affinity.empty()) {
+    for (const auto& [oid, other] : devices_) {
+      if (!other.attachment || other.transport != spec.transport || other.affinity != affinity) continue;
+      if (reactor >= 0 && reactor != other.reactor)
+        return absl::InvalidArgumentError(absl::StrCat(
+            spec.options.origin(), ": option 'reactor=", reactor, "': this attachment shares its ", spec.transport,
+            " channel with device '", oid, "', served on reactor ", other.reactor));
+      reactor = other.reactor;
+      break;
+    }
+  }
+  if (reactor < 0 && !reactors_.empty()) {
     // The least loaded: fewest attachments (the first of equals).
     reactor = 0;
     for (size_t i = 1; i < reactors_.size(); ++i)
       if (reactors_[i]->devices < reactors_[reactor]->devices) reactor = static_cast<int>(i);
   }
-  Options options(spec.options.origin(), std::move(kv));
   Entry& e = it->second;
   e.reactor = reactor;
   // The endpoint is made (and later destroyed) on its reactor's thread: its
@@ -426,6 +446,7 @@ absl::Status Server::Attach(AttachSpec spec) {
   e.attachment = std::move(*a);
   e.transport = spec.transport;
   e.attach_options = spec.options.all();
+  e.affinity = affinity;
   if (reactor >= 0) ++reactors_[reactor]->devices;
   return absl::OkStatus();
 }
@@ -460,6 +481,7 @@ absl::Status Server::Detach(const std::string& id) {
   DropAttachment(it->second);  // drops the guest: the device is reset first
   it->second.transport.clear();
   it->second.attach_options.clear();
+  it->second.affinity.clear();
   VIOPORT_LOG(kInfo, "device ", id, ": detached");
   return absl::OkStatus();
 }

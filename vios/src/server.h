@@ -96,6 +96,7 @@ class Server {
     uint32_t port = 0;
     uint64_t vsock_cid = 0;      // a vsock device's CID on the hub
     int reactor = -1;            // the attachment's reactor (-1: the control loop)
+    std::string affinity;        // the transport's shared-state key (DeviceTransport::affinity)
   };
   struct Reactor;
   // Runs f on the thread that serves e's attachment (at once if that is this one).

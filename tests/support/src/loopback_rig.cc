@@ -141,7 +141,8 @@ void RegisterInProcessLoopback() {
            return absl::AlreadyExistsError(absl::StrCat("loopback ", id, " exists"));
          Channels()[id] = ch;
          return std::unique_ptr<DeviceEndpoint>(std::make_unique<LoopbackEndpoint>(id, ch));
-       }});
+       },
+       nullptr});
   RegisterGuestTransport(
       {"loopback", "ID", "the device ID a loopback endpoint in this process serves", {}, {}, 64 << 20,
        [](const GuestContext& ctx, const std::string& id, const OptionValues&) -> absl::StatusOr<GuestLink> {

@@ -103,6 +103,15 @@ std::vector<OptionSpec> GuestFlagSpecs() {
   return out;
 }
 
+absl::StatusOr<std::string> DeviceEndpointAffinity(const std::string& name, const Options& o) {
+  const DeviceTransport* t = FindDeviceTransport(name);
+  if (!t || !t->affinity) return std::string();  // unknown transports fail in MakeDeviceEndpoint
+  Options copy = o;
+  auto values = OptionValues::Check(copy, t->options);
+  if (!values.ok()) return values.status();
+  return t->affinity(*values);
+}
+
 absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeDeviceEndpoint(const std::string& name, EndpointContext& ctx,
                                                                    Options& o) {
   const DeviceTransport* t = FindDeviceTransport(name);

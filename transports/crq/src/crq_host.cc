@@ -345,7 +345,9 @@ void RegisterCrqTransport() {
         O::Bool("read-ahead", true, "copy every small read on its own (by default request headers copy their page once a batch)"),
         O::Uint("spin-us", "N", 0, 1000, "keep serving the partition N us past the last work before sleeping")
             .Default(20)},
-       crq::MakeEndpoint});
+       crq::MakeEndpoint,
+       // One CrqPartitionHost per (crqd, partition) serves all its adapters: one thread.
+       [](const OptionValues& o) { return absl::StrCat(o.str("crqd"), "#", o.num("partition")); }});
   RegisterGuestTransport(
       {"crq", "SOCKET",
        "PowerVM CRQ over the crqd emulator: this process joins crqd on SOCKET as\n"

@@ -183,7 +183,8 @@ void RegisterShmTransport() {
         OptionSpec::Bool("poll", false, "busy-poll the rings on a dedicated thread (costs a core)"),
         OptionSpec::Uint("spin-us", "N", 0, 1000, "keep serving N us past the last request before sleeping")
             .Default(20)},
-       MakeEndpoint});
+       MakeEndpoint,
+       nullptr});
   RegisterGuestTransport({"shm", "SOCKET",
                           "hypervisor-less shared memory: this process's memory is a sealed memfd the\n"
                           "device maps (vios --attach ...,transport=shm)",

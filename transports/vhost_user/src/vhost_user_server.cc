@@ -290,7 +290,8 @@ void RegisterVhostUserTransport() {
          auto s = VhostUserServer::Create(ctx.io, ctx.device, vo);
          if (!s.ok()) return s.status();
          return std::unique_ptr<DeviceEndpoint>(std::move(*s));
-       }});
+       },
+       nullptr});
   RegisterGuestTransport(
       {"vhost-user", "SOCKET",
        "vhost-user: this process plays the VMM (guest RAM in a memfd) in front of\n"

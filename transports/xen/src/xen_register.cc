@@ -98,7 +98,9 @@ void RegisterXenTransport() {
         O::Uint("spin-us", "N", 0, 1000,
                 "keep serving N us past the last request (a notification through the hypervisor costs about 100)")
             .Default(100)},
-       xen::MakeEndpoint});
+       xen::MakeEndpoint,
+       // One XenBackendHost per (channel, domain) serves all its devices: one thread.
+       [](const OptionValues& o) { return absl::StrCat(o.str("channel"), "#", o.num("self")); }});
   RegisterGuestTransport(
       {"xen", "emu:SOCKET|xen",
        "Xen grants: this process is frontend domain F of the xenemud emulator\n"

@@ -40,6 +40,10 @@ struct DeviceTransport {
   // The options are checked against `options` before this is called.
   std::function<absl::StatusOr<std::unique_ptr<DeviceEndpoint>>(EndpointContext& ctx, const OptionValues& options)>
       make;
+  // Endpoints whose options give the same non-empty key share state (one
+  // partition, one domain) and so one thread: vios puts them on the same
+  // reactor. Unset: every endpoint stands alone.
+  std::function<std::string(const OptionValues& options)> affinity;
 };
 
 // ---- Guest half (vioguest) ----------------------------------------------------
@@ -103,6 +107,9 @@ std::vector<const GuestTransport*> GuestTransports();
 
 // The endpoint of registered transport `name` for ctx.device, its options
 // checked against what the transport declared. Errors name options.origin().
+// The affinity key of an attachment (DeviceTransport::affinity; "" if
+// none), its options checked as MakeDeviceEndpoint would. `o` is not consumed.
+absl::StatusOr<std::string> DeviceEndpointAffinity(const std::string& name, const Options& o);
 absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeDeviceEndpoint(const std::string& name, EndpointContext& ctx,
                                                                    Options& options);
 
