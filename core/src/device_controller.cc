@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "vioport/core/device_controller.h"
 
+#include <algorithm>
+
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -11,21 +13,87 @@ namespace vioport {
 
 // Interrupt-out as the device and the controller see it: counted, then the
 // transport's sink. Called from backend worker threads too.
+// Counts what goes out and, when the loop driving the device flushes it
+// (EnableCoalescing), holds used-buffer interrupts of busy queues
+// (DeviceStats::coalesce_*). Device thread only.
 class DeviceController::CountingSink final : public InterruptSink {
  public:
-  CountingSink(std::shared_ptr<InterruptSink> inner, ControllerCounters* c) : inner_(std::move(inner)), c_(c) {}
+  CountingSink(std::shared_ptr<InterruptSink> inner, ControllerCounters* c, DeviceStats* stats)
+      : inner_(std::move(inner)), c_(c), stats_(stats) {}
   void QueueInterrupt(uint16_t q) override {
-    c_->queue_interrupts.fetch_add(1, std::memory_order_relaxed);
-    inner_->QueueInterrupt(q);
+    if (coalescing_ && stats_ && Hold(q)) return;
+    Send(q);
   }
   void ConfigInterrupt() override {
     c_->config_interrupts.fetch_add(1, std::memory_order_relaxed);
     inner_->ConfigInterrupt();
   }
+  void set_coalescing(bool on) { coalescing_ = on; }
+  // Sends every held interrupt (all: `force`; else those whose delay ran out).
+  void Flush(bool force) {
+    if (!held_) return;
+    const uint64_t now = force ? 0 : DeviceStats::NowNs();
+    held_ = 0;
+    for (uint16_t q = 0; q < state_.size(); ++q) {
+      Queue& s = state_[q];
+      if (!s.pending) continue;
+      if (force || now - s.since_ns >= s.delay_ns) {
+        s.pending = false;
+        Send(q);
+      } else {
+        ++held_;
+      }
+    }
+  }
 
  private:
+  struct Queue {
+    uint64_t window_start_ns = 0, window_base = 0, delay_ns = 0, since_ns = 0;
+    bool pending = false;
+  };
+  void Send(uint16_t q) {
+    c_->queue_interrupts.fetch_add(1, std::memory_order_relaxed);
+    if (stats_) BumpOwned(stats_->interrupts_sent);
+    inner_->QueueInterrupt(q);
+  }
+  // Whether q's interrupt is held (coalesced into a later one).
+  bool Hold(uint16_t q) {
+    const uint32_t base_us = stats_->coalesce_delay_us.load(std::memory_order_relaxed);
+    if (!base_us || q >= stats_->num_queues()) return false;
+    if (state_.size() <= q) state_.resize(q + 1);
+    Queue& s = state_[q];
+    const uint64_t now = DeviceStats::NowNs();
+    constexpr uint64_t kWindowNs = 10'000'000;
+    const uint64_t done = stats_->queue(q)->requests.load(std::memory_order_relaxed);
+    if (now - s.window_start_ns >= kWindowNs) {
+      // The last window's rate sets this window's delay.
+      const uint64_t reqs = done - s.window_base;
+      const uint64_t thr = std::max<uint64_t>(
+          1, uint64_t{stats_->coalesce_iops_threshold.load(std::memory_order_relaxed)} * kWindowNs / 1'000'000'000);
+      s.delay_ns = reqs > thr ? std::min<uint64_t>(uint64_t{base_us} * 1000 * (reqs - thr) / thr, 1'000'000) : 0;
+      s.window_start_ns = now;
+      s.window_base = done;
+    }
+    if (!s.delay_ns) return false;
+    if (!s.pending) {
+      s.pending = true;
+      s.since_ns = now;
+      ++held_;
+    }
+    if (now - s.since_ns >= s.delay_ns) {
+      s.pending = false;
+      return false;  // sent now, for everything held so far
+    }
+    BumpOwned(stats_->interrupts_coalesced);
+    return true;
+  }
+
   std::shared_ptr<InterruptSink> inner_;
   ControllerCounters* c_;
+  DeviceStats* stats_;
+  bool coalescing_ = false;
+  std::vector<Queue> state_;
+  uint32_t held_ = 0;  // queues with a held interrupt (an upper bound)
 };
 
 DeviceController::DeviceController(std::shared_ptr<VirtioDevice> device, std::shared_ptr<GuestMemory> memory,
@@ -214,7 +282,9 @@ absl::Status DeviceController::SetMemory(std::shared_ptr<GuestMemory> memory) {
 }
 
 void DeviceController::SetInterruptSink(std::shared_ptr<InterruptSink> interrupt) {
-  interrupt_ = interrupt ? std::make_shared<CountingSink>(std::move(interrupt), &counters_) : nullptr;
+  interrupt_ = interrupt ? std::make_shared<CountingSink>(std::move(interrupt), &counters_, &device_->stats())
+                         : nullptr;
+  if (interrupt_) interrupt_->set_coalescing(coalescing_);
 }
 
 TransportCounters DeviceController::transport_counters() const {
@@ -288,7 +358,25 @@ void DeviceController::OnConfigChanged() {
   if ((status() & status::kDriverOk) && interrupt_) interrupt_->ConfigInterrupt();
 }
 
+void DeviceController::EnableCoalescing(bool on) {
+  coalescing_ = on;
+  if (interrupt_) {
+    if (!on) interrupt_->Flush(true);
+    interrupt_->set_coalescing(on);
+  }
+}
+
+void DeviceController::FlushInterrupts(bool force) {
+  if (interrupt_) interrupt_->Flush(force);
+}
+
 void DeviceController::ServeWhileBusy(uint32_t spin_us) {
+  // Whatever was held goes out when the device goes idle: nothing is held
+  // past the loop's return.
+  struct FlushOnReturn {
+    DeviceController* c;
+    ~FlushOnReturn() { c->FlushInterrupts(true); }
+  } flush_on_return{this};
   if (!spin_us) return;
   using Clock = std::chrono::steady_clock;
   const auto window = std::chrono::microseconds(spin_us);
@@ -308,6 +396,7 @@ void DeviceController::ServeWhileBusy(uint32_t spin_us) {
       progress |= q->counters().popped != before || q->in_flight() != 0;
     }
     episode.Pass(progress);
+    FlushInterrupts(false);
     const auto now = Clock::now();
     if (progress) idle_until = now + window;
     if (now >= idle_until || now >= hard_stop) return;

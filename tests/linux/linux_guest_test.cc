@@ -860,22 +860,20 @@ namespace vioport {
 namespace {
 
 // One command on vios's control socket; its whole answer.
+// `stats [ID]` on vios's control socket (JSON-RPC), as viosctl prints it:
+// "ID.NAME VALUE" lines, then "ok" (or "error: ...").
 std::string Control(const std::string& path, const std::string& command) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
-  std::string out;
-  if (fd >= 0 && ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-    const std::string line = command + "\n";
-    if (::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size())) {
-      char buf[4096];
-      ssize_t n;
-      while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-    }
+  if (command == "list") {  // the table viosctl list prints
+    auto n = vios::ControlCall(path, "netdev_list", nlohmann::json::object(), 10);
+    auto d = vios::ControlCall(path, "device_list", nlohmann::json::object(), 10);
+    if (!n.ok() || !d.ok() || !n->contains("result") || !d->contains("result")) return "error: list\n";
+    return vios::RenderList((*n)["result"], (*d)["result"]) + "ok\n";
   }
-  if (fd >= 0) ::close(fd);
-  return out;
+  const std::string id = command.size() > 6 ? command.substr(6) : "";
+  auto r = vios::ControlCall(path, "stats", id.empty() ? nlohmann::json::object() : nlohmann::json{{"id", id}}, 10);
+  if (!r.ok()) return absl::StrCat("error: ", r.status().message(), "\n");
+  if (r->contains("error")) return absl::StrCat("error: ", (*r)["error"].value("message", ""), "\n");
+  return vios::RenderStats((*r)["result"]) + "ok\n";
 }
 
 // The value of counter `name` in a stats answer (0 if absent).

@@ -160,6 +160,24 @@ void Server::RegisterMethods() {
     if (!c.ok()) return c.status();
     return json{{"capacity", *c}};
   });
+  rpc_.Add("device_set_coalescing", [this](const json& params) -> absl::StatusOr<json> {
+    rpc::Params p(params);
+    auto id = p.String("id");
+    auto delay = p.Uint("delay_base_us", 0, 1000000);
+    auto thr = p.Uint("iops_threshold", 60000, 1, 1u << 31);
+    if (!id.ok()) return id.status();
+    if (!delay.ok()) return delay.status();
+    if (!thr.ok()) return thr.status();
+    if (absl::Status s = p.CheckAllUsed(); !s.ok()) return s;
+    auto it = devices_.find(*id);
+    if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", *id, "'"));
+    DeviceStats& st = it->second.device->stats();
+    st.coalesce_iops_threshold.store(static_cast<uint32_t>(*thr));
+    st.coalesce_delay_us.store(static_cast<uint32_t>(*delay));
+    VIOPORT_LOG(kInfo, "device ", *id, ": interrupt coalescing ",
+                *delay ? absl::StrCat("delay ", *delay, " us above ", *thr, " IOPS") : std::string("off"));
+    return json(true);
+  });
   rpc_.Add("log_set_level", [](const json& params) -> absl::StatusOr<json> {
     rpc::Params p(params);
     auto level = p.String("level");

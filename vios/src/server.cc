@@ -584,6 +584,10 @@ absl::StatusOr<rpc::json> Server::Stats(const std::string& id) const {
     c["poll.episodes"] = ds->busy_polls.load();
     c["poll.busy_us"] = ds->busy_poll_ns.load() / 1000;
     c["poll.found_work"] = ds->busy_poll_found.load();
+    c["coalescing.delay_base_us"] = ds->coalesce_delay_us.load();
+    c["coalescing.iops_threshold"] = ds->coalesce_iops_threshold.load();
+    c["coalescing.interrupts_sent"] = ds->interrupts_sent.load();
+    c["coalescing.interrupts_held"] = ds->interrupts_coalesced.load();
   }
   if (it->second.sw) {
     const Switch::PortStats p = it->second.sw->Stats(it->second.port);

@@ -40,6 +40,11 @@ commands (the method each calls):
   resize ID [SIZE]       a blk device's capacity in bytes (K, M, G, T suffixes);
                          without SIZE, the backing file's size now; the guest
                          gets a config interrupt (blk_resize)
+  coalescing ID DELAY_US [IOPS]
+                         interrupt coalescing: hold a busy queue's interrupts
+                         (above IOPS requests a second, default 60000) for
+                         DELAY_US x (rate - IOPS) / IOPS; 0 turns it off
+                         (device_set_coalescing)
   log-level [LEVEL]      show or set vios's log level: error, warning, info,
                          debug (log_get_level, log_set_level)
   methods                the methods vios knows (rpc_get_methods)
@@ -185,6 +190,15 @@ int main(int argc, char** argv) {
       uint64_t size;
       if (!ParseSize(arg(2), &size)) return Usage(absl::StrCat("resize: '", arg(2), "' is not a size").c_str());
       params["size"] = size;
+    }
+  } else if (cmd == "coalescing" && (nargs == 2 || nargs == 3)) {
+    method = "device_set_coalescing";
+    uint64_t delay = 0, iops = 0;
+    if (!absl::SimpleAtoi(arg(2), &delay)) return Usage("coalescing: DELAY_US is not a number");
+    params = {{"id", arg(1)}, {"delay_base_us", delay}};
+    if (nargs == 3) {
+      if (!absl::SimpleAtoi(arg(3), &iops)) return Usage("coalescing: IOPS is not a number");
+      params["iops_threshold"] = iops;
     }
   } else if (cmd == "log-level" && nargs <= 1) {
     method = nargs ? "log_set_level" : "log_get_level";

@@ -66,6 +66,9 @@ DeviceLoop::~DeviceLoop() {
 
 void DeviceLoop::Serve(DeviceController* ctl) {
   ctl_ = ctl;
+  // This loop flushes held interrupts (ServeWhileBusy on every wake-up, the
+  // poll loop as it goes), so the controller may coalesce them.
+  if (ctl) ctl->EnableCoalescing(true);
   if (ctl && !opts_.poll && !events_) WatchEvents();
 }
 
@@ -115,6 +118,7 @@ void DeviceLoop::WatchEvents() {
   if (fd < 0) return;
   events_ = std::make_shared<Watch>(*io_, fd, [this] {
     if (device_->ProcessEvents() && ctl_) ctl_->ServeWhileBusy(opts_.spin_us);
+    if (ctl_) ctl_->FlushInterrupts(true);
     if (after_work_) after_work_();
   });
   events_->owns_fd = false;
@@ -136,6 +140,7 @@ void DeviceLoop::PollLoop() {
       if (s && s->ready) device_->QueueNotify(q);
     }
     device_->ProcessEvents();
+    c->FlushInterrupts(false);
   }
 }
 

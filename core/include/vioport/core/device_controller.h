@@ -92,6 +92,14 @@ class DeviceController {
   // pays a wake-up (~50 us). Returns at once when not running.
   void ServeWhileBusy(uint32_t spin_us);
 
+  // Interrupt coalescing (DeviceStats::coalesce_*): only a transport whose
+  // loop flushes held interrupts enables it (ServeWhileBusy does when it
+  // returns; a polling loop calls FlushInterrupts(false) as it goes).
+  void EnableCoalescing(bool on);
+  bool coalescing() const { return coalescing_; }
+  // Sends held interrupts: all (`force`), or those whose delay ran out.
+  void FlushInterrupts(bool force);
+
   // Replace the memory (e.g. vhost-user SET_MEM_TABLE); only while not running.
   absl::Status SetMemory(std::shared_ptr<GuestMemory> memory);
   void SetInterruptSink(std::shared_ptr<InterruptSink> interrupt);
@@ -131,7 +139,7 @@ class DeviceController {
   std::shared_ptr<VirtioDevice> device_;
   std::string name_;
   std::shared_ptr<GuestMemory> memory_;
-  std::shared_ptr<InterruptSink> interrupt_;  // the transport's, wrapped to count what goes out
+  std::shared_ptr<CountingSink> interrupt_;  // the transport's, wrapped to count (and coalesce) what goes out
   uint64_t offered_ = 0;
   uint64_t driver_features_ = 0;
   std::atomic<uint8_t> status_{0};
@@ -139,6 +147,7 @@ class DeviceController {
   std::vector<QueueSetup> queues_;
   bool active_ = false;
   bool polled_ = false;
+  bool coalescing_ = false;
   std::vector<const DeviceQueue*> active_queues_;
   RingByteOrder legacy_order_ = RingByteOrder::kLittle;
   absl::Mutex error_mu_;

@@ -61,6 +61,16 @@ class DeviceStats {
   std::atomic<uint32_t> spin_us{0};
   std::atomic<uint64_t> busy_polls{0}, busy_poll_ns{0}, busy_poll_found{0};
 
+  // Interrupt coalescing (SPDK's vhost_controller_set_coalescing): per
+  // queue, over 10 ms windows, a queue completing more than iops_threshold
+  // requests a second has its used-buffer interrupts held for
+  // delay_base_us x (rate - threshold) / threshold (at most 1 ms), and
+  // sends one for all of them. delay_base_us 0: off. Set from any thread;
+  // the transport's loop applies it (DeviceController::EnableCoalescing).
+  std::atomic<uint32_t> coalesce_delay_us{0};
+  std::atomic<uint32_t> coalesce_iops_threshold{60000};
+  std::atomic<uint64_t> interrupts_sent{0}, interrupts_coalesced{0};
+
   // Whether queues activated from now on time their requests (two clock
   // reads per request; vios turns it on with --metrics).
   static void EnableTiming(bool on) { timing_.store(on, std::memory_order_relaxed); }
