@@ -19,7 +19,8 @@ std::string Usage() {
   return absl::StrCat(R"(vios: the vioport VIO server. Serves virtio devices to guests over transports.
 
 usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config FILE]
-            [--control PATH] [--log-level LEVEL] [--help]
+            [--control PATH] [--metrics ADDR:PORT] [--threads N | --cpus LIST]
+            [--log-level LEVEL] [--help]
 
   --netdev TYPE,id=ID[,KEY=VALUE...]   create a network: a switch, or an uplink on one
       switch,id=ID[,aging=SECONDS][,max-macs=N]
@@ -66,8 +67,10 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
       rng,id=ID
       console,id=ID,socket=PATH        host side on a Unix socket (one client)
       console,id=ID,stdio=on           host side on vios's own stdin/stdout
-  --attach ID,transport=T[,KEY=VALUE...]  serve device ID to a guest over
-                                        transport T, one of (numbers take 0x
+  --attach ID,transport=T[,KEY=VALUE...][,reactor=K]
+                                        serve device ID to a guest over
+                                        transport T (on reactor K, with
+                                        --threads), one of (numbers take 0x
                                         and K, M, G):
 )",
                       DeviceTransportsHelp(6), R"(  --config FILE        the same in TOML: [[netdev]], [[device]] and [[attach]]
