@@ -152,6 +152,10 @@ TEST_F(Density, NineThousandIdleDevices) {
 // Where the descriptors run out, vios says which limit stopped it and how
 // to raise it (here a hard limit of 64, set with prlimit).
 TEST_F(Density, RunningOutOfDescriptorsNamesTheLimit) {
+#ifdef VIOPORT_SANITIZED
+  GTEST_SKIP() << "the sanitizer runtimes open files of their own (/proc/self/maps, a symbolizer) and report "
+                  "false errors in a process that has no descriptor left";
+#endif
   MakeDisk(Path("d.img"), 1 << 20);
   std::vector<std::string> argv = {"/usr/bin/prlimit", "--nofile=64:64", VIOS_BIN};
   for (int i = 0; i < 40; ++i)
