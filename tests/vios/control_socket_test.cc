@@ -106,6 +106,13 @@ class ControlSocket : public testproc::ProcessTest {
     }
     return 0;
   }
+  // vioguest on d0 over shm (attached at d0.sock), waited for.
+  Proc Guest(std::vector<std::string> args) {
+    args.insert(args.begin(), {VIOGUEST_BIN, "--quiet", "--transport", "shm:" + Path("d0.sock")});
+    Proc p = testproc::Spawn(args, dir_, "vioguest");
+    p.Wait(120);
+    return p;
+  }
   json Call(const std::string& method, const json& params = json::object()) {
     auto r = vios::ControlCall(Ctl(), method, params, 10);
     EXPECT_TRUE(r.ok()) << r.status();
@@ -258,22 +265,16 @@ TEST_F(ControlSocket, OneClientOverTheLimitIsToldAndClosed) {
 TEST_F(ControlSocket, BlkResizeReachesTheGuest) {
   ASSERT_NO_FATAL_FAILURE(StartVios());
   ASSERT_EQ(Call("device_attach", {{"id", "d0"}, {"transport", "shm"}, {"path", Path("d0.sock")}})["result"], true);
-  auto guest = [&](std::vector<std::string> args) {
-    args.insert(args.begin(), {VIOGUEST_BIN, "--quiet", "--transport", "shm:" + Path("d0.sock")});
-    Proc p = testproc::Spawn(args, dir_, "vioguest");
-    p.Wait(120);
-    return p;
-  };
-  Proc before = guest({"blk", "info"});
+  Proc before = Guest({"blk", "info"});
   ASSERT_EQ(before.status, 0) << before.err();
   EXPECT_TRUE(absl::StrContains(before.out(), "(8388608 bytes)")) << before.out();
   // Grow to 16 MiB: the file grows, the guest sees it, and the new half takes data.
   const json r = Call("blk_resize", {{"id", "d0"}, {"size", 16 << 20}});
   ASSERT_EQ(r["result"]["capacity"], 16 << 20) << r;
   EXPECT_EQ(std::filesystem::file_size(Path("d0.img")), 16u << 20);
-  Proc after = guest({"blk", "info"});
+  Proc after = Guest({"blk", "info"});
   EXPECT_TRUE(absl::StrContains(after.out(), "(16777216 bytes)")) << after.out();
-  Proc w = guest({"blk", "write", "--seed", "5", "--offset", "12M", "--length", "4M"});
+  Proc w = Guest({"blk", "write", "--seed", "5", "--offset", "12M", "--length", "4M"});
   ASSERT_EQ(w.status, 0) << w.err();
   int64_t bad = 0;
   const std::string sum = testproc::CheckFile(Path("d0.img"), 5, 12 << 20, 4 << 20, &bad);
@@ -282,7 +283,7 @@ TEST_F(ControlSocket, BlkResizeReachesTheGuest) {
   // The file grown behind vios's back: size omitted reads it.
   std::filesystem::resize_file(Path("d0.img"), 24 << 20);
   EXPECT_EQ(Call("blk_resize", {{"id", "d0"}})["result"]["capacity"], 24 << 20);
-  EXPECT_TRUE(absl::StrContains(guest({"blk", "info"}).out(), "(25165824 bytes)"));
+  EXPECT_TRUE(absl::StrContains(Guest({"blk", "info"}).out(), "(25165824 bytes)"));
   EXPECT_EQ(Call("stats", {{"id", "d0"}})["result"]["d0"]["resizes"], 2);
 }
 
@@ -293,17 +294,11 @@ TEST_F(ControlSocket, BlkResizeReachesTheGuest) {
 TEST_F(ControlSocket, CoalescingHoldsInterruptsAndLosesNothing) {
   ASSERT_NO_FATAL_FAILURE(StartVios());
   ASSERT_EQ(Call("device_attach", {{"id", "d0"}, {"transport", "shm"}, {"path", Path("d0.sock")}})["result"], true);
-  auto guest = [&](std::vector<std::string> args) {
-    args.insert(args.begin(), {VIOGUEST_BIN, "--quiet", "--transport", "shm:" + Path("d0.sock")});
-    Proc p = testproc::Spawn(args, dir_, "vioguest");
-    p.Wait(120);
-    return p;
-  };
-  ASSERT_EQ(guest({"blk", "write", "--seed", "3", "--length", "8M"}).status, 0);
+  ASSERT_EQ(Guest({"blk", "write", "--seed", "3", "--length", "8M"}).status, 0);
   auto counters = [&] { return Call("stats", {{"id", "d0"}})["result"]["d0"]; };
   auto bench = [&] {
     const json c0 = counters();
-    Proc b = guest({"blk", "bench", "--pattern", "randread", "--bs", "4K", "--qd", "32", "--time", "1"});
+    Proc b = Guest({"blk", "bench", "--pattern", "randread", "--bs", "4K", "--qd", "32", "--time", "1"});
     EXPECT_EQ(b.status, 0) << b.err();
     const json c1 = counters();
     const double reqs = c1["shm.requests"].get<double>() - c0["shm.requests"].get<double>();
@@ -330,7 +325,7 @@ TEST_F(ControlSocket, CoalescingHoldsInterruptsAndLosesNothing) {
   // few interrupts: about 0.03 per request here with or without coalescing.
   // docs/performance.md has the figures.)
   // Nothing lost: the data reads back whole with coalescing on.
-  Proc v = guest({"blk", "verify", "--seed", "3", "--length", "8M"});
+  Proc v = Guest({"blk", "verify", "--seed", "3", "--length", "8M"});
   ASSERT_EQ(v.status, 0) << v.err();
   EXPECT_EQ(testproc::Field(v.out(), "verified"), "yes");
   // Off again; bad values are named.

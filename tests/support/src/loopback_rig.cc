@@ -240,16 +240,8 @@ class Loopback final : public TransportRig {
     SetLogLevel(LogLevel::kInfo);  // vios's default
     server_ = std::make_unique<vios::Server>(io_);
     ids_.clear();
-    for (const std::string& spec : device_specs) {
-      auto d = vios::ParseDevice(spec);
-      if (!d.ok()) return d.status();
-      const std::string id = d->id;
-      if (absl::Status s = server_->AddDevice(std::move(*d)); !s.ok()) return s;
-      auto a = vios::ParseAttach(id + ",transport=loopback");
-      if (!a.ok()) return a.status();
-      if (absl::Status s = server_->Attach(std::move(*a)); !s.ok()) return s;
-      ids_.push_back(id);
-    }
+    for (const std::string& spec : device_specs)
+      if (absl::Status s = AddDevice(spec); !s.ok()) return s;
     return absl::OkStatus();
   }
   absl::Status RestartDevices() override {
