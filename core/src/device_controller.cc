@@ -304,7 +304,68 @@ TransportCounters DeviceController::transport_counters() const {
   return t;
 }
 
-absl::Status DeviceController::Activate() {
+absl::StatusOr<ControllerSnapshot> DeviceController::Snapshot() const {
+  ControllerSnapshot s;
+  s.status = status();
+  s.driver_features = driver_features_;
+  s.generation = config_generation();
+  s.queues = queues_;
+  s.bases.assign(queues_.size(), 0);
+  for (uint16_t q = 0; q < active_queues_.size(); ++q) {
+    const DeviceQueue* dq = active_queues_[q];
+    if (!dq) continue;
+    if (dq->in_flight() != 0)
+      return absl::FailedPreconditionError(
+          absl::StrCat(name_, ": queue ", q, " has ", dq->in_flight(), " requests in flight"));
+    s.bases[q] = dq->GetBase();
+  }
+  {
+    absl::MutexLock l(&error_mu_);
+    s.last_error = last_error_;
+  }
+  return s;
+}
+
+absl::Status DeviceController::Restore(const ControllerSnapshot& s) {
+  if (status() != 0 || active_) return absl::FailedPreconditionError("restore into a controller in use");
+  if (s.queues.size() != queues_.size() || s.bases.size() != queues_.size())
+    return absl::InvalidArgumentError(
+        absl::StrCat("saved state has ", s.queues.size(), " queues, the device ", queues_.size()));
+  if (const uint64_t unknown = s.driver_features & ~offered_)
+    return absl::InvalidArgumentError(absl::StrFormat("saved features 0x%x were not offered", unknown));
+  for (uint16_t q = 0; q < queues_.size(); ++q) {
+    const QueueSetup& qs = s.queues[q];
+    const uint32_t max = QueueMaxSize(q);
+    if (qs.size > max) return absl::InvalidArgumentError(absl::StrCat("saved queue ", q, " size ", qs.size, " > ", max));
+  }
+  driver_features_ = s.driver_features;
+  queues_ = s.queues;
+  generation_.store(s.generation, std::memory_order_release);
+  {
+    absl::MutexLock l(&error_mu_);
+    last_error_ = s.last_error;
+  }
+  if ((s.status & status::kDriverOk) && !(s.status & (status::kDeviceNeedsReset | status::kFailed))) {
+    if (absl::Status a = Activate(&s.bases); !a.ok()) {
+      status_.store(s.status, std::memory_order_release);
+      SetNeedsReset(std::string(a.message()));
+      return absl::OkStatus();  // the driver sees NEEDS_RESET, as for any failed activation
+    }
+  }
+  status_.store(s.status, std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void DeviceController::Resume() {
+  if (!active_ || (status() & status::kDeviceNeedsReset)) return;
+  for (uint16_t q = 0; q < active_queues_.size(); ++q)
+    if (active_queues_[q]) {
+      device_->QueueNotify(q);
+      if (interrupt_) interrupt_->QueueInterrupt(q);
+    }
+}
+
+absl::Status DeviceController::Activate(const std::vector<uint32_t>* bases) {
   if (!memory_) return absl::FailedPreconditionError("no guest memory");
   ActivateContext ctx;
   ctx.features = driver_features_;
@@ -319,6 +380,7 @@ absl::Status DeviceController::Activate() {
     QueueConfig cfg{i, s.size, s.desc, s.driver, s.device, driver_features_, order};
     RingError e = DeviceQueue::Create(cfg, memory_.get(), MakeQueueErrorHandler(), &ctx.queues[i]);
     if (e != RingError::kNone) return RingErrorStatus(e, i);
+    if (bases) ctx.queues[i]->SetBase((*bases)[i]);
     if (polled_) ctx.queues[i]->SetPolled(true);
     device_->AttachStats(*ctx.queues[i]);
   }

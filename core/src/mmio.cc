@@ -157,6 +157,44 @@ void MirrorInterrupts::ConfigInterrupt() {
 MmioMirror::MmioMirror(DeviceController& ctl, uint32_t version, uint8_t* page)
     : ctl_(ctl), regs_(ctl, version), page_(page), scratch_(ctl.device().config_size()) {}
 
+std::vector<uint64_t> MmioRegisters::SaveState() const {
+  std::vector<uint64_t> s = {version_, device_features_sel_, driver_features_sel_, driver_features_, guest_page_size_,
+                             queue_sel_, queues_.size()};
+  for (const Queue& q : queues_) s.insert(s.end(), {q.desc, q.driver, q.device, q.align, q.pfn});
+  return s;
+}
+
+absl::Status MmioRegisters::RestoreState(std::span<const uint64_t> s) {
+  if (s.size() != 7 + 5 * queues_.size() || s[0] != version_ || s[6] != queues_.size())
+    return absl::InvalidArgumentError("saved mmio registers do not fit this device");
+  device_features_sel_ = static_cast<uint32_t>(s[1]);
+  driver_features_sel_ = static_cast<uint32_t>(s[2]);
+  driver_features_ = s[3];
+  guest_page_size_ = static_cast<uint32_t>(s[4]);
+  queue_sel_ = static_cast<uint32_t>(s[5]);
+  for (size_t i = 0; i < queues_.size(); ++i) {
+    const uint64_t* v = &s[7 + 5 * i];
+    queues_[i] = Queue{v[0], v[1], v[2], static_cast<uint32_t>(v[3]), static_cast<uint32_t>(v[4])};
+  }
+  return absl::OkStatus();
+}
+
+std::vector<uint64_t> MmioMirror::SaveState() const {
+  std::vector<uint64_t> s = {mirror_gen_, published_ctl_gen_, writes_, ignored_};
+  const std::vector<uint64_t> r = regs_.SaveState();
+  s.insert(s.end(), r.begin(), r.end());
+  return s;
+}
+
+absl::Status MmioMirror::RestoreState(std::span<const uint64_t> s) {
+  if (s.size() < 4 || s[0] % 2) return absl::InvalidArgumentError("saved mmio mirror state is malformed");
+  mirror_gen_ = static_cast<uint32_t>(s[0]);
+  published_ctl_gen_ = static_cast<uint32_t>(s[1]);
+  writes_ = s[2];
+  ignored_ = s[3];
+  return regs_.RestoreState(s.subspan(4));
+}
+
 absl::Status MmioMirror::Write(uint32_t off, uint32_t size, uint32_t value) {
   absl::Status s;
   if (off >= kConfigOffset) {

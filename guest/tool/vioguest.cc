@@ -46,8 +46,11 @@ std::string UsageText() {
 usage: vioguest --transport NAME:CHANNEL[,KEY=VALUE...] [common options] DEVICE COMMAND [options]
 
   blk info                          capacity, block size, queues, features, id
-  blk write  --seed N [--offset B] [--length B]
-                                    write seeded data (default: the whole disk)
+  blk write  --seed N [--offset B] [--length B] [--passes P]
+                                    write seeded data (default: the whole disk);
+                                    --passes: P rounds, each with the next seed,
+                                    each read back and verified before the next
+                                    (0: rounds until --time SECONDS, default 10)
   blk read   [--offset B] [--length B] [--out FILE]
                                     read; print a 64-bit checksum (pattern.h)
   blk verify --seed N [--offset B] [--length B]
@@ -129,7 +132,7 @@ std::map<std::string, bool> TakesValue() {
       {"count", true}, {"size", true}, {"dst", true}, {"src", true}, {"pairs", true}, {"mode", true}, {"queue-size", true},
       {"rate", true}, {"ifname", true}, {"no-offloads", false}, {"no-mrg-rxbuf", false}, {"tso", false},
       {"cid", true}, {"port", true}, {"expect-seed", true}, {"expect-length", true}, {"echo", false},
-      {"connections", true}, {"seqpacket", false}, {"rx-buffers", true}, {"buf-alloc", true}};
+      {"connections", true}, {"seqpacket", false}, {"rx-buffers", true}, {"buf-alloc", true}, {"passes", true}};
   for (const OptionSpec& f : GuestFlagSpecs()) m[f.key] = f.kind != OptionSpec::Kind::kBool;
   return m;
 }
@@ -308,39 +311,53 @@ int BlkTransfer(Guest& g, BlkDriver& blk, const BlkDriverOptions& o, const Args&
   pattern::Checksum64 sum;
   const absl::Time start = absl::Now();
   absl::Time last = start;
-  for (uint64_t done = 0; done < r.length;) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(chunk, r.length - done));
-    std::span<uint8_t> b(buf.data(), n);
-    const uint64_t off = r.offset + done;
-    if (cmd == "write") {
-      pattern::Fill(seed, off, b);
-      recover.Run([&] { return blk.Write(off / 512, b); }, absl::StrCat("write at ", off));
-    } else {
-      recover.Run([&] { return blk.Read(off / 512, b); }, absl::StrCat("read at ", off));
-      if (cmd == "verify") {
-        const int64_t bad = pattern::FirstMismatch(seed, off, b);
-        if (bad >= 0) {
-          std::fprintf(stderr, "\nvioguest: MISMATCH at byte %" PRId64 " (seed %" PRIu64 ")\n", bad, seed);
-          std::printf("result device=blk op=verify bytes=%" PRIu64 " verified=no\n", done);
-          return 1;
+  // --passes P (write): P rounds of writing the range with seed, seed+1, ...
+  // each read back and verified before the next (the range ends with the
+  // last seed); --passes 0: rounds until --time SECONDS passed.
+  const uint64_t asked = cmd == "write" ? Size(a, "passes", 1) : 1;
+  const absl::Duration until = absl::Seconds(static_cast<int64_t>(Size(a, "time", 10)));
+  const uint64_t passes = asked == 0 ? UINT64_MAX / 4 : asked;
+  uint64_t rounds = 0;
+  for (uint64_t pass = 0; pass < passes * (passes > 1 ? 2 : 1); ++pass) {
+    if (asked == 0 && pass % 2 == 0 && absl::Now() - start >= until) break;
+    rounds = pass / 2 + 1;
+    const std::string op = passes > 1 && pass % 2 ? "verify" : cmd;
+    const uint64_t pseed = seed + (passes > 1 ? pass / 2 : 0);
+    sum = pattern::Checksum64();
+    for (uint64_t done = 0; done < r.length;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(chunk, r.length - done));
+      std::span<uint8_t> b(buf.data(), n);
+      const uint64_t off = r.offset + done;
+      if (op == "write") {
+        pattern::Fill(pseed, off, b);
+        recover.Run([&] { return blk.Write(off / 512, b); }, absl::StrCat("write at ", off));
+      } else {
+        recover.Run([&] { return blk.Read(off / 512, b); }, absl::StrCat("read at ", off));
+        if (op == "verify") {
+          const int64_t bad = pattern::FirstMismatch(pseed, off, b);
+          if (bad >= 0) {
+            std::fprintf(stderr, "\nvioguest: MISMATCH at byte %" PRId64 " (seed %" PRIu64 ")\n", bad, pseed);
+            std::printf("result device=blk op=verify bytes=%" PRIu64 " verified=no\n", done);
+            return 1;
+          }
         }
+        if (out_fd >= 0 && ::write(out_fd, b.data(), n) != static_cast<ssize_t>(n)) Usage("--out: short write");
       }
-      if (out_fd >= 0 && ::write(out_fd, b.data(), n) != static_cast<ssize_t>(n)) Usage("--out: short write");
+      sum.Add(b);
+      done += n;
+      if (absl::Now() - last > absl::Milliseconds(500)) {
+        Progress(g, op.c_str(), done, r.length, start);
+        last = absl::Now();
+      }
     }
-    sum.Add(b);
-    done += n;
-    if (absl::Now() - last > absl::Milliseconds(500)) {
-      Progress(g, cmd.c_str(), done, r.length, start);
-      last = absl::Now();
+    if (op == "write") {
+      recover.Run(
+          [&] {
+            absl::Status s = blk.Flush();
+            return absl::IsUnimplemented(s) ? absl::OkStatus() : s;
+          },
+          "flush");
     }
-  }
-  if (cmd == "write") {
-    recover.Run(
-        [&] {
-          absl::Status s = blk.Flush();
-          return absl::IsUnimplemented(s) ? absl::OkStatus() : s;
-        },
-        "flush");
   }
   if (out_fd >= 0) ::close(out_fd);
   const double secs = Seconds(start);
@@ -351,7 +368,8 @@ int BlkTransfer(Guest& g, BlkDriver& blk, const BlkDriverOptions& o, const Args&
   std::printf("result device=blk op=%s bytes=%" PRIu64 " seconds=%.3f mbps=%.1f checksum=%016" PRIx64
               " verified=%s reconnects=%" PRIu64 "\n",
               cmd.c_str(), r.length, secs, r.length / std::max(secs, 1e-9) / 1e6, sum.Value(),
-              cmd == "verify" ? "yes" : "n/a", recover.reconnects());
+              cmd == "verify" || passes > 1 ? "yes" : "n/a", recover.reconnects());
+  if (passes > 1) std::printf("result device=blk op=passes passes=%" PRIu64 " last_seed=%" PRIu64 "\n", rounds, seed + rounds - 1);
   return 0;
 }
 

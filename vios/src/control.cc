@@ -160,6 +160,16 @@ void Server::RegisterMethods() {
     if (!c.ok()) return c.status();
     return json{{"capacity", *c}};
   });
+  // Live upgrade (docs/upgrade.md): the new vios (vios --upgrade-from)
+  // sends this with the socket it listens on; the reply comes after the
+  // handover, and on success this vios then exits.
+  rpc_.Add("upgrade", [this](const json& params) -> absl::StatusOr<json> {
+    rpc::Params p(params);
+    auto socket = p.String("socket");
+    if (!socket.ok()) return socket.status();
+    if (absl::Status s = p.CheckAllUsed(); !s.ok()) return s;
+    return HandOver(*socket);
+  });
   rpc_.Add("device_set_coalescing", [this](const json& params) -> absl::StatusOr<json> {
     rpc::Params p(params);
     auto id = p.String("id");
@@ -200,6 +210,19 @@ void Server::RegisterMethods() {
 // ---- the socket -----------------------------------------------------------------------------
 
 absl::Status Server::ListenControl(const std::string& path, ControlLimits limits) {
+  if (adopted_control_.valid()) {
+    // A live upgrade handed the old vios's socket over: same path, same
+    // queue of clients, never a moment without a listener.
+    control_ = std::make_unique<Control>(io_);
+    control_->path = path;
+    control_->limits = limits;
+    boost::system::error_code ec;
+    control_->acceptor.assign(asio::local::stream_protocol(), adopted_control_.get(), ec);
+    if (ec) return absl::UnavailableError(absl::StrCat("--control ", path, ": taking over the socket: ", ec.message()));
+    adopted_control_.release();
+    AcceptControl();
+    return absl::OkStatus();
+  }
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return absl::AlreadyExistsError(absl::StrCat("--control ", path, ": exists and is not a socket"));

@@ -2,6 +2,7 @@
 // vios: the vioport VIO server daemon. See Usage() in spec.cc and docs/vios.md.
 #include <signal.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <iostream>
@@ -48,6 +49,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());
     return 2;
   }
+  if (!cfg->upgrade_from.empty()) {
+    auto r = server.TakeOver(cfg->upgrade_from, absl::Seconds(30));
+    if (!r.ok()) {
+      std::fprintf(stderr, "vios: upgrade from %s: %s\n", cfg->upgrade_from.c_str(), std::string(r.status().message()).c_str());
+      return 1;
+    }
+  }
   // Switches first: uplinks and net devices name them.
   for (int pass = 0; pass < 2; ++pass) {
     for (auto& d : cfg->netdevs) {
@@ -80,7 +88,13 @@ int main(int argc, char** argv) {
     }
   }
   if (!cfg->metrics_address.empty()) {
-    if (absl::Status s = server.ListenMetrics(cfg->metrics_address); !s.ok()) {
+    absl::Status s = server.ListenMetrics(cfg->metrics_address);
+    // After an upgrade the old vios may take a moment to let go of the port.
+    for (int i = 0; !s.ok() && !cfg->upgrade_from.empty() && i < 100; ++i) {
+      ::usleep(20000);
+      s = server.ListenMetrics(cfg->metrics_address);
+    }
+    if (!s.ok()) {
       std::fprintf(stderr, "vios: %s\n", std::string(s.message()).c_str());
       return 2;
     }
@@ -100,6 +114,10 @@ int main(int argc, char** argv) {
   });
   VIOPORT_LOG(kInfo, "vios ready: ", server.num_devices(), " device(s)");
   io.run();
+  if (server.handed_over()) {
+    VIOPORT_LOG(kInfo, "vios handed over to its successor");
+    return 0;
+  }
   VIOPORT_LOG(kInfo, "vios stopped");
   return exit_code;
 }

@@ -387,7 +387,7 @@ absl::Status Server::NetAction(const std::string& id, const std::string& action)
   return absl::OkStatus();
 }
 
-absl::Status Server::Attach(AttachSpec spec) {
+absl::Status Server::Attach(AttachSpec spec, HandoverReader* handover) {
   auto it = devices_.find(spec.device);
   if (it == devices_.end())
     return absl::NotFoundError(absl::StrCat(spec.options.origin(), ": no device with id '", spec.device, "'"));
@@ -397,6 +397,15 @@ absl::Status Server::Attach(AttachSpec spec) {
   // reactor=K is vios's, not the transport's: taken out before the transport sees the options.
   std::map<std::string, std::string> kv = spec.options.all();
   int reactor = -1;
+  if (auto r = kv.find("reactor"); r != kv.end()) {
+    uint64_t k = 0;
+    if (handover && (!absl::SimpleAtoi(r->second, &k) || k >= reactors_.size())) {
+      // Taken over by a vios with fewer reactors: placed like any other.
+      VIOPORT_LOG(kWarning, spec.device, ": reactor=", r->second, " does not exist here; placing it afresh");
+      kv.erase(r);
+      r = kv.end();
+    }
+  }
   if (auto r = kv.find("reactor"); r != kv.end()) {
     uint64_t k = 0;
     if (!absl::SimpleAtoi(r->second, &k) || k >= reactors_.size())
@@ -437,7 +446,7 @@ absl::Status Server::Attach(AttachSpec spec) {
   e.reactor = reactor;
   // The endpoint is made (and later destroyed) on its reactor's thread: its
   // sockets and handlers belong to that loop from the start.
-  EndpointContext ctx{IoFor(reactor), e.device, absl::StrCat(spec.device, "@", spec.transport)};
+  EndpointContext ctx{IoFor(reactor), e.device, absl::StrCat(spec.device, "@", spec.transport), handover};
   auto a = OnDeviceThread(e, [&] { return MakeDeviceEndpoint(spec.transport, ctx, options); });
   if (!a.ok()) {
     e.reactor = -1;

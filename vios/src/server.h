@@ -48,7 +48,9 @@ class Server {
 
   absl::Status AddNetdev(DeviceSpec spec);
   absl::Status AddDevice(DeviceSpec spec);
-  absl::Status Attach(AttachSpec spec);
+  // `handover`: the old vios's record of this attachment (live upgrade);
+  // the endpoint is restored from it and stays frozen until the commit.
+  absl::Status Attach(AttachSpec spec, HandoverReader* handover = nullptr);
   absl::Status Remove(const std::string& id);
 
   absl::Status Detach(const std::string& id);
@@ -73,6 +75,22 @@ class Server {
   };
   absl::Status ListenControl(const std::string& path, ControlLimits limits);
   absl::Status ListenControl(const std::string& path) { return ListenControl(path, ControlLimits{}); }
+  // Live upgrade (docs/upgrade.md). The running vios: freeze every device,
+  // hand the lot to the new vios listening on `socket` (SOCK_SEQPACKET),
+  // and on its commit let go of everything; the caller then stops (the
+  // result says what went). On any failure every device is thawed and this
+  // vios carries on as before.
+  absl::StatusOr<rpc::json> HandOver(const std::string& socket);
+  bool handed_over() const { return handed_over_; }
+  // The new vios: ask the vios whose control socket is `control` to hand
+  // over, restore every device and guest from what it sends, commit, and
+  // serve. ListenControl afterwards takes the handed-over socket.
+  struct TakeOverResult {
+    size_t devices = 0, guests = 0;
+    int old_pid = 0;
+    double pause_ms = 0;  // the longest any guest went unserved
+  };
+  absl::StatusOr<TakeOverResult> TakeOver(const std::string& control, absl::Duration timeout);
   // --metrics ADDR:PORT: Prometheus text exposition over HTTP (GET /metrics);
   // turns on request timing (the latency histogram).
   absl::Status ListenMetrics(const std::string& address);
@@ -132,6 +150,8 @@ class Server {
   rpc::Dispatcher rpc_;
   std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<Control> control_;
+  bool handed_over_ = false;
+  UniqueFd adopted_control_;  // the control socket a live upgrade handed over
 };
 
 }  // namespace vioport::vios

@@ -21,6 +21,7 @@ std::string Usage() {
 usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config FILE]
             [--control PATH] [--metrics ADDR:PORT] [--threads N | --cpus LIST]
             [--log-level LEVEL] [--help]
+       vios --upgrade-from CONTROL [--metrics ADDR:PORT] [--threads N | --cpus LIST] ...
 
   --netdev TYPE,id=ID[,KEY=VALUE...]   create a network: a switch, or an uplink on one
       switch,id=ID[,aging=SECONDS][,max-macs=N]
@@ -95,6 +96,13 @@ usage: vios [--netdev SPEC]... [--device SPEC]... [--attach SPEC]... [--config F
                        GET /metrics and nothing else; port 0 picks one, logged);
                        also times every request (a latency histogram per device)
   --log-level LEVEL    error, warning, info (default) or debug
+  --upgrade-from CONTROL
+                       live upgrade: take over every device, guest and the control
+                       socket of the vios listening on CONTROL (its --control),
+                       which then exits; guests see no reset and no reconnect
+                       (docs/upgrade.md). No --device/--attach/--netdev/--config
+                       with it: the devices are the running vios's. Exits 1 with
+                       the reason if the running vios refuses (it serves on)
 
 SIGTERM or SIGINT: stop accepting guests, finish requests in flight, flush, exit 0.
 )");
@@ -324,12 +332,24 @@ absl::StatusOr<Config> ParseCommandLine(const std::vector<std::string>& args) {
     } else if (flag == "--metrics") {
       if (absl::Status s = need_value(); !s.ok()) return s;
       c.metrics_address = value;
+    } else if (flag == "--upgrade-from") {
+      if (absl::Status s = need_value(); !s.ok()) return s;
+      c.upgrade_from = value;
     } else if (flag == "--control-max-clients" || flag == "--control-timeout") {
       if (absl::Status s = need_value(); !s.ok()) return s;
       if (absl::Status s = SetControlLimit(flag.substr(2), value, flag, &c); !s.ok()) return s;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown argument '", args[i], "' (see vios --help)"));
     }
+  }
+  if (!c.upgrade_from.empty()) {
+    if (!c.devices.empty() || !c.attaches.empty() || !c.netdevs.empty())
+      return absl::InvalidArgumentError(
+          "--upgrade-from takes the devices of the running vios: give no --device, --attach, --netdev or devices in --config");
+    if (!c.control_path.empty() && c.control_path != c.upgrade_from)
+      return absl::InvalidArgumentError(absl::StrCat("--control ", c.control_path, " with --upgrade-from ",
+                                                     c.upgrade_from, ": the control socket is the one handed over"));
+    c.control_path = c.upgrade_from;
   }
   return c;
 }

@@ -39,6 +39,7 @@ struct Config {
   uint64_t control_max_clients = 1024;  // control clients at once
   uint64_t control_timeout_s = 60;      // a control client silent this long is closed
   std::string metrics_address;          // ADDR:PORT for Prometheus; empty: none
+  std::string upgrade_from;             // live upgrade: the running vios's control socket
   uint64_t threads = 1;                 // reactors (1: devices on the control loop)
   std::vector<int> cpus;                // --cpus: one pinned reactor per CPU
   std::string log_level = "info";

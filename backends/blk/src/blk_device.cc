@@ -389,6 +389,12 @@ bool BlkDevice::ProcessEvents() {
 }
 
 absl::Status BlkDevice::Quiesce() {
+  if (absl::Status s = Drain(); !s.ok()) return s;
+  if (!opts_.read_only && ::fdatasync(fd_) != 0) return ErrnoError(errno, "fdatasync failed on", opts_.path);
+  return absl::OkStatus();
+}
+
+absl::Status BlkDevice::Drain() {
   absl::MutexLock l(&mu_);
   for (auto& qp : queues_) {
     Queue& q = *qp;
@@ -403,7 +409,6 @@ absl::Status BlkDevice::Quiesce() {
       PublishIfNeeded(q);
     }
   }
-  if (!opts_.read_only && ::fdatasync(fd_) != 0) return ErrnoError(errno, "fdatasync failed on", opts_.path);
   return absl::OkStatus();
 }
 

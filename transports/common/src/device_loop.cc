@@ -72,13 +72,52 @@ void DeviceLoop::Serve(DeviceController* ctl) {
   if (ctl && !opts_.poll && !events_) WatchEvents();
 }
 
+void DeviceLoop::Freeze() {
+  frozen_ = true;
+  boost::system::error_code ec;
+  for (auto& w : kicks_) w->sd.cancel(ec);
+  if (events_) events_->sd.cancel(ec);
+}
+
+void DeviceLoop::Thaw() {
+  frozen_ = false;
+  for (auto& w : kicks_) Arm(w);
+  if (events_) Arm(events_);
+  if (!ctl_) return;
+  ctl_->Resume();
+  if (!opts_.poll) {
+    device_->ProcessEvents();
+    ctl_->ServeWhileBusy(opts_.spin_us);
+  }
+  ctl_->FlushInterrupts(true);
+  if (after_work_) after_work_();
+}
+
+void DeviceLoop::Abandon() {
+  // release() takes each descriptor out of the reactor's epoll set: a
+  // descriptor the new vios shares would otherwise still wake this one.
+  boost::system::error_code ec;
+  for (auto& w : kicks_) {
+    if (!w->sd.is_open()) continue;
+    const int fd = w->sd.release();
+    if (fd >= 0) ::close(fd);  // our duplicate
+  }
+  kicks_.clear();
+  if (events_) {
+    if (events_->sd.is_open()) events_->sd.release();
+    events_.reset();
+  }
+  ctl_ = nullptr;
+}
+
 void DeviceLoop::Arm(const std::shared_ptr<Watch>& w) {
+  if (frozen_) return;  // Thaw arms it
   // The handler holds the watch (it may outlive the loop on vios's io); the
   // loop's own liveness is checked before anything of it is touched.
   w->sd.async_wait(asio::posix::stream_descriptor::wait_read,
                    [this, w, alive = std::weak_ptr<bool>(alive_)](const boost::system::error_code& ec) {
                      auto a = alive.lock();
-                     if (ec || !a || !*a || !w->sd.is_open()) return;
+                     if (ec || !a || !*a || !w->sd.is_open() || frozen_) return;
                      w->on_ready();
                      if (w->sd.is_open()) Arm(w);
                    });
@@ -107,7 +146,7 @@ void DeviceLoop::UnwatchKicks() {
 }
 
 void DeviceLoop::Kick(uint16_t q) {
-  if (!ctl_) return;
+  if (!ctl_ || frozen_) return;
   ctl_->NotifyQueue(q);
   if (ctl_) ctl_->ServeWhileBusy(opts_.spin_us);
   if (after_work_) after_work_();
@@ -129,12 +168,12 @@ void DeviceLoop::PollLoop() {
   uint32_t spins = 0;
   while (!stop_.load(std::memory_order_acquire)) {
     DeviceController* c = ctl_;
-    if (!c || !c->running() || (c->status() & status::kDeviceNeedsReset)) {
+    if (!c || frozen_ || !c->running() || (c->status() & status::kDeviceNeedsReset)) {
       own_io_->run_one_for(std::chrono::milliseconds(5));
       continue;
     }
     if ((++spins & 63) == 0) own_io_->poll();
-    if (ctl_ != c || !c->running()) continue;
+    if (ctl_ != c || frozen_ || !c->running()) continue;
     for (uint16_t q = 0; q < c->num_queues(); ++q) {
       const QueueSetup* s = c->queue_setup(q);
       if (s && s->ready) device_->QueueNotify(q);

@@ -35,6 +35,8 @@ struct Connection : std::enable_shared_from_this<Connection>, shm::Session::Host
   void Read();
   void Published();
   void Close(const std::string& why, bool tell_guest);
+  // The new vios has the connection: drop ours, telling no one.
+  void Abandon();
 };
 
 class ShmEndpoint final : public LoopEndpoint {
@@ -43,6 +45,74 @@ class ShmEndpoint final : public LoopEndpoint {
       : LoopEndpoint(ctx, {o.flag("poll"), static_cast<uint32_t>(o.num("spin-us"))}), path_(o.str("path")) {
     loop_.set_after_work([this] {
       if (conn_) conn_->Published();
+    });
+  }
+  // Live upgrade: the listening socket and the guest's connection from the
+  // record the old vios wrote (Freeze); frozen until Thaw().
+  absl::Status Restore(HandoverReader& in) {
+    return loop_.Run([&]() -> absl::Status {
+      loop_.Freeze();
+      uint64_t stage = 0;
+      UniqueFd lfd;
+      if (absl::Status s = in.Fd(&lfd, "listening socket"); !s.ok()) return s;
+      auto l = UnixListener<SeqProtocol>::Adopt(loop_.io(), path_, SeqProtocol(AF_UNIX, 0), std::move(lfd),
+                                                [this](SeqSocket s) { Accepted(std::move(s)); });
+      if (!l.ok()) return l.status();
+      listener_ = std::move(*l);
+      if (absl::Status s = in.U64(&stage, 2, "connection stage"); !s.ok()) return s;
+      if (stage == 0) return absl::OkStatus();
+      UniqueFd sfd;
+      if (absl::Status s = in.Fd(&sfd, "guest socket"); !s.ok()) return s;
+      SeqSocket sock(loop_.io());
+      boost::system::error_code ec;
+      sock.assign(SeqProtocol(AF_UNIX, 0), sfd.get(), ec);
+      if (ec) return absl::UnavailableError(absl::StrCat("taking over the guest socket: ", ec.message()));
+      sfd.release();
+      state_.connections++;
+      conn_ = std::make_shared<Connection>(this, std::move(sock));
+      if (stage == 2) {
+        if (absl::Status s = conn_->session->Restore(in); !s.ok()) {
+          conn_->Abandon();
+          conn_.reset();
+          return s;
+        }
+        conn_->Published();
+      }
+      return absl::OkStatus();
+    });
+  }
+  absl::Status Freeze(HandoverWriter* out) override {
+    return loop_.Run([&]() -> absl::Status {
+      listener_->Pause();
+      loop_.Freeze();
+      boost::system::error_code ec;
+      if (conn_ && conn_->session) conn_->sock.cancel(ec);
+      DeviceController* c = conn_ ? conn_->controller() : nullptr;
+      if (c) {
+        if (absl::Status s = device_->Drain(); !s.ok()) return s;
+        c->FlushInterrupts(true);
+        conn_->Published();
+      }
+      out->Fd(listener_->native_handle());
+      out->U64(!conn_ || !conn_->session ? 0 : c ? 2 : 1);
+      if (!conn_ || !conn_->session) return absl::OkStatus();
+      out->Fd(conn_->sock.native_handle());
+      return c ? conn_->session->Save(out) : absl::OkStatus();
+    });
+  }
+  void Thaw() override {
+    loop_.Run([this] {
+      listener_->Resume();
+      loop_.Thaw();
+      if (conn_ && conn_->session) conn_->Read();
+    });
+  }
+  void Abandon() override {
+    loop_.Run([this] {
+      listener_->Release();
+      loop_.Abandon();
+      if (conn_) conn_->Abandon();
+      conn_.reset();
     });
   }
   absl::Status Listen() {
@@ -113,7 +183,8 @@ void Connection::Attached(DeviceController& ctl, std::span<const int> kicks) {
 
 void Connection::Read() {
   sock.async_wait(SeqSocket::wait_read, [self = shared_from_this()](const boost::system::error_code& ec) {
-    if (!self->session) return;
+    // Frozen (a live upgrade), or cancelled by the freeze: Thaw reads again.
+    if (!self->session || self->ep->loop_.frozen() || ec == boost::asio::error::operation_aborted) return;
     if (ec) return self->Close(ec.message(), false);
     for (;;) {
       auto m = shm::RecvMsg(self->sock.native_handle(), self->controller() ? 0 : 1);
@@ -156,6 +227,21 @@ void Connection::Close(const std::string& why, bool tell_guest) {
   ep->state_.status = 0;
 }
 
+void Connection::Abandon() {
+  if (session) {
+    CounterList writes;
+    session->AppendCounters(&writes);
+    if (DeviceController* c = controller()) ep->state_.Ended(*c, writes);
+  }
+  session.reset();  // nothing in flight (quiesced); the page is not written again
+  if (sock.is_open()) {
+    boost::system::error_code ec;
+    const int fd = sock.release(ec);  // out of the epoll set, then closed
+    if (fd >= 0) ::close(fd);
+  }
+  ep->state_.connected = false;
+}
+
 absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeEndpoint(EndpointContext& ctx, const OptionValues& o) {
   const VirtioDevice& d = *ctx.device;
   if (d.num_queues() == 0 || d.num_queues() > shm::kMaxQueues)
@@ -164,6 +250,10 @@ absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeEndpoint(EndpointContext& ct
   if (d.config_size() > shm::kMaxConfigSize)
     return absl::InvalidArgumentError("device config space does not fit the register page");
   auto e = std::make_unique<ShmEndpoint>(ctx, o);
+  if (ctx.handover) {
+    if (absl::Status s = e->Restore(*ctx.handover); !s.ok()) return s;
+    return e;
+  }
   if (absl::Status s = e->Listen(); !s.ok()) return s;
   return e;
 }

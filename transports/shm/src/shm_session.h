@@ -14,6 +14,7 @@
 #include "vioport/core/device_controller.h"
 #include "vioport/core/mmio.h"
 #include "vioport/transports/fd.h"
+#include "vioport/transports/handover.h"
 #include "vioport/transports/shm_protocol.h"
 
 namespace vioport::shm {
@@ -34,19 +35,29 @@ class Session {
   // guest broke the protocol: tell it, then drop the connection.
   absl::Status Handle(ReceivedMsg& m);
   DeviceController* controller() { return ctl_.get(); }
+
+  // Live upgrade: what an attached session is (its region, eventfds,
+  // registers and controller), written after the device quiesced; and a
+  // session rebuilt from that in the new vios (HELLO is not repeated: the
+  // guest never knows). Restore does not start serving: the host's
+  // Attached() runs and the caller thaws the loop later.
+  absl::Status Save(HandoverWriter* out) const;
+  absl::Status Restore(HandoverReader& in);
   // The register writes of this connection (none before HELLO).
   void AppendCounters(CounterList* out) const {
     if (mirror_) mirror_->AppendCounters(out);
   }
 
  private:
-  absl::Status Hello(const ReceivedMsg& m);
+  absl::Status Hello(ReceivedMsg& m);
 
   std::shared_ptr<VirtioDevice> device_;
   Host* host_;
   std::string name_;  // for logs
   bool polled_;
+  absl::Status Attach(uint32_t version, uint64_t size, UniqueFd memfd);
   SharedMemory region_;  // the guest's memfd, mapped
+  UniqueFd memfd_;       // kept for a live upgrade
   std::vector<UniqueFd> kick_, call_;
   UniqueFd config_call_;
   std::shared_ptr<mmio::MirrorInterrupts> irq_;

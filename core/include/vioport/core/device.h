@@ -93,6 +93,18 @@ class VirtioDevice {
   // The server is stopping: complete every request in flight (publishing
   // them) and make written data durable. The device may still be active.
   virtual absl::Status Quiesce() { return absl::OkStatus(); }
+  // Complete every request in flight (publishing them), without Quiesce's
+  // flush: another process takes over the same backing (live upgrade).
+  virtual absl::Status Drain() { return Quiesce(); }
+
+  // Whether a new process serving the same spec can take over this device
+  // while a driver runs it (live upgrade): true when everything the device
+  // holds besides the rings is reopened from its spec (a blk file, an
+  // entropy source). A device with connections of its own (a console's
+  // host side, a net port, vsock streams) says why not.
+  virtual absl::Status CanHandOver() const {
+    return absl::UnimplementedError("this device type keeps host-side connections a new vios cannot take over yet");
+  }
 
   // Named counters for operators (viosctl stats). Appends; never resets.
   virtual void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* /*out*/) const {}

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "vioport/core/counters.h"
 #include "vioport/core/device.h"
@@ -45,6 +46,20 @@ struct QueueSetup {
   uint32_t size = 0;  // 0 until the driver sets it; then max size by default
   uint64_t desc = 0, driver = 0, device = 0;
   bool ready = false;
+};
+
+// What a new process needs to carry on serving a driver where this one
+// stopped (live upgrade): the registers the driver set and, for each running
+// queue, its position (DeviceQueue::GetBase). Taken only with nothing in
+// flight; the device's own state is its backend's (reopened by the new
+// process from the same spec).
+struct ControllerSnapshot {
+  uint8_t status = 0;
+  uint64_t driver_features = 0;
+  uint32_t generation = 0;
+  std::vector<QueueSetup> queues;  // one per device queue
+  std::vector<uint32_t> bases;     // one per device queue; 0 where the queue is not running
+  std::string last_error;
 };
 
 class DeviceController {
@@ -100,6 +115,17 @@ class DeviceController {
   // Sends held interrupts: all (`force`), or those whose delay ran out.
   void FlushInterrupts(bool force);
 
+  // Live upgrade. Snapshot: only after the device quiesced (nothing in
+  // flight, everything published); FailedPrecondition otherwise. Restore:
+  // into a fresh controller, without the intermediate states a driver would
+  // see (the status goes straight to the saved value); a running device is
+  // activated with its queues at the saved positions; nothing is served
+  // until Resume(), which notifies and interrupts every running queue once,
+  // so nothing that arrived in between waits (a spurious interrupt is
+  // harmless, a lost one would hang the driver).
+  absl::StatusOr<ControllerSnapshot> Snapshot() const;
+  absl::Status Restore(const ControllerSnapshot& s);
+  void Resume();
   // Replace the memory (e.g. vhost-user SET_MEM_TABLE); only while not running.
   absl::Status SetMemory(std::shared_ptr<GuestMemory> memory);
   void SetInterruptSink(std::shared_ptr<InterruptSink> interrupt);
@@ -133,7 +159,7 @@ class DeviceController {
  private:
   class CountingSink;
   void DoReset();
-  absl::Status Activate();
+  absl::Status Activate(const std::vector<uint32_t>* bases = nullptr);
   void OnConfigChanged();
 
   std::shared_ptr<VirtioDevice> device_;
@@ -150,7 +176,7 @@ class DeviceController {
   bool coalescing_ = false;
   std::vector<const DeviceQueue*> active_queues_;
   RingByteOrder legacy_order_ = RingByteOrder::kLittle;
-  absl::Mutex error_mu_;
+  mutable absl::Mutex error_mu_;
   std::string last_error_;
   ControllerCounters counters_;
   TransportCounters retired_;  // requests and bytes of queues handed back by Reset

@@ -87,6 +87,12 @@ class MmioRegisters {
 
   uint32_t version() const { return version_; }
 
+  // The registers the driver selected or wrote that the controller does not
+  // hold (selectors, queue addresses before QueueReady), as numbers, for a
+  // live upgrade; Restore checks the shape.
+  std::vector<uint64_t> SaveState() const;
+  absl::Status RestoreState(std::span<const uint64_t> s);
+
  private:
   struct Queue {
     uint64_t desc = 0, driver = 0, device = 0;
@@ -118,6 +124,11 @@ class MmioMirror {
   // Rewrites the mirror from the device (after anything changed it).
   void Publish();
   MmioRegisters& registers() { return regs_; }
+  // The registers' state (MmioRegisters::SaveState), the mirror's seqlock
+  // position and its counters, for a live upgrade. Restore does not rewrite
+  // the page: the driver keeps reading what it read.
+  std::vector<uint64_t> SaveState() const;
+  absl::Status RestoreState(std::span<const uint64_t> s);
   // register_writes and register_writes_ignored, for the transport's counters.
   void AppendCounters(CounterList* out) const {
     out->insert(out->end(), {{"register_writes", writes_}, {"register_writes_ignored", ignored_}});

@@ -73,6 +73,8 @@ class BlkDevice final : public VirtioDevice {
   bool events_without_driver() const override { return false; }  // completions come from a driver's requests
   bool ProcessEvents() override;
   absl::Status Quiesce() override;
+  absl::Status Drain() override;
+  absl::Status CanHandOver() const override { return absl::OkStatus(); }  // reopened from its spec
   void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override;
 
   // Changes the capacity at run time, like QEMU's block_resize. Callable from

@@ -20,6 +20,7 @@ class RngDevice final : public VirtioDevice {
   absl::Status Activate(ActivateContext ctx) override;
   ActivateContext Reset() override;
   void QueueNotify(uint16_t queue) override;
+  absl::Status CanHandOver() const override { return absl::OkStatus(); }  // reopened from its spec
 
   uint64_t bytes_served() const { return bytes_.load(std::memory_order_relaxed); }
   void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override {

@@ -67,6 +67,15 @@ class DeviceLoop {
   void UnwatchKicks();
   // A kick that came some other way (an event channel): notify, serve while busy.
   void Kick(uint16_t q);
+  // Live upgrade. Freeze: no kick, completion or poll serves the device any
+  // more (kicks stay in their eventfds for whoever serves next). Thaw: watch
+  // and serve again, resuming the controller (DeviceController::Resume) so
+  // nothing that came in meanwhile waits. Abandon: let go of every watch
+  // without reading it (the new vios has the descriptors). Loop thread only.
+  void Freeze();
+  void Thaw();
+  void Abandon();
+  bool frozen() const { return frozen_; }
   // Runs after every wake-up's work (a transport publishing the status).
   void set_after_work(std::function<void()> f) { after_work_ = std::move(f); }
 
@@ -86,6 +95,7 @@ class DeviceLoop {
   std::thread poller_;
   std::thread::id poller_id_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> frozen_{false};
   DeviceController* ctl_ = nullptr;
   std::vector<std::shared_ptr<Watch>> kicks_;
   std::shared_ptr<Watch> events_;

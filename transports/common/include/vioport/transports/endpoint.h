@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "vioport/core/counters.h"
 #include "vioport/core/device_controller.h"
+#include "vioport/transports/handover.h"
 
 namespace vioport {
 
@@ -42,6 +43,21 @@ class DeviceEndpoint {
   virtual void StopAccepting() {}
   // Complete every request in flight and make written data durable.
   virtual absl::Status Quiesce() = 0;
+
+  // Live upgrade (docs/upgrade.md). Freeze: stop serving (no more requests
+  // popped, no guest message, kick or connection taken), complete what is
+  // in flight, and write what the new vios needs to carry on into `out`
+  // (the listening socket, the guest's connection, its memory, its
+  // eventfds, the device's registers and ring positions). The transport's
+  // factory reads it back (EndpointContext::handover) into an endpoint that
+  // stays frozen until Thaw(). Thaw: serve again (here: the upgrade failed;
+  // there: it committed). Abandon: after a committed upgrade, let go of
+  // every descriptor without telling the guest or touching what it sees.
+  virtual absl::Status Freeze(HandoverWriter* /*out*/) {
+    return absl::UnimplementedError(mode() + " cannot hand a guest over to a new vios yet");
+  }
+  virtual void Thaw() {}
+  virtual void Abandon() {}
 };
 
 // Connection bookkeeping an endpoint shares with vios's thread: whether a

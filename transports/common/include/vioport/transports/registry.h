@@ -31,6 +31,10 @@ struct EndpointContext {
   boost::asio::io_context& io;  // vios's loop: one thread runs it
   std::shared_ptr<VirtioDevice> device;
   std::string name;  // for logs: "ID@TRANSPORT"
+  // Live upgrade: the record the old vios's endpoint wrote (Freeze). The
+  // factory restores from it instead of starting afresh, and the endpoint
+  // stays frozen until Thaw().
+  HandoverReader* handover = nullptr;
 };
 
 struct DeviceTransport {
