@@ -206,6 +206,49 @@ test_reconnect() {
   finish PASS
 }
 
+# Verified I/O for as long as the host replaces the back-end under it (live
+# upgrade): pass after pass, the region is zeroed, written with the pattern by
+# 4 writers (O_DIRECT, a flush every 512 KiB) and read back after dropping the
+# caches, so a write lost in any pass shows as zeros. At least 2 passes, then
+# more until vioport.seconds (default 20) have gone by.
+test_upgrade() {
+  secs=$(arg seconds) w=4 chunk=524288
+  secs=${secs:-20}
+  total=$(stat -c %s /data/pattern)
+  slice=$((total / w))
+  start=$(cut -d. -f1 /proc/uptime) n=0
+  echo "VIOPORT-MARK: writing"
+  while [ $n -lt 2 ] || [ $(($(cut -d. -f1 /proc/uptime) - start)) -lt "$secs" ]; do
+    n=$((n + 1))
+    dd if=/dev/zero of=/dev/vda bs=1M count=$((total / MIB)) oflag=direct conv=fsync,notrunc 2>/tmp/z.err ||
+      fail "pass $n: zeroing failed: $(tr '\n' ' ' </tmp/z.err)"
+    i=0
+    while [ $i -lt $w ]; do
+      (
+        rc=0 off=$((i * slice)) end=$(((i + 1) * slice))
+        while [ $off -lt $end ] && [ $rc = 0 ]; do
+          dd if=/data/pattern of=/dev/vda bs=64k skip=$off seek=$off count=$chunk \
+            iflag=skip_bytes,count_bytes oflag=direct,seek_bytes conv=fsync,notrunc 2>/tmp/w$i.err
+          rc=$? off=$((off + chunk))
+        done
+        echo $rc >/tmp/w$i.rc
+      ) &
+      i=$((i + 1))
+    done
+    wait
+    i=0
+    while [ $i -lt $w ]; do
+      [ "$(cat /tmp/w$i.rc)" = 0 ] || fail "pass $n: writer $i failed: $(tr '\n' ' ' </tmp/w$i.err)"
+      i=$((i + 1))
+    done
+    drop_caches
+    verify_region /data/pattern 0
+    step "pass $n written and verified"
+  done
+  echo "VIOPORT-MARK: write done"
+  finish PASS
+}
+
 # ---- network workloads (virtio_net; vioport.addr=, vioport.peer=, vioport.queues=) ----
 
 # net_up ADDR: eth0 up with ADDR/24 (and the queue count checked when given).
@@ -449,6 +492,7 @@ case "$NAME" in
   fs_create) test_fs_create ;;
   fs_verify) test_fs_verify ;;
   reconnect) test_reconnect ;;
+  upgrade) test_upgrade ;;
   *) fail "unknown test '$NAME'" ;;
 esac
 fail "workload returned without a result"

@@ -78,6 +78,7 @@ class ViosSystem : public testproc::ProcessTest {
   std::string T(const std::string& counter) const { return transport_ + "." + counter; }
 
   void GuestCrashMidIoLeaksNothing(int crashes);
+  void LiveUpgradeTenTimes();
 
   std::string transport_ = "shm";
   std::string Ctl(const std::string& cmd, int* code = nullptr) {
@@ -352,16 +353,23 @@ TEST_F(ViosSystem, TomlConfigControlSocketAndSigterm) {
 // guests fail at once on either), no reconnect, every pass verified, and the
 // backing files hold the last pass's data. The pause each upgrade cost the
 // guests is what the new vios reports (printed, not asserted).
-TEST_F(ViosSystem, LiveUpgradeTenTimesUnderVerifiedIo) {
+TEST_F(ViosSystem, LiveUpgradeTenTimesUnderVerifiedIo) { LiveUpgradeTenTimes(); }
+// The same with vioguest as the VMM: the front-end's socket, memory regions,
+// in-flight area, kick and call eventfds and rings go to the new vios; the
+// front-end never reconnects.
+TEST_F(ViosSystemVhostUser, LiveUpgradeTenTimesUnderVerifiedIo) { LiveUpgradeTenTimes(); }
+
+void ViosSystem::LiveUpgradeTenTimes() {
   constexpr uint64_t kLen = 8 << 20;
   MakeDisk(Path("d0.img"), 32 << 20);
   MakeDisk(Path("d1.img"), 32 << 20);
   Proc* vios = &StartVios({"--device", "blk,id=d0,path=" + Path("d0.img"), "--device", "blk,id=d1,path=" + Path("d1.img"),
                            "--device", "rng,id=r0", "--attach", Attach("d0", Path("d0.sock")), "--attach",
-                           Attach("d1", Path("d1.sock"), ",poll=on"), "--attach", Attach("r0", Path("r0.sock"))},
+                           Attach("d1", Path("d1.sock"), transport_ == "shm" ? ",poll=on" : ",spin-us=0"), "--attach",
+                           Attach("r0", Path("r0.sock"))},
                           {Path("d0.sock"), Path("d1.sock"), Path("r0.sock")});
   auto writer = [&](const std::string& sock, uint64_t seed) {
-    return Spawn({VIOGUEST_BIN, "--quiet", "--transport", "shm:" + sock, "blk", "write", "--seed", absl::StrCat(seed),
+    return Spawn({VIOGUEST_BIN, "--quiet", "--transport", transport_ + ":" + sock, "blk", "write", "--seed", absl::StrCat(seed),
                   "--length", absl::StrCat(kLen), "--passes", "0", "--time", "20"},
                  dir_, "writer");
   };
@@ -411,17 +419,18 @@ TEST_F(ViosSystem, LiveUpgradeTenTimesUnderVerifiedIo) {
 
 // An upgrade that cannot complete leaves the running vios serving as if it
 // had not been asked: the new vios failing to restore a device (its backing
-// file gone from the path), and a guest on a transport that cannot hand
-// over yet. The guest's verified I/O goes on through both.
+// file gone from the path; the devices before it were frozen and sent), and
+// a guest on a device type that cannot be handed over yet (a console, whose
+// host side is a connection of vios's own). The guest's verified I/O goes on
+// through both.
 TEST_F(ViosSystem, FailedUpgradesLeaveTheRunningViosServing) {
   constexpr uint64_t kLen = 8 << 20;
   MakeDisk(Path("d0.img"), 32 << 20);
   MakeDisk(Path("d1.img"), 32 << 20);
-  MakeDisk(Path("d2.img"), 32 << 20);
   Proc& vios = StartVios({"--device", "blk,id=d0,path=" + Path("d0.img"), "--device", "blk,id=d1,path=" + Path("d1.img"),
-                          "--device", "blk,id=d2,path=" + Path("d2.img"), "--attach", Attach("d0", Path("d0.sock")),
-                          "--attach", Attach("d1", Path("d1.sock")), "--attach",
-                          "d2,transport=vhost-user,socket=" + Path("d2.sock")},
+                          "--device", "console,id=d2,socket=" + Path("con.sock"), "--attach",
+                          Attach("d0", Path("d0.sock")), "--attach", Attach("d1", Path("d1.sock")), "--attach",
+                          Attach("d2", Path("d2.sock"))},
                          {Path("d0.sock"), Path("d1.sock"), Path("d2.sock")});
   Proc& g = Keep(Spawn({VIOGUEST_BIN, "--quiet", "--transport", "shm:" + Path("d0.sock"), "blk", "write", "--seed", "300",
                         "--length", absl::StrCat(kLen), "--passes", "0", "--time", "8"},
@@ -434,15 +443,14 @@ TEST_F(ViosSystem, FailedUpgradesLeaveTheRunningViosServing) {
   EXPECT_NE(bad.err().find("d1.img"), std::string::npos) << bad.err();
   ASSERT_EQ(::rename(Path("d1.moved").c_str(), Path("d1.img").c_str()), 0);
   EXPECT_TRUE(vios.Running());
-  // 2. d2's transport, vhost-user, cannot hand over yet, which the refusal
-  // names; d0 and d1 (frozen first) are thawed.
-  Proc& fe = Keep(Spawn({VIOGUEST_BIN, "--quiet", "--transport", "vhost-user:" + Path("d2.sock"), "blk", "bench",
-                         "--pattern", "randread", "--time", "6"},
-                        dir_, "frontend"));
-  ASSERT_TRUE(testproc::WaitFor([&] { return Stat("d2", "vhost-user.connections") == 1; }, 30)) << Ctl("stats d2");
+  // 2. A console guest on d2: refused before anything is frozen, named.
+  Proc& fe = Keep(Spawn({VIOGUEST_BIN, "--quiet", "--transport", "shm:" + Path("d2.sock"), "console", "--expect",
+                         "never sent", "--timeout", "4"},
+                        dir_, "console"));
+  ASSERT_TRUE(testproc::WaitFor([&] { return Stat("d2", T("connections")) == 1; }, 30)) << Ctl("stats d2");
   Proc refused = Run({VIOS_BIN, "--upgrade-from", Path("ctl")}, 60);
   EXPECT_EQ(refused.status, 1) << refused.err();
-  EXPECT_NE(refused.err().find("vhost-user cannot hand a guest over"), std::string::npos) << refused.err();
+  EXPECT_NE(refused.err().find("device 'd2' (console) has a guest"), std::string::npos) << refused.err();
   EXPECT_TRUE(vios.Running());
   EXPECT_TRUE(g.Running()) << "the guest finished before the upgrades were tried";
   ASSERT_EQ(g.Wait(120), 0) << g.err() << g.out();
@@ -453,7 +461,7 @@ TEST_F(ViosSystem, FailedUpgradesLeaveTheRunningViosServing) {
   int64_t badbyte;
   CheckFile(Path("d0.img"), last, 0, kLen, &badbyte);
   EXPECT_EQ(badbyte, -1);
-  EXPECT_EQ(fe.Wait(60), 0) << fe.err();
+  fe.Wait(60);  // it waited for text that never came; only its connection mattered
   // The control socket still answers, from the same vios.
   EXPECT_NE(Ctl("list").find("d0"), std::string::npos);
   vios.Signal(SIGTERM);

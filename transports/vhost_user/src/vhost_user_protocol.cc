@@ -167,6 +167,32 @@ absl::StatusOr<bool> MessageReader::Feed(int sock, Message* out) {
   }
 }
 
+std::vector<uint8_t> MessageReader::PartialBytes() const {
+  std::vector<uint8_t> b(reinterpret_cast<const uint8_t*>(&header_),
+                         reinterpret_cast<const uint8_t*>(&header_) + std::min(have_, kHeaderSize));
+  if (have_ > kHeaderSize) b.insert(b.end(), cur_.payload.begin(), cur_.payload.begin() + (have_ - kHeaderSize));
+  return b;
+}
+
+absl::Status MessageReader::RestorePartial(std::span<const uint8_t> bytes, std::vector<int> fds) {
+  cur_ = Message();
+  cur_.fds = std::move(fds);  // owned from here: closed on any error
+  have_ = 0;
+  if (cur_.fds.size() > kMaxFds) return absl::InvalidArgumentError("too many fds with a partial message");
+  std::memcpy(&header_, bytes.data(), std::min(bytes.size(), kHeaderSize));
+  if (bytes.size() < kHeaderSize) {
+    have_ = bytes.size();
+    return absl::OkStatus();
+  }
+  if (absl::Status c = CheckHeader(header_); !c.ok()) return c;
+  if (bytes.size() >= kHeaderSize + header_.size) return absl::InvalidArgumentError("a whole message is not partial");
+  cur_.header = header_;
+  cur_.payload.resize(header_.size);
+  std::memcpy(cur_.payload.data(), bytes.data() + kHeaderSize, bytes.size() - kHeaderSize);
+  have_ = bytes.size();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Message> MessageReader::ReadBlocking(int sock) {
   for (;;) {
     Message m;

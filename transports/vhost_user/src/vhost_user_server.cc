@@ -59,12 +59,13 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
   std::unique_ptr<asio::posix::stream_descriptor> event_watch;
   std::deque<std::function<void()>> deferred;
   bool closed = false;
+  bool frozen = false;  // live upgrade: nothing read, watched or served until Thaw
 
   VhostUserConnection(VhostUserServer::Impl* s, Stream::socket so) : srv(s), sock(std::move(so)) {}
 
   const std::string& name() const { return srv->self->options().name; }
 
-  void Start() {
+  void Make() {
     srv->state.connections++;
     boost::system::error_code ec;
     sock.non_blocking(true, ec);
@@ -75,14 +76,89 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     so.unsealed_memory = srv->self->options().unsealed_memory;
     kick_watch.resize(srv->device->num_queues());
     session = std::make_unique<Session>(srv->device, this, so);
+  }
+  void Start() {
+    Make();
     VIOPORT_LOG(kInfo, name(), ": front-end connected");
     ReadMessages();
     WatchEvents();
   }
 
+  // Live upgrade: stop at a message boundary, the device stopped with its
+  // rings' positions kept; then what the new vios needs.
+  absl::Status Freeze(HandoverWriter* out) {
+    frozen = true;
+    boost::system::error_code ec;
+    sock.cancel(ec);
+    for (auto& w : kick_watch)
+      if (w) w->cancel(ec);
+    if (event_watch) event_watch->cancel(ec);
+    if (absl::Status s = session->Freeze(); !s.ok()) return s;
+    out->Fd(sock.native_handle());
+    const std::vector<uint8_t> partial = reader.PartialBytes();
+    out->Str(absl::string_view(reinterpret_cast<const char*>(partial.data()), partial.size()));
+    out->U64(reader.PartialFds().size());
+    for (int fd : reader.PartialFds()) out->Fd(fd);
+    session->Save(out);
+    return absl::OkStatus();
+  }
+  absl::Status Restore(HandoverReader& in) {
+    frozen = true;
+    Make();
+    std::string partial;
+    uint64_t nfds = 0;
+    if (absl::Status s = in.Str(&partial, vhost_user::kHeaderSize + vhost_user::kMaxPayload, "partial message");
+        !s.ok())
+      return s;
+    if (absl::Status s = in.U64(&nfds, vhost_user::kMaxFds, "partial message fds"); !s.ok()) return s;
+    std::vector<int> fds;
+    for (uint64_t i = 0; i < nfds; ++i) {
+      UniqueFd fd;
+      if (absl::Status s = in.Fd(&fd, "partial message fd"); !s.ok()) {
+        for (int f : fds) ::close(f);
+        return s;
+      }
+      fds.push_back(fd.release());
+    }
+    if (absl::Status s = reader.RestorePartial({reinterpret_cast<const uint8_t*>(partial.data()), partial.size()},
+                                               std::move(fds));
+        !s.ok())
+      return s;
+    return session->Restore(in);
+  }
+  void Thaw() {
+    frozen = false;
+    if (absl::Status s = session->Resume(); !s.ok()) {
+      srv->state.protocol_errors++;
+      return Close(std::string(s.message()), true);
+    }
+    for (size_t q = 0; q < kick_watch.size(); ++q)
+      if (kick_watch[q]) ArmKick(static_cast<uint16_t>(q), kick_watch[q].get());
+    ReadMessages();
+    WatchEvents();
+    session->Serve(srv->self->options().spin_us);
+    RunDeferred();
+  }
+  // The new vios has it all: let go without a word to the front-end.
+  void Abandon() {
+    if (closed) return;
+    closed = true;
+    srv->state.Ended(session->transport_counters(), session->last_error(), Extras(session->counters()));
+    session.reset();  // the device is stopped already; nothing is sent
+    deferred.clear();
+    boost::system::error_code ec;
+    for (size_t q = 0; q < kick_watch.size(); ++q) UnwatchKick(static_cast<uint16_t>(q));
+    if (event_watch) event_watch->close(ec);
+    if (sock.is_open()) {
+      const int fd = sock.release(ec);  // out of the epoll set first
+      if (fd >= 0) ::close(fd);
+    }
+  }
+
   void ReadMessages() {
+    if (frozen) return;
     sock.async_wait(Stream::socket::wait_read, [self = shared_from_this()](const boost::system::error_code& ec) {
-      if (self->closed) return;
+      if (self->closed || self->frozen || ec == asio::error::operation_aborted) return;
       if (ec) return self->Close(ec.message(), false);
       for (int i = 0; i < 64; ++i) {  // bounded: kicks and other devices get their turn
         Message m;
@@ -107,7 +183,7 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
   }
 
   void RunDeferred() {
-    while (!deferred.empty() && !closed) {
+    while (!deferred.empty() && !closed && !frozen) {
       auto f = std::move(deferred.front());
       deferred.pop_front();
       f();
@@ -124,9 +200,10 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     ArmKick(q, kick_watch[q].get());
   }
   void ArmKick(uint16_t q, asio::posix::stream_descriptor* w) {
+    if (frozen) return;  // Thaw arms it
     w->async_wait(asio::posix::stream_descriptor::wait_read,
                   [self = shared_from_this(), q, w](const boost::system::error_code& ec) {
-                    if (ec || self->closed || self->kick_watch[q].get() != w) return;
+                    if (ec || self->closed || self->frozen || self->kick_watch[q].get() != w) return;
                     DrainEventFd(w->native_handle());
                     self->session->OnKick(q);
                     self->session->Serve(self->srv->self->options().spin_us);
@@ -154,12 +231,13 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
   void Defer(std::function<void()> f) override { deferred.push_back(std::move(f)); }
 
   void WatchEvents() {
+    if (frozen) return;
     const int fd = srv->device->event_fd();
     if (fd < 0) return;
     if (!event_watch) event_watch = std::make_unique<asio::posix::stream_descriptor>(*srv->io, ::dup(fd));
     event_watch->async_wait(asio::posix::stream_descriptor::wait_read,
                             [self = shared_from_this()](const boost::system::error_code& ec) {
-                              if (ec || self->closed) return;
+                              if (ec || self->closed || self->frozen) return;
                               if (self->session->OnDeviceEvents()) self->session->Serve(self->srv->self->options().spin_us);
                               self->RunDeferred();
                               if (!self->closed) self->WatchEvents();
@@ -238,6 +316,60 @@ void VhostUserServer::Impl::Accepted(Stream::socket sock) {
 
 void VhostUserServer::StopAccepting() { impl_->listener->Close(); }
 
+absl::Status VhostUserServer::Freeze(HandoverWriter* out) {
+  impl_->listener->Pause();
+  out->Fd(impl_->listener->native_handle());
+  const bool live = impl_->conn && !impl_->conn->closed;
+  out->U64(live ? 1 : 0);
+  return live ? impl_->conn->Freeze(out) : absl::OkStatus();
+}
+
+void VhostUserServer::Thaw() {
+  impl_->listener->Resume();
+  if (impl_->conn && !impl_->conn->closed && impl_->conn->frozen) impl_->conn->Thaw();
+}
+
+void VhostUserServer::Abandon() {
+  impl_->listener->Release();
+  if (impl_->conn) impl_->conn->Abandon();
+  impl_->conn.reset();
+}
+
+absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Restore(asio::io_context& io,
+                                                                          std::shared_ptr<VirtioDevice> device,
+                                                                          VhostUserServerOptions options,
+                                                                          HandoverReader& in) {
+  std::unique_ptr<VhostUserServer> s(new VhostUserServer(std::move(options)));
+  s->impl_ = std::make_unique<Impl>();
+  Impl* im = s->impl_.get();
+  im->self = s.get();
+  im->io = &io;
+  im->device = std::move(device);
+  UniqueFd lfd;
+  uint64_t live = 0;
+  if (absl::Status st = in.Fd(&lfd, "listening socket"); !st.ok()) return st;
+  auto l = UnixListener<Stream>::Adopt(io, s->opts_.socket_path, Stream(), std::move(lfd),
+                                       [im](Stream::socket sock) { im->Accepted(std::move(sock)); });
+  if (!l.ok()) return l.status();
+  im->listener = std::move(*l);
+  if (absl::Status st = in.U64(&live, 1, "connection"); !st.ok()) return st;
+  if (!live) return s;
+  UniqueFd sfd;
+  if (absl::Status st = in.Fd(&sfd, "front-end socket"); !st.ok()) return st;
+  Stream::socket sock(io);
+  boost::system::error_code ec;
+  sock.assign(Stream(), sfd.get(), ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("taking over the front-end socket: ", ec.message()));
+  sfd.release();
+  im->conn = std::make_shared<VhostUserConnection>(im, std::move(sock));
+  if (absl::Status st = im->conn->Restore(in); !st.ok()) {
+    im->conn->Abandon();
+    im->conn.reset();
+    return st;
+  }
+  return s;
+}
+
 absl::Status VhostUserServer::Quiesce() {
   if (impl_->conn && !impl_->conn->closed && impl_->conn->session) return impl_->conn->session->Quiesce();
   return impl_->device->Quiesce();
@@ -287,6 +419,11 @@ void RegisterVhostUserTransport() {
          vo.inflight = o.flag("inflight");
          vo.unsealed_memory = o.str("memory") == "any";
          vo.name = ctx.name;
+         if (ctx.handover) {
+           auto r = VhostUserServer::Restore(ctx.io, ctx.device, vo, *ctx.handover);
+           if (!r.ok()) return r.status();
+           return std::unique_ptr<DeviceEndpoint>(std::move(*r));
+         }
          auto s = VhostUserServer::Create(ctx.io, ctx.device, vo);
          if (!s.ok()) return s.status();
          return std::unique_ptr<DeviceEndpoint>(std::move(*s));

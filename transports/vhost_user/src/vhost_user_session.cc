@@ -55,9 +55,11 @@ struct Session::Mapping {
   uint32_t refs = 1;  // ADD_MEM_REGs of this very region not yet removed
   uint8_t* base = nullptr;
   size_t len = 0;
+  int fd = -1;  // the region's fd, kept for a live upgrade
   uint8_t* host() const { return base + r.mmap_offset; }
   ~Mapping() {
     if (base) ::munmap(base, len);
+    if (fd >= 0) ::close(fd);
   }
 };
 
@@ -92,6 +94,11 @@ class Session::Interrupts final : public InterruptSink {
     if (backend_fd_ >= 0) ::close(backend_fd_);
     backend_fd_ = fd;
   }
+  int backend_fd() {
+    absl::MutexLock l(&backend_mu_);
+    return backend_fd_;
+  }
+  int call(uint16_t q) const { return call_[q].load(); }
   void SetCall(uint16_t q, int fd) {
     int old = call_[q].exchange(fd);
     if (old >= 0) ::close(old);
@@ -160,6 +167,7 @@ Session::~Session() {
   }
   logs_.clear();
   if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
+  CloseFd(inflight_fd_);
 }
 
 uint8_t Session::emulated_status() const {
@@ -455,6 +463,7 @@ absl::Status Session::SetMemTable(Message& m) {
     std::memcpy(&mp->r, m.payload.data() + sizeof h + i * sizeof(MemRegion), sizeof(MemRegion));
     absl::Status s = MapRegion(mp->r, m.fds[i], opts_.unsealed_memory, &mp->base, &mp->len);
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat("region ", i, ": ", s.message()));
+    mp->fd = m.TakeFd(i);
     maps.push_back(std::move(mp));
   }
   return InstallMemory(std::move(maps));
@@ -480,6 +489,7 @@ absl::Status Session::AddMemReg(Message& m) {
   auto mp = std::make_shared<Mapping>();
   mp->r = r.region;
   if (absl::Status s = MapRegion(mp->r, m.fds[0], opts_.unsealed_memory, &mp->base, &mp->len); !s.ok()) return s;
+  mp->fd = m.TakeFd(0);
   auto maps = maps_;
   maps.push_back(std::move(mp));
   return InstallMemory(std::move(maps));
@@ -675,10 +685,12 @@ absl::Status Session::GetInflight(Message& m) {
   inflight_len_ = size;
   inflight_queues_ = in.num_queues;
   inflight_qsize_ = in.queue_size;
+  inflight_offset_ = 0;
+  CloseFd(inflight_fd_);
+  inflight_fd_ = fd;
   Inflight out{size, 0, in.num_queues, in.queue_size};
   const int fds[1] = {fd};
   absl::Status s = host_->Reply(m.header.request, Bytes(out), fds);
-  ::close(fd);
   if (!s.ok()) return s;
   return Reconcile();
 }
@@ -711,14 +723,17 @@ absl::Status Session::SetInflight(Message& m) {
   inflight_len_ = in.mmap_size;
   inflight_queues_ = in.num_queues;
   inflight_qsize_ = in.queue_size;
+  inflight_offset_ = in.mmap_offset;
+  CloseFd(inflight_fd_);
+  inflight_fd_ = m.TakeFd(0);
   return Reconcile();
 }
 
 // ---- the device ------------------------------------------------------------
 
-void Session::StopDevice() {
+void Session::StopDevice(bool flush) {
   if (!active_) return;
-  if (absl::Status s = device_->Quiesce(); !s.ok())
+  if (absl::Status s = flush ? device_->Quiesce() : device_->Drain(); !s.ok())
     VIOPORT_LOG(kWarning, opts_.name, ": completing in-flight requests: ", s.message());
   ActivateContext ctx = device_->Reset();
   for (size_t q = 0; q < ctx.queues.size() && q < vrings_.size(); ++q) {
@@ -917,5 +932,111 @@ absl::Status Session::Quiesce() {
   if (!active_) return absl::OkStatus();
   return device_->Quiesce();
 }
+
+// ---- live upgrade ----------------------------------------------------------
+
+absl::Status Session::Freeze() {
+  if (active_) {
+    if (absl::Status s = device_->Drain(); !s.ok()) return s;
+    for (const auto& vr : vrings_)
+      if (vr.running && vr.running->in_flight())
+        return absl::FailedPreconditionError(absl::StrCat("queue still has ", vr.running->in_flight(), " requests in flight"));
+  }
+  StopDevice(/*flush=*/false);
+  for (auto& vr : vrings_) {
+    if (vr.queue) vr.base = vr.queue->GetBase();
+    Retire(vr.queue);
+  }
+  return absl::OkStatus();
+}
+
+void Session::Save(HandoverWriter* out) const {
+  struct Synth {
+    Req req;
+    std::vector<uint8_t> payload;
+    std::vector<int> fds;
+  };
+  std::vector<Synth> msgs;
+  auto add = [&](Req r, std::span<const uint8_t> payload, std::vector<int> fds = {}) {
+    msgs.push_back({r, std::vector<uint8_t>(payload.begin(), payload.end()), std::move(fds)});
+  };
+  if (owner_) add(Req::kSetOwner, {});
+  add(Req::kSetProtocolFeatures, Bytes(acked_proto_));
+  if (features_set_) add(Req::kSetFeatures, Bytes(acked_));
+  if (const int fd = irq_->backend_fd(); fd >= 0) add(Req::kSetBackendReqFd, {}, {fd});
+  if (Has(acked_proto_, proto::kConfigureMemSlots)) {
+    for (const auto& mp : maps_)
+      for (uint32_t i = 0; i < mp->refs; ++i) add(Req::kAddMemReg, Bytes(SingleMemRegion{0, mp->r}), {mp->fd});
+  } else if (!maps_.empty()) {
+    std::vector<uint8_t> p;
+    const MemTableHeader h{static_cast<uint32_t>(maps_.size()), 0};
+    p.insert(p.end(), Bytes(h).begin(), Bytes(h).end());
+    std::vector<int> fds;
+    for (const auto& mp : maps_) {
+      p.insert(p.end(), Bytes(mp->r).begin(), Bytes(mp->r).end());
+      fds.push_back(mp->fd);
+    }
+    add(Req::kSetMemTable, p, fds);
+  }
+  if (inflight_map_ && inflight_fd_ >= 0)
+    add(Req::kSetInflightFd, Bytes(Inflight{inflight_len_, inflight_offset_, inflight_queues_, inflight_qsize_}),
+        {inflight_fd_});
+  for (uint32_t q = 0; q < vrings_.size(); ++q) {
+    const Vring& vr = vrings_[q];
+    if (vr.num) add(Req::kSetVringNum, Bytes(VringState{q, vr.num}));
+    if (vr.addr_set) add(Req::kSetVringAddr, Bytes(vr.addr));
+    add(Req::kSetVringBase, Bytes(VringState{q, vr.base}));
+    if (const int call = irq_->call(static_cast<uint16_t>(q)); call >= 0)
+      add(Req::kSetVringCall, Bytes(uint64_t{q}), {call});
+    if (vr.err >= 0) add(Req::kSetVringErr, Bytes(uint64_t{q}), {vr.err});
+    if (Has(acked_, kFeatureProtocolFeatures)) add(Req::kSetVringEnable, Bytes(VringState{q, vr.enabled ? 1u : 0u}));
+    if (vr.started && vr.kick >= 0) add(Req::kSetVringKick, Bytes(uint64_t{q}), {vr.kick});
+  }
+  out->U64(msgs.size());
+  for (const Synth& m : msgs) {
+    out->U64(static_cast<uint32_t>(m.req));
+    out->Str(absl::string_view(reinterpret_cast<const char*>(m.payload.data()), m.payload.size()));
+    out->U64(m.fds.size());
+    for (int fd : m.fds) out->Fd(fd);
+  }
+  out->U64(needs_reset_ ? 1 : 0);
+  out->Str(last_error_);
+}
+
+absl::Status Session::Restore(HandoverReader& in) {
+  uint64_t n = 0;
+  if (absl::Status s = in.U64(&n, 4096, "message count"); !s.ok()) return s;
+  for (uint64_t i = 0; i < n; ++i) {
+    uint64_t req = 0, nfds = 0;
+    std::string payload;
+    if (absl::Status s = in.U64(&req, UINT32_MAX, "request"); !s.ok()) return s;
+    if (absl::Status s = in.Str(&payload, kMaxPayload, "payload"); !s.ok()) return s;
+    if (absl::Status s = in.U64(&nfds, kMaxFds, "fd count"); !s.ok()) return s;
+    Message m;
+    m.header = Header{static_cast<uint32_t>(req), kVersion, static_cast<uint32_t>(payload.size())};
+    m.payload.assign(payload.begin(), payload.end());
+    for (uint64_t k = 0; k < nfds; ++k) {
+      UniqueFd fd;
+      if (absl::Status s = in.Fd(&fd, "message fd"); !s.ok()) return s;
+      m.fds.push_back(fd.release());
+    }
+    const Req r = m.req();
+    // Only what a front-end sets: nothing that asks for a reply.
+    if (r == Req::kGetFeatures || r == Req::kGetProtocolFeatures || r == Req::kGetVringBase || r == Req::kGetConfig ||
+        r == Req::kGetInflightFd || r == Req::kGetQueueNum || r == Req::kGetMaxMemSlots)
+      return absl::InvalidArgumentError(absl::StrCat("handed-over message ", ReqName(m.header.request), " asks for a reply"));
+    if (absl::Status s = Handle(m); !s.ok()) return s;
+  }
+  uint64_t reset = 0;
+  if (absl::Status s = in.U64(&reset, 1, "needs reset"); !s.ok()) return s;
+  if (absl::Status s = in.Str(&last_error_, 4096, "last error"); !s.ok()) return s;
+  if (reset) {
+    needs_reset_ = true;
+    StopDevice(/*flush=*/false);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Session::Resume() { return Reconcile(); }
 
 }  // namespace vioport::vhost_user

@@ -18,6 +18,7 @@
 #include "vioport/core/device.h"
 #include "vioport/core/net_control.h"
 #include "vioport/core/inflight_log.h"
+#include "vioport/transports/handover.h"
 #include "vioport/transports/vhost_user_protocol.h"
 
 namespace vioport::vhost_user {
@@ -86,6 +87,17 @@ class Session {
   // The device's asynchronous completions are ready.
   bool OnDeviceEvents();
   absl::Status Quiesce();
+  // Live upgrade. Freeze: complete what is in flight and stop the device,
+  // keeping every ring's position (as GET_VRING_BASE would). Save: this
+  // session as the front-end's messages that rebuild it (SET_OWNER,
+  // features, memory with its fds, in-flight area, every ring with its
+  // current base and eventfds, the back-end channel), which a new session
+  // replays through Handle() (every check applies) in Restore(). Resume:
+  // start the device again (rollback, or the new vios's commit).
+  absl::Status Freeze();
+  void Save(HandoverWriter* out) const;
+  absl::Status Restore(HandoverReader& in);
+  absl::Status Resume();
 
   bool running() const { return active_; }
   bool needs_reset() const { return needs_reset_; }
@@ -119,7 +131,7 @@ class Session {
   // Brings the running device in line with the rings that are started and
   // enabled: completes in-flight requests, resets, rebuilds, re-activates.
   absl::Status Reconcile();
-  void StopDevice();
+  void StopDevice(bool flush = true);
   // StopDevice, then forget the built queues, keeping their positions (for a
   // change of memory or in-flight area: queues are rebuilt on the new one).
   void DropQueues();
@@ -148,6 +160,8 @@ class Session {
   uint8_t* inflight_map_ = nullptr;
   size_t inflight_len_ = 0;
   uint16_t inflight_queues_ = 0, inflight_qsize_ = 0;
+  uint64_t inflight_offset_ = 0;
+  int inflight_fd_ = -1;  // kept for a live upgrade
   std::vector<std::unique_ptr<SplitInflightLog>> logs_;
   SessionCounters counters_;
   TransportCounters retired_;

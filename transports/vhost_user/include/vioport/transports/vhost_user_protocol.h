@@ -220,6 +220,11 @@ class MessageReader {
   // Parses a message from a byte buffer (fuzzing, tests): the same checks as
   // Feed without a socket. `used` gets the bytes consumed.
   static absl::StatusOr<Message> Parse(std::span<const uint8_t> bytes, size_t* used);
+  // Live upgrade: the part of a message read so far (bytes and fds), and a
+  // reader that carries on from it in the new vios (checked as Feed would).
+  std::vector<uint8_t> PartialBytes() const;
+  const std::vector<int>& PartialFds() const { return cur_.fds; }
+  absl::Status RestorePartial(std::span<const uint8_t> bytes, std::vector<int> fds);
 
  private:
   absl::Status Absorb(int sock, uint8_t* dst, size_t want, size_t* got);

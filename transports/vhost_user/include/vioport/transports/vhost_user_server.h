@@ -60,6 +60,15 @@ class VhostUserServer final : public DeviceEndpoint {
   std::string last_error() const override;
   void AppendCounters(CounterList* out) const override;
 
+  // Live upgrade (DeviceEndpoint::Freeze): the listening socket, the
+  // front-end's connection with any part of a message read so far, and the
+  // session as the messages that rebuild it. Restore: the new vios's side.
+  absl::Status Freeze(HandoverWriter* out) override;
+  void Thaw() override;
+  void Abandon() override;
+  static absl::StatusOr<std::unique_ptr<VhostUserServer>> Restore(boost::asio::io_context& io,
+                                                                  std::shared_ptr<VirtioDevice> device,
+                                                                  VhostUserServerOptions options, HandoverReader& in);
   const VhostUserServerOptions& options() const { return opts_; }
 
   struct Impl;
