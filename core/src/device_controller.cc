@@ -113,6 +113,7 @@ DeviceController::~DeviceController() {
 }
 
 void DeviceController::DoReset() {
+  restore_bases_.reset();
   if (active_) {
     active_queues_.clear();
     ActivateContext back = device_->Reset();  // the device stops touching memory here
@@ -345,18 +346,24 @@ absl::Status DeviceController::Restore(const ControllerSnapshot& s) {
     absl::MutexLock l(&error_mu_);
     last_error_ = s.last_error;
   }
-  if ((s.status & status::kDriverOk) && !(s.status & (status::kDeviceNeedsReset | status::kFailed))) {
-    if (absl::Status a = Activate(&s.bases); !a.ok()) {
-      status_.store(s.status, std::memory_order_release);
-      SetNeedsReset(std::string(a.message()));
-      return absl::OkStatus();  // the driver sees NEEDS_RESET, as for any failed activation
-    }
-  }
+  // The device starts in Resume(): starting it builds the queues, which
+  // reads the rings, and on a copy-only memory that is a hypercall the old
+  // vios may still be making on the same channel until the commit.
+  if ((s.status & status::kDriverOk) && !(s.status & (status::kDeviceNeedsReset | status::kFailed)))
+    restore_bases_ = s.bases;
   status_.store(s.status, std::memory_order_release);
   return absl::OkStatus();
 }
 
 void DeviceController::Resume() {
+  if (restore_bases_) {
+    const std::vector<uint32_t> bases = std::move(*restore_bases_);
+    restore_bases_.reset();
+    if (absl::Status a = Activate(&bases); !a.ok()) {
+      SetNeedsReset(std::string(a.message()));  // the driver sees NEEDS_RESET, as for any failed activation
+      return;
+    }
+  }
   if (!active_ || (status() & status::kDeviceNeedsReset)) return;
   for (uint16_t q = 0; q < active_queues_.size(); ++q)
     if (active_queues_[q]) {

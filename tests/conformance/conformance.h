@@ -40,6 +40,7 @@ class ConsoleConformance : public Conformance {};
 class HostileConformance : public Conformance {};
 class PartnerDeathConformance : public Conformance {};
 class CounterConformance : public Conformance {};
+class UpgradeConformance : public Conformance {};
 
 inline std::string RigName(const ::testing::TestParamInfo<testing::RigFactory>& info) { return info.param.name; }
 
@@ -52,4 +53,5 @@ inline std::string RigName(const ::testing::TestParamInfo<testing::RigFactory>& 
   INSTANTIATE_TEST_SUITE_P(Name, ConsoleConformance, ::testing::Values(factory), RigName);                      \
   INSTANTIATE_TEST_SUITE_P(Name, HostileConformance, ::testing::Values(factory), RigName);                      \
   INSTANTIATE_TEST_SUITE_P(Name, PartnerDeathConformance, ::testing::Values(factory), RigName);                 \
-  INSTANTIATE_TEST_SUITE_P(Name, CounterConformance, ::testing::Values(factory), RigName)
+  INSTANTIATE_TEST_SUITE_P(Name, CounterConformance, ::testing::Values(factory), RigName);                      \
+  INSTANTIATE_TEST_SUITE_P(Name, UpgradeConformance, ::testing::Values(factory), RigName)

@@ -844,4 +844,48 @@ TEST_P(CounterConformance, BaseCountersAfterBlkIo) {
   for (const std::string& name : traits().zero_while_guests_behave) EXPECT_EQ(base(name), 0u) << name;
 }
 
+// ---- Live upgrade ---------------------------------------------------------------------------
+
+// Two guests write and verify pass after pass (each pass a new seed, read
+// back before the next) while vios is replaced ten times in a row (`vios
+// --upgrade-from`). The guests see nothing: no I/O error, no NEEDS_RESET
+// (vioguest fails at once on either), no reconnect, every pass verified; the
+// backing files hold the last pass. The pauses the new vios reports are
+// printed, not asserted.
+TEST_P(UpgradeConformance, TenUpgradesUnderVerifiedIo) {
+  if (traits().device_side_in_process) GTEST_SKIP() << traits().transport << ": no vios process to replace";
+  constexpr uint64_t kLen = 8 * kMiB;
+  MakeDisk(Path("d0.img"), 16 * kMiB);
+  MakeDisk(Path("d1.img"), 16 * kMiB);
+  Start({"blk,id=d0,path=" + Path("d0.img"), "blk,id=d1,path=" + Path("d1.img")});
+  std::vector<Proc*> guests;
+  for (auto [id, seed] : {std::pair{"d0", 100}, {"d1", 200}})
+    guests.push_back(&rig().StartGuestProcess(id, {"blk", "write", "--seed", absl::StrCat(seed), "--length",
+                                                   absl::StrCat(kLen), "--passes", "0", "--time", "20"}));
+  const std::string connections = traits().transport + ".connections";
+  ASSERT_TRUE(WaitFor([&] { return rig().Stat("d0", connections) == 1 && rig().Stat("d1", connections) == 1; }, 30))
+      << rig().List();
+  std::string pauses;
+  for (int i = 0; i < 10; ++i) {
+    auto p = rig().UpgradeDevices();
+    ASSERT_TRUE(p.ok()) << "upgrade " << i + 1 << ": " << p.status();
+    absl::StrAppendFormat(&pauses, " %.2f", *p);
+  }
+  EXPECT_TRUE(guests[0]->Running() && guests[1]->Running()) << "the guests finished before the tenth upgrade";
+  for (size_t g = 0; g < guests.size(); ++g) {
+    Proc& p = *guests[g];
+    ASSERT_EQ(p.Wait(120), 0) << p.err() << p.out();
+    EXPECT_EQ(Field(p.out(), "verified"), "yes") << p.out();
+    EXPECT_EQ(Field(p.out(), "reconnects"), "0") << p.out();
+    uint64_t last = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(Field(p.out(), "last_seed"), &last)) << p.out();
+    int64_t bad = 0;
+    CheckFile(Path(g == 0 ? "d0.img" : "d1.img"), last, 0, kLen, &bad);
+    EXPECT_EQ(bad, -1) << "d" << g << " differs from pass seed " << last << " at byte " << bad;
+    EXPECT_EQ(rig().Stat(g == 0 ? "d0" : "d1", traits().transport + ".ring_errors"), 0u);
+  }
+  std::printf("%s: pause per upgrade (ms):%s\n", traits().transport.c_str(), pauses.c_str());
+  RecordProperty("pauses_ms", pauses);
+}
+
 }  // namespace vioport::conformance

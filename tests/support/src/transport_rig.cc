@@ -225,6 +225,25 @@ class ViosRig : public TransportRig {
     return Control("device_attach", attach);
   }
 
+  absl::StatusOr<double> UpgradeDevices() override {
+    if (!vios_) return absl::FailedPreconditionError("no vios to upgrade");
+    Proc& next = Keep(Spawn({VIOS_BIN, "--upgrade-from", Path("vios.ctl")}, dir_, "vios"));
+    // The new vios gives up (and the old one serves on), or the old one exits.
+    testproc::WaitFor([&] { return !vios_->Running() || !next.Running(); }, 60);
+    if (vios_->Running())
+      return absl::InternalError(absl::StrCat("not upgraded: the new vios exited ", next.Wait(5), ": ", next.err()));
+    const int old = vios_->Wait(1);
+    if (old != 0)
+      return absl::InternalError(absl::StrCat("the old vios exited ", old, ": ", vios_->err(), "\nthe new one: ", next.err()));
+    std::string log;
+    testproc::WaitFor([&] { return (log = next.err()).find("vios ready") != std::string::npos || !next.Running(); }, 30);
+    if (!next.Running()) return absl::InternalError(absl::StrCat("the new vios exited ", next.Wait(1), ": ", log));
+    const size_t at = log.find("guests waited ");
+    if (at == std::string::npos) return absl::InternalError(absl::StrCat("no pause reported: ", log));
+    vios_ = &next;
+    return std::stod(log.substr(at + 14));
+  }
+
   std::string GuestSpec(const std::string& id) const override {
     return absl::StrCat(traits_.transport, ":", GuestChannel(SlotOf(id), id));
   }

@@ -53,6 +53,62 @@ class CrqPartitionHost : public std::enable_shared_from_this<CrqPartitionHost> {
     Registry()[key] = h;
     return h;
   }
+  // Live upgrade, the new vios: the partition the old one exported (the
+  // first adapter's record carries it), frozen until Thaw().
+  static absl::StatusOr<std::shared_ptr<CrqPartitionHost>> Adopt(asio::io_context& io, const std::string& channel,
+                                                                 const PartitionSpec& po, HandoverReader& in) {
+    const std::string key = absl::StrCat(channel, ":", po.address, "#", po.id);
+    uint64_t carried = 0;
+    if (absl::Status s = in.U64(&carried, 1, "partition carried"); !s.ok()) return s;
+    if (!carried) {
+      if (auto h = Registry()[key].lock()) return h;
+      return absl::InvalidArgumentError(absl::StrCat("crq partition ", key, " was not handed over before its adapter"));
+    }
+    if (Registry()[key].lock()) return absl::AlreadyExistsError(absl::StrCat("crq partition ", key, " handed over twice"));
+    uint64_t next_area = 0, spin_ns = 0;
+    if (absl::Status s = in.U64(&next_area, "adapter areas"); !s.ok()) return s;
+    if (absl::Status s = in.U64(&spin_ns, 1000000000, "spin"); !s.ok()) return s;
+    const PartitionAdopter* adopt = PartitionAdopters::Find(channel);
+    if (!adopt) return absl::FailedPreconditionError(absl::StrCat("this build cannot take over crq channel '", channel, "'"));
+    auto p = (*adopt)(in);
+    if (!p.ok()) return p.status();
+    if (next_area > (*p)->memory_size()) return absl::InvalidArgumentError("handed-over adapter areas exceed the memory");
+    std::shared_ptr<CrqPartitionHost> h(new CrqPartitionHost(io, std::move(*p), key));
+    h->next_area_ = next_area;
+    h->spin_ = absl::Nanoseconds(static_cast<int64_t>(spin_ns));
+    h->frozen_ = true;
+    h->Start();
+    Registry()[key] = h;
+    return h;
+  }
+  // Live upgrade, the old vios: no interrupt, completion or timer serves
+  // any adapter from here; the first adapter's record carries the partition.
+  absl::Status Freeze(HandoverWriter* out) {
+    if (!frozen_) {
+      frozen_ = true;
+      boost::system::error_code ec;
+      timer_.cancel();
+      irq_.cancel(ec);
+      for (auto& [s, w] : device_watch_) w->cancel(ec);
+    }
+    if (exported_) {
+      out->U64(0);
+      return absl::OkStatus();
+    }
+    exported_ = true;
+    out->U64(1);
+    out->U64(next_area_);
+    out->U64(static_cast<uint64_t>(absl::ToInt64Nanoseconds(spin_)));
+    return p_->Export(out);
+  }
+  void Thaw() {
+    if (!frozen_) return;
+    frozen_ = false;
+    exported_ = false;
+    WaitIrq();
+    for (auto& [s, w] : device_watch_) WaitDev(w.get());
+    Poll();
+  }
   ~CrqPartitionHost() {
     Stop();
     Registry().erase(key_);
@@ -91,7 +147,7 @@ class CrqPartitionHost : public std::enable_shared_from_this<CrqPartitionHost> {
     }
   }
   void Poll() {
-    if (stopped_) return;
+    if (stopped_ || frozen_) return;
     dispatcher_.Poll(absl::ZeroDuration());
     // Keep serving spin_ past the last work before sleeping: a NOTIFY lands
     // in our own queue page and a completion on the device's eventfd, both
@@ -116,7 +172,7 @@ class CrqPartitionHost : public std::enable_shared_from_this<CrqPartitionHost> {
     timer_.expires_after(in);
     timer_.async_wait([self = weak_from_this()](const boost::system::error_code& ec) {
       auto h = self.lock();
-      if (ec || !h || h->stopped_) return;
+      if (ec || !h || h->stopped_ || h->frozen_) return;
       h->Poll();
     });
   }
@@ -149,10 +205,11 @@ class CrqPartitionHost : public std::enable_shared_from_this<CrqPartitionHost> {
   // Re-armed before the work, in the same handler: an edge that comes while
   // we work is delivered to the new wait.
   void WaitIrq() {
+    if (frozen_) return;
     irq_.async_wait(asio::posix::stream_descriptor::wait_read,
                     [self = weak_from_this()](const boost::system::error_code& ec) {
                       auto h = self.lock();
-                      if (ec || !h || h->stopped_) return;
+                      if (ec || !h || h->stopped_ || h->frozen_) return;
                       ++h->wakeups_;
                       h->WaitIrq();
                       uint64_t v;
@@ -162,10 +219,11 @@ class CrqPartitionHost : public std::enable_shared_from_this<CrqPartitionHost> {
                     });
   }
   void WaitDev(asio::posix::stream_descriptor* w) {
+    if (frozen_) return;
     w->async_wait(asio::posix::stream_descriptor::wait_read,
                   [self = weak_from_this(), w](const boost::system::error_code& ec) {
                     auto h = self.lock();
-                    if (ec || !h || h->stopped_) return;
+                    if (ec || !h || h->stopped_ || h->frozen_) return;
                     ++h->wakeups_;
                     h->WaitDev(w);
                     h->Poll();
@@ -182,6 +240,8 @@ class CrqPartitionHost : public std::enable_shared_from_this<CrqPartitionHost> {
   uint64_t next_area_ = 0;
   absl::Duration spin_ = absl::ZeroDuration();
   bool stopped_ = false;
+  bool frozen_ = false;    // live upgrade: nothing served until Thaw
+  bool exported_ = false;  // this upgrade's records already carry the partition
   uint64_t wakeups_ = 0;
 };
 
@@ -204,8 +264,45 @@ class CrqEndpoint final : public DeviceEndpoint {
     auto s = CrqServer::Create((*host)->partition(), dev, so);
     if (!s.ok()) return s.status();
     std::unique_ptr<CrqEndpoint> a(new CrqEndpoint(std::move(*host), std::move(*s), std::move(dev), std::move(where)));
+    a->offset_ = so.memory_offset;
     a->host_->Add(a->s_.get(), a->dev_->event_fd());
     return a;
+  }
+  // Live upgrade, the new vios: this adapter from the old one's record.
+  static absl::StatusOr<std::unique_ptr<CrqEndpoint>> Restore(asio::io_context& io, std::shared_ptr<VirtioDevice> dev,
+                                                              const std::string& channel, const PartitionSpec& po,
+                                                              CrqServerOptions so, absl::Duration spin,
+                                                              std::string where, HandoverReader& in) {
+    auto host = CrqPartitionHost::Adopt(io, channel, po, in);
+    if (!host.ok()) return host.status();
+    (*host)->SpinAtLeast(spin);
+    uint64_t offset = 0;
+    if (absl::Status s = in.U64(&offset, "adapter area"); !s.ok()) return s;
+    so.memory_offset = offset;
+    so.window_ioba = 0;
+    auto s = CrqServer::Create((*host)->partition(), dev, so, &in);
+    if (!s.ok()) return s.status();
+    std::unique_ptr<CrqEndpoint> a(new CrqEndpoint(std::move(*host), std::move(*s), std::move(dev), std::move(where)));
+    a->offset_ = offset;
+    a->host_->Add(a->s_.get(), a->dev_->event_fd());
+    return a;
+  }
+  absl::Status Freeze(HandoverWriter* out) override {
+    if (absl::Status s = host_->Freeze(out); !s.ok()) return s;
+    // Completions publish (H_COPY_RDMA) and send USED or keep it pending.
+    if (absl::Status s = dev_->Drain(); !s.ok()) return s;
+    out->U64(offset_);
+    return s_->Save(out);
+  }
+  void Thaw() override {
+    s_->controller().Resume();
+    host_->Thaw();
+    host_->Poll();
+  }
+  void Abandon() override {
+    s_->Abandon();
+    Stop();
+    stopped_ = true;
   }
   ~CrqEndpoint() override {
     Stop();
@@ -274,6 +371,7 @@ class CrqEndpoint final : public DeviceEndpoint {
   std::unique_ptr<CrqServer> s_;
   std::shared_ptr<VirtioDevice> dev_;
   std::string where_;
+  uint64_t offset_ = 0;  // this adapter's area of the partition's memory
   bool stopped_ = false;
 };
 
@@ -291,8 +389,15 @@ absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeEndpoint(EndpointContext& ct
   so.staging_slots = static_cast<uint32_t>(o.num("staging"));
   so.read_ahead = o.flag("read-ahead");
   so.name = ctx.name;
+  std::string where = absl::StrFormat("%s p%u u%#x", po.address, po.id, o.num("unit"));
+  if (ctx.handover) {
+    auto r = CrqEndpoint::Restore(ctx.io, ctx.device, "crqd", po, std::move(so), absl::Microseconds(o.num("spin-us")),
+                                  std::move(where), *ctx.handover);
+    if (!r.ok()) return r.status();
+    return std::unique_ptr<DeviceEndpoint>(std::move(*r));
+  }
   auto a = CrqEndpoint::Create(ctx.io, ctx.device, "crqd", po, std::move(so), absl::Microseconds(o.num("spin-us")),
-                               absl::StrFormat("%s p%u u%#x", po.address, po.id, o.num("unit")));
+                               std::move(where));
   if (!a.ok()) return a.status();
   return std::unique_ptr<DeviceEndpoint>(std::move(*a));
 }

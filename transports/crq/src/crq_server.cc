@@ -34,19 +34,26 @@ uint64_t AreaBytes(const CrqServerOptions& o) {
 }
 
 absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::shared_ptr<VirtioDevice> device,
-                                                            const CrqServerOptions& o) {
+                                                            const CrqServerOptions& o, HandoverReader* handover) {
   if (o.memory_offset % kTcePageSize || o.window_ioba % kTcePageSize || o.max_transfer == 0 ||
       o.max_transfer > kMaxTransfer || o.crq_entries != kTcePageSize / 16)
     return absl::InvalidArgumentError("crq: bad server options");
   const uint64_t bounce_bytes = (o.max_transfer + kTcePageSize - 1) & ~(kTcePageSize - 1);
   if (o.memory_offset + AreaBytes(o) > p.memory_size())
     return absl::InvalidArgumentError("crq: server area outside the partition's memory");
-  std::unique_ptr<CrqServer> s(new CrqServer(p, o));
-  // Map the queue page and the bounce buffer in our own window.
-  for (uint64_t off = 0; off < kTcePageSize + bounce_bytes; off += kTcePageSize) {
-    const int64_t rc = p.PutTce(o.liobn, o.window_ioba + off, MakeTce(o.memory_offset + off, kTceRead | kTceWrite));
-    if (rc != kHSuccess) return absl::InternalError(absl::StrCat("crq: H_PUT_TCE: ", std::string(ReturnCodeName(rc))));
+  // Map the queue page and the bounce buffer in our own window. Handed
+  // over: the hypervisor has them mapped already, and the old vios may
+  // still be calling it until the commit, so no hypercall here.
+  uint64_t handed_slots = 0;
+  if (handover) {
+    if (absl::Status st = handover->U64(&handed_slots, o.staging_slots, "staging slots"); !st.ok()) return st;
+  } else {
+    for (uint64_t off = 0; off < kTcePageSize + bounce_bytes; off += kTcePageSize) {
+      const int64_t rc = p.PutTce(o.liobn, o.window_ioba + off, MakeTce(o.memory_offset + off, kTceRead | kTceWrite));
+      if (rc != kHSuccess) return absl::InternalError(absl::StrCat("crq: H_PUT_TCE: ", std::string(ReturnCodeName(rc))));
+    }
   }
+  std::unique_ptr<CrqServer> s(new CrqServer(p, o));
   uint8_t* area = p.memory() + o.memory_offset;
   s->queue_ = CrqQueue(area, kTcePageSize);
   s->mem_ = std::make_shared<CrqCopyMemory>(p, o.liobn, o.remote_liobn, o.window_ioba + kTcePageSize,
@@ -54,8 +61,8 @@ absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::
   // Staging slots, as many as the LOCAL window takes (H_PUT_TCE refuses an
   // IOBA past its end).
   const uint64_t staging_at = kTcePageSize + bounce_bytes;
-  uint32_t slots = 0;
-  for (; slots < o.staging_slots; ++slots) {
+  uint32_t slots = static_cast<uint32_t>(handed_slots);
+  for (; !handover && slots < o.staging_slots; ++slots) {
     bool ok = true;
     for (uint64_t off = 0; ok && off < GuestMemory::kMaxStaging; off += kTcePageSize) {
       const uint64_t rel = staging_at + uint64_t{slots} * GuestMemory::kMaxStaging + off;
@@ -63,7 +70,7 @@ absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::
     }
     if (!ok) break;
   }
-  if (slots < o.staging_slots)
+  if (!handover && slots < o.staging_slots)
     VIOPORT_LOG(kInfo, "crq ", o.name, ": ", slots, " of ", o.staging_slots,
                 " staging slots fit in the LOCAL window; the rest of the bounce buffers are ordinary memory");
   s->mem_->SetStaging(o.window_ioba + staging_at, area + staging_at, slots);
@@ -81,6 +88,13 @@ absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::
     if (rc == kHSuccess && srv->state() == State::kConnected) srv->flow_.Sent();  // it answers; counted both ways
     return rc == kHClosed;
   });
+  if (handover) {
+    if (absl::Status st = s->Load(*handover); !st.ok()) {
+      s->abandoned_ = true;  // the old vios may still own the adapter: leave it registered
+      return st;
+    }
+    return s;
+  }
   if (absl::Status st = s->Register(); !st.ok()) return st;
   return s;
 }
@@ -88,7 +102,66 @@ absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::
 CrqServer::~CrqServer() {
   if (sink_) sink_->s = nullptr;
   ctl_.reset();
-  p_.FreeCrq(o_.unit);
+  if (!abandoned_) p_.FreeCrq(o_.unit);
+}
+
+absl::Status CrqServer::Save(HandoverWriter* out) const {
+  auto snap = ctl_->Snapshot();
+  if (!snap.ok()) return snap.status();
+  out->U64(mem_->staging_slots());  // read by Create
+  out->U64(static_cast<uint64_t>(state()));
+  out->U64(generation_);
+  out->U64(max_transfer_);
+  out->U64(partner_entries_);
+  out->U64(queue_.cursor());
+  const auto flow = flow_.Save();
+  out->U64s(std::vector<uint64_t>(flow.begin(), flow.end()));
+  std::vector<uint64_t> pending;
+  for (const Outgoing& o : pending_responses_) pending.insert(pending.end(), {o.m.hi(), o.m.lo(), o.counted ? 1u : 0u});
+  out->U64s(pending);
+  std::vector<uint64_t> used(pending_used_.begin(), pending_used_.end());
+  out->U64s(used);
+  out->U64(pending_config_ ? 1 : 0);
+  out->Str(last_close_);
+  out->Snapshot(*snap);
+  return absl::OkStatus();
+}
+
+absl::Status CrqServer::Load(HandoverReader& in) {
+  uint64_t state = 0, gen = 0, mt = 0, pe = 0, cursor = 0, config = 0;
+  std::vector<uint64_t> flow, pending, used;
+  ControllerSnapshot snap;
+  if (absl::Status s = in.U64(&state, 2, "crq state"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&gen, 0xff, "generation"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&mt, kMaxTransfer, "max transfer"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&pe, 0xffff, "partner entries"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&cursor, "queue cursor"); !s.ok()) return s;
+  if (absl::Status s = in.U64s(&flow, 6, "flow control"); !s.ok()) return s;
+  if (absl::Status s = in.U64s(&pending, 3 * 4096, "pending sends"); !s.ok()) return s;
+  if (absl::Status s = in.U64s(&used, 1024, "pending used"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&config, 1, "pending config"); !s.ok()) return s;
+  if (absl::Status s = in.Str(&last_close_, 4096, "last close"); !s.ok()) return s;
+  if (absl::Status s = in.Snapshot(&snap, ctl_->num_queues()); !s.ok()) return s;
+  if (flow.size() != 6 || pending.size() % 3 || used.size() != pending_used_.size() || mt == 0)
+    return absl::InvalidArgumentError("handed-over crq state is malformed");
+  if (!queue_.set_cursor(cursor)) return absl::InvalidArgumentError(absl::StrCat("queue cursor ", cursor));
+  std::array<uint16_t, 6> f{};
+  for (size_t i = 0; i < 6; ++i) {
+    if (flow[i] > 0xffff) return absl::InvalidArgumentError("handed-over flow control is malformed");
+    f[i] = static_cast<uint16_t>(flow[i]);
+  }
+  flow_.Restore(f);
+  for (size_t i = 0; i < pending.size(); i += 3)
+    pending_responses_.push_back({Message::FromWords(pending[i], pending[i + 1]), pending[i + 2] != 0});
+  for (size_t i = 0; i < used.size(); ++i) pending_used_[i] = used[i] != 0;
+  pending_config_ = config != 0;
+  generation_ = static_cast<uint8_t>(gen);
+  max_transfer_ = static_cast<uint32_t>(mt);
+  if (state == static_cast<uint64_t>(State::kConnected)) mem_->set_max_transfer(max_transfer_);
+  partner_entries_ = static_cast<uint16_t>(pe);
+  if (absl::Status s = ctl_->Restore(snap); !s.ok()) return s;
+  state_ = static_cast<State>(state);
+  return absl::OkStatus();
 }
 
 absl::Status CrqServer::Register() {

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -119,8 +120,9 @@ class DeviceController {
   // flight, everything published); FailedPrecondition otherwise. Restore:
   // into a fresh controller, without the intermediate states a driver would
   // see (the status goes straight to the saved value); a running device is
-  // activated with its queues at the saved positions; nothing is served
-  // until Resume(), which notifies and interrupts every running queue once,
+  // activated with its queues at the saved positions in Resume() (nothing
+  // touches the rings before), which then notifies and interrupts every
+  // running queue once,
   // so nothing that arrived in between waits (a spurious interrupt is
   // harmless, a lost one would hang the driver).
   absl::StatusOr<ControllerSnapshot> Snapshot() const;
@@ -180,6 +182,7 @@ class DeviceController {
   std::string last_error_;
   ControllerCounters counters_;
   TransportCounters retired_;  // requests and bytes of queues handed back by Reset
+  std::optional<std::vector<uint32_t>> restore_bases_;  // Restore()d, started by Resume()
 };
 
 }  // namespace vioport

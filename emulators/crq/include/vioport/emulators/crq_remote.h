@@ -100,6 +100,10 @@ class RemotePartition final : public Partition {
 
   PartitionId id() const { return id_; }
   bool connected() const override { return !dead_.load(std::memory_order_acquire); }
+  // Live upgrade: the connection, memory, interrupt eventfd and hypercall
+  // mailbox go to another process (Adopt there); crqd never notices.
+  absl::Status Export(HandoverWriter* out) const override;
+  static absl::StatusOr<std::unique_ptr<RemotePartition>> Adopt(HandoverReader& in);
   // Closes the connection now (the partition "dies" for the hypervisor); the
   // memory stays mapped here until destruction.
   void Disconnect();
@@ -115,7 +119,9 @@ class RemotePartition final : public Partition {
   uint64_t size_ = 0;
   wire::Mailbox* mailbox_ = nullptr;
   size_t mailbox_bytes_ = 0;
+  int mailbox_fd_ = -1;  // kept for a live upgrade
   uint32_t seq_ = 0;
+  bool resync_seq_ = false;  // adopted: read the sequence at the first call
   std::chrono::microseconds spin_{0};
   absl::Mutex mu_;  // one hypercall at a time; guards the socket's lifetime
   int sock_ ABSL_GUARDED_BY(mu_) = -1;

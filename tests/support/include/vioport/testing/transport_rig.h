@@ -111,6 +111,12 @@ class TransportRig {
   // device's slot, or a new one).
   virtual absl::Status RemoveDevice(const std::string& id) = 0;
   virtual absl::Status AddDevice(const std::string& device_spec) = 0;
+  // Live upgrade: a new vios takes over with `vios --upgrade-from` (the
+  // control socket), the old one exits 0; returns the pause the new one
+  // reports (ms). Unimplemented where there is no vios process to replace.
+  virtual absl::StatusOr<double> UpgradeDevices() {
+    return absl::UnimplementedError(traits_.transport + ": the device side runs in this process");
+  }
 
   // ---- Guests ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "vioport/transports/channels.h"
+#include "vioport/transports/handover.h"
 #include "vioport/transports/crq_hcall.h"
 
 namespace vioport::crq {
@@ -34,6 +35,12 @@ class Partition {
   virtual int interrupt_fd() const = 0;
   // Whether the hypervisor still answers (false once it is gone).
   virtual bool connected() const { return true; }
+  // Live upgrade: what another process needs to be this partition from now
+  // on (its connection to the hypervisor, its memory), written so that the
+  // channel's PartitionAdopter rebuilds it; the hypervisor sees nothing.
+  virtual absl::Status Export(HandoverWriter* /*out*/) const {
+    return absl::UnimplementedError("this crq channel cannot hand its partition to another process");
+  }
 
   // Typed wrappers, in PAPR argument order.
   int64_t RegCrq(uint64_t unit, uint64_t ioba, uint64_t len) { return Call(kHRegCrq, {unit, ioba, len}); }
@@ -73,5 +80,8 @@ struct PartitionSpec {
 };
 using PartitionFactory = std::function<absl::StatusOr<std::unique_ptr<Partition>>(const PartitionSpec&)>;
 using PartitionChannels = Channels<PartitionFactory>;
+// A channel's other half of Export (by channel name, as PartitionChannels).
+using PartitionAdopter = std::function<absl::StatusOr<std::unique_ptr<Partition>>(HandoverReader& in)>;
+using PartitionAdopters = Channels<PartitionAdopter>;
 
 }  // namespace vioport::crq

@@ -4,6 +4,7 @@
 // CrqQueue, the consumer of a partition's own receive queue.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -166,6 +167,12 @@ class FlowControl {
   }
   uint16_t outstanding() const { return static_cast<uint16_t>(sent_ - acked_); }
   uint16_t limit() const { return limit_; }
+  // Live upgrade: the counts as they are, and back.
+  std::array<uint16_t, 6> Save() const { return {sent_, acked_, consumed_, reported_, limit_, report_every_}; }
+  void Restore(const std::array<uint16_t, 6>& v) {
+    sent_ = v[0], acked_ = v[1], consumed_ = v[2], reported_ = v[3];
+    limit_ = v[4] ? v[4] : 1, report_every_ = v[5] ? v[5] : 1;
+  }
 
  private:
   uint16_t sent_ = 0, acked_ = 0, consumed_ = 0, reported_ = 0;
@@ -187,6 +194,13 @@ class CrqQueue {
     std::atomic_thread_fence(std::memory_order_release);
   }
   bool Peek() const { return Valid(base_ + cursor_) != 0; }
+  // Live upgrade: where the next entry is read (a multiple of 16 below the size).
+  uint64_t cursor() const { return cursor_; }
+  bool set_cursor(uint64_t c) {
+    if (c % 16 || c >= bytes_) return false;
+    cursor_ = c;
+    return true;
+  }
   // Takes the next entry; false if the slot is empty.
   bool Pop(Message* out) {
     uint8_t* slot = base_ + cursor_;

@@ -62,9 +62,17 @@ class CrqServer {
  public:
   enum class State : uint8_t { kWaitInit, kWaitVersion, kConnected };
 
+  // `handover`: restore what Save() wrote in the old vios instead of
+  // registering the queue afresh (the client sees nothing).
   static absl::StatusOr<std::unique_ptr<CrqServer>> Create(Partition& p, std::shared_ptr<VirtioDevice> device,
-                                                           const CrqServerOptions& options);
-  ~CrqServer();
+                                                           const CrqServerOptions& options,
+                                                           HandoverReader* handover = nullptr);
+  ~CrqServer();  // H_FREE_CRQ (the client sees FF 02), unless Abandon()ed
+  // Live upgrade: the connection state (generation, queue cursor, flow
+  // control, sends still pending) and the controller's, after the device
+  // drained. Abandon: the new vios has the adapter; never free it.
+  absl::Status Save(HandoverWriter* out) const;
+  void Abandon() { abandoned_ = true; }
 
   // Handles whatever is pending (messages, device completions, retries),
   // waiting up to `timeout` for something if there was nothing. One thread.
@@ -88,6 +96,8 @@ class CrqServer {
   friend class CrqDispatcher;
   CrqServer(Partition& p, const CrqServerOptions& o) : p_(p), o_(o) {}
   absl::Status Register();
+  absl::Status Load(HandoverReader& in);
+  bool abandoned_ = false;
   void Handle(const Message& m);
   void HandleCommand(const Message& m);
   void Respond(const Message& req, MsgStatus st, uint16_t a = 0, uint16_t b = 0, uint64_t value = 0);
