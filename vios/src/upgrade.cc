@@ -95,16 +95,17 @@ absl::StatusOr<rpc::json> Server::HandOver(const std::string& socket) {
   if (handed_over_) return absl::FailedPreconditionError("this vios has already handed over");
   if (!control_) return absl::FailedPreconditionError("no control socket to hand over");
   if (!netdevs_.empty())
-    return absl::UnimplementedError(absl::StrCat("netdev '", netdevs_.begin()->first,
+    return absl::FailedPreconditionError(absl::StrCat("netdev '", netdevs_.begin()->first,
                                                  "': switches and tap uplinks cannot be handed over yet"));
   // Everything is checked before anything is frozen.
   for (const auto& [id, e] : devices_) {
     if (e.sw || e.vsock_cid)
-      return absl::UnimplementedError(absl::StrCat("device '", id, "' (", e.spec.type,
-                                                   "): net and vsock devices cannot be handed over yet"));
+      return absl::FailedPreconditionError(absl::StrCat("device '", id, "' (", e.spec.type,
+                                                        "): net and vsock devices cannot be handed over yet"));
     if (e.attachment && e.attachment->connected())
       if (absl::Status s = e.device->CanHandOver(); !s.ok())
-        return absl::UnimplementedError(absl::StrCat("device '", id, "' (", e.spec.type, ") has a guest: ", s.message()));
+        return absl::FailedPreconditionError(
+            absl::StrCat("device '", id, "' (", e.spec.type, ") has a guest: ", s.message()));
   }
   auto sock = ConnectUnix(socket, SOCK_SEQPACKET, absl::Seconds(5));
   if (!sock.ok()) return sock.status();
@@ -112,6 +113,7 @@ absl::StatusOr<rpc::json> Server::HandOver(const std::string& socket) {
 
   std::vector<Entry*> frozen;
   auto thaw = [&](absl::Status why) -> absl::Status {
+    if (absl::IsUnimplemented(why)) why = absl::FailedPreconditionError(why.message());  // -32003: not this vios
     (void)SendKind(fd, kAbort, std::string(why.message()));  // the new vios says why it stops
     for (Entry* e : frozen) OnDeviceThread(*e, [e] { e->attachment->Thaw(); });
     if (control_ && control_->acceptor.is_open()) AcceptControl();

@@ -96,7 +96,6 @@ void DeviceLoop::Thaw() {
 void DeviceLoop::Abandon() {
   // release() takes each descriptor out of the reactor's epoll set: a
   // descriptor the new vios shares would otherwise still wake this one.
-  boost::system::error_code ec;
   for (auto& w : kicks_) {
     if (!w->sd.is_open()) continue;
     const int fd = w->sd.release();

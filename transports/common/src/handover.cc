@@ -40,6 +40,7 @@ void HandoverWriter::Snapshot(const ControllerSnapshot& s) {
 
 absl::Status HandoverReader::Take(void* out, size_t n, absl::string_view what) {
   if (bytes_.size() - pos_ < n) return absl::InvalidArgumentError(absl::StrCat("handover record ends inside ", what));
+  if (n == 0) return absl::OkStatus();  // `out` may be an empty container's null data()
   std::memcpy(out, bytes_.data() + pos_, n);
   pos_ += n;
   return absl::OkStatus();
