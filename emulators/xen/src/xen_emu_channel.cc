@@ -344,6 +344,14 @@ class EmulatorChannel final : public XenChannel {
 
   std::string xenstore_path() const override { return dom_->xenstore_path(); }
 
+  // The mappings and copy buffers of this process are not carried: each
+  // device unmaps and frees its own when it freezes (before the commit), and
+  // the new vios maps afresh when it thaws.
+  absl::Status Export(HandoverWriter* out) const override {
+    out->Str(socket_);
+    return dom_->Export(out);
+  }
+
  private:
   static GrantRef RefOf(uint32_t page) { return kGrantReservedEntries + page; }
 
@@ -419,5 +427,14 @@ absl::StatusOr<std::unique_ptr<XenChannel>> OpenEmulatorChannel(const ChannelOpt
 }  // namespace vioport::xen
 
 namespace vioport {
-void RegisterXenEmulatorChannel() { xen::XenChannels::Add("emu", xen::OpenEmulatorChannel); }
+void RegisterXenEmulatorChannel() {
+  xen::XenChannels::Add("emu", xen::OpenEmulatorChannel);
+  xen::XenChannelAdopters::Add("emu", [](HandoverReader& in) -> absl::StatusOr<std::unique_ptr<xen::XenChannel>> {
+    std::string socket;
+    if (absl::Status s = in.Str(&socket, 4096, "xenemud socket"); !s.ok()) return s;
+    auto dom = xen::RemoteDomain::Adopt(in);
+    if (!dom.ok()) return dom.status();
+    return std::unique_ptr<xen::XenChannel>(new xen::EmulatorChannel(socket, std::move(*dom)));
+  });
+}
 }  // namespace vioport

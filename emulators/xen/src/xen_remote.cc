@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -31,7 +32,9 @@ struct RemoteDomain::Impl {
   uint32_t pool_pages = 0;
   emu::Mailbox* mailbox = nullptr;
   size_t mailbox_bytes = 0;
+  int mailbox_fd = -1;  // kept for a live upgrade
   uint32_t seq = 0;
+  bool resync_seq = false;  // adopted: read the sequence at the first call
   std::chrono::microseconds spin{0};
   std::unique_ptr<GrantTableWriter> table;
   absl::Mutex ring_mu;  // one consumer of the event ring at a time
@@ -58,6 +61,10 @@ struct RemoteDomain::Impl {
   std::optional<emu::MailboxAnswer> Call(uint64_t op, std::span<const uint64_t> args)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (dead.load(std::memory_order_acquire) || sock < 0 || mailbox == nullptr) return std::nullopt;
+    if (resync_seq) {  // the old vios called through this mailbox until it committed
+      seq = mailbox->request_seq.load();
+      resync_seq = false;
+    }
     hypercalls.fetch_add(1, std::memory_order_relaxed);
     emu::MailboxAnswer answer;
     switch (emu::MailboxCall(*mailbox, sock, seq, op, args, spin, dead, &answer)) {
@@ -141,6 +148,7 @@ absl::StatusOr<std::unique_ptr<RemoteDomain>> RemoteDomain::Connect(const Remote
   im.xenstore_path = reply.xenstore_path;
   im.event_fd = std::exchange(fds[0], -1);
   im.mailbox = emu::MapMailbox(fds[1], reply.mailbox_bytes);
+  im.mailbox_fd = std::exchange(fds[1], -1);
   if (im.mailbox == nullptr) return absl::ResourceExhaustedError(absl::StrCat("mmap mailbox: ", std::strerror(errno)));
   im.mailbox_bytes = reply.mailbox_bytes;
   im.seq = im.mailbox->request_seq.load();
@@ -202,8 +210,81 @@ RemoteDomain::~RemoteDomain() {
   if (im.mem) ::munmap(im.mem, im.mem_bytes);
   if (im.pool) ::munmap(im.pool, uint64_t{im.pool_pages} * kXenPageSize);
   emu::UnmapMailbox(im.mailbox, im.mailbox_bytes);
-  for (int fd : {im.memfd, im.event_fd, im.wake_fd})
+  for (int fd : {im.memfd, im.event_fd, im.wake_fd, im.mailbox_fd})
     if (fd >= 0) ::close(fd);
+}
+
+absl::Status RemoteDomain::Export(HandoverWriter* out) const {
+  Impl& im = *impl_;
+  if (im.pool_pages) return absl::FailedPreconditionError("a domain with a grant pool (a frontend) is not handed over");
+  absl::MutexLock lock(&im.mu);
+  absl::MutexLock map_lock(&im.map_mu);
+  if (im.dead.load() || im.sock < 0 || im.map_sock < 0 || im.mailbox_fd < 0)
+    return absl::UnavailableError("xenemud connection is gone");
+  out->U64(im.id);
+  out->U64(im.mem_bytes);
+  out->U64(im.grant_frames);
+  out->U64(im.mailbox_bytes);
+  out->U64(static_cast<uint64_t>(im.spin.count()));
+  out->Str(im.xenstore_path);
+  out->Fd(im.sock);
+  out->Fd(im.map_sock);
+  out->Fd(im.memfd);
+  out->Fd(im.event_fd);
+  out->Fd(im.mailbox_fd);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<RemoteDomain>> RemoteDomain::Adopt(HandoverReader& in) {
+  std::unique_ptr<RemoteDomain> d(new RemoteDomain());
+  Impl& im = *d->impl_;
+  uint64_t id = 0, mem_bytes = 0, frames = 0, mbytes = 0, spin = 0;
+  std::string xs;
+  UniqueFd sock, map_sock, mem, ev, mb;
+  if (absl::Status s = in.U64(&id, kDomidSelf - 1, "domain id"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&mem_bytes, uint64_t{1} << 40, "domain memory"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&frames, 1024, "grant frames"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&mbytes, 1 << 20, "mailbox size"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&spin, 1000000, "spin"); !s.ok()) return s;
+  if (absl::Status s = in.Str(&xs, 107, "xenstore path"); !s.ok()) return s;
+  for (auto [fd, what] : {std::pair{&sock, "xenemud socket"}, {&map_sock, "map socket"}, {&mem, "domain memory"},
+                          {&ev, "event eventfd"}, {&mb, "mailbox"}})
+    if (absl::Status s = in.Fd(fd, what); !s.ok()) return s;
+  if (frames == 0 || mem_bytes % kXenPageSize || mem_bytes < (frames + 2) * kXenPageSize ||
+      mbytes < sizeof(emu::Mailbox))
+    return absl::InvalidArgumentError("handed-over xen domain has a bad memory, grant table or mailbox size");
+  struct stat st;
+  if (::fstat(mem.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) < mem_bytes)
+    return absl::InvalidArgumentError("handed-over xen domain memory is smaller than its size");
+  void* m = ::mmap(nullptr, mem_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0);
+  if (m == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("mmap domain memory: ", std::strerror(errno)));
+  im.mem = static_cast<uint8_t*>(m);
+  im.mem_bytes = mem_bytes;
+  im.id = static_cast<DomId>(id);
+  im.grant_frames = static_cast<uint32_t>(frames);
+  im.spin = std::chrono::microseconds(spin);
+  im.xenstore_path = xs;
+  im.mailbox = emu::MapMailbox(mb.get(), mbytes);
+  if (im.mailbox == nullptr) return absl::ResourceExhaustedError(absl::StrCat("mmap mailbox: ", std::strerror(errno)));
+  im.mailbox_bytes = mbytes;
+  im.resync_seq = true;
+  im.memfd = mem.release();
+  im.event_fd = ev.release();
+  im.mailbox_fd = mb.release();
+  {
+    absl::MutexLock lock(&im.mu);
+    im.sock = sock.release();
+  }
+  {
+    absl::MutexLock lock(&im.map_mu);
+    im.map_sock = map_sock.release();
+  }
+  im.table = std::make_unique<GrantTableWriter>(im.mem, im.grant_frames * kGrantEntriesPerFrame);
+  im.wake_fd = ::eventfd(0, EFD_CLOEXEC);
+  if (im.wake_fd < 0) return absl::ResourceExhaustedError(absl::StrCat("eventfd: ", std::strerror(errno)));
+  Impl* raw = &im;
+  im.watcher = std::thread([raw] { raw->Watch(); });
+  return d;
 }
 
 DomId RemoteDomain::id() const { return impl_->id; }

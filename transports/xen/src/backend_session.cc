@@ -108,6 +108,7 @@ absl::Status BackendSession::Connect() {
   auto page = host_->MapControl(r);
   if (!page.ok()) return absl::Status(page.status().code(), absl::StrCat("ctrl-ref ", r, ": ", page.status().message()));
   ctrl_ = *page;
+  ctrl_ref_ = r;
   auto lp = host_->Bind(static_cast<EvtchnPort>(*cport));
   if (!lp.ok())
     return absl::Status(lp.status().code(), absl::StrCat("ctrl-evtchn ", *cport, ": ", lp.status().message()));
@@ -160,6 +161,102 @@ void BackendSession::Disconnect(const std::string& why) {
   ctrl_port_.reset();
   queue_ports_.clear();
   if (was_connected) VIOPORT_LOG(kInfo, o_.name, ": domain ", o_.frontend, " disconnected: ", why);
+}
+
+absl::Status BackendSession::Freeze(HandoverWriter* out) {
+  if (!connected()) {
+    out->U64(0);
+    return absl::OkStatus();
+  }
+  auto snap = ctl_->Snapshot();
+  if (!snap.ok()) return snap.status();
+  Frozen f;
+  f.ctrl_ref = ctrl_ref_;
+  f.ctrl_port = *ctrl_port_;
+  f.queue_ports = queue_ports_;
+  f.mirror = mirror_->SaveState();
+  f.snap = *snap;
+  f.last_seq = last_seq_;
+  out->U64(1);
+  out->U64(f.ctrl_ref);
+  out->U64(f.ctrl_port);
+  out->U64s(std::vector<uint64_t>(f.queue_ports.begin(), f.queue_ports.end()));
+  out->U64s(f.mirror);
+  out->U64(f.last_seq);
+  out->U64(counters_.register_writes);
+  out->U64(counters_.register_writes_ignored);
+  out->Snapshot(f.snap);
+  // Let go of the mappings; the ports stay bound for whoever resumes.
+  ctrl_port_.reset();
+  queue_ports_.clear();
+  Disconnect("handed over");
+  frozen_ = std::move(f);
+  return absl::OkStatus();
+}
+
+absl::Status BackendSession::Restore(HandoverReader& in) {
+  uint64_t live = 0;
+  if (absl::Status s = in.U64(&live, 1, "connected"); !s.ok()) return s;
+  if (!live) return absl::OkStatus();
+  Frozen f;
+  uint64_t ref = 0, port = 0, seq = 0;
+  std::vector<uint64_t> ports;
+  if (absl::Status s = in.U64(&ref, 0xffffffff, "ctrl-ref"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&port, 0xffffffff, "ctrl port"); !s.ok()) return s;
+  if (absl::Status s = in.U64s(&ports, device_->num_queues(), "queue ports"); !s.ok()) return s;
+  if (absl::Status s = in.U64s(&f.mirror, 4 + 7 + 5 * kMaxQueues, "register state"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&seq, 0xffffffff, "control sequence"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&counters_.register_writes, "register writes"); !s.ok()) return s;
+  if (absl::Status s = in.U64(&counters_.register_writes_ignored, "register writes ignored"); !s.ok()) return s;
+  if (absl::Status s = in.Snapshot(&f.snap, device_->num_queues()); !s.ok()) return s;
+  if (ports.empty()) return absl::InvalidArgumentError("handed-over xen connection has no queue port");
+  for (uint64_t p : ports) {
+    if (p > 0xffffffff) return absl::InvalidArgumentError(absl::StrCat("queue port ", p));
+    f.queue_ports.push_back(static_cast<EvtchnPort>(p));
+  }
+  f.ctrl_ref = static_cast<GrantRef>(ref);
+  f.ctrl_port = static_cast<EvtchnPort>(port);
+  f.last_seq = static_cast<uint32_t>(seq);
+  frozen_ = std::move(f);
+  return absl::OkStatus();
+}
+
+absl::Status BackendSession::Resume() {
+  if (!frozen_) return absl::OkStatus();
+  Frozen f = std::move(*frozen_);
+  frozen_.reset();
+  ctrl_port_ = f.ctrl_port;
+  queue_ports_ = f.queue_ports;
+  auto page = host_->MapControl(f.ctrl_ref);
+  if (!page.ok())
+    return absl::Status(page.status().code(), absl::StrCat("ctrl-ref ", f.ctrl_ref, ": ", page.status().message()));
+  ctrl_ = *page;
+  ctrl_ref_ = f.ctrl_ref;
+  mem_ = host_->MakeMemory();
+  irq_ = std::make_shared<mmio::MirrorInterrupts>(
+      ctrl_,
+      [host = host_, ctrl = *ctrl_port_, queues = queue_ports_](int q) {
+        if (q == mmio::MirrorInterrupts::kConfig) host->Notify(ctrl);
+        else if (static_cast<size_t>(q) < queues.size()) host->Notify(queues[q]);
+      },
+      [this] {
+        if (mirror_) mirror_->Publish();
+      });
+  ctl_ = std::make_unique<DeviceController>(device_, mem_, irq_, o_.transport_features);
+  ctl_->set_name(o_.name);
+  if (absl::Status s = ctl_->Restore(f.snap); !s.ok()) return s;
+  // The page holds what the driver last read: not rewritten.
+  mirror_ = std::make_unique<mmio::MmioMirror>(*ctl_, 2, ctrl_);
+  if (absl::Status s = mirror_->RestoreState(f.mirror); !s.ok()) return s;
+  last_seq_ = f.last_seq;
+  host_->Attached(*ctl_, *ctrl_port_, queue_ports_);
+  return absl::OkStatus();
+}
+
+void BackendSession::Abandon() {
+  frozen_.reset();  // the ports stay bound: the new vios has them
+  ctrl_port_.reset();
+  queue_ports_.clear();
 }
 
 void BackendSession::OnControl() {

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "vioport/core/device_controller.h"
 #include "vioport/core/mmio.h"
+#include "vioport/transports/handover.h"
 #include "vioport/transports/xen_channel.h"
 #include "vioport/transports/xen_protocol.h"
 
@@ -81,6 +82,17 @@ class BackendSession {
   bool connected() const { return ctl_ != nullptr; }
   DeviceController* controller() { return ctl_.get(); }
   const Counters& counters() const { return counters_; }
+  // Live upgrade. Freeze: write the connection (control grant, bound
+  // ports, registers, controller) after the device drained, then let go of
+  // every mapping - the ports stay bound, xenstore is not touched - so this
+  // process makes no call on the channel any more. Restore: read that
+  // (making no call). Resume: map the control page again, rebuild the
+  // controller where it was and attach (in the new vios at the commit, or
+  // here when the upgrade was given up). Abandon: forget the ports unbound.
+  absl::Status Freeze(HandoverWriter* out);
+  absl::Status Restore(HandoverReader& in);
+  absl::Status Resume();
+  void Abandon();
   // The mapped control page while connected (for the host's checks).
   const uint8_t* control_page() const { return ctrl_; }
 
@@ -101,7 +113,17 @@ class BackendSession {
   std::unique_ptr<DeviceController> ctl_;
   std::unique_ptr<mmio::MmioMirror> mirror_;
   uint32_t last_seq_ = 0;
+  GrantRef ctrl_ref_ = 0;
   Counters counters_;
+  struct Frozen {
+    GrantRef ctrl_ref = 0;
+    EvtchnPort ctrl_port = 0;
+    std::vector<EvtchnPort> queue_ports;
+    std::vector<uint64_t> mirror;
+    ControllerSnapshot snap;
+    uint32_t last_seq = 0;
+  };
+  std::optional<Frozen> frozen_;
 };
 
 }  // namespace vioport::xen

@@ -18,8 +18,9 @@ struct XenBackendHost::Watcher {
 };
 
 absl::StatusOr<std::shared_ptr<XenBackendHost>> XenBackendHost::Create(asio::io_context& io,
-                                                                      std::unique_ptr<XenChannel> ch) {
+                                                                      std::unique_ptr<XenChannel> ch, bool frozen) {
   std::shared_ptr<XenBackendHost> h(new XenBackendHost(io, std::move(ch)));
+  h->frozen_ = frozen;
   auto xs = XsClient::Open(h->ch_->xenstore_path());
   if (!xs.ok()) return xs.status();
   h->xs_ = std::move(*xs);
@@ -54,45 +55,81 @@ void XenBackendHost::RemoveWatch(const std::string& path, const std::string& tok
   watches_.erase(token);
 }
 
+void XenBackendHost::ProcessEvents() {
+  pending_.clear();
+  ch_->PendingPorts(pending_);
+  // Each port stays masked while its handler runs (and spins): sends
+  // meanwhile only mark it pending, with no wake-up. Unmasking a pending
+  // port delivers it again, so nothing is lost; the hypercall is paid once
+  // per wake-up, after the work.
+  for (EvtchnPort p : pending_) {
+    auto it = ports_.find(p);
+    if (it != ports_.end()) {
+      auto fn = it->second;  // the handler may remove itself
+      fn();
+    }
+  }
+  for (EvtchnPort p : pending_) (void)ch_->Unmask(p);
+}
+
+void XenBackendHost::ProcessWatches() {
+  while (auto w = xs_->ReadWatch()) {
+    auto it = watches_.find(w->second);
+    if (it != watches_.end()) {
+      auto fn = it->second;
+      fn();
+    }
+  }
+}
+
 void XenBackendHost::WaitEvents() {
+  if (frozen_) return;  // Thaw waits again
   w_->events.async_wait(asio::posix::stream_descriptor::wait_read,
                         [self = weak_from_this()](const boost::system::error_code& ec) {
                           auto h = self.lock();
-                          if (ec || !h) return;
+                          if (ec || !h || h->frozen_) return;
                           h->wakeups_++;
-                          h->pending_.clear();
-                          h->ch_->PendingPorts(h->pending_);
-                          // Each port stays masked while its handler runs (and
-                          // spins): sends meanwhile only mark it pending, with
-                          // no wake-up. Unmasking a pending port delivers it
-                          // again, so nothing is lost; the hypercall is paid
-                          // once per wake-up, after the work.
-                          for (EvtchnPort p : h->pending_) {
-                            auto it = h->ports_.find(p);
-                            if (it != h->ports_.end()) {
-                              auto fn = it->second;  // the handler may remove itself
-                              fn();
-                            }
-                          }
-                          for (EvtchnPort p : h->pending_) (void)h->ch_->Unmask(p);
+                          h->ProcessEvents();
                           h->WaitEvents();
                         });
 }
 
 void XenBackendHost::WaitWatches() {
+  if (frozen_) return;
   w_->watches.async_wait(asio::posix::stream_descriptor::wait_read,
                          [self = weak_from_this()](const boost::system::error_code& ec) {
                            auto h = self.lock();
-                           if (ec || !h) return;
-                           while (auto w = h->xs_->ReadWatch()) {
-                             auto it = h->watches_.find(w->second);
-                             if (it != h->watches_.end()) {
-                               auto fn = it->second;
-                               fn();
-                             }
-                           }
+                           if (ec || !h || h->frozen_) return;
+                           h->ProcessWatches();
                            h->WaitWatches();
                          });
+}
+
+absl::Status XenBackendHost::Freeze(HandoverWriter* out) {
+  if (!frozen_) {
+    frozen_ = true;
+    boost::system::error_code ec;
+    w_->events.cancel(ec);
+    w_->watches.cancel(ec);
+  }
+  if (exported_) {
+    out->U64(0);
+    return absl::OkStatus();
+  }
+  exported_ = true;
+  out->U64(1);
+  return ch_->Export(out);
+}
+
+void XenBackendHost::Thaw() {
+  if (!frozen_) return;
+  frozen_ = false;
+  exported_ = false;
+  // What came while frozen: the edge that announced it went to nobody.
+  ProcessEvents();
+  ProcessWatches();
+  WaitEvents();
+  WaitWatches();
 }
 
 }  // namespace vioport::xen

@@ -20,9 +20,14 @@ namespace asio = boost::asio;
 // xen endpoint naming the same channel shares its XenBackendHost - one
 // domain connection, one xenstore connection, one event-channel dispatcher
 // on the Asio loop.
+std::map<std::string, std::weak_ptr<XenBackendHost>>& Hosts() {
+  static auto* hosts = new std::map<std::string, std::weak_ptr<XenBackendHost>>;
+  return *hosts;
+}
+
 absl::StatusOr<std::shared_ptr<XenBackendHost>> HostFor(asio::io_context& io, const std::string& channel,
                                                         const ChannelOptions& co) {
-  static auto* hosts = new std::map<std::string, std::weak_ptr<XenBackendHost>>;
+  auto* hosts = &Hosts();
   const std::string key = absl::StrCat(channel, "#", co.self);
   if (auto h = (*hosts)[key].lock()) return h;
   auto ch = OpenChannel(channel, co);
@@ -33,12 +38,35 @@ absl::StatusOr<std::shared_ptr<XenBackendHost>> HostFor(asio::io_context& io, co
   return *h;
 }
 
+// Live upgrade, the new vios: the host the old one's first record on this
+// channel carried (its domain), frozen until the commit.
+absl::StatusOr<std::shared_ptr<XenBackendHost>> AdoptHost(asio::io_context& io, const std::string& channel,
+                                                          const ChannelOptions& co, HandoverReader& in) {
+  const std::string key = absl::StrCat(channel, "#", co.self);
+  uint64_t carried = 0;
+  if (absl::Status s = in.U64(&carried, 1, "domain carried"); !s.ok()) return s;
+  if (!carried) {
+    if (auto h = Hosts()[key].lock()) return h;
+    return absl::InvalidArgumentError(absl::StrCat("xen domain ", key, " was not handed over before its device"));
+  }
+  if (Hosts()[key].lock()) return absl::AlreadyExistsError(absl::StrCat("xen domain ", key, " handed over twice"));
+  const std::string name = channel.substr(0, channel.find(':'));
+  const ChannelAdopter* adopt = XenChannelAdopters::Find(name);
+  if (!adopt) return absl::FailedPreconditionError(absl::StrCat("this build cannot take over xen channel '", name, "'"));
+  auto ch = (*adopt)(in);
+  if (!ch.ok()) return ch.status();
+  auto h = XenBackendHost::Create(io, std::move(*ch), /*frozen=*/true);
+  if (!h.ok()) return h.status();
+  Hosts()[key] = *h;
+  return *h;
+}
+
 absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeEndpoint(EndpointContext& ctx, const OptionValues& o) {
   ChannelOptions co;
   co.self = static_cast<DomId>(o.num("self"));
   co.memory_bytes = o.num("memory-mib") << 20;
   co.spin_us = static_cast<uint32_t>(o.num("spin-us"));
-  auto host = HostFor(ctx.io, o.str("channel"), co);
+  auto host = ctx.handover ? AdoptHost(ctx.io, o.str("channel"), co, *ctx.handover) : HostFor(ctx.io, o.str("channel"), co);
   if (!host.ok()) return host.status();
   XenServerOptions xo;
   xo.name = ctx.name;
@@ -48,7 +76,7 @@ absl::StatusOr<std::unique_ptr<DeviceEndpoint>> MakeEndpoint(EndpointContext& ct
   xo.cache_pages = static_cast<uint32_t>(o.num("cache-pages"));
   xo.spin_us = co.spin_us;
   xo.where = absl::StrFormat("%s dom%u dev%u grants=%s", o.str("channel"), xo.frontend, xo.devid, o.str("grants"));
-  auto s = XenServer::Create(*host, ctx.device, xo);
+  auto s = ctx.handover ? XenServer::Restore(*host, ctx.device, xo, *ctx.handover) : XenServer::Create(*host, ctx.device, xo);
   if (!s.ok()) return s.status();
   return std::unique_ptr<DeviceEndpoint>(std::move(*s));
 }

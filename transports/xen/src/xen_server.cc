@@ -50,7 +50,10 @@ struct XenServer::Impl : std::enable_shared_from_this<Impl>, BackendSession::Hos
     state.status = c ? c->status() : 0;
   }
   absl::Status Setup();
+  void Names();
+  absl::Status Watch();
   void EnsureFrontendDir();
+  bool abandoned = false;
 
   // BackendSession::Host
   absl::StatusOr<std::string> ReadFrontend(const std::string& key) override { return xs().Read(fe_dir + "/" + key); }
@@ -128,15 +131,81 @@ XenServer::~XenServer() {
   Impl& im = *impl_;
   im.host->RemoveWatch(im.fe_dir + "/state", im.fe_token);
   im.host->RemoveWatch("@introduceDomain", im.intro_token);
-  im.session->Close("backend stopping");
+  if (!im.abandoned) im.session->Close("backend stopping");
 }
 
-absl::Status XenServer::Impl::Setup() {
+absl::StatusOr<std::unique_ptr<XenServer>> XenServer::Restore(std::shared_ptr<XenBackendHost> host,
+                                                            std::shared_ptr<VirtioDevice> device,
+                                                            XenServerOptions options, HandoverReader& in) {
+  std::unique_ptr<XenServer> s(new XenServer(options));
+  auto impl = std::make_shared<Impl>(std::move(host), std::move(device), std::move(options));
+  impl->loop.Freeze();
+  impl->Names();
+  if (absl::Status st = impl->session->Restore(in); !st.ok()) return st;
+  // The keys the old vios wrote stay; only our own watches are new.
+  if (absl::Status st = impl->Watch(); !st.ok()) return st;
+  s->impl_ = std::move(impl);
+  return s;
+}
+
+absl::Status XenServer::Freeze(HandoverWriter* out) {
+  Impl& im = *impl_;
+  if (absl::Status s = im.host->Freeze(out); !s.ok()) return s;
+  im.loop.Freeze();
+  if (absl::Status s = im.loop.device().Drain(); !s.ok()) return s;
+  if (DeviceController* c = im.session->controller()) c->FlushInterrupts(true);
+  return im.session->Freeze(out);
+}
+
+void XenServer::Thaw() {
+  Impl& im = *impl_;
+  absl::Status s = im.session->Resume();
+  im.host->Thaw();
+  im.loop.Thaw();
+  if (!s.ok()) {
+    VIOPORT_LOG(kWarning, im.o.name, ": resuming the connection: ", s.message());
+    im.state.SetError(std::string(s.message()));
+    im.session->Close(absl::StrCat("resume failed: ", s.message()));
+    return;
+  }
+  // A register write whose event went by while frozen is served now.
+  im.session->OnControl();
+  im.Published();
+}
+
+void XenServer::Abandon() {
+  Impl& im = *impl_;
+  im.abandoned = true;
+  im.session->Abandon();
+  im.loop.Abandon();
+}
+
+void XenServer::Impl::Names() {
   const DomId me = ch().self();
   fe_dir = FrontendDir(o.frontend, o.devid);
   be_dir = BackendDir(me, o.frontend, o.devid);
   fe_token = absl::StrCat("vioport-be-", o.frontend, "-", o.devid);
   intro_token = absl::StrCat("vioport-intro-", o.frontend, "-", o.devid);
+}
+
+absl::Status XenServer::Impl::Watch() {
+  std::weak_ptr<Impl> weak = weak_from_this();
+  absl::Status s = host->OnWatch(fe_dir + "/state", fe_token, [weak] {
+    if (auto im = weak.lock()) {
+      im->session->OnFrontendState();
+      im->Published();
+    }
+  });
+  if (s.ok())
+    s = host->OnWatch("@introduceDomain", intro_token, [weak] {
+      if (auto im = weak.lock()) im->EnsureFrontendDir();
+    });
+  return s;
+}
+
+absl::Status XenServer::Impl::Setup() {
+  const DomId me = ch().self();
+  Names();
   // As the toolstack (libxl): the backend directory, ours, the frontend may read.
   (void)xs().Rm(be_dir);
   absl::Status s = xs().Mkdir(be_dir);
@@ -157,18 +226,7 @@ absl::Status XenServer::Impl::Setup() {
   if (!s.ok()) return absl::Status(s.code(), absl::StrCat(o.name, ": creating ", be_dir, ": ", s.message()));
   SetState(XenbusState::kInitWait);
   EnsureFrontendDir();
-  std::weak_ptr<Impl> weak = weak_from_this();
-  s = host->OnWatch(fe_dir + "/state", fe_token, [weak] {
-    if (auto im = weak.lock()) {
-      im->session->OnFrontendState();
-      im->Published();
-    }
-  });
-  if (s.ok())
-    s = host->OnWatch("@introduceDomain", intro_token, [weak] {
-      if (auto im = weak.lock()) im->EnsureFrontendDir();
-    });
-  if (!s.ok()) return s;
+  if (s = Watch(); !s.ok()) return s;
   VIOPORT_LOG(kInfo, o.name, ": waiting for domain ", o.frontend, " at ", fe_dir, " (grants=", o.copy ? "copy" : "map",
               ")");
   return absl::OkStatus();

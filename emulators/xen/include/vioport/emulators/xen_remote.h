@@ -80,6 +80,7 @@
 #include "vioport/emulators/xen_evtchn.h"
 #include "vioport/emulators/xen_grants.h"
 #include "vioport/emulators/xen_types.h"
+#include "vioport/transports/handover.h"
 
 namespace vioport::xen {
 
@@ -257,6 +258,11 @@ class RemoteDomain {
   // The socket whose connections act as this domain (XENSTORED_PATH for
   // libxenstore). dom0's is xenemud's --xenstore path.
   const std::string& xenstore_path() const;
+  // Live upgrade (a backend domain, no grant pool): the connection, map
+  // socket, memory, event eventfd and hypercall mailbox go to another
+  // process (Adopt there); xenemud never notices.
+  absl::Status Export(HandoverWriter* out) const;
+  static absl::StatusOr<std::unique_ptr<RemoteDomain>> Adopt(HandoverReader& in);
 
   // Hypercalls made (for tests and benchmarks).
   uint64_t hypercalls() const;

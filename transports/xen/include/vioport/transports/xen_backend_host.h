@@ -23,8 +23,10 @@ namespace vioport::xen {
 class XenBackendHost : public std::enable_shared_from_this<XenBackendHost> {
  public:
   // Handlers run on `io` (one thread).
+  // `frozen`: a live upgrade's new vios; nothing is dispatched until Thaw().
   static absl::StatusOr<std::shared_ptr<XenBackendHost>> Create(boost::asio::io_context& io,
-                                                                std::unique_ptr<XenChannel> channel);
+                                                                std::unique_ptr<XenChannel> channel,
+                                                                bool frozen = false);
   ~XenBackendHost();
   XenChannel& channel() { return *ch_; }
   XsClient& xs() { return *xs_; }
@@ -38,12 +40,19 @@ class XenBackendHost : public std::enable_shared_from_this<XenBackendHost> {
   absl::Status OnWatch(const std::string& path, const std::string& token, std::function<void()> fn);
   void RemoveWatch(const std::string& path, const std::string& token);
   uint64_t wakeups() const { return wakeups_; }
+  // Live upgrade. Freeze: no event or watch is dispatched from here; the
+  // first call of an upgrade writes the channel (XenChannel::Export), later
+  // ones a marker. Thaw: dispatch what came meanwhile, then wait again.
+  absl::Status Freeze(HandoverWriter* out);
+  void Thaw();
 
  private:
   struct Watcher;
   XenBackendHost(boost::asio::io_context& io, std::unique_ptr<XenChannel> ch) : io_(io), ch_(std::move(ch)) {}
   void WaitEvents();
   void WaitWatches();
+  void ProcessEvents();
+  void ProcessWatches();
 
   boost::asio::io_context& io_;
   std::unique_ptr<XenChannel> ch_;
@@ -53,6 +62,8 @@ class XenBackendHost : public std::enable_shared_from_this<XenBackendHost> {
   std::map<std::string, std::function<void()>> watches_;  // by token
   std::vector<EvtchnPort> pending_;
   uint64_t wakeups_ = 0;
+  bool frozen_ = false;
+  bool exported_ = false;
 };
 
 }  // namespace vioport::xen

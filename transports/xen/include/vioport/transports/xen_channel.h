@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "vioport/transports/channels.h"
+#include "vioport/transports/handover.h"
 
 namespace vioport::xen {
 
@@ -127,6 +128,15 @@ class XenChannel {
   // The socket libxenstore should use (XENSTORED_PATH); empty for the
   // default (real Xen: /dev/xen/xenbus or xenstored's socket).
   virtual std::string xenstore_path() const = 0;
+
+  // ---- Live upgrade ----------------------------------------------------------
+  // What another process needs to be this domain from now on (its
+  // connection to the hypervisor), for the channel's ChannelAdopter; only
+  // with no grant mapped and no copy buffer taken. The hypervisor sees
+  // nothing. Unimplemented where the channel cannot (libxen's handles).
+  virtual absl::Status Export(HandoverWriter* /*out*/) const {
+    return absl::UnimplementedError(name() + " cannot hand its domain to another process");
+  }
 };
 
 // How this process joins its channel as a domain. The emulator needs all of
@@ -142,6 +152,9 @@ using ChannelFactory = std::function<absl::StatusOr<std::unique_ptr<XenChannel>>
 // By name: "xen" (real Xen, below) always; "emu" where the build has the
 // emulator (emulators/xen registers it).
 using XenChannels = Channels<ChannelFactory>;
+// A channel's other half of Export (by channel name, as XenChannels).
+using ChannelAdopter = std::function<absl::StatusOr<std::unique_ptr<XenChannel>>(HandoverReader& in)>;
+using XenChannelAdopters = Channels<ChannelAdopter>;
 // Opens "NAME" or "NAME:ADDRESS" ("xen", "emu:/run/xen.sock"); the address
 // goes into options.address.
 absl::StatusOr<std::unique_ptr<XenChannel>> OpenChannel(const std::string& spec, ChannelOptions options);

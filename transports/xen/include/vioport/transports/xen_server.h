@@ -59,6 +59,15 @@ class XenServer final : public DeviceEndpoint {
   std::string last_error() const override;
   void AppendCounters(CounterList* out) const override;
   absl::Status Quiesce() override;
+  // Live upgrade (docs/upgrade.md): the domain's channel once per host,
+  // then this device's connection; xenstore is written by neither side (the
+  // new vios watches the same keys on a connection of its own).
+  absl::Status Freeze(HandoverWriter* out) override;
+  void Thaw() override;
+  void Abandon() override;
+  static absl::StatusOr<std::unique_ptr<XenServer>> Restore(std::shared_ptr<XenBackendHost> host,
+                                                           std::shared_ptr<VirtioDevice> device,
+                                                           XenServerOptions options, HandoverReader& in);
 
   struct Impl;
 
