@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <cerrno>
 #include <cinttypes>
@@ -50,7 +51,8 @@ usage: vioguest --transport NAME:CHANNEL[,KEY=VALUE...] [common options] DEVICE 
                                     write seeded data (default: the whole disk);
                                     --passes: P rounds, each with the next seed,
                                     each read back and verified before the next
-                                    (0: rounds until --time SECONDS, default 10)
+                                    (0: rounds until --time SECONDS, default
+                                    10, or SIGUSR1; at least 2)
   blk read   [--offset B] [--length B] [--out FILE]
                                     read; print a 64-bit checksum (pattern.h)
   blk verify --seed N [--offset B] [--length B]
@@ -294,6 +296,9 @@ class Recovery {
   uint64_t reconnects_ = 0;
 };
 
+// --passes 0 ends after the pass under way when this is set (SIGUSR1).
+std::atomic<bool> g_stop_passes{false};
+
 int BlkTransfer(Guest& g, BlkDriver& blk, const BlkDriverOptions& o, const Args& a, const std::string& cmd) {
   const BlkInfo& info = blk.info();
   Recovery recover(g, blk, o, absl::Seconds(static_cast<int64_t>(Size(a, "reconnect-timeout", 0))));
@@ -317,9 +322,10 @@ int BlkTransfer(Guest& g, BlkDriver& blk, const BlkDriverOptions& o, const Args&
   const uint64_t asked = cmd == "write" ? Size(a, "passes", 1) : 1;
   const absl::Duration until = absl::Seconds(static_cast<int64_t>(Size(a, "time", 10)));
   const uint64_t passes = asked == 0 ? UINT64_MAX / 4 : asked;
+  if (asked == 0) ::signal(SIGUSR1, [](int) { g_stop_passes.store(true); });
   uint64_t rounds = 0;
   for (uint64_t pass = 0; pass < passes * (passes > 1 ? 2 : 1); ++pass) {
-    if (asked == 0 && pass % 2 == 0 && absl::Now() - start >= until) break;
+    if (asked == 0 && pass % 2 == 0 && pass > 2 && (absl::Now() - start >= until || g_stop_passes.load())) break;
     rounds = pass / 2 + 1;
     const std::string op = passes > 1 && pass % 2 ? "verify" : cmd;
     const uint64_t pseed = seed + (passes > 1 ? pass / 2 : 0);

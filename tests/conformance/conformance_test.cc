@@ -848,10 +848,10 @@ TEST_P(CounterConformance, BaseCountersAfterBlkIo) {
 
 // Two guests write and verify pass after pass (each pass a new seed, read
 // back before the next) while vios is replaced ten times in a row (`vios
-// --upgrade-from`). The guests see nothing: no I/O error, no NEEDS_RESET
-// (vioguest fails at once on either), no reconnect, every pass verified; the
-// backing files hold the last pass. The pauses the new vios reports are
-// printed, not asserted.
+// --upgrade-from`), then finish their pass and stop (SIGUSR1). The guests
+// see nothing: no I/O error, no NEEDS_RESET (vioguest fails at once on
+// either), no reconnect, every pass verified; the backing files hold the
+// last pass. The pauses the new vios reports are printed, not asserted.
 TEST_P(UpgradeConformance, TenUpgradesUnderVerifiedIo) {
   if (traits().device_side_in_process) GTEST_SKIP() << traits().transport << ": no vios process to replace";
   constexpr uint64_t kLen = 8 * kMiB;
@@ -861,7 +861,7 @@ TEST_P(UpgradeConformance, TenUpgradesUnderVerifiedIo) {
   std::vector<Proc*> guests;
   for (auto [id, seed] : {std::pair{"d0", 100}, {"d1", 200}})
     guests.push_back(&rig().StartGuestProcess(id, {"blk", "write", "--seed", absl::StrCat(seed), "--length",
-                                                   absl::StrCat(kLen), "--passes", "0", "--time", "20"}));
+                                                   absl::StrCat(kLen), "--passes", "0", "--time", "300"}));
   const std::string connections = traits().transport + ".connections";
   ASSERT_TRUE(WaitFor([&] { return rig().Stat("d0", connections) == 1 && rig().Stat("d1", connections) == 1; }, 30))
       << rig().List();
@@ -872,6 +872,7 @@ TEST_P(UpgradeConformance, TenUpgradesUnderVerifiedIo) {
     absl::StrAppendFormat(&pauses, " %.2f", *p);
   }
   EXPECT_TRUE(guests[0]->Running() && guests[1]->Running()) << "the guests finished before the tenth upgrade";
+  for (Proc* g : guests) g->Signal(SIGUSR1);  // finish the pass under way (read back), then report
   for (size_t g = 0; g < guests.size(); ++g) {
     Proc& p = *guests[g];
     ASSERT_EQ(p.Wait(120), 0) << p.err() << p.out();

@@ -370,7 +370,7 @@ void ViosSystem::LiveUpgradeTenTimes() {
                           {Path("d0.sock"), Path("d1.sock"), Path("r0.sock")});
   auto writer = [&](const std::string& sock, uint64_t seed) {
     return Spawn({VIOGUEST_BIN, "--quiet", "--transport", transport_ + ":" + sock, "blk", "write", "--seed", absl::StrCat(seed),
-                  "--length", absl::StrCat(kLen), "--passes", "0", "--time", "20"},
+                  "--length", absl::StrCat(kLen), "--passes", "0", "--time", "300"},
                  dir_, "writer");
   };
   Proc& g0 = Keep(writer(Path("d0.sock"), 100));
@@ -393,6 +393,8 @@ void ViosSystem::LiveUpgradeTenTimes() {
   }
   // The upgrades happened under I/O: both guests are still writing.
   EXPECT_TRUE(g0.Running() && g1.Running()) << "the guests finished before the tenth upgrade";
+  g0.Signal(SIGUSR1);  // finish the pass under way (read back), then report
+  g1.Signal(SIGUSR1);
   for (auto [g, disk] : {std::pair{&g0, "d0.img"}, {&g1, "d1.img"}}) {
     ASSERT_EQ(g->Wait(120), 0) << g->err() << g->out();
     EXPECT_EQ(Field(g->out(), "verified"), "yes") << g->out();
@@ -433,7 +435,7 @@ TEST_F(ViosSystem, FailedUpgradesLeaveTheRunningViosServing) {
                           Attach("d2", Path("d2.sock"))},
                          {Path("d0.sock"), Path("d1.sock"), Path("d2.sock")});
   Proc& g = Keep(Spawn({VIOGUEST_BIN, "--quiet", "--transport", "shm:" + Path("d0.sock"), "blk", "write", "--seed", "300",
-                        "--length", absl::StrCat(kLen), "--passes", "0", "--time", "8"},
+                        "--length", absl::StrCat(kLen), "--passes", "0", "--time", "300"},
                        dir_, "writer"));
   ASSERT_TRUE(testproc::WaitFor([&] { return Stat("d0", T("connections")) == 1; }, 30));
   // 1. The new vios cannot open d1's file: it gives up; the old one thaws.
@@ -453,6 +455,7 @@ TEST_F(ViosSystem, FailedUpgradesLeaveTheRunningViosServing) {
   EXPECT_NE(refused.err().find("device 'd2' (console) has a guest"), std::string::npos) << refused.err();
   EXPECT_TRUE(vios.Running());
   EXPECT_TRUE(g.Running()) << "the guest finished before the upgrades were tried";
+  g.Signal(SIGUSR1);
   ASSERT_EQ(g.Wait(120), 0) << g.err() << g.out();
   EXPECT_EQ(Field(g.out(), "verified"), "yes") << g.out();
   EXPECT_EQ(Field(g.out(), "reconnects"), "0") << g.out();
