@@ -335,6 +335,38 @@ TEST_F(ControlSocket, CoalescingHoldsInterruptsAndLosesNothing) {
       "params.iops_threshold: 0 is not in 1.."));
 }
 
+// console_attach moves a console's host side to another socket at run time:
+// the old socket goes, a client on the new one talks with the guest both
+// ways; a blk device, an unknown id and a path that is not a socket are
+// refused with nothing changed.
+TEST_F(ControlSocket, ConsoleAttachMovesTheHostSide) {
+  ASSERT_NO_FATAL_FAILURE(StartVios({"--device", "console,id=c0,socket=" + Path("con-a.sock"), "--attach",
+                                     "c0,transport=shm,path=" + Path("c0.sock")}));
+  ASSERT_TRUE(std::filesystem::exists(Path("con-a.sock")));
+  const json r = Call("console_attach", {{"id", "c0"}, {"socket", Path("con-b.sock")}});
+  ASSERT_EQ(r["result"]["socket"], Path("con-b.sock")) << r;
+  EXPECT_FALSE(std::filesystem::exists(Path("con-a.sock")));
+  EXPECT_EQ(Call("device_get", {{"id", "c0"}})["result"]["options"]["socket"], Path("con-b.sock"));
+  // Refusals: nothing changes.
+  EXPECT_EQ(Call("console_attach", {{"id", "d0"}, {"socket", Path("x.sock")}})["error"]["code"], -32003);
+  EXPECT_EQ(Call("console_attach", {{"id", "nosuch"}, {"socket", Path("x.sock")}})["error"]["code"], -32001);
+  { std::ofstream(Path("plain")) << "x"; }
+  const json bad = Call("console_attach", {{"id", "c0"}, {"socket", Path("plain")}});
+  EXPECT_TRUE(bad.contains("error")) << bad;
+  EXPECT_TRUE(absl::StrContains(bad["error"]["message"].get<std::string>(), "not a socket")) << bad;
+  // The guest and a client on the new socket, both ways.
+  Proc& g = Start({VIOGUEST_BIN, "--quiet", "--transport", "shm:" + Path("c0.sock"), "console", "--send",
+                   "from-guest\n", "--expect", "from-host", "--timeout", "30"},
+                  "console");
+  const int fd = testproc::ConnectUnixStream(Path("con-b.sock"), 5);
+  ASSERT_GE(fd, 0);
+  const std::string got = ReadLines(fd, 1, 30);
+  EXPECT_TRUE(absl::StrContains(got, "from-guest")) << got;
+  ASSERT_TRUE(Send(fd, "from-host\n"));
+  EXPECT_EQ(g.Wait(30), 0) << g.err() << g.out();
+  ::close(fd);
+}
+
 // docs/api.md prints a Python client; it must work as printed.
 TEST_F(ControlSocket, ThePythonClientInTheDocsWorks) {
   ASSERT_NO_FATAL_FAILURE(StartVios());

@@ -160,6 +160,17 @@ void Server::RegisterMethods() {
     if (!c.ok()) return c.status();
     return json{{"capacity", *c}};
   });
+  rpc_.Add("console_attach", [this](const json& params) -> absl::StatusOr<json> {
+    rpc::Params p(params);
+    auto id = p.String("id");
+    auto socket = p.String("socket");
+    if (!id.ok()) return id.status();
+    if (!socket.ok()) return socket.status();
+    if (absl::Status s = p.CheckAllUsed(); !s.ok()) return s;
+    auto r = AttachConsole(*id, *socket);
+    if (!r.ok()) return r.status();
+    return json{{"socket", *r}};
+  });
   // Live upgrade (docs/upgrade.md): the new vios (vios --upgrade-from)
   // sends this with the socket it listens on; the reply comes after the
   // handover, and on success this vios then exits.

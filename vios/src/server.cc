@@ -504,6 +504,23 @@ absl::StatusOr<uint64_t> Server::ResizeBlk(const std::string& id, uint64_t size)
   return blk->capacity_bytes();
 }
 
+absl::StatusOr<std::string> Server::AttachConsole(const std::string& id, const std::string& socket) {
+  auto it = devices_.find(id);
+  if (it == devices_.end()) return absl::NotFoundError(absl::StrCat("no device with id '", id, "'"));
+  Entry& e = it->second;
+  auto* con = dynamic_cast<ConsoleDevice*>(e.device.get());
+  if (!con)
+    return absl::FailedPreconditionError(absl::StrCat("device '", id, "' is a ", e.spec.type, " device, not console"));
+  // On the device's thread: its host side is served there.
+  absl::Status s = OnDeviceThread(e, [&] { return con->AttachSocket(socket); });
+  if (!s.ok()) return absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message()));
+  std::map<std::string, std::string> kv = e.spec.options.all();
+  kv.erase("stdio");
+  kv["socket"] = socket;
+  e.spec.options = Options(e.spec.options.origin(), std::move(kv));
+  return socket;
+}
+
 rpc::json Server::NetdevList() const {
   rpc::json out = rpc::json::array();
   for (const auto& [id, n] : netdevs_) {

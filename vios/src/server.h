@@ -57,6 +57,9 @@ class Server {
   // A blk device's capacity (bytes; 0: the backing file's size now); the
   // guest gets a config interrupt. Returns the new capacity.
   absl::StatusOr<uint64_t> ResizeBlk(const std::string& id, uint64_t size);
+  // A console device's host side moves to a Unix socket listening on
+  // `socket` (the current client is let go); returns the path.
+  absl::StatusOr<std::string> AttachConsole(const std::string& id, const std::string& socket);
 
   // What the control API answers (docs/api.md): device_list, netdev_list,
   // stats (one id, or every one when `id` is empty).

@@ -40,6 +40,9 @@ commands (the method each calls):
   resize ID [SIZE]       a blk device's capacity in bytes (K, M, G, T suffixes);
                          without SIZE, the backing file's size now; the guest
                          gets a config interrupt (blk_resize)
+  console ID SOCKET      move a console device's host side to a Unix socket
+                         listening on SOCKET (its current client is let go;
+                         connect with socat - UNIX-CONNECT:SOCKET) (console_attach)
   coalescing ID DELAY_US [IOPS]
                          interrupt coalescing: hold a busy queue's interrupts
                          (above IOPS requests a second, default 60000) for
@@ -191,6 +194,9 @@ int main(int argc, char** argv) {
       if (!ParseSize(arg(2), &size)) return Usage(absl::StrCat("resize: '", arg(2), "' is not a size").c_str());
       params["size"] = size;
     }
+  } else if (cmd == "console" && nargs == 2) {
+    method = "console_attach";
+    params = {{"id", arg(1)}, {"socket", arg(2)}};
   } else if (cmd == "coalescing" && (nargs == 2 || nargs == 3)) {
     method = "device_set_coalescing";
     uint64_t delay = 0, iops = 0;
@@ -240,6 +246,8 @@ int main(int argc, char** argv) {
     std::printf("%s\n", result.value("level", "").c_str());
   } else if (method == "blk_resize") {
     std::printf("capacity %llu\n", static_cast<unsigned long long>(result.value("capacity", uint64_t{0})));
+  } else if (method == "console_attach") {
+    std::printf("console on %s\n", result.value("socket", "").c_str());
   } else if (method == "device_get") {
     std::printf("%s\n", result.dump(2).c_str());
   } else {

@@ -142,6 +142,59 @@ absl::Status ConsoleDevice::Listen() {
   return absl::OkStatus();
 }
 
+absl::Status ConsoleDevice::AttachSocket(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("console: empty socket path");
+  if (path == opts_.socket_path && listen_fd_ >= 0) return absl::OkStatus();
+  // Listen on the new path first; until that works the old host side stays.
+  const ConsoleOptions old_opts = opts_;
+  const int old_listen = listen_fd_;
+  const Watch old_watch = listen_watch_;
+  const bool old_bound = bound_;
+  const dev_t old_dev = sock_dev_;
+  const ino_t old_ino = sock_ino_;
+  listen_fd_ = -1;
+  listen_watch_ = Watch{};
+  bound_ = false;
+  opts_.socket_path = path;
+  opts_.in_fd = opts_.out_fd = -1;
+  if (absl::Status s = Listen(); !s.ok()) {
+    if (listen_watch_.events != 0) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+    if (listen_fd_ >= 0) ::close(listen_fd_);
+    if (bound_) ::unlink(path.c_str());
+    opts_ = old_opts;
+    listen_fd_ = old_listen;
+    listen_watch_ = old_watch;
+    bound_ = old_bound;
+    sock_dev_ = old_dev;
+    sock_ino_ = old_ino;
+    return s;
+  }
+  // Let go of the old host side: its client, or the fds it was given.
+  if (conn_.owned) {
+    CloseConn("the console moved to another socket");
+  } else {
+    SetWatch(in_watch_, -1, 0, kTagIn);
+    SetWatch(out_watch_, -1, 0, kTagOut);
+    DropTx();
+    conn_ = HostConn{};
+    if (in_flags_ >= 0) ::fcntl(old_opts.in_fd, F_SETFL, in_flags_);
+    if (out_flags_ >= 0) ::fcntl(old_opts.out_fd, F_SETFL, out_flags_);
+    in_flags_ = out_flags_ = -1;
+  }
+  if (old_listen >= 0) {
+    if (old_watch.events != 0) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, old_listen, nullptr);
+    ::close(old_listen);
+  }
+  if (old_bound) {
+    struct stat st;
+    if (::lstat(old_opts.socket_path.c_str(), &st) == 0 && st.st_dev == old_dev && st.st_ino == old_ino)
+      ::unlink(old_opts.socket_path.c_str());
+  }
+  VIOPORT_LOG(kInfo, "console: host side now on ", path);
+  UpdateInterest();
+  return absl::OkStatus();
+}
+
 absl::Status ConsoleDevice::UseFds() {
   auto nonblock = [](int fd, const char* name, int* saved) -> absl::Status {
     const int flags = ::fcntl(fd, F_GETFL);

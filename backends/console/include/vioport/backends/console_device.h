@@ -62,6 +62,13 @@ class ConsoleDevice final : public VirtioDevice {
   absl::Status Quiesce() override;
   void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override;
 
+  // Moves the host side to a Unix socket listening on `path` at run time
+  // (vios's console_attach): the current client (or the fds) is let go and
+  // its unsent output dropped; on error (the path in use, not a socket, too
+  // long) nothing changes. The guest sees nothing but a new peer. From the
+  // device's thread.
+  absl::Status AttachSocket(const std::string& path);
+  const std::string& socket_path() const { return opts_.socket_path; }
   // Terminal resize (§5.3.6: with SIZE, a config change notification).
   // From the device's thread, like every call above.
   void Resize(uint16_t cols, uint16_t rows);
