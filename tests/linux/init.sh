@@ -169,6 +169,34 @@ test_fs_verify() {
   finish PASS
 }
 
+# write_slices W BS CHUNK WHAT: /data/pattern to /dev/vda at the same offsets
+# by W writers, each its own slice, O_DIRECT requests of BS and a flush every
+# CHUNK bytes (one dd with conv=fsync per chunk); fails naming WHAT and the
+# writer if any dd fails.
+write_slices() {
+  ws_total=$(stat -c %s /data/pattern)
+  ws_slice=$((ws_total / $1))
+  i=0
+  while [ $i -lt "$1" ]; do
+    (
+      rc=0 off=$((i * ws_slice)) end=$(((i + 1) * ws_slice))
+      while [ $off -lt $end ] && [ $rc = 0 ]; do
+        dd if=/data/pattern of=/dev/vda bs="$2" skip=$off seek=$off count="$3" \
+          iflag=skip_bytes,count_bytes oflag=direct,seek_bytes conv=fsync,notrunc 2>/tmp/w$i.err
+        rc=$? off=$((off + $3))
+      done
+      echo $rc >/tmp/w$i.rc
+    ) &
+    i=$((i + 1))
+  done
+  wait
+  i=0
+  while [ $i -lt "$1" ]; do
+    [ "$(cat /tmp/w$i.rc)" = 0 ] || fail "$4writer $i failed: $(tr '\n' ' ' </tmp/w$i.err)"
+    i=$((i + 1))
+  done
+}
+
 test_reconnect() {
   # W writers, each one slice of the pattern at its own offset, so up to W requests are in
   # flight (and may complete out of order) when the test kills the backend. With
@@ -181,25 +209,7 @@ test_reconnect() {
   chunk=${chunk:-$slice}
   step "writing $total bytes: $w writers, $bs requests, a flush every $chunk bytes"
   echo "VIOPORT-MARK: writing"
-  i=0
-  while [ $i -lt $w ]; do
-    (
-      rc=0 off=$((i * slice)) end=$(((i + 1) * slice))
-      while [ $off -lt $end ] && [ $rc = 0 ]; do
-        dd if=/data/pattern of=/dev/vda bs="$bs" skip=$off seek=$off count=$chunk \
-          iflag=skip_bytes,count_bytes oflag=direct,seek_bytes conv=fsync,notrunc 2>/tmp/w$i.err
-        rc=$? off=$((off + chunk))
-      done
-      echo $rc >/tmp/w$i.rc
-    ) &
-    i=$((i + 1))
-  done
-  wait
-  i=0
-  while [ $i -lt $w ]; do
-    [ "$(cat /tmp/w$i.rc)" = 0 ] || fail "writer $i failed: $(tr '\n' ' ' </tmp/w$i.err)"
-    i=$((i + 1))
-  done
+  write_slices "$w" "$bs" "$chunk" ""
   step "write done"
   drop_caches
   verify_region /data/pattern 0
@@ -215,32 +225,13 @@ test_upgrade() {
   secs=$(arg seconds) w=4 chunk=524288
   secs=${secs:-20}
   total=$(stat -c %s /data/pattern)
-  slice=$((total / w))
   start=$(cut -d. -f1 /proc/uptime) n=0
   echo "VIOPORT-MARK: writing"
   while [ $n -lt 2 ] || [ $(($(cut -d. -f1 /proc/uptime) - start)) -lt "$secs" ]; do
     n=$((n + 1))
     dd if=/dev/zero of=/dev/vda bs=1M count=$((total / MIB)) oflag=direct conv=fsync,notrunc 2>/tmp/z.err ||
       fail "pass $n: zeroing failed: $(tr '\n' ' ' </tmp/z.err)"
-    i=0
-    while [ $i -lt $w ]; do
-      (
-        rc=0 off=$((i * slice)) end=$(((i + 1) * slice))
-        while [ $off -lt $end ] && [ $rc = 0 ]; do
-          dd if=/data/pattern of=/dev/vda bs=64k skip=$off seek=$off count=$chunk \
-            iflag=skip_bytes,count_bytes oflag=direct,seek_bytes conv=fsync,notrunc 2>/tmp/w$i.err
-          rc=$? off=$((off + chunk))
-        done
-        echo $rc >/tmp/w$i.rc
-      ) &
-      i=$((i + 1))
-    done
-    wait
-    i=0
-    while [ $i -lt $w ]; do
-      [ "$(cat /tmp/w$i.rc)" = 0 ] || fail "pass $n: writer $i failed: $(tr '\n' ' ' </tmp/w$i.err)"
-      i=$((i + 1))
-    done
+    write_slices "$w" 64k "$chunk" "pass $n: "
     drop_caches
     verify_region /data/pattern 0
     step "pass $n written and verified"

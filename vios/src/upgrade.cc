@@ -134,7 +134,9 @@ absl::StatusOr<rpc::json> Server::HandOver(const std::string& socket) {
   control_->acceptor.cancel(ec);
 
   size_t guests = 0;
-  for (auto& [id, e] : devices_) {
+  for (auto& kv : devices_) {
+    const std::string& id = kv.first;
+    Entry& e = kv.second;
     HandoverWriter w;
     w.U64(kDevice);
     w.Str(id);

@@ -274,6 +274,14 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
 
 VhostUserServer::VhostUserServer(VhostUserServerOptions o) : opts_(std::move(o)) {}
 
+VhostUserServer::Impl* VhostUserServer::MakeImpl(asio::io_context& io, std::shared_ptr<VirtioDevice> device) {
+  impl_ = std::make_unique<Impl>();
+  impl_->self = this;
+  impl_->io = &io;
+  impl_->device = std::move(device);
+  return impl_.get();
+}
+
 absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Create(asio::io_context& io,
                                                                          std::shared_ptr<VirtioDevice> device,
                                                                          VhostUserServerOptions options) {
@@ -283,11 +291,7 @@ absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Create(asio::i
                                                    device->num_queues()));
   if (options.socket_path.empty()) return absl::InvalidArgumentError("vhost-user: no socket path");
   std::unique_ptr<VhostUserServer> s(new VhostUserServer(std::move(options)));
-  s->impl_ = std::make_unique<Impl>();
-  Impl* im = s->impl_.get();
-  im->self = s.get();
-  im->io = &io;
-  im->device = std::move(device);
+  Impl* im = s->MakeImpl(io, std::move(device));
   auto l = UnixListener<Stream>::Listen(io, s->opts_.socket_path, Stream(),
                                         [im](Stream::socket sock) { im->Accepted(std::move(sock)); });
   if (!l.ok()) return absl::Status(l.status().code(), absl::StrCat("vhost-user: ", l.status().message()));
@@ -340,11 +344,7 @@ absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Restore(asio::
                                                                           VhostUserServerOptions options,
                                                                           HandoverReader& in) {
   std::unique_ptr<VhostUserServer> s(new VhostUserServer(std::move(options)));
-  s->impl_ = std::make_unique<Impl>();
-  Impl* im = s->impl_.get();
-  im->self = s.get();
-  im->io = &io;
-  im->device = std::move(device);
+  Impl* im = s->MakeImpl(io, std::move(device));
   UniqueFd lfd;
   uint64_t live = 0;
   if (absl::Status st = in.Fd(&lfd, "listening socket"); !st.ok()) return st;

@@ -120,6 +120,23 @@ absl::Status BackendSession::Connect() {
                           absl::StrCat("queue-", q, "/evtchn ", qports[q], ": ", qp.status().message()));
     queue_ports_.push_back(*qp);
   }
+  BuildController();
+  std::memset(ctrl_, 0, kRequestOffset);
+  reinterpret_cast<ControlAnswer*>(ctrl_ + kAnswerOffset)->seq.store(0, std::memory_order_relaxed);
+  // A request left in the page by an earlier connection is not replayed.
+  last_seq_ = reinterpret_cast<ControlRequest*>(ctrl_ + kRequestOffset)->seq.load(std::memory_order_acquire);
+  mirror_ = std::make_unique<mmio::MmioMirror>(*ctl_, 2, ctrl_);
+  mirror_->Publish();
+  host_->Attached(*ctl_, *ctrl_port_, queue_ports_);
+  VIOPORT_LOG(kInfo, o_.name, ": domain ", o_.frontend, " connected (ctrl-ref ", r, ", ", queue_ports_.size(),
+              " queue(s), grants=", o_.memory, ")");
+  return absl::OkStatus();
+}
+
+// The memory, the interrupts (the queue ports, the config change on the
+// control port) and the controller on the mapped control page and the bound
+// ports.
+void BackendSession::BuildController() {
   mem_ = host_->MakeMemory();
   irq_ = std::make_shared<mmio::MirrorInterrupts>(
       ctrl_,
@@ -132,16 +149,6 @@ absl::Status BackendSession::Connect() {
       });
   ctl_ = std::make_unique<DeviceController>(device_, mem_, irq_, o_.transport_features);
   ctl_->set_name(o_.name);
-  std::memset(ctrl_, 0, kRequestOffset);
-  reinterpret_cast<ControlAnswer*>(ctrl_ + kAnswerOffset)->seq.store(0, std::memory_order_relaxed);
-  // A request left in the page by an earlier connection is not replayed.
-  last_seq_ = reinterpret_cast<ControlRequest*>(ctrl_ + kRequestOffset)->seq.load(std::memory_order_acquire);
-  mirror_ = std::make_unique<mmio::MmioMirror>(*ctl_, 2, ctrl_);
-  mirror_->Publish();
-  host_->Attached(*ctl_, *ctrl_port_, queue_ports_);
-  VIOPORT_LOG(kInfo, o_.name, ": domain ", o_.frontend, " connected (ctrl-ref ", r, ", ", queue_ports_.size(),
-              " queue(s), grants=", o_.memory, ")");
-  return absl::OkStatus();
 }
 
 void BackendSession::Disconnect(const std::string& why) {
@@ -232,18 +239,7 @@ absl::Status BackendSession::Resume() {
     return absl::Status(page.status().code(), absl::StrCat("ctrl-ref ", f.ctrl_ref, ": ", page.status().message()));
   ctrl_ = *page;
   ctrl_ref_ = f.ctrl_ref;
-  mem_ = host_->MakeMemory();
-  irq_ = std::make_shared<mmio::MirrorInterrupts>(
-      ctrl_,
-      [host = host_, ctrl = *ctrl_port_, queues = queue_ports_](int q) {
-        if (q == mmio::MirrorInterrupts::kConfig) host->Notify(ctrl);
-        else if (static_cast<size_t>(q) < queues.size()) host->Notify(queues[q]);
-      },
-      [this] {
-        if (mirror_) mirror_->Publish();
-      });
-  ctl_ = std::make_unique<DeviceController>(device_, mem_, irq_, o_.transport_features);
-  ctl_->set_name(o_.name);
+  BuildController();
   if (absl::Status s = ctl_->Restore(f.snap); !s.ok()) return s;
   // The page holds what the driver last read: not rewritten.
   mirror_ = std::make_unique<mmio::MmioMirror>(*ctl_, 2, ctrl_);

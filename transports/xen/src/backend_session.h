@@ -99,6 +99,7 @@ class BackendSession {
  private:
   absl::StatusOr<uint64_t> Key(const std::string& key, uint64_t max);
   absl::Status Connect();
+  void BuildController();
   void Disconnect(const std::string& why);
 
   std::shared_ptr<VirtioDevice> device_;

@@ -75,6 +75,7 @@ class VhostUserServer final : public DeviceEndpoint {
 
  private:
   explicit VhostUserServer(VhostUserServerOptions o);
+  Impl* MakeImpl(boost::asio::io_context& io, std::shared_ptr<VirtioDevice> device);
   VhostUserServerOptions opts_;
   std::unique_ptr<Impl> impl_;
 };
