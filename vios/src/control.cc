@@ -5,7 +5,6 @@
 #include "control.h"
 
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -245,24 +244,12 @@ absl::Status Server::ListenControl(const std::string& path, ControlLimits limits
   control_->limits = limits;
   boost::system::error_code ec;
   control_->acceptor.open(asio::local::stream_protocol(), ec);
-  // Bound under a temporary name and renamed once it listens: a client that
-  // waits for the path to appear (scripts, tests) never finds a socket that
-  // refuses connections. Owner only from the start: the socket never exists
-  // with wider access.
-  // (A path too long for the temporary name is bound as it is.)
-  std::string tmp = absl::StrCat(path, ".tmp-", ::getpid());
-  if (tmp.size() >= sizeof(sockaddr_un{}.sun_path)) tmp = path;
-  if (tmp != path) ::unlink(tmp.c_str());
+  // Owner only from the start: the socket never exists with wider access.
   const mode_t old_mask = ::umask(0177);
-  if (!ec) control_->acceptor.bind(asio::local::stream_protocol::endpoint(tmp), ec);
+  if (!ec) control_->acceptor.bind(asio::local::stream_protocol::endpoint(path), ec);
   ::umask(old_mask);
   if (!ec) control_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (!ec && tmp != path && ::rename(tmp.c_str(), path.c_str()) != 0)
-    ec.assign(errno, boost::system::system_category());
-  if (ec) {
-    if (tmp != path) ::unlink(tmp.c_str());
-    return absl::UnavailableError(absl::StrCat("--control ", path, ": ", ec.message()));
-  }
+  if (ec) return absl::UnavailableError(absl::StrCat("--control ", path, ": ", ec.message()));
   ::chmod(path.c_str(), 0600);
   AcceptControl();
   return absl::OkStatus();
