@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -23,12 +24,19 @@ absl::StatusOr<std::string> ControlSend(const std::string& socket, const std::st
   addr.sun_family = AF_UNIX;
   if (socket.size() >= sizeof addr.sun_path) return absl::InvalidArgumentError(absl::StrCat("control path too long: ", socket));
   std::memcpy(addr.sun_path, socket.c_str(), socket.size() + 1);
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+  // A vios that is starting has its socket file before it listens (bind,
+  // then listen): a refused connection is tried again for a short while.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  int fd = -1;
+  for (;;) {
+    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(errno)));
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) break;
     const int err = errno;
     ::close(fd);
-    return absl::UnavailableError(absl::StrCat("cannot reach vios at ", socket, ": ", std::strerror(err)));
+    if (err != ECONNREFUSED || std::chrono::steady_clock::now() > give_up)
+      return absl::UnavailableError(absl::StrCat("cannot reach vios at ", socket, ": ", std::strerror(err)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   const std::string msg = line + "\n";
   for (size_t off = 0; off < msg.size();) {
