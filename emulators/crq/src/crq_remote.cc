@@ -66,10 +66,7 @@ absl::StatusOr<std::unique_ptr<RemotePartition>> RemotePartition::Connect(const 
   p->mailbox_ = mb;
   p->mailbox_bytes_ = mr.bytes;
   p->seq_ = p->mailbox_->request_seq.load();
-  p->wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
-  if (p->wake_fd_ < 0) return absl::ResourceExhaustedError(absl::StrCat("eventfd: ", std::strerror(errno)));
-  RemotePartition* raw = p.get();
-  p->watcher_ = std::thread([raw] { raw->Watch(); });
+  if (absl::Status st = p->StartWatcher(); !st.ok()) return st;
   return p;
 }
 
@@ -141,10 +138,7 @@ absl::StatusOr<std::unique_ptr<RemotePartition>> RemotePartition::Adopt(Handover
     absl::MutexLock lock(&p->mu_);
     p->sock_ = sock.release();
   }
-  p->wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
-  if (p->wake_fd_ < 0) return absl::ResourceExhaustedError(absl::StrCat("eventfd: ", std::strerror(errno)));
-  RemotePartition* raw = p.get();
-  p->watcher_ = std::thread([raw] { raw->Watch(); });
+  if (absl::Status st = p->StartWatcher(); !st.ok()) return st;
   return p;
 }
 
@@ -154,6 +148,13 @@ void RemotePartition::MarkDead() {
     const uint64_t one = 1;
     (void)!::write(irq_fd_, &one, sizeof one);
   }
+}
+
+absl::Status RemotePartition::StartWatcher() {
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
+  if (wake_fd_ < 0) return absl::ResourceExhaustedError(absl::StrCat("eventfd: ", std::strerror(errno)));
+  watcher_ = std::thread([this] { Watch(); });
+  return absl::OkStatus();
 }
 
 void RemotePartition::Watch() {

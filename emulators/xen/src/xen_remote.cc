@@ -84,6 +84,16 @@ struct RemoteDomain::Impl {
     return a ? a->rc : -ENODEV;
   }
 
+  // Connected (or adopted): the grant table over our memory, and the
+  // thread that notices xenemud's death.
+  absl::Status Start() {
+    table = std::make_unique<GrantTableWriter>(mem, grant_frames * kGrantEntriesPerFrame);
+    wake_fd = ::eventfd(0, EFD_CLOEXEC);
+    if (wake_fd < 0) return absl::ResourceExhaustedError(absl::StrCat("eventfd: ", std::strerror(errno)));
+    watcher = std::thread([this] { Watch(); });
+    return absl::OkStatus();
+  }
+
   void Watch() {
     int s;
     {
@@ -182,11 +192,7 @@ absl::StatusOr<std::unique_ptr<RemoteDomain>> RemoteDomain::Connect(const Remote
       next += pp.count;
     }
   }
-  im.table = std::make_unique<GrantTableWriter>(im.mem, o.grant_frames * kGrantEntriesPerFrame);
-  im.wake_fd = ::eventfd(0, EFD_CLOEXEC);
-  if (im.wake_fd < 0) return absl::ResourceExhaustedError(absl::StrCat("eventfd: ", std::strerror(errno)));
-  Impl* raw = &im;
-  im.watcher = std::thread([raw] { raw->Watch(); });
+  if (absl::Status st = im.Start(); !st.ok()) return st;
   return d;
 }
 
@@ -279,11 +285,7 @@ absl::StatusOr<std::unique_ptr<RemoteDomain>> RemoteDomain::Adopt(HandoverReader
     absl::MutexLock lock(&im.map_mu);
     im.map_sock = map_sock.release();
   }
-  im.table = std::make_unique<GrantTableWriter>(im.mem, im.grant_frames * kGrantEntriesPerFrame);
-  im.wake_fd = ::eventfd(0, EFD_CLOEXEC);
-  if (im.wake_fd < 0) return absl::ResourceExhaustedError(absl::StrCat("eventfd: ", std::strerror(errno)));
-  Impl* raw = &im;
-  im.watcher = std::thread([raw] { raw->Watch(); });
+  if (absl::Status st = im.Start(); !st.ok()) return st;
   return d;
 }
 

@@ -68,7 +68,6 @@ class ConsoleDevice final : public VirtioDevice {
   // long) nothing changes. The guest sees nothing but a new peer. From the
   // device's thread.
   absl::Status AttachSocket(const std::string& path);
-  const std::string& socket_path() const { return opts_.socket_path; }
   // Terminal resize (§5.3.6: with SIZE, a config change notification).
   // From the device's thread, like every call above.
   void Resize(uint16_t cols, uint16_t rows);

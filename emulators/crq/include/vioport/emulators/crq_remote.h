@@ -111,6 +111,8 @@ class RemotePartition final : public Partition {
  private:
   RemotePartition() = default;
   void MarkDead();
+  // The thread that notices crqd's death without a call in flight.
+  absl::Status StartWatcher();
   void Watch();
 
   PartitionId id_ = 0;

@@ -56,7 +56,6 @@ class HandoverReader {
   absl::Status Snapshot(ControllerSnapshot* s, size_t max_queues);
   // Everything was read (no bytes or descriptors left over).
   absl::Status Done() const;
-  size_t fds_left() const { return fds_.size() - next_fd_; }
 
  private:
   absl::Status Take(void* out, size_t n, absl::string_view what);
