@@ -157,6 +157,7 @@ RingError PackedDeviceQueue::WalkIndirect(const RawDesc& d, DescriptorChain& out
 
 PopStatus PackedDeviceQueue::Pop(DescriptorChain& out) {
   if (broken()) return PopStatus::kError;
+  if (resubmit_pos_ < resubmit_.size()) return PopLogged(resubmit_[resubmit_pos_++], out);
   const uint32_t n = cfg_.size;
   uint16_t head_flags;  // guest-controlled
   if (RingError e = ReadHeadFlags(&head_flags); e != RingError::kNone) {
@@ -172,6 +173,7 @@ PopStatus PackedDeviceQueue::Pop(DescriptorChain& out) {
   uint64_t total = 0;
   uint16_t id = 0;
   RingError r = RingError::kNone;
+  if (log_) pop_descs_.clear();
   for (;;) {
     if (++slots > n) {
       r = RingError::kChainTooLong;
@@ -180,6 +182,7 @@ PopStatus PackedDeviceQueue::Pop(DescriptorChain& out) {
     RawDesc d;  // guest-controlled
     if ((r = ReadDesc(slot, &d)) != RingError::kNone) break;
     if (slots == 1) d.flags = head_flags;  // validate what was seen available
+    if (log_) pop_descs_.push_back({d.addr, d.len, d.id, d.flags});
     if (++slot == n) {
       slot = 0;
       wrap = !wrap;
@@ -198,11 +201,16 @@ PopStatus PackedDeviceQueue::Pop(DescriptorChain& out) {
     }
   }
   if (r == RingError::kNone && (id >= n || in_flight_ids_[id])) r = RingError::kBadBufferId;
+  int entry = 0;
+  // More descriptors in flight than the ring has slots: the driver offered
+  // slots the device had not given back.
+  if (r == RingError::kNone && log_ && (entry = log_->Popped(pop_descs_)) < 0) r = RingError::kAvailIndexJump;
   if (r != RingError::kNone) {
     out.Clear();
     Break(r);
     return PopStatus::kError;
   }
+  if (log_) log_entry_[id] = static_cast<uint16_t>(entry);
   in_flight_ids_[id] = 1;
   out.id_ = id;
   out.ring_slots_ = static_cast<uint16_t>(slots);
@@ -224,6 +232,7 @@ void PackedDeviceQueue::AddUsed(DescriptorChain&& chain, uint32_t written) {
     return;
   }
   in_flight_ids_[id] = 0;
+  if (log_) batch_entries_.push_back(log_entry_[id]);
   uint16_t flags = used_wrap_ ? (desc_flag::kAvail | desc_flag::kUsed) : 0;
   if (has_writable) flags |= desc_flag::kWrite;  // §2.8.7: len is valid
   PendingUsed& u = used_pending_.emplace_back();  // in place: see AppendSegment
@@ -242,6 +251,7 @@ void PackedDeviceQueue::AddUsed(DescriptorChain&& chain, uint32_t written) {
 bool PackedDeviceQueue::Publish() {
   if (broken() || used_pending_.empty()) return false;
   const PendingUsed& first = used_pending_.front();
+  if (log_) log_->Completing(batch_entries_, next_used_, used_wrap_);
   if (ring_h_) {
     // Later entries first; the first entry's flags last, with release: the
     // driver polls the first slot and then finds the rest complete.
@@ -286,6 +296,10 @@ bool PackedDeviceQueue::Publish() {
     }
   }
   used_pending_.clear();
+  if (log_) {
+    log_->Completed(batch_entries_);
+    batch_entries_.clear();
+  }
   std::atomic_thread_fence(std::memory_order_seq_cst);
 
   uint16_t old = published_used_;
@@ -397,6 +411,88 @@ void PackedDeviceQueue::SetBase(uint32_t base) {
   used_pending_.clear();
   win_len_ = 0;
   std::fill(in_flight_ids_.begin(), in_flight_ids_.end(), 0);
+  resubmit_.clear();
+  resubmit_pos_ = 0;
+  batch_entries_.clear();
+}
+
+absl::Status PackedDeviceQueue::UseInflightLog(PackedInflightLog* log) {
+  log_ = nullptr;
+  resubmit_.clear();
+  resubmit_pos_ = 0;
+  batch_entries_.clear();
+  if (!log) return absl::OkStatus();
+  log_entry_.assign(cfg_.size, 0);
+  if (log->fresh()) {
+    log->Initialize(published_used_, published_wrap_);
+    log_ = log;
+    return absl::OkStatus();
+  }
+  auto slot_used = [this](uint16_t slot, bool wrap) -> std::optional<bool> {
+    uint16_t f;
+    if (ring_h_) {
+      f = be::little_to_native(AtomicLoad16(ring_h_ + 16ull * slot + 14, std::memory_order_acquire));
+    } else if (!mem_->Read(cfg_.desc_addr + 16ull * slot + 14, &f, 2).ok()) {
+      return std::nullopt;
+    } else {
+      f = be::little_to_native(f);
+    }
+    return bool(f & desc_flag::kUsed) == wrap;
+  };
+  absl::StatusOr<PackedInflightLog::Recovery> r = log->Recover(slot_used);
+  if (!r.ok()) {
+    log->Initialize(published_used_, published_wrap_);
+    log_ = log;
+    return r.status();
+  }
+  next_avail_ = r->next_avail;
+  avail_wrap_ = r->avail_wrap;
+  next_used_ = published_used_ = r->used_idx;
+  used_wrap_ = published_wrap_ = r->used_wrap;
+  win_len_ = 0;
+  resubmit_ = std::move(r->resubmit);
+  log_ = log;
+  return absl::OkStatus();
+}
+
+PopStatus PackedDeviceQueue::PopLogged(uint16_t entry, DescriptorChain& out) {
+  // The descriptors as the earlier device read them from the ring (the ring
+  // slots may hold used descriptors by now); checked as if read afresh.
+  log_->ReadChain(entry, &pop_descs_);
+  FillChainHeader(out, 0, 0);
+  const uint32_t n = cfg_.size;
+  uint64_t total = 0;
+  uint16_t id = 0;
+  RingError r = pop_descs_.empty() ? RingError::kChainTooLong : RingError::kNone;
+  for (size_t k = 0; r == RingError::kNone && k < pop_descs_.size(); ++k) {
+    const PackedInflightLog::Desc& e = pop_descs_[k];  // shared memory: untrusted
+    const bool last = k + 1 == pop_descs_.size();
+    RawDesc d{e.addr, e.len, e.id, e.flags};
+    if (bool(d.flags & desc_flag::kNext) == last) {
+      r = RingError::kChainTooLong;
+    } else if (d.flags & desc_flag::kIndirect) {
+      if (!indirect_) r = RingError::kIndirectNotNegotiated;
+      else if (!last || k > 0) r = RingError::kIndirectWithNext;
+      else r = WalkIndirect(d, out, total);
+    } else {
+      r = AppendSegment(out, d.addr, d.len, d.flags & desc_flag::kWrite, total);
+    }
+    id = d.id;
+  }
+  if (r == RingError::kNone && (id >= n || in_flight_ids_[id])) r = RingError::kBadBufferId;
+  if (r != RingError::kNone) {
+    out.Clear();
+    Break(r);
+    return PopStatus::kError;
+  }
+  log_entry_[id] = entry;
+  in_flight_ids_[id] = 1;
+  out.id_ = id;
+  out.ring_slots_ = static_cast<uint16_t>(pop_descs_.size());
+  in_flight_++;
+  counters_.popped++;
+  MarkPopped(id);
+  return PopStatus::kChain;
 }
 
 }  // namespace vioport

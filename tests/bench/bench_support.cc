@@ -11,7 +11,10 @@
 #include <cstring>
 #include <mutex>
 
+#include "vioport/core/inflight_log.h"
+#include "vioport/core/packed_device_queue.h"
 #include "vioport/core/spec.h"
+#include "vioport/core/split_device_queue.h"
 
 namespace vioport::bench {
 
@@ -175,6 +178,22 @@ Rig::Rig(const RigOptions& o) : opts_(o) {
     Die("device queue %u broke: %s", q, RingErrorName(err));
   }, &device_);
   if (e != RingError::kNone) Die("DeviceQueue::Create: %s", RingErrorName(e));
+  if (o.inflight_log) {
+    const uint16_t n = static_cast<uint16_t>(o.queue_size);
+    absl::Status s;
+    if (auto* split = dynamic_cast<SplitDeviceQueue*>(device_.get())) {
+      log_mem_.assign(SplitInflightLog::RegionBytes(n), 0);
+      auto log = std::make_shared<SplitInflightLog>(log_mem_.data(), n);
+      s = split->UseInflightLog(log.get());
+      log_ = log;
+    } else if (auto* packed = dynamic_cast<PackedDeviceQueue*>(device_.get())) {
+      log_mem_.assign(PackedInflightLog::RegionBytes(n), 0);
+      auto log = std::make_shared<PackedInflightLog>(log_mem_.data(), n);
+      s = packed->UseInflightLog(log.get());
+      log_ = log;
+    }
+    if (!s.ok()) Die("in-flight log: %s", s.ToString().c_str());
+  }
 
   // Data buffers. The device does not touch them (the suite measures the
   // rings), but every chain names its own, as a real driver's would.

@@ -185,6 +185,7 @@ struct RigOptions {
   Mem mem = Mem::kMapped;
   Chain chain = Chain::k1;
   uint32_t queue_size = 256;
+  bool inflight_log = false;  // the device keeps vhost-user's in-flight log (INFLIGHT_SHMFD)
 };
 
 class Rig {
@@ -219,6 +220,8 @@ class Rig {
   std::shared_ptr<CopyOnlyMemory> copy_;
   std::unique_ptr<DriverQueue> driver_;
   std::unique_ptr<DeviceQueue> device_;
+  std::vector<uint8_t> log_mem_;
+  std::shared_ptr<void> log_;  // a SplitInflightLog or PackedInflightLog over log_mem_
   std::vector<DriverBuffer> bufs_;
   size_t bufs_per_chain_ = 1;
   uint32_t descs_per_chain_ = 1;

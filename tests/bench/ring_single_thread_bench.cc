@@ -100,6 +100,18 @@ void RegisterSingleThreadBenchmarks() {
       }
     }
   }
+  // The in-flight log's cost (vhost-user with INFLIGHT_SHMFD, vios's
+  // default): the same device-only rows on mapped memory with the log kept.
+  for (Chain chain : {Chain::k1, Chain::k4}) {
+    for (Ring ring : {Ring::kSplit, Ring::kPacked}) {
+      RigOptions o;
+      o.ring = ring;
+      o.chain = chain;
+      o.inflight_log = true;
+      std::string name = std::string("pop_push/") + Name(ring) + "/" + Name(chain) + "/mapped/device_only+inflight_log";
+      benchmark::RegisterBenchmark(name.c_str(), BM_PopPush, o, true, name)->UseManualTime();
+    }
+  }
 }
 
 }  // namespace vioport::bench

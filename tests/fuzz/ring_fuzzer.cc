@@ -17,7 +17,8 @@
 // as 0, so any input is valid.
 //
 // Header, 24 bytes:
-//   [0]      flags
+//   [0]      flags (0x80: the input is for the in-flight log mode instead,
+//            whose format inflight_fuzz.cc describes)
 //              0x01  VIRTIO_F_INDIRECT_DESC negotiated
 //              0x02  VIRTIO_F_EVENT_IDX negotiated
 //              0x04  copy-only memory (vioport::CopyOnlyMemory over the RegionMemory)
@@ -1431,7 +1432,13 @@ class Run {
 }  // namespace
 }  // namespace vioport
 
+namespace vioport {
+int FuzzInflight(const uint8_t* data, size_t size, bool packed);  // inflight_fuzz.cc
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Flags bit 0x80: the in-flight log mode (inflight_fuzz.cc has its format).
+  if (size && (data[0] & 0x80)) return vioport::FuzzInflight(data, size, vioport::kPacked);
   vioport::Reader in(data, size);
   vioport::Run run(in);
   run.Go();

@@ -30,6 +30,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -95,8 +96,9 @@ static_assert(sizeof(Marker) == 16);
 // A 1-queue split-ring device; requests are {le64 token}{16 writable bytes}.
 class TestDevice : public VirtioDevice {
  public:
+  explicit TestDevice(uint64_t features) : features_(features) {}
   DeviceId device_id() const override { return static_cast<DeviceId>(0xFFFF); }
-  uint64_t device_features() const override { return kFeatures; }
+  uint64_t device_features() const override { return features_; }
   uint16_t num_queues() const override { return 1; }
   uint16_t max_queue_size() const override { return 256; }
   uint32_t config_size() const override { return 0; }
@@ -126,6 +128,7 @@ class TestDevice : public VirtioDevice {
   }
 
   ActivateContext ctx_;
+  uint64_t features_;
 };
 
 // Pops every chain on notify and keeps it until told to complete it. Quiesce
@@ -133,6 +136,7 @@ class TestDevice : public VirtioDevice {
 // crashed back-end leaves behind.
 class HoldDevice final : public TestDevice {
  public:
+  explicit HoldDevice(uint64_t features = kFeatures) : TestDevice(features) {}
   void QueueNotify(uint16_t q) override {
     DeviceQueue* dq = queue();
     if (q != 0 || !dq) return;
@@ -169,6 +173,7 @@ class HoldDevice final : public TestDevice {
 // Completes every chain as soon as it is popped.
 class EchoDevice final : public TestDevice {
  public:
+  explicit EchoDevice(uint64_t features = kFeatures) : TestDevice(features) {}
   void QueueNotify(uint16_t q) override {
     DeviceQueue* dq = queue();
     if (q != 0 || !dq) return;
@@ -333,6 +338,7 @@ class InflightReconnectTest : public ::testing::Test {
   }
   VringSetup Ring(uint32_t base) const {
     VringSetup v;
+    v.packed = packed_;
     v.size = kQueueSize;
     v.desc = vq_->desc_addr();
     v.avail = vq_->driver_addr();
@@ -394,7 +400,7 @@ class InflightReconnectTest : public ::testing::Test {
     const DriverBuffer bufs[2] = {{r.in.device_addr, 8, false}, {r.out.device_addr, sizeof(Marker), true}};
     const uint16_t slot = avail_added_++;
     ASSERT_EQ(vq_->Add(bufs, token), AddStatus::kOk);
-    head_token_[AvailHead(slot)] = token;
+    if (!packed_) head_token_[AvailHead(slot)] = token;
     reqs_.push_back(r);
   }
   void Kick() {
@@ -509,6 +515,112 @@ class InflightReconnectTest : public ::testing::Test {
     Kick();
   }
 
+  // ---- packed rings: the same sequence, seen through the driver's queue (a
+  // packed ring has no used index to read)
+  static constexpr uint64_t kPackedFeatures = kFeatures | feature::Bit(feature::kRingPacked);
+  static constexpr uint32_t kFreshBase = 0x80008000;  // what QEMU sends for a new packed ring
+
+  // Waits (bounded) for `n` more used entries, as the driver takes them.
+  std::vector<uint64_t> CollectPacked(size_t n, absl::Duration wait = kWait) {
+    std::vector<uint64_t> got;
+    const absl::Time end = absl::Now() + wait;
+    while (got.size() < n && absl::Now() < end) {
+      UsedStatus st;
+      std::vector<uint64_t> more = DriverCollect(&st);
+      EXPECT_NE(st, UsedStatus::kBroken) << RingErrorName(vq_->error());
+      got.insert(got.end(), more.begin(), more.end());
+      if (got.size() < n && fe_) fe_->WaitCall(0, absl::Milliseconds(20));
+    }
+    return got;
+  }
+
+  // Four requests of two descriptors (8 of the ring's 16 slots); 3 and then 1
+  // complete, each in its own batch, so 3's used descriptor lands on the slot
+  // that held 0's head; the back-end crashes with 0 and 2 in flight.
+  void RunUpToCrashPacked(bool inflight) {
+    packed_ = true;
+    io_ = std::make_unique<IoThread>();
+    auto hold = std::make_shared<HoldDevice>(kPackedFeatures);
+    ASSERT_NO_FATAL_FAILURE(StartServer(hold, inflight));
+    fe_ = Connect();
+    ASSERT_TRUE(fe_);
+    DriverQueueOptions qo;
+    qo.size = kQueueSize;
+    qo.features = kPackedFeatures;
+    auto vq = DriverQueue::Create(qo, *dma_);
+    ASSERT_TRUE(vq.ok()) << vq.status();
+    vq_ = std::move(*vq);
+    ASSERT_OK(fe_->SetFeatures(kPackedFeatures));
+    ASSERT_OK(fe_->SetMemTable());
+    ASSERT_OK(fe_->SetupInflight(1, kQueueSize));
+    if (inflight) {
+      inflight_fd_ = ::fcntl(fe_->inflight_fd(), F_DUPFD_CLOEXEC, 0);
+      ASSERT_GE(inflight_fd_, 0);
+      region_ = fe_->inflight_region();
+      ASSERT_GE(region_.mmap_size, PackedInflightLog::RegionBytes(kQueueSize));
+    }
+    ASSERT_OK(fe_->StartVring(0, Ring(kFreshBase)));
+    ASSERT_OK(fe_->EnableVring(0, true));
+
+    for (uint64_t t = 0; t < 4; ++t) ASSERT_NO_FATAL_FAILURE(Submit(t));
+    Kick();
+    const absl::Time end = absl::Now() + kWait;
+    while (hold->held() < 4 && absl::Now() < end) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ASSERT_EQ(hold->held(), 4u) << "the device did not pop all four requests";
+    EXPECT_EQ(io_->Run([&] { return hold->Complete(3) && hold->Complete(1); }), std::optional<bool>(true));
+    EXPECT_EQ(CollectPacked(2), (std::vector<uint64_t>{3, 1}));
+
+    DropServer();  // the crash
+    const absl::Time dead_by = absl::Now() + kWait;
+    while (fe_->alive() && absl::Now() < dead_by) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ASSERT_FALSE(fe_->alive()) << "the front-end did not notice the back-end go";
+    fe_.reset();
+    for (uint64_t t : {0, 2}) EXPECT_EQ(MarkerOf(t).magic, 0u) << "token " << t << " completed on the way down";
+
+    if (inflight) {
+      // The log: 0 and 2 in flight, their descriptors copied (the ring lost
+      // 0's head), used position 4 in wrap 1.
+      void* p = ::mmap(nullptr, region_.mmap_size, PROT_READ, MAP_SHARED, inflight_fd_,
+                       static_cast<off_t>(region_.mmap_offset));
+      ASSERT_NE(p, MAP_FAILED);
+      const auto* log = static_cast<const uint8_t*>(p);
+      std::vector<uint64_t> logged;
+      for (uint16_t e = 0; e < kQueueSize; ++e) {
+        const uint8_t* ent = log + 32 + 32 * e;
+        if (ent[0] != 1) continue;
+        uint64_t addr;
+        std::memcpy(&addr, ent + 24, 8);  // the chain's first descriptor: the token buffer
+        uint64_t token = 1000 + e;
+        for (const Request& r : reqs_)
+          if (r.in.device_addr == addr) token = r.token;
+        logged.push_back(token);
+      }
+      uint16_t used;
+      std::memcpy(&used, log + 16, 2);
+      const uint8_t wrap = log[20];
+      ::munmap(p, region_.mmap_size);
+      std::sort(logged.begin(), logged.end());
+      EXPECT_EQ(logged, (std::vector<uint64_t>{0, 2}));
+      EXPECT_EQ(used, 4);
+      EXPECT_EQ(wrap, 1);
+    }
+  }
+
+  // A new back-end; the front-end reconnects as QEMU 7.2 does after a packed
+  // back-end's crash: SET_VRING_BASE with the position of the last start.
+  void RestartPacked(const std::shared_ptr<EchoDevice>& echo, bool inflight) {
+    ASSERT_NO_FATAL_FAILURE(StartServer(echo, inflight));
+    fe_ = Connect();
+    ASSERT_TRUE(fe_);
+    ASSERT_OK(fe_->SetFeatures(kPackedFeatures));
+    ASSERT_OK(fe_->SetMemTable());
+    if (inflight) ASSERT_OK(fe_->SetInflight(inflight_fd_, region_));
+    ASSERT_OK(fe_->StartVring(0, Ring(kFreshBase)));
+    ASSERT_OK(fe_->EnableVring(0, true));
+    Kick();
+  }
+
+  bool packed_ = false;
   std::unique_ptr<IoThread> io_;
   std::unique_ptr<VhostUserServer> server_;  // touched on the io thread only
   std::string dir_, sock_;
@@ -585,6 +697,53 @@ TEST_F(InflightReconnectTest, ControlWithoutInflightLogLosesOneRequestAndRepeats
   EXPECT_EQ(DriverCollect(&st), (std::vector<uint64_t>{3, 1, 2}));
   EXPECT_EQ(st, UsedStatus::kBroken);
   EXPECT_EQ(vq_->error(), RingError::kUsedIdOutOfRange) << RingErrorName(vq_->error());
+}
+
+// The packed ring: the device's used descriptors overwrite the slots the
+// driver filled, so the restarted back-end can take the two requests still in
+// flight only from the log's copies, and only the log knows where the ring
+// stands (QEMU re-sends the last start's position).
+TEST_F(InflightReconnectTest, PackedRingOutOfOrderCompletionsSurviveBackendCrash) {
+  ASSERT_NO_FATAL_FAILURE(RunUpToCrashPacked(/*inflight=*/true));
+  auto echo = std::make_shared<EchoDevice>(kPackedFeatures);
+  ASSERT_NO_FATAL_FAILURE(RestartPacked(echo, /*inflight=*/true));
+
+  EXPECT_EQ(CollectPacked(2), (std::vector<uint64_t>{0, 2})) << "the in-flight requests, oldest first";
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // room for a wrong extra completion
+  EXPECT_EQ(CollectPacked(1, absl::ZeroDuration()), std::vector<uint64_t>{});
+  EXPECT_EQ(io_->Run([&] { return echo->completed(); }), std::optional(std::vector<uint64_t>{0, 2}));
+  for (uint64_t t : {0, 2}) {
+    EXPECT_EQ(MarkerOf(t).magic, kEchoMagic) << "token " << t;
+    EXPECT_EQ(MarkerOf(t).token, t);
+  }
+  for (uint64_t t : {1, 3}) EXPECT_EQ(MarkerOf(t).magic, kHoldMagic) << "token " << t << " was done again";
+  EXPECT_EQ(Counter("inflight_resubmitted"), 2u);
+
+  // The ring carries on from where the log put it: six more requests, past
+  // the end of the ring and into the next wrap, each completed once.
+  for (uint64_t t = 4; t < 10; ++t) ASSERT_NO_FATAL_FAILURE(Submit(t));
+  Kick();
+  EXPECT_EQ(CollectPacked(6), (std::vector<uint64_t>{4, 5, 6, 7, 8, 9}));
+  for (uint64_t t = 4; t < 10; ++t) EXPECT_EQ(MarkerOf(t).token, t) << "token " << t;
+  EXPECT_EQ(io_->Run([&] { return echo->completed(); }),
+            std::optional(std::vector<uint64_t>{0, 2, 4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(io_->Run([&] { return server_->last_error(); }), std::optional<std::string>(""));
+}
+
+// The control: without the log the restarted back-end believes the stale
+// position, finds its own used descriptor where it expects the driver's next
+// request, and waits there for ever: requests 0 and 2 are lost and the ring
+// serves nothing more.
+TEST_F(InflightReconnectTest, PackedRingControlWithoutInflightLogLosesRequestsAndStalls) {
+  ASSERT_NO_FATAL_FAILURE(RunUpToCrashPacked(/*inflight=*/false));
+  auto echo = std::make_shared<EchoDevice>(kPackedFeatures);
+  ASSERT_NO_FATAL_FAILURE(RestartPacked(echo, /*inflight=*/false));
+  ASSERT_NO_FATAL_FAILURE(Submit(4));
+  Kick();
+  EXPECT_EQ(CollectPacked(1, absl::Milliseconds(300)), std::vector<uint64_t>{});
+  EXPECT_EQ(io_->Run([&] { return echo->completed(); }), std::optional(std::vector<uint64_t>{}));
+  for (uint64_t t : {0, 2, 4}) EXPECT_EQ(MarkerOf(t).magic, 0u) << "token " << t << " completed after all";
+  EXPECT_EQ(Counter("inflight_resubmitted"), 0u);
 }
 
 }  // namespace

@@ -47,7 +47,9 @@ case "$NAME" in
         fail "/dev/vda did not appear within 20 s (virtio-blk probe failed?); dmesg: $(dmesg | tail -5 | tr '\n' '|')"
       sleep 0.1
     done
-    step "vda: $(cat /sys/block/vda/size) sectors, ro=$(cat /sys/block/vda/ro), queues=$(ls /sys/block/vda/mq | wc -l)"
+    ring=split  # feature bit 34 (VIRTIO_F_RING_PACKED) of what the driver negotiated
+    [ "$(cut -c35 /sys/block/vda/device/features)" = 1 ] && ring=packed
+    step "vda: $(cat /sys/block/vda/size) sectors, ro=$(cat /sys/block/vda/ro), queues=$(ls /sys/block/vda/mq | wc -l), ring=$ring"
     ;;
 esac
 

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -20,6 +21,7 @@
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/log.h"
 #include "vioport/core/net_control.h"
+#include "vioport/core/packed_device_queue.h"
 #include "vioport/core/split_device_queue.h"
 #include "vioport/transports/fd.h"
 
@@ -40,10 +42,16 @@ bool Has(uint64_t bits, unsigned b) { return (bits >> b) & 1; }
 // begins a new one instead of resubmitting requests from before a device
 // reset (whose descriptors the reset ring no longer holds). Called while no
 // queue is built, so no queue writes the logs.
-void ForgetInflight(uint8_t* map, uint16_t queues, uint16_t queue_size) {
+void ForgetInflight(uint8_t* map, uint16_t queues, size_t stride) {
   if (!map) return;
-  for (uint16_t q = 0; q < queues; ++q)
-    std::memset(map + q * SplitInflightLog::RegionBytes(queue_size), 0, SplitInflightLog::kHeaderBytes);
+  for (uint16_t q = 0; q < queues; ++q) std::memset(map + q * stride, 0, PackedInflightLog::kHeaderBytes);
+}
+
+// Bytes per queue in an in-flight area this back-end creates: room for the
+// split or the packed layout, as the front-end asks before features are set
+// (QEMU's vhost-user-blk does).
+size_t InflightQueueBytes(uint16_t queue_size) {
+  return std::max(SplitInflightLog::RegionBytes(queue_size), PackedInflightLog::RegionBytes(queue_size));
 }
 
 }  // namespace
@@ -166,6 +174,7 @@ Session::~Session() {
     Retire(vrings_[q].queue);
   }
   logs_.clear();
+  packed_logs_.clear();
   if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
   CloseFd(inflight_fd_);
 }
@@ -401,7 +410,7 @@ absl::Status Session::ResetRings() {
   acked_ = 0;
   features_set_ = false;
   needs_reset_ = false;
-  ForgetInflight(inflight_map_, inflight_queues_, inflight_qsize_);  // a reset device has nothing in flight
+  ForgetInflight(inflight_map_, inflight_queues_, inflight_stride_);  // a reset device has nothing in flight
   return absl::OkStatus();
 }
 
@@ -614,7 +623,7 @@ absl::Status Session::GetVringBase(Message& m) {
     // The front-end is restarting the device after a ring error: the driver
     // resets, so the requests the broken rings had in flight are void.
     needs_reset_ = false;
-    ForgetInflight(inflight_map_, inflight_queues_, inflight_qsize_);
+    ForgetInflight(inflight_map_, inflight_queues_, inflight_stride_);
   }
   return Reconcile();
 }
@@ -663,7 +672,7 @@ absl::Status Session::GetInflight(Message& m) {
   if (in.num_queues == 0 || in.num_queues > vrings_.size())
     return Bad(absl::StrCat(in.num_queues, " queues (the device has ", vrings_.size(), ")"));
   if (in.queue_size == 0 || in.queue_size > kMaxQueueSize) return Bad(absl::StrCat("queue size ", in.queue_size));
-  const size_t size = in.num_queues * SplitInflightLog::RegionBytes(in.queue_size);
+  const size_t size = in.num_queues * InflightQueueBytes(in.queue_size);
   const int fd = ::memfd_create("vios-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return absl::ResourceExhaustedError(absl::StrCat("memfd_create: ", std::strerror(errno)));
   if (::ftruncate(fd, static_cast<off_t>(size)) != 0 ||
@@ -680,9 +689,11 @@ absl::Status Session::GetInflight(Message& m) {
   }
   DropQueues();
   logs_.clear();
+  packed_logs_.clear();
   if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
   inflight_map_ = static_cast<uint8_t*>(p);
   inflight_len_ = size;
+  inflight_stride_ = InflightQueueBytes(in.queue_size);
   inflight_queues_ = in.num_queues;
   inflight_qsize_ = in.queue_size;
   inflight_offset_ = 0;
@@ -718,9 +729,13 @@ absl::Status Session::SetInflight(Message& m) {
   if (p == MAP_FAILED) return absl::ResourceExhaustedError(absl::StrCat("in-flight mmap: ", std::strerror(errno)));
   DropQueues();
   logs_.clear();
+  packed_logs_.clear();
   if (inflight_map_) ::munmap(inflight_map_, inflight_len_);
   inflight_map_ = static_cast<uint8_t*>(p);
   inflight_len_ = in.mmap_size;
+  // The area may come from a back-end that sized it for split rings only
+  // (an older vios): each queue's share is what divides evenly.
+  inflight_stride_ = (in.mmap_size / in.num_queues) & ~uint64_t{63};
   inflight_queues_ = in.num_queues;
   inflight_qsize_ = in.queue_size;
   inflight_offset_ = in.mmap_offset;
@@ -772,15 +787,30 @@ absl::Status Session::BuildQueue(uint16_t q) {
     return Bad(absl::StrCat("queue ", q, ": ", RingErrorName(e)));
   dq->SetBase(vr.base);
   device_->AttachStats(*dq);
-  if (auto* split = dynamic_cast<SplitDeviceQueue*>(dq.get());
-      split && inflight_map_ && q < inflight_queues_ && vr.num <= inflight_qsize_) {
+  if (inflight_map_ && q < inflight_queues_ && vr.num <= inflight_qsize_) {
+    uint8_t* region = inflight_map_ + q * inflight_stride_;
+    const uint16_t num = static_cast<uint16_t>(vr.num);
+    absl::Status s;
     if (logs_.size() < vrings_.size()) logs_.resize(vrings_.size());
-    logs_[q] = std::make_unique<SplitInflightLog>(
-        inflight_map_ + q * SplitInflightLog::RegionBytes(inflight_qsize_), static_cast<uint16_t>(vr.num));
-    if (absl::Status s = split->UseInflightLog(logs_[q].get()); !s.ok())
+    if (packed_logs_.size() < vrings_.size()) packed_logs_.resize(vrings_.size());
+    if (auto* split = dynamic_cast<SplitDeviceQueue*>(dq.get())) {
+      logs_[q] = std::make_unique<SplitInflightLog>(region, num);
+      s = split->UseInflightLog(logs_[q].get());
+    } else if (auto* packed = dynamic_cast<PackedDeviceQueue*>(dq.get());
+               packed && inflight_stride_ >= PackedInflightLog::RegionBytes(num)) {
+      packed_logs_[q] = std::make_unique<PackedInflightLog>(region, num);
+      s = packed->UseInflightLog(packed_logs_[q].get());
+    } else if (packed) {
+      VIOPORT_LOG(kWarning, opts_.name, ": queue ", q, ": the in-flight area (", inflight_stride_,
+                  " bytes a queue) is too small for a packed ring of ", num, "; running without the log");
+    }
+    if (!s.ok())
       VIOPORT_LOG(kWarning, opts_.name, ": queue ", q, ": in-flight log not recovered (", s.message(), "); starting afresh");
-    if (split->resubmit_pending())
-      VIOPORT_LOG(kInfo, opts_.name, ": queue ", q, ": resubmitting ", split->resubmit_pending(),
+    else if (dq->GetBase() != vr.base)
+      VIOPORT_LOG(kInfo, opts_.name, ": queue ", q, ": the in-flight log puts the ring at base 0x", absl::Hex(dq->GetBase()),
+                  " (the front-end sent 0x", absl::Hex(vr.base), ")");
+    if (dq->resubmit_pending())
+      VIOPORT_LOG(kInfo, opts_.name, ": queue ", q, ": resubmitting ", dq->resubmit_pending(),
                   " requests left in flight by an earlier vios");
   }
   vr.queue = std::move(dq);
@@ -832,7 +862,7 @@ absl::Status Session::Reconcile() {
   last_error_.clear();
   // Counted once the device runs: a refused start rebuilds and recovers again.
   for (uint16_t q = 0; q < vrings_.size(); ++q)
-    if (auto* split = dynamic_cast<SplitDeviceQueue*>(vrings_[q].running)) counters_.resubmitted += split->resubmit_pending();
+    if (vrings_[q].running) counters_.resubmitted += vrings_[q].running->resubmit_pending();
   active_ = true;
   active_set_ = want;
   counters_.activations++;

@@ -159,10 +159,12 @@ class Session {
   // In-flight log memory (GET/SET_INFLIGHT_FD).
   uint8_t* inflight_map_ = nullptr;
   size_t inflight_len_ = 0;
+  size_t inflight_stride_ = 0;  // bytes per queue
   uint16_t inflight_queues_ = 0, inflight_qsize_ = 0;
   uint64_t inflight_offset_ = 0;
   int inflight_fd_ = -1;  // kept for a live upgrade
   std::vector<std::unique_ptr<SplitInflightLog>> logs_;
+  std::vector<std::unique_ptr<PackedInflightLog>> packed_logs_;
   SessionCounters counters_;
   TransportCounters retired_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

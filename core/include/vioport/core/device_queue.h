@@ -106,6 +106,9 @@ class DeviceQueue {
   void SetStats(QueueStats* stats, LatencyHistogram* latency);
   // Chains popped and not yet returned.
   uint32_t in_flight() const { return in_flight_; }
+  // Chains recovered from an in-flight log (a device before this one popped
+  // them and never completed them) not yet popped again.
+  virtual size_t resubmit_pending() const { return 0; }
 
  protected:
   DeviceQueue(const QueueConfig& cfg, GuestMemory* mem, QueueErrorHandler on_error)

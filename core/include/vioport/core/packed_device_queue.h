@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "vioport/core/device_queue.h"
+#include "vioport/core/inflight_log.h"
 
 namespace vioport {
 
@@ -19,6 +20,11 @@ class PackedDeviceQueue final : public DeviceQueue {
   bool Publish() override;
   uint32_t GetBase() const override;
   void SetBase(uint32_t base) override;
+
+  // As SplitDeviceQueue::UseInflightLog. A recovered log also gives the ring
+  // positions (a packed ring keeps none in memory): it overrides SetBase().
+  absl::Status UseInflightLog(PackedInflightLog* log);
+  size_t resubmit_pending() const override { return resubmit_.size() - resubmit_pos_; }
 
  private:
   bool DoEnableNotifications() override;
@@ -37,6 +43,7 @@ class PackedDeviceQueue final : public DeviceQueue {
   RingError ReadDesc(uint32_t slot, RawDesc* d);
   RingError ReadHeadFlags(uint16_t* flags);
   RingError WalkIndirect(const RawDesc& d, DescriptorChain& out, uint64_t& total);
+  PopStatus PopLogged(uint16_t entry, DescriptorChain& out);  // a chain recovered from the log
   bool WriteDriverWord(uint64_t off, uint16_t v);  // device event suppression area
   bool ReadEvent(uint16_t* off_wrap, uint16_t* flags);
 
@@ -73,6 +80,14 @@ class PackedDeviceQueue final : public DeviceQueue {
   bool win_wrap_ = true;
   std::vector<uint16_t> win_flags1_;  // head flags as the first copy saw them
   std::vector<uint8_t> indirect_buf_;
+
+  // In-flight log (vhost-user INFLIGHT_SHMFD), when one is used.
+  PackedInflightLog* log_ = nullptr;
+  std::vector<uint16_t> log_entry_;                 // per buffer id in flight: its log entry
+  std::vector<PackedInflightLog::Desc> pop_descs_;  // the chain being popped, as read
+  std::vector<uint16_t> resubmit_;
+  size_t resubmit_pos_ = 0;
+  std::vector<uint16_t> batch_entries_;  // log entries of the used entries not yet published
 };
 
 }  // namespace vioport

@@ -30,7 +30,7 @@ class SplitDeviceQueue final : public DeviceQueue {
   // still holds, and those are popped again first, oldest first.
   absl::Status UseInflightLog(SplitInflightLog* log);
   // Chains recovered from the log not yet popped again.
-  size_t resubmit_pending() const { return resubmit_.size() - resubmit_pos_; }
+  size_t resubmit_pending() const override { return resubmit_.size() - resubmit_pos_; }
 
  private:
   bool DoEnableNotifications() override;
