@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "vioport/core/interrupt_coalescer.h"
 #include "vioport/core/log.h"
 
 namespace vioport {
@@ -19,9 +20,9 @@ namespace vioport {
 class DeviceController::CountingSink final : public InterruptSink {
  public:
   CountingSink(std::shared_ptr<InterruptSink> inner, ControllerCounters* c, DeviceStats* stats)
-      : inner_(std::move(inner)), c_(c), stats_(stats) {}
+      : inner_(std::move(inner)), c_(c), stats_(stats), coalescer_(stats) {}
   void QueueInterrupt(uint16_t q) override {
-    if (coalescing_ && stats_ && Hold(q)) return;
+    if (coalescing_ && coalescer_.Hold(q)) return;
     Send(q);
   }
   void ConfigInterrupt() override {
@@ -31,69 +32,21 @@ class DeviceController::CountingSink final : public InterruptSink {
   void set_coalescing(bool on) { coalescing_ = on; }
   // Sends every held interrupt (all: `force`; else those whose delay ran out).
   void Flush(bool force) {
-    if (!held_) return;
-    const uint64_t now = force ? 0 : DeviceStats::NowNs();
-    held_ = 0;
-    for (uint16_t q = 0; q < state_.size(); ++q) {
-      Queue& s = state_[q];
-      if (!s.pending) continue;
-      if (force || now - s.since_ns >= s.delay_ns) {
-        s.pending = false;
-        Send(q);
-      } else {
-        ++held_;
-      }
-    }
+    coalescer_.Flush(force, [this](uint16_t q) { Send(q); });
   }
 
  private:
-  struct Queue {
-    uint64_t window_start_ns = 0, window_base = 0, delay_ns = 0, since_ns = 0;
-    bool pending = false;
-  };
   void Send(uint16_t q) {
     c_->queue_interrupts.fetch_add(1, std::memory_order_relaxed);
     if (stats_) BumpOwned(stats_->interrupts_sent);
     inner_->QueueInterrupt(q);
   }
-  // Whether q's interrupt is held (coalesced into a later one).
-  bool Hold(uint16_t q) {
-    const uint32_t base_us = stats_->coalesce_delay_us.load(std::memory_order_relaxed);
-    if (!base_us || q >= stats_->num_queues()) return false;
-    if (state_.size() <= q) state_.resize(q + 1);
-    Queue& s = state_[q];
-    const uint64_t now = DeviceStats::NowNs();
-    constexpr uint64_t kWindowNs = 10'000'000;
-    const uint64_t done = stats_->queue(q)->requests.load(std::memory_order_relaxed);
-    if (now - s.window_start_ns >= kWindowNs) {
-      // The last window's rate sets this window's delay.
-      const uint64_t reqs = done - s.window_base;
-      const uint64_t thr = std::max<uint64_t>(
-          1, uint64_t{stats_->coalesce_iops_threshold.load(std::memory_order_relaxed)} * kWindowNs / 1'000'000'000);
-      s.delay_ns = reqs > thr ? std::min<uint64_t>(uint64_t{base_us} * 1000 * (reqs - thr) / thr, 1'000'000) : 0;
-      s.window_start_ns = now;
-      s.window_base = done;
-    }
-    if (!s.delay_ns) return false;
-    if (!s.pending) {
-      s.pending = true;
-      s.since_ns = now;
-      ++held_;
-    }
-    if (now - s.since_ns >= s.delay_ns) {
-      s.pending = false;
-      return false;  // sent now, for everything held so far
-    }
-    BumpOwned(stats_->interrupts_coalesced);
-    return true;
-  }
 
   std::shared_ptr<InterruptSink> inner_;
   ControllerCounters* c_;
   DeviceStats* stats_;
+  InterruptCoalescer coalescer_;
   bool coalescing_ = false;
-  std::vector<Queue> state_;
-  uint32_t held_ = 0;  // queues with a held interrupt (an upper bound)
 };
 
 DeviceController::DeviceController(std::shared_ptr<VirtioDevice> device, std::shared_ptr<GuestMemory> memory,

@@ -242,6 +242,46 @@ test_upgrade() {
   finish PASS
 }
 
+# Reads for as long as the host measures interrupts with and without
+# coalescing: R readers (vioport.readers, default 4), each reading its slice of
+# the disk 4 KiB at a time with O_DIRECT and comparing it with the pattern,
+# pass after pass, until vioport.seconds (default 8) have gone by.
+test_coalesce() {
+  secs=$(arg seconds) r=$(arg readers)
+  secs=${secs:-8} r=${r:-4}
+  total=$(stat -c %s /data/pattern)
+  slice=$((total / r))
+  i=0
+  while [ $i -lt "$r" ]; do
+    dd if=/data/pattern of=/tmp/s$i bs=4k skip=$((i * slice / 4096)) count=$((slice / 4096)) 2>/dev/null
+    i=$((i + 1))
+  done
+  start=$(cut -d. -f1 /proc/uptime)
+  echo "VIOPORT-MARK: reading"
+  i=0
+  while [ $i -lt "$r" ]; do
+    (
+      n=0
+      while [ $(($(cut -d. -f1 /proc/uptime) - start)) -lt "$secs" ]; do
+        dd if=/dev/vda bs=4k skip=$((i * slice / 4096)) count=$((slice / 4096)) iflag=direct 2>/tmp/r$i.err |
+          cmp -s - /tmp/s$i || { echo "pass $n differs from the pattern" >/tmp/r$i.rc; exit 0; }
+        n=$((n + 1))
+      done
+      echo 0 >/tmp/r$i.rc
+      echo "$n" >/tmp/r$i.n
+    ) &
+    i=$((i + 1))
+  done
+  wait
+  i=0
+  while [ $i -lt "$r" ]; do
+    [ "$(cat /tmp/r$i.rc)" = 0 ] || fail "reader $i: $(cat /tmp/r$i.rc) $(tr '\n' ' ' </tmp/r$i.err)"
+    step "reader $i: $(cat /tmp/r$i.n) passes verified"
+    i=$((i + 1))
+  done
+  finish PASS
+}
+
 # ---- network workloads (virtio_net; vioport.addr=, vioport.peer=, vioport.queues=) ----
 
 # net_up ADDR: eth0 up with ADDR/24 (and the queue count checked when given).
@@ -486,6 +526,7 @@ case "$NAME" in
   fs_verify) test_fs_verify ;;
   reconnect) test_reconnect ;;
   upgrade) test_upgrade ;;
+  coalesce) test_coalesce ;;
   *) fail "unknown test '$NAME'" ;;
 esac
 fail "workload returned without a result"

@@ -382,8 +382,16 @@ void ViosSystem::LiveUpgradeTenTimes() {
   Proc& g1 = Keep(writer(Path("d1.sock"), 200));
   ASSERT_TRUE(testproc::WaitFor([&] { return Stat("d0", T("connections")) == 1 && Stat("d1", T("connections")) == 1; },
                                 30));
+  // Settings and life-long counters go with the device: coalescing set on
+  // the first vios holds in the last, and a counter read just before an
+  // upgrade is not smaller just after it.
+  int code = -1;
+  ASSERT_EQ(Ctl("coalescing d0 50 100000", &code), "ok\n");
+  ASSERT_EQ(code, 0);
   std::vector<double> pauses;
+  uint64_t episodes_before = 0, episodes_after = 0;
   for (int i = 0; i < 10; ++i) {
+    if (i == 9) episodes_before = Stat("d0", "poll.episodes");
     Proc& next = Keep(Spawn({VIOS_BIN, "--upgrade-from", Path("ctl")}, dir_, absl::StrCat("vios-", i + 1)));
     ASSERT_EQ(vios->Wait(60), 0) << "upgrade " << i + 1 << ": the old vios: " << vios->err() << "\nthe new one: " << next.err();
     ASSERT_TRUE(testproc::WaitFor([&] { return next.err().find("vios ready") != std::string::npos || !next.Running(); }, 30));
@@ -395,7 +403,12 @@ void ViosSystem::LiveUpgradeTenTimes() {
     ASSERT_NE(at, std::string::npos);
     pauses.push_back(std::stod(log.substr(at + 14)));
     vios = &next;
+    if (i == 9) episodes_after = Stat("d0", "poll.episodes");
   }
+  EXPECT_GT(episodes_before, 0u);
+  EXPECT_GE(episodes_after, episodes_before) << "d0's counters restarted at the upgrade";
+  EXPECT_EQ(Stat("d0", "coalescing.delay_base_us"), 50u);
+  EXPECT_EQ(Stat("d0", "coalescing.iops_threshold"), 100000u);
   // The upgrades happened under I/O: both guests are still writing.
   EXPECT_TRUE(g0.Running() && g1.Running()) << "the guests finished before the tenth upgrade";
   g0.Signal(SIGUSR1);  // finish the pass under way (read back), then report

@@ -166,6 +166,7 @@ class CrqPartitionHost : public std::enable_shared_from_this<CrqPartitionHost> {
         }
       }
     }
+    dispatcher_.FlushInterrupts();  // nothing stays held while the loop sleeps
     // Next: a retry deadline, else the safety tick.
     const absl::Time next = std::min(dispatcher_.NextDeadline(), absl::Now() + absl::Milliseconds(100));
     const auto in = std::chrono::nanoseconds(absl::ToInt64Nanoseconds(std::max(next - absl::Now(), absl::ZeroDuration())));

@@ -80,6 +80,10 @@ absl::StatusOr<std::unique_ptr<CrqServer>> CrqServer::Create(Partition& p, std::
   s->pending_used_.assign(device->num_queues(), false);
   s->ctl_ = std::make_unique<DeviceController>(std::move(device), s->mem_, s->sink_);
   s->ctl_->set_name(o.name);
+  // Every loop that serves the server flushes held interrupts before it
+  // sleeps (Poll, CrqDispatcher::Poll, vios's partition host), so the
+  // device's interrupts may be coalesced (device_set_coalescing).
+  s->ctl_->EnableCoalescing(true);
   // PowerVM practice (ibmvscsis): after an H_PERMISSION, PING the client;
   // H_CLOSED means it is gone (its queue went with its partition).
   s->mem_->set_client_gone_probe([srv = s.get()] {
@@ -516,6 +520,7 @@ size_t CrqServer::Work() {
   // completion after a reset) drain its eventfd, or a watcher of that fd
   // would spin on it.
   if (dev.event_fd() >= 0 && dev.ProcessEvents()) ++n;
+  ctl_->FlushInterrupts(false);
   RetryPending();
   return n;
 }
@@ -543,11 +548,14 @@ void WaitForWork(Partition& p, std::span<CrqServer* const> servers, absl::Time d
 }  // namespace
 
 void CrqServer::Poll(absl::Duration timeout) {
-  if (Work() > 0) return;
+  const bool worked = Work() > 0;
+  FlushInterrupts();  // the caller may sleep next
+  if (worked) return;
   const absl::Time deadline = std::min(absl::Now() + std::min(timeout, kMaxUnsignalledWait), RetryAt());
   CrqServer* self = this;
   WaitForWork(p_, std::span<CrqServer* const>(&self, 1), deadline, [](CrqServer* s) { return s->DeviceEventFd(); });
   Work();
+  FlushInterrupts();
 }
 
 // ---- CrqDispatcher -----------------------------------------------------------
@@ -570,14 +578,21 @@ size_t CrqDispatcher::Work() {
   return n;
 }
 
+void CrqDispatcher::FlushInterrupts() {
+  for (CrqServer* s : servers_) s->FlushInterrupts();
+}
+
 void CrqDispatcher::Poll(absl::Duration timeout) {
-  if (Work() > 0) return;
+  const bool worked = Work() > 0;
+  FlushInterrupts();  // the caller may sleep next
+  if (worked) return;
   absl::Time deadline = absl::Now() + timeout;
   for (CrqServer* s : servers_) deadline = std::min(deadline, s->RetryAt());
   WaitForWork(p_, servers_, deadline, [](CrqServer* s) { return s->DeviceEventFd(); });
   // The interrupt_fd is drained: every adapter's queue is looked at now, so
   // an entry that raised the edge is handled whichever server it is for.
   for (CrqServer* s : servers_) s->Work();
+  FlushInterrupts();
 }
 
 }  // namespace vioport::crq

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <chrono>
 #include <optional>
+#include <thread>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,7 @@
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/log.h"
 #include "vioport/core/net_control.h"
+#include "vioport/core/interrupt_coalescer.h"
 #include "vioport/core/packed_device_queue.h"
 #include "vioport/core/split_device_queue.h"
 #include "vioport/transports/fd.h"
@@ -84,9 +86,14 @@ struct Session::Vring {
 
 // Used-buffer interrupts: the ring's call eventfd, which the front-end may
 // replace at any time (QEMU swaps it when the guest masks the vector).
+//
+// Coalescing (DeviceStats::coalesce_*, set at run time): an interrupt raised
+// on the device thread while the session serves (Serve, OnDeviceEvents: a
+// Pass) may be held; whatever is held goes out when the pass ends, so nothing
+// is held while the session sleeps. Interrupts from other threads go at once.
 class Session::Interrupts final : public InterruptSink {
  public:
-  explicit Interrupts(size_t n) : call_(n) {
+  Interrupts(size_t n, DeviceStats* stats) : call_(n), stats_(stats), coalescer_(stats) {
     for (auto& c : call_) c.store(-1);
   }
   ~Interrupts() override {
@@ -113,8 +120,21 @@ class Session::Interrupts final : public InterruptSink {
   }
   void QueueInterrupt(uint16_t q) override {
     if (q >= call_.size()) return;
-    sent_.fetch_add(1, std::memory_order_relaxed);
-    SignalForeignEventFd(call_[q].load(std::memory_order_acquire));
+    if (pass_depth_.load(std::memory_order_relaxed) &&
+        std::this_thread::get_id() == pass_thread_.load(std::memory_order_relaxed) && coalescer_.Hold(q))
+      return;
+    Send(q);
+  }
+  // A serving pass on this (the device) thread; passes nest.
+  void BeginPass() {
+    if (pass_depth_.load(std::memory_order_relaxed) == 0)
+      pass_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    pass_depth_.fetch_add(1, std::memory_order_relaxed);
+  }
+  void EndPass() {
+    if (pass_depth_.fetch_sub(1, std::memory_order_relaxed) > 1) return;
+    pass_thread_.store(std::thread::id(), std::memory_order_relaxed);
+    coalescer_.Flush(true, [this](uint16_t q) { Send(q); });
   }
   // A config change goes to the front-end as BACKEND_CONFIG_CHANGE_MSG on
   // the back-end request channel (the front-end then reads the config with
@@ -136,7 +156,18 @@ class Session::Interrupts final : public InterruptSink {
   uint64_t config_sent() const { return config_.load(std::memory_order_relaxed); }
 
  private:
+  void Send(uint16_t q) {
+    sent_.fetch_add(1, std::memory_order_relaxed);
+    stats_->interrupts_sent.fetch_add(1, std::memory_order_relaxed);
+    SignalForeignEventFd(call_[q].load(std::memory_order_acquire));
+  }
+
   std::vector<std::atomic<int>> call_;
+  DeviceStats* stats_;
+  InterruptCoalescer coalescer_;       // device thread only
+  // Written by the device thread, read by any (a worker's interrupt is never held).
+  std::atomic<uint32_t> pass_depth_{0};
+  std::atomic<std::thread::id> pass_thread_{};
   std::atomic<uint64_t> sent_{0}, config_{0}, config_lost_{0};
   absl::Mutex backend_mu_;
   int backend_fd_ ABSL_GUARDED_BY(backend_mu_) = -1;
@@ -147,7 +178,7 @@ Session::Session(std::shared_ptr<VirtioDevice> device, Host* host, SessionOption
   const uint16_t nq = device_->num_queues();
   vrings_.resize(nq);
   active_set_.assign(nq, false);
-  irq_ = std::make_shared<Interrupts>(nq);
+  irq_ = std::make_shared<Interrupts>(nq, &device_->stats());
   // The device's own config changes (a blk resize, a link change) go to the
   // front-end on the back-end request channel (QEMU then re-reads the
   // config and interrupts the guest).
@@ -894,12 +925,27 @@ void Session::OnKick(uint16_t q) {
   device_->QueueNotify(q);
 }
 
+// Brackets a serving pass: interrupts raised in it may be held (coalescing)
+// and go out when it ends.
+class Session::Pass {
+ public:
+  explicit Pass(Interrupts& irq) : irq_(irq) { irq_.BeginPass(); }
+  ~Pass() { irq_.EndPass(); }
+  Pass(const Pass&) = delete;
+  Pass& operator=(const Pass&) = delete;
+
+ private:
+  Interrupts& irq_;
+};
+
 bool Session::OnDeviceEvents() {
   if (!active_) return false;
+  Pass pass(*irq_);
   return device_->ProcessEvents();
 }
 
 void Session::Serve(uint32_t spin_us) {
+  Pass pass(*irq_);
   using Clock = std::chrono::steady_clock;
   const auto window = std::chrono::microseconds(spin_us);
   const auto start = Clock::now();

@@ -112,6 +112,7 @@ class Session {
   struct Mapping;
   struct Vring;
   class Interrupts;
+  class Pass;
 
   absl::Status Dispatch(Message& m, bool* replied);
   absl::Status SetMemTable(Message& m);

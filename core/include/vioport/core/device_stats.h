@@ -38,6 +38,12 @@ class LatencyHistogram {
   // Requests in bucket b alone (b == kBoundsNs.size(): above the last bound).
   uint64_t bucket(size_t b) const { return buckets_[b].load(std::memory_order_relaxed); }
   uint64_t sum_ns() const { return sum_ns_.load(std::memory_order_relaxed); }
+  // Adds what another process counted (a live upgrade carries the totals over).
+  void Add(size_t b, uint64_t count) {
+    if (b < buckets_.size()) buckets_[b].fetch_add(count, std::memory_order_relaxed);
+  }
+  void AddSum(uint64_t ns) { sum_ns_.fetch_add(ns, std::memory_order_relaxed); }
+  static constexpr size_t kBuckets = kBoundsNs.size() + 1;
 
  private:
   std::array<std::atomic<uint64_t>, kBoundsNs.size() + 1> buckets_{};

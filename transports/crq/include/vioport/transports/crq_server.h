@@ -120,8 +120,13 @@ class CrqServer {
   // since the last one.
   void ReportCredit();
   void SendInterrupt(uint16_t queue, bool config);
-  // One pass over everything pending; returns how much was handled.
+  // One pass over everything pending; returns how much was handled. Held
+  // (coalesced) interrupts whose delay ran out go at its end.
   size_t Work();
+  // Sends every held interrupt: before the loop sleeps, nothing stays held.
+  void FlushInterrupts() {
+    if (ctl_) ctl_->FlushInterrupts(true);
+  }
   // When a retry is due (InfiniteFuture: none).
   absl::Time RetryAt() const { return backoff_ == absl::ZeroDuration() ? absl::InfiniteFuture() : retry_at_; }
   // The device's event eventfd (-1: it has none).
@@ -174,6 +179,8 @@ class CrqDispatcher {
   // One pass over every server's pending work, no waiting; returns how much
   // was handled (an event loop spinning briefly before it sleeps calls this).
   size_t Work();
+  // Every server's held (coalesced) interrupts go now: call before sleeping.
+  void FlushInterrupts();
   size_t size() const { return servers_.size(); }
   // The earliest retry deadline of any server (InfiniteFuture: none), for an
   // event loop that calls Poll(ZeroDuration()) on readiness and needs to
