@@ -15,6 +15,11 @@
 //                     the record names: a sealed 1 MiB memfd of guest RAM,
 //                     then eventfds), then Resume() and a kick of every
 //                     queue.
+//   byte 0 == 2       the part of vios's own DEVICE record that follows the
+//                     device type (vios/src/upgrade_records.h): options, then
+//                     stats for a device of (byte 3 % 4) + 1 queues. What
+//                     is read, written again and read back must be the same.
+//                     (The record then starts at byte 4.)
 //
 // Then: bytes 1-2 (little-endian) are the record's length L; the record is
 // the next L bytes; what follows is copied into guest RAM at 0.
@@ -31,6 +36,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +47,9 @@
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/log.h"
 #include "vioport/transports/handover.h"
+#ifdef VIOPORT_FUZZ_UPGRADE
+#include "upgrade_records.h"
+#endif
 
 namespace {
 
@@ -159,9 +168,48 @@ void RestoreVhostUser(World& w, HandoverReader& in) {
 
 }  // namespace
 
+#ifdef VIOPORT_FUZZ_UPGRADE
+// Sums of everything GetStats adds, to compare a round trip.
+std::vector<uint64_t> Flatten(const DeviceStats& ds) {
+  std::vector<uint64_t> v;
+  for (uint16_t q = 0; q < ds.num_queues(); ++q)
+    v.insert(v.end(), {ds.queue(q)->requests.load(), ds.queue(q)->bytes_in.load(), ds.queue(q)->bytes_out.load()});
+  for (size_t b = 0; b < LatencyHistogram::kBuckets; ++b) v.push_back(ds.latency().bucket(b));
+  v.insert(v.end(), {ds.latency().sum_ns(), ds.spin_us.load(), ds.busy_polls.load(), ds.busy_poll_ns.load(),
+                     ds.busy_poll_found.load(), ds.coalesce_delay_us.load(), ds.coalesce_iops_threshold.load(),
+                     ds.interrupts_sent.load(), ds.interrupts_coalesced.load()});
+  return v;
+}
+
+void UpgradeRecord(const uint8_t* data, size_t size) {
+  if (size < 4) return;
+  const uint16_t nq = static_cast<uint16_t>(data[3] % 4 + 1);
+  HandoverReader in(std::string(reinterpret_cast<const char*>(data + 4), size - 4), {});
+  std::map<std::string, std::string> kv;
+  DeviceStats ds(nq);
+  if (!vios::GetOptions(in, &kv).ok()) return;
+  const bool stats = vios::GetStats(in, ds).ok();
+  HandoverWriter out;
+  vios::PutOptions(out, kv);
+  vios::PutStats(out, stats ? &ds : nullptr);
+  HandoverReader back(out.bytes(), {});
+  std::map<std::string, std::string> kv2;
+  DeviceStats ds2(nq);
+  if (!vios::GetOptions(back, &kv2).ok() || kv2 != kv) __builtin_trap();
+  if (!vios::GetStats(back, ds2).ok() || !back.Done().ok()) __builtin_trap();
+  if (stats && Flatten(ds2) != Flatten(ds)) __builtin_trap();
+}
+#endif
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   World& w = W();
   if (w.baseline < 0) w.baseline = CountFds();
+  if (size && data[0] == 2) {
+#ifdef VIOPORT_FUZZ_UPGRADE
+    UpgradeRecord(data, size);
+#endif
+    return 0;
+  }
   if (size < 3) return 0;
   const size_t len = std::min<size_t>(data[1] | data[2] << 8, size - 3);
   std::string record(reinterpret_cast<const char*>(data + 3), len);

@@ -85,6 +85,36 @@ seeds = {
     "vhost_user_base_ahead": seed(1, vhost_user(base=1), ram()),
     "vhost_user_missing_fd": seed(1, vhost_user()[:-40] + msg(12, u64(0), [7]) + u64(0) + s(b""), ram()),
 }
+
+
+# vios's own DEVICE record pieces (byte 0 == 2; byte 3: queue count - 1):
+# options, then the device's stats (upgrade_records.h).
+def options(kv):
+    return u64(len(kv)) + b"".join(s(k) + s(v) for k, v in kv)
+
+
+def stats(queues, latency=None, tail=(20, 7, 70000, 5, 100, 60000, 9, 4)):
+    out = u64(1) + u64(len(queues))
+    for q in queues:
+        out += b"".join(u64(v) for v in q)
+    lat = latency or [3] * 17
+    out += b"".join(u64(v) for v in lat) + u64(123456)
+    return out + b"".join(u64(v) for v in tail)
+
+
+def upgrade(nq, record):
+    return bytes([2, 0, 0, nq - 1]) + record
+
+
+BLK = options([(b"path", b"/srv/d0.img"), (b"num-queues", b"2")])
+seeds.update({
+    "upgrade_stats": upgrade(2, BLK + stats([(10, 4096, 8192), (3, 512, 0)])),
+    "upgrade_no_stats": upgrade(1, BLK + u64(0)),
+    "upgrade_queue_mismatch": upgrade(1, BLK + stats([(1, 2, 3), (4, 5, 6)])),
+    "upgrade_bad_delay": upgrade(1, BLK + stats([(1, 2, 3)], tail=(20, 7, 70000, 5, 2000000, 60000, 9, 4))),
+    "upgrade_truncated": upgrade(2, (BLK + stats([(10, 4096, 8192), (3, 512, 0)]))[:-30]),
+    "upgrade_many_options": upgrade(1, options([(b"k%d" % i, b"v") for i in range(300)])),
+})
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "handover")
 os.makedirs(out, exist_ok=True)
 for name, data in seeds.items():

@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "reactor.h"
 #include "server.h"
+#include "upgrade_records.h"
 #include "vioport/core/log.h"
 #include "vioport/transports/handover.h"
 
@@ -41,8 +42,7 @@ constexpr uint64_t kMagic = 0x3165646172677076;  // "vpgrade1"
 constexpr uint64_t kVersion = 2;
 enum Kind : uint64_t { kHello = 1, kDevice, kReady, kAbort, kCommit };
 constexpr size_t kMaxDevices = 1 << 20;
-constexpr size_t kMaxOptions = 256;
-constexpr size_t kMaxText = 4096;
+constexpr size_t kMaxText = kMaxRecordText;
 // How long one side waits for the other's next record.
 constexpr absl::Duration kStepTimeout = absl::Seconds(30);
 
@@ -52,89 +52,6 @@ uint64_t NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-// What DeviceStats holds (the metrics' counters, the coalescing settings)
-// carried over, so the counters a scraper reads do not restart at an upgrade.
-void PutStats(HandoverWriter& w, const DeviceStats* ds) {
-  w.U64(ds ? 1 : 0);
-  if (!ds) return;
-  w.U64(ds->num_queues());
-  for (uint16_t q = 0; q < ds->num_queues(); ++q) {
-    const QueueStats* qs = ds->queue(q);
-    w.U64(qs->requests.load());
-    w.U64(qs->bytes_in.load());
-    w.U64(qs->bytes_out.load());
-  }
-  for (size_t b = 0; b < LatencyHistogram::kBuckets; ++b) w.U64(ds->latency().bucket(b));
-  w.U64(ds->latency().sum_ns());
-  for (uint64_t v : {uint64_t{ds->spin_us.load()}, ds->busy_polls.load(), ds->busy_poll_ns.load(),
-                     ds->busy_poll_found.load(), uint64_t{ds->coalesce_delay_us.load()},
-                     uint64_t{ds->coalesce_iops_threshold.load()}, ds->interrupts_sent.load(),
-                     ds->interrupts_coalesced.load()})
-    w.U64(v);
-}
-
-absl::Status GetStats(HandoverReader& r, DeviceStats& ds) {
-  uint64_t present = 0, nq = 0;
-  if (absl::Status s = r.U64(&present, 1, "stats present"); !s.ok()) return s;
-  if (!present) return absl::OkStatus();
-  if (absl::Status s = r.U64(&nq, 65535, "stats queue count"); !s.ok()) return s;
-  if (nq != ds.num_queues())
-    return absl::InvalidArgumentError(absl::StrCat("stats for ", nq, " queues, the device has ", ds.num_queues()));
-  auto u64 = [&](uint64_t* v, const char* what, uint64_t max = ~uint64_t{0}) { return r.U64(v, max, what); };
-  for (uint16_t q = 0; q < nq; ++q) {
-    uint64_t req = 0, in = 0, out = 0;
-    for (auto [v, what] : {std::pair{&req, "queue requests"}, {&in, "queue bytes in"}, {&out, "queue bytes out"}})
-      if (absl::Status s = u64(v, what); !s.ok()) return s;
-    QueueStats* qs = ds.queue(q);
-    qs->requests.fetch_add(req);
-    qs->bytes_in.fetch_add(in);
-    qs->bytes_out.fetch_add(out);
-  }
-  for (size_t b = 0; b < LatencyHistogram::kBuckets; ++b) {
-    uint64_t n = 0;
-    if (absl::Status s = u64(&n, "latency bucket"); !s.ok()) return s;
-    ds.latency().Add(b, n);
-  }
-  uint64_t sum = 0, spin = 0, polls = 0, poll_ns = 0, found = 0, delay = 0, thr = 0, sent = 0, held = 0;
-  if (absl::Status s = u64(&sum, "latency sum"); !s.ok()) return s;
-  ds.latency().AddSum(sum);
-  if (absl::Status s = u64(&spin, "spin_us", 1000000); !s.ok()) return s;
-  for (auto [v, what] : {std::pair{&polls, "busy polls"}, {&poll_ns, "busy poll time"}, {&found, "busy poll finds"}})
-    if (absl::Status s = u64(v, what); !s.ok()) return s;
-  if (absl::Status s = u64(&delay, "coalescing delay", 1000000); !s.ok()) return s;
-  if (absl::Status s = u64(&thr, "coalescing threshold", uint64_t{1} << 31); !s.ok()) return s;
-  if (absl::Status s = u64(&sent, "interrupts sent"); !s.ok()) return s;
-  if (absl::Status s = u64(&held, "interrupts held"); !s.ok()) return s;
-  ds.spin_us.store(static_cast<uint32_t>(spin));
-  ds.busy_polls.fetch_add(polls);
-  ds.busy_poll_ns.fetch_add(poll_ns);
-  ds.busy_poll_found.fetch_add(found);
-  ds.coalesce_delay_us.store(static_cast<uint32_t>(delay));
-  ds.coalesce_iops_threshold.store(static_cast<uint32_t>(std::max<uint64_t>(thr, 1)));
-  ds.interrupts_sent.fetch_add(sent);
-  ds.interrupts_coalesced.fetch_add(held);
-  return absl::OkStatus();
-}
-
-void PutOptions(HandoverWriter& w, const std::map<std::string, std::string>& kv) {
-  w.U64(kv.size());
-  for (const auto& [k, v] : kv) {
-    w.Str(k);
-    w.Str(v);
-  }
-}
-
-absl::Status GetOptions(HandoverReader& r, std::map<std::string, std::string>* kv) {
-  uint64_t n = 0;
-  if (absl::Status s = r.U64(&n, kMaxOptions, "option count"); !s.ok()) return s;
-  for (uint64_t i = 0; i < n; ++i) {
-    std::string k, v;
-    if (absl::Status s = r.Str(&k, kMaxText, "option name"); !s.ok()) return s;
-    if (absl::Status s = r.Str(&v, kMaxText, "option value"); !s.ok()) return s;
-    (*kv)[k] = v;
-  }
-  return absl::OkStatus();
-}
 
 absl::Status SendKind(int sock, Kind k, const std::string& text = "") {
   HandoverWriter w;
