@@ -205,8 +205,10 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
                   [self = shared_from_this(), q, w](const boost::system::error_code& ec) {
                     if (ec || self->closed || self->frozen || self->kick_watch[q].get() != w) return;
                     DrainEventFd(w->native_handle());
+                    self->session->BeginPass();
                     self->session->OnKick(q);
                     self->session->Serve(self->srv->self->options().spin_us);
+                    if (self->session) self->session->EndPass();
                     self->RunDeferred();
                     if (!self->closed && self->kick_watch[q].get() == w) self->ArmKick(q, w);
                   });
@@ -238,7 +240,9 @@ struct VhostUserConnection : std::enable_shared_from_this<VhostUserConnection>, 
     event_watch->async_wait(asio::posix::stream_descriptor::wait_read,
                             [self = shared_from_this()](const boost::system::error_code& ec) {
                               if (ec || self->closed || self->frozen) return;
+                              self->session->BeginPass();
                               if (self->session->OnDeviceEvents()) self->session->Serve(self->srv->self->options().spin_us);
+                              if (self->session) self->session->EndPass();
                               self->RunDeferred();
                               if (!self->closed) self->WatchEvents();
                             });

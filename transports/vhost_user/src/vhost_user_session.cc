@@ -919,12 +919,6 @@ void Session::OnRingError(uint16_t q, RingError e) {
   });
 }
 
-void Session::OnKick(uint16_t q) {
-  counters_.kicks++;
-  if (!active_ || needs_reset_ || q >= active_set_.size() || !active_set_[q]) return;
-  device_->QueueNotify(q);
-}
-
 // Brackets a serving pass: interrupts raised in it may be held (coalescing)
 // and go out when it ends.
 class Session::Pass {
@@ -937,6 +931,16 @@ class Session::Pass {
  private:
   Interrupts& irq_;
 };
+
+void Session::BeginPass() { irq_->BeginPass(); }
+void Session::EndPass() { irq_->EndPass(); }
+
+void Session::OnKick(uint16_t q) {
+  counters_.kicks++;
+  if (!active_ || needs_reset_ || q >= active_set_.size() || !active_set_[q]) return;
+  Pass pass(*irq_);  // the device may complete requests right here
+  device_->QueueNotify(q);
+}
 
 bool Session::OnDeviceEvents() {
   if (!active_) return false;

@@ -81,6 +81,11 @@ class Session {
   absl::Status Handle(Message& m);
   // The kick eventfd of queue q fired (already drained by the caller).
   void OnKick(uint16_t q);
+  // Around OnKick or OnDeviceEvents and the Serve after it: one serving pass,
+  // so interrupt coalescing may hold what the first raises until the Serve
+  // ends (each opens its own pass too; passes nest).
+  void BeginPass();
+  void EndPass();
   // Busy-serve the device after a kick or completion for up to `spin_us`
   // past its last progress (0: once). Returns after a bounded time.
   void Serve(uint32_t spin_us);
