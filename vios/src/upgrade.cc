@@ -14,13 +14,10 @@
 // Until COMMIT either side can give up and the old vios thaws: nothing the
 // guests see changed.
 #include <sys/socket.h>
-
 #include <sys/un.h>
 #include <time.h>
 #include <poll.h>
 #include <unistd.h>
-
-#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "boost/asio/steady_timer.hpp"

@@ -88,8 +88,10 @@ struct Session::Vring {
 // replace at any time (QEMU swaps it when the guest masks the vector).
 //
 // Coalescing (DeviceStats::coalesce_*, set at run time): an interrupt raised
-// on the device thread while the session serves (Serve, OnDeviceEvents: a
-// Pass) may be held; whatever is held goes out when the pass ends, so nothing
+// on the device thread while the session serves (a Pass: OnKick, Serve,
+// OnDeviceEvents, or the host's BeginPass/EndPass around a kick or a device
+// event and the Serve after it) may be held; whatever is held goes out when
+// the outermost pass ends, so nothing
 // is held while the session sleeps. Interrupts from other threads go at once.
 class Session::Interrupts final : public InterruptSink {
  public:
