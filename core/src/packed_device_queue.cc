@@ -53,8 +53,17 @@ RingError PackedDeviceQueue::Init() {
     ring_h_ = mem_->Map(cfg_.desc_addr, 16ull * n, Access::kReadWrite);
     driver_h_ = mem_->Map(cfg_.driver_addr, 4, Access::kRead);
     device_h_ = mem_->Map(cfg_.device_addr, 4, Access::kReadWrite);
-    if (!ring_h_ || !driver_h_ || !device_h_) return RingError::kAddressOutOfRange;
-  } else {
+    if (!ring_h_ || !driver_h_ || !device_h_) {
+      // Reachable but not mappable now (a full grant-map table): the ring
+      // goes through the memory's copies instead.
+      ring_h_ = driver_h_ = device_h_ = nullptr;
+      if (!mem_->Accessible(cfg_.desc_addr, 16ull * n, Access::kReadWrite) ||
+          !mem_->Accessible(cfg_.driver_addr, 4, Access::kRead) ||
+          !mem_->Accessible(cfg_.device_addr, 4, Access::kReadWrite))
+        return RingError::kAddressOutOfRange;
+    }
+  }
+  if (!ring_h_) {
     window_.resize(16 * kWindow);
     window_first_.resize(16 * kWindow);
   }

@@ -63,11 +63,17 @@ RingError SplitDeviceQueue::Init() {
     desc_h_ = mem_->Map(cfg_.desc_addr, L::DescBytes(n), Access::kRead);
     avail_h_ = mem_->Map(cfg_.driver_addr, L::AvailBytes(n), Access::kRead);
     used_h_ = mem_->Map(cfg_.device_addr, L::UsedBytes(n), Access::kReadWrite);
-    if (!desc_h_ || !avail_h_ || !used_h_) return RingError::kAddressOutOfRange;
-  } else {
-    avail_cache_.resize(n);
-    desc_cache_.resize(L::DescBytes(n));
+    if (desc_h_ && avail_h_ && used_h_) return RingError::kNone;
+    // Reachable but not mappable now (a full grant-map table): the rings are
+    // read and written through the memory's copies instead, as below.
+    desc_h_ = avail_h_ = used_h_ = nullptr;
+    if (!mem_->Accessible(cfg_.desc_addr, L::DescBytes(n), Access::kRead) ||
+        !mem_->Accessible(cfg_.driver_addr, L::AvailBytes(n), Access::kRead) ||
+        !mem_->Accessible(cfg_.device_addr, L::UsedBytes(n), Access::kReadWrite))
+      return RingError::kAddressOutOfRange;
   }
+  avail_cache_.resize(n);
+  desc_cache_.resize(L::DescBytes(n));
   return RingError::kNone;
 }
 

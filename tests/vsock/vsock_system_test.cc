@@ -207,7 +207,7 @@ TEST_F(VsockSystem, SeqpacketBoundaries) {
   // Guest to guest (shm to Xen): the listener echoes message by message,
   // the connector checks every message comes back whole.
   // Guest b (Xen) posts more receive buffers than vios can keep mapped
-  // (xenemud's maptrack holds 1024 pages): past that, grant copy.
+  // (4,096 pages, the attachment's cache-pages): past that, grant copy.
   Proc& lb = Guest(b, {"listen", "--port", "7001", "--echo", "--seqpacket", "--size", "100000", "--rx-buffers", "250"});
   ASSERT_TRUE(Listening(lb)) << lb.err();
   std::vector<std::string> ga2 = {"connect", "--cid", "4", "--port", "7001", "--seed", "9", "--length", "8388608",

@@ -44,7 +44,9 @@ struct DomainServiceOptions {
   // vm.max_map_count is 65530 by default: keep the cap well below it.
   uint64_t max_grant_pages = 32768;
   uint32_t max_grant_frames = 64;               // per domain (gnttab_max_frames)
-  uint32_t max_maptrack = 1024;                 // live map handles per grantee
+  // Live map handles per grantee: Xen's default, 1024 maptrack frames of
+  // 256 handles each (struct grant_mapping is 16 bytes).
+  uint32_t max_maptrack = 1024 * 256;
   uint64_t max_memory_bytes = uint64_t{4} << 30;  // RAM per domain
   std::chrono::microseconds spin{50};           // mailbox polling before sleeping
 };

@@ -35,7 +35,7 @@ struct DomainLimits {
   // The pool cap over all domains (gntalloc's system-wide limit).
   uint64_t max_grant_pages = 32768;
   uint32_t max_grant_frames = 64;                 // per domain (gnttab_max_frames)
-  uint32_t max_maptrack = 1024;                   // live map handles per grantee
+  uint32_t max_maptrack = 1024 * 256;             // live map handles per grantee (Xen's default)
   uint64_t max_memory_bytes = uint64_t{4} << 30;  // RAM per domain
   // Domain ID's xenstore socket is PATH.dID (dom0: PATH).
   std::string xenstore_path;

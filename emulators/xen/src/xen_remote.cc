@@ -350,10 +350,17 @@ GrantMapping RemoteDomain::Map(DomId granter, GrantRef ref, bool readonly, uint8
   void* p = fd < 0 ? MAP_FAILED
                    : ::mmap(at, kXenPageSize, readonly ? PROT_READ : PROT_READ | PROT_WRITE,
                             MAP_SHARED | (at ? MAP_FIXED : 0), fd, 0);
+  // No descriptor came (this process is at its open-file limit) or no room
+  // for one more mapping (vm.max_map_count): a limit of this process, not
+  // the grant's fault.
+  const int err = fd < 0 ? EMFILE : errno;
   if (fd >= 0) ::close(fd);
   if (p == MAP_FAILED) {
-    // Granted but not mappable here: give the handle back.
+    // Granted but not mappable here: give the handle back. Out of room is
+    // told as Xen tells a full maptrack (gntdev's ENOMEM), so the caller
+    // may reach the page by grant copy instead.
     (void)im.SimpleCall(wire::kGrantUnmap, {reply.handle});
+    if (err == ENOMEM || err == EMFILE || err == ENFILE) out.status = gntst::kNoSpace;
     return out;
   }
   out.status = gntst::kOkay;

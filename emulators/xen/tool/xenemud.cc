@@ -80,7 +80,8 @@ domains as processes (vioport::xen::RemoteDomain is the client):
                      vm.max_map_count (65530 by default) bounds the total.
   --max-grant-frames N grant-table frames per domain, 512 refs each (default
                      64, Xen's gnttab_max_frames).
-  --max-maptrack N   live grant maps per grantee (default 1024); beyond,
+  --max-maptrack N   live grant maps per grantee (default 262144: Xen's
+                     1024 maptrack frames of 256 handles); beyond,
                      GNTST_no_space.
   --spin-us N        after answering a hypercall, poll that domain's mailbox
                      N microseconds for the next one before sleeping

@@ -137,7 +137,7 @@ class GrantTableWriter {
 
 struct GrantTablesConfig {
   uint32_t max_grant_frames = 64;         // Xen gnttab_max_frames default => 32768 refs
-  uint32_t max_maptrack_handles = 1024;   // per grantee (Xen: 1024 maptrack frames of handles)
+  uint32_t max_maptrack_handles = 1024 * 256;  // per grantee (Xen: 1024 maptrack frames, 256 handles each)
 };
 
 struct MapResult {
