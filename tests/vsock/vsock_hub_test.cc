@@ -266,6 +266,74 @@ TEST_F(VsockHubTest, GuestReachesAHostListener) {
   EXPECT_EQ(Counter(*hub, 3, "hub.conns_total"), 1u);
 }
 
+// Guests do not wait for each other: while one guest's lock is held (as a
+// thread busy with its connections holds it), another guest connects to a
+// host listener, sends 256 KiB and gets it echoed back; the held guest's
+// REQUEST, sent meanwhile from its own thread, waits, and goes through
+// once the lock is let go. (With one lock for every guest, as the hub had,
+// the second guest's connection would wait too.)
+TEST_F(VsockHubTest, OneGuestHeldDoesNotHoldUpAnother) {
+  auto hub = Hub();
+  FakeGuest a(*hub, 3, dir_ + "/v3.sock"), b(*hub, 4, dir_ + "/v4.sock");
+  const int la = ListenAt(dir_ + "/v3.sock_7000"), lb = ListenAt(dir_ + "/v4.sock_7000");
+  ASSERT_GE(la, 0);
+  ASSERT_GE(lb, 0);
+  const std::vector<uint8_t> up = Bytes(256 * 1024, 5);
+  std::thread echo([&] {  // b's host end: echoes until the guest's end goes
+    const int s = ::accept(lb, nullptr, nullptr);
+    ASSERT_GE(s, 0);
+    std::vector<uint8_t> buf(65536);
+    for (ssize_t r; (r = ::read(s, buf.data(), buf.size())) > 0;)
+      for (ssize_t off = 0; off < r;) {
+        const ssize_t w = ::write(s, buf.data() + off, static_cast<size_t>(r - off));
+        if (w <= 0) break;
+        off += w;
+      }
+    ::close(s);
+  });
+  auto hold = hub->HoldGuestForTesting(3);
+  ASSERT_NE(hold, nullptr);
+  std::atomic<bool> a_sent{false};
+  std::thread ta([&] {
+    a.Send(Packet{Request(3, 41000, vsock::kCidHost, 7000), {}});
+    a_sent = true;
+  });
+  Endpoint::Limits l;
+  l.buf_alloc = 64 * 1024;
+  l.max_packet = 4096;
+  Endpoint ep(4, 40000, vsock::kCidHost, 7000, vsock::kTypeStream, l);
+  b.Send(ep.Connect());
+  size_t sent = 0;
+  std::vector<uint8_t> back;
+  Packet p;
+  while (back.size() < up.size() && b.Next(&p, 10000)) {
+    Endpoint::Output o;
+    ep.OnPacket(p.hdr, p.payload, &o);
+    ASSERT_FALSE(ep.closed()) << "b's connection ended, op " << vsock::OpName(p.hdr.op);
+    back.insert(back.end(), o.to_host.begin(), o.to_host.end());
+    if (!o.to_host.empty()) ep.Consumed(static_cast<uint32_t>(o.to_host.size()), &o);
+    if (sent < up.size()) sent += ep.Send(std::span(up).subspan(sent), false, &o);
+    b.Send(std::move(o.to_peer));
+  }
+  EXPECT_EQ(back, up) << "b's bytes came back while a was held";
+  // a is still waiting: nothing reached a's host listener, nothing came back.
+  EXPECT_FALSE(a_sent.load());
+  pollfd pa{la, POLLIN, 0};
+  EXPECT_EQ(::poll(&pa, 1, 0), 0) << "a's REQUEST went through while its guest was held";
+  hold.reset();
+  ta.join();
+  ASSERT_TRUE(a.Next(&p, 5000)) << "a's REQUEST was answered once let go";
+  EXPECT_EQ(p.hdr.op, vsock::kOpResponse) << vsock::OpName(p.hdr.op);
+  EXPECT_EQ(::poll(&pa, 1, 5000), 1) << "a's host listener has the connection";
+  Endpoint::Output o;
+  ep.Reset(&o);
+  b.Send(std::move(o.to_peer));
+  hub->RemoveGuest(4);  // b's host socket closes: the echo ends
+  echo.join();
+  ::close(la);
+  ::close(lb);
+}
+
 // Data offered in place (SendInPlace, as a device offers a payload still
 // in guest memory) mixed with data handed over in packets (Send), to a
 // host that reads slowly: its socket fills, what it does not take yet is

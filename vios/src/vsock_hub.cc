@@ -29,8 +29,11 @@ using vsock::Packet;
 using vsock::Refusal;
 
 namespace {
-constexpr uint64_t kTagWake = 1;
+// epoll tags: the wake-up eventfd; a guest's listener (its CID); a host
+// connection (its CID and, above, its number within the guest).
+constexpr uint64_t kTagWake = uint64_t{1} << 61;
 constexpr uint64_t kTagListener = uint64_t{1} << 62, kTagConn = uint64_t{1} << 63;
+constexpr uint32_t kConnIdMask = (1u << 29) - 1;  // bits 32..60 of a tag
 constexpr uint32_t kHubSource = 1;        // the hub's own RSTs, in a device's inbox
 constexpr size_t kMaxLine = vsock::kMaxConnectLine;  // "CONNECT <port>\n"
 constexpr size_t kMaxBacklog = 16384;     // packets for one guest its inbox had no room for
@@ -38,6 +41,12 @@ constexpr size_t kReadChunk = 64 * 1024;
 constexpr uint32_t kFirstHostPort = 1u << 30;
 
 uint64_t Key(uint32_t guest_port, uint32_t host_port) { return (uint64_t{guest_port} << 32) | host_port; }
+uint64_t ConnTag(uint64_t cid, uint32_t id) { return kTagConn | (uint64_t{id} << 32) | cid; }
+// Host sockets are read into this, on whichever thread reads them.
+std::vector<uint8_t>& ReadBuffer() {
+  thread_local std::vector<uint8_t> buf(256 * 1024);
+  return buf;
+}
 void Bump(std::atomic<uint64_t>& a, uint64_t n = 1) { a.fetch_add(n, std::memory_order_relaxed); }
 
 bool ShareGroup(const std::vector<std::string>& a, const std::vector<std::string>& b) {
@@ -50,11 +59,18 @@ bool ShareGroup(const std::vector<std::string>& a, const std::vector<std::string
 
 struct VsockHub::GuestState {
   Guest g;
+  // The guest's lock: over its host connections and everything below up
+  // to the counters.
+  absl::Mutex mu;
   int listen_fd = -1;
-  // Under io_mu_.
+  bool removed = false;        // RemoveGuest has closed it all
+  std::map<uint32_t, std::unique_ptr<Conn>> conns;  // by number (in its epoll tag)
+  uint32_t next_id = 1;
   std::deque<Packet> backlog;  // for the guest, waiting for room in its inbox
+  std::vector<Packet> batch;   // PushBacklog's
   bool stalled = false;        // its inbox refused packets: host reads paused
-  absl::flat_hash_map<uint64_t, uint64_t> by_key;  // (guest port, host port) -> connection
+  bool reading_inline = false;  // its device thread reads a host socket
+  absl::flat_hash_map<uint64_t, uint32_t> by_key;  // (guest port, host port) -> connection
   uint32_t next_port = kFirstHostPort;
   uint32_t open = 0;
   // Any thread.
@@ -66,8 +82,8 @@ struct VsockHub::GuestState {
 
 struct VsockHub::Conn {
   using Phase = VsockHub::Phase;
-  uint64_t id = 0;
-  std::shared_ptr<GuestState> g;
+  uint32_t id = 0;
+  GuestState* g = nullptr;  // its owner
   int fd = -1;
   bool seq = false;
   Phase phase = Phase::kOpen;
@@ -104,7 +120,6 @@ absl::StatusOr<std::shared_ptr<VsockHub>> VsockHub::Create(Options options) {
 VsockHub::VsockHub(Options options) : opts_(std::move(options)) {
   ep_ = ::epoll_create1(EPOLL_CLOEXEC);
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  buf_.resize(256 * 1024);
 }
 
 VsockHub::~VsockHub() {
@@ -113,17 +128,16 @@ VsockHub::~VsockHub() {
     Wake();
     thread_.join();
   }
-  for (auto& [id, c] : conns_) ::close(c->fd);
-  auto close_listener = [](GuestState& g) {
-    if (g.listen_fd < 0) return;
-    ::close(g.listen_fd);
-    ::unlink(g.g.uds_path.c_str());
-  };
-  for (auto& [cid, g] : serving_) close_listener(*g);
-  {
-    absl::MutexLock l(&mu_);
-    for (auto& g : added_) close_listener(*g);
-    for (auto& g : removed_) close_listener(*g);
+  absl::MutexLock l(&mu_);
+  for (auto& [cid, gp] : guests_) {
+    absl::MutexLock gl(&gp->mu);
+    for (auto& [id, c] : gp->conns) ::close(c->fd);
+    gp->conns.clear();
+    if (gp->listen_fd >= 0) {
+      ::close(gp->listen_fd);
+      ::unlink(gp->g.uds_path.c_str());
+      gp->listen_fd = -1;
+    }
   }
   if (ep_ >= 0) ::close(ep_);
   if (wake_fd_ >= 0) ::close(wake_fd_);
@@ -170,19 +184,56 @@ absl::Status VsockHub::AddGuest(Guest g) {
     return absl::AlreadyExistsError(absl::StrCat("vsock: cid ", st->g.cid, " is taken by another device"));
   }
   guests_[st->g.cid] = st;
-  added_.push_back(st);
-  Wake();
+  if (st->listen_fd >= 0) {
+    // Under mu_: RemoveGuest cannot close it meanwhile.
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = kTagListener | st->g.cid;
+    ::epoll_ctl(ep_, EPOLL_CTL_ADD, st->listen_fd, &ev);
+  }
   return absl::OkStatus();
+}
+
+std::unique_ptr<absl::MutexLock> VsockHub::HoldGuestForTesting(uint64_t cid) {
+  std::shared_ptr<GuestState> gp = Find(cid);
+  return gp ? std::make_unique<absl::MutexLock>(&gp->mu) : nullptr;
+}
+
+std::shared_ptr<VsockHub::GuestState> VsockHub::Find(uint64_t cid) const {
+  absl::ReaderMutexLock l(&mu_);
+  auto it = guests_.find(cid);
+  return it == guests_.end() ? nullptr : it->second;
 }
 
 void VsockHub::RemoveGuest(uint64_t cid) {
   EndSiblings(cid);
-  absl::MutexLock l(&mu_);
-  auto it = guests_.find(cid);
-  if (it == guests_.end()) return;
-  removed_.push_back(it->second);
-  guests_.erase(it);
-  Wake();
+  std::shared_ptr<GuestState> gp;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = guests_.find(cid);
+    if (it == guests_.end()) return;
+    gp = std::move(it->second);
+    guests_.erase(it);
+  }
+  // Its packets are refused from here on (Route no longer finds it); a
+  // thread that found it before waits for this and then sees `removed`.
+  GuestState& g = *gp;
+  absl::MutexLock gl(&g.mu);
+  std::vector<uint32_t> ids;
+  for (const auto& [id, c] : g.conns) ids.push_back(id);
+  for (uint32_t id : ids) Close(g, id);
+  if (g.listen_fd >= 0) {
+    ::epoll_ctl(ep_, EPOLL_CTL_DEL, g.listen_fd, nullptr);
+    ::close(g.listen_fd);
+    ::unlink(g.g.uds_path.c_str());
+    g.listen_fd = -1;
+  }
+  g.backlog.clear();
+  g.stalled = false;
+  g.removed = true;
+  absl::MutexLock wl(&watch_mu_);
+  stalled_.erase(cid);
+  timed_.erase(cid);
 }
 
 void VsockHub::DriverGone(uint64_t cid) {
@@ -256,39 +307,37 @@ bool VsockHub::HasCid(uint64_t cid) const {
 
 void VsockHub::Send(uint64_t from_cid, std::vector<Packet>& packets) {
   std::vector<Packet> host;
-  Route(from_cid, packets, host);
-  if (host.empty()) return;
-  // Packets for the host are handled here, on the sending device's thread:
-  // its socket writes need no hand-over to the hub thread.
-  absl::MutexLock io(&io_mu_);
-  auto it = serving_.find(from_cid);
-  if (it == serving_.end()) {
-    ApplyPending();  // a guest just added
-    it = serving_.find(from_cid);
-    if (it == serving_.end()) return;
-  }
-  GuestState& g = *it->second;
+  std::shared_ptr<GuestState> gp = Route(from_cid, packets, host);
+  if (!gp) return;
+  // Packets for the host are handled here, on the sending device's thread,
+  // under its guest's lock only: its socket writes need no hand-over to
+  // the hub thread, and other guests' threads do the same meanwhile.
+  GuestState& g = *gp;
+  absl::MutexLock l(&g.mu);
+  if (g.removed) return;
   for (Packet& p : host) HandleGuestPacket(g, p.hdr, &p.payload, {});
-  PushBacklog(it->second);
+  PushBacklog(g);
 }
 
 bool VsockHub::SendInPlace(uint64_t from_cid, const vsock::Hdr& h, std::span<const uint8_t> payload) {
   if (h.dst_cid != vsock::kCidHost) return false;
-  absl::MutexLock io(&io_mu_);
-  auto it = serving_.find(from_cid);
-  if (it == serving_.end()) return false;
-  GuestState& g = *it->second;
+  std::shared_ptr<GuestState> gp = Find(from_cid);
+  if (!gp) return false;
+  GuestState& g = *gp;
+  absl::MutexLock l(&g.mu);
+  if (g.removed) return false;
   auto k = g.by_key.find(Key(h.src_port, h.dst_port));
   if (k == g.by_key.end()) return false;  // Send refuses it
-  HandleConnPacket(g, *conns_.at(k->second), h, nullptr, payload);
-  PushBacklog(it->second);
+  HandleConnPacket(g, *g.conns.at(k->second), h, nullptr, payload);
+  PushBacklog(g);
   return true;
 }
 
-void VsockHub::Route(uint64_t from_cid, std::vector<Packet>& packets, std::vector<Packet>& host) {
+std::shared_ptr<VsockHub::GuestState> VsockHub::Route(uint64_t from_cid, std::vector<Packet>& packets,
+                                                      std::vector<Packet>& host) {
   absl::ReaderMutexLock l(&mu_);
   auto fit = guests_.find(from_cid);
-  if (fit == guests_.end()) return;  // a device the hub let go of
+  if (fit == guests_.end()) return nullptr;  // a device the hub let go of
   GuestState& from = *fit->second;
   auto refuse = [&](const vsock::Hdr& h, Refusal why) {
     Bump(from.refused[static_cast<size_t>(why)]);
@@ -337,6 +386,7 @@ void VsockHub::Route(uint64_t from_cid, std::vector<Packet>& packets, std::vecto
       }
     }
   }
+  return host.empty() ? nullptr : fit->second;
 }
 
 void VsockHub::AppendCounters(uint64_t cid, std::vector<std::pair<std::string, uint64_t>>* out) const {
@@ -365,75 +415,110 @@ void VsockHub::AppendCounters(uint64_t cid, std::vector<std::pair<std::string, u
 void VsockHub::Run() {
   epoll_event evs[64];
   while (!stop_.load()) {
-    int timeout = 100;  // deadlines are checked at least this often
-    for (const auto& [cid, g] : serving_)
-      if (g->stalled) timeout = 1;
+    int timeout = -1;  // nothing to watch: asleep until a socket or Wake
+    {
+      absl::MutexLock l(&watch_mu_);
+      if (!stalled_.empty())
+        timeout = 1;
+      else if (!timed_.empty())
+        timeout = 100;  // deadlines are checked at least this often
+    }
     const int n = ::epoll_wait(ep_, evs, 64, timeout);
     if (n < 0 && errno != EINTR) break;
-    absl::MutexLock io(&io_mu_);
     for (int i = 0; i < n; ++i) {
       const uint64_t tag = evs[i].data.u64;
       if (tag == kTagWake) {
         uint64_t v;
         while (::read(wake_fd_, &v, sizeof v) < 0 && errno == EINTR) {
         }
-        ApplyPending();
-      } else if (tag & kTagConn) {
-        auto it = conns_.find(tag & ~kTagConn);
-        if (it == conns_.end()) continue;
-        Conn& c = *it->second;
-        const uint64_t id = c.id;
-        if (evs[i].events & EPOLLOUT) OnHostWritable(c);
-        if (!conns_.count(id)) continue;
-        if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) OnHostReadable(c);
-      } else if (tag & kTagListener) {
-        auto it = serving_.find(tag & ~kTagListener);
-        if (it != serving_.end()) Accept(*it->second);
+        DropGone();
+        continue;
       }
+      std::shared_ptr<GuestState> gp = Find(tag & 0xffffffffu);
+      if (!gp) continue;
+      GuestState& g = *gp;
+      absl::MutexLock l(&g.mu);
+      if (g.removed) continue;
+      if (tag & kTagConn) {
+        auto it = g.conns.find(static_cast<uint32_t>(tag >> 32) & kConnIdMask);
+        if (it != g.conns.end()) {
+          Conn& c = *it->second;
+          const uint32_t id = c.id;
+          if (evs[i].events & EPOLLOUT) OnHostWritable(c);
+          if (g.conns.count(id) && (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) OnHostReadable(c);
+        }
+      } else if (tag & kTagListener) {
+        Accept(g);
+      }
+      PushBacklog(g);
     }
-    PushBacklogs();
+    RetryStalled();
     CheckDeadlines();
   }
 }
 
-void VsockHub::ApplyPending() {
-  std::vector<std::shared_ptr<GuestState>> added, removed;
+void VsockHub::DropGone() {
+  // What the guests sent before their drivers went was handled as it came
+  // (Send): their host sockets have it.
   std::vector<uint64_t> gone;
   {
     absl::MutexLock l(&mu_);
-    added.swap(added_);
-    removed.swap(removed_);
     gone.swap(gone_);
   }
-  for (auto& g : added) {
-    serving_[g->g.cid] = g;
-    if (g->listen_fd >= 0) {
-      epoll_event ev{};
-      ev.events = EPOLLIN;
-      ev.data.u64 = kTagListener | g->g.cid;
-      ::epoll_ctl(ep_, EPOLL_CTL_ADD, g->listen_fd, &ev);
-    }
-  }
-  for (auto& g : removed) {
-    std::vector<uint64_t> ids;
-    for (const auto& [key, id] : g->by_key) ids.push_back(id);
-    for (const auto& [id, c] : conns_)
-      if (c->g == g && c->phase == Conn::Phase::kConnectLine) ids.push_back(id);
-    for (uint64_t id : ids) Close(id);
-    if (g->listen_fd >= 0) {
-      ::epoll_ctl(ep_, EPOLL_CTL_DEL, g->listen_fd, nullptr);
-      ::close(g->listen_fd);
-      ::unlink(g->g.uds_path.c_str());
-      g->listen_fd = -1;
-    }
-    g->backlog.clear();
-    serving_.erase(g->g.cid);
-  }
-  // What the guests sent before their drivers went was handled as it came
-  // (Send): their host sockets have it.
   for (uint64_t cid : gone) {
-    auto it = serving_.find(cid);
-    if (it != serving_.end()) DropConnections(*it->second);
+    std::shared_ptr<GuestState> gp = Find(cid);
+    if (!gp) continue;
+    absl::MutexLock l(&gp->mu);
+    if (!gp->removed) DropConnections(*gp);
+  }
+}
+
+void VsockHub::RetryStalled() {
+  std::vector<uint64_t> cids;
+  {
+    absl::MutexLock l(&watch_mu_);
+    cids.assign(stalled_.begin(), stalled_.end());
+  }
+  for (uint64_t cid : cids) {
+    std::shared_ptr<GuestState> gp = Find(cid);
+    if (!gp) continue;
+    absl::MutexLock l(&gp->mu);
+    if (!gp->removed) PushBacklog(*gp);
+  }
+}
+
+void VsockHub::CheckDeadlines() {
+  std::vector<uint64_t> cids;
+  {
+    absl::MutexLock l(&watch_mu_);
+    cids.assign(timed_.begin(), timed_.end());
+  }
+  const absl::Time now = absl::Now();
+  for (uint64_t cid : cids) {
+    std::shared_ptr<GuestState> gp = Find(cid);
+    if (!gp) continue;  // RemoveGuest took it off the list
+    GuestState& g = *gp;
+    absl::MutexLock l(&g.mu);
+    if (g.removed) continue;
+    std::vector<uint32_t> due;
+    bool more = false;
+    for (const auto& [id, c] : g.conns) {
+      if (c->deadline <= now)
+        due.push_back(id);
+      else if (c->deadline != absl::InfiniteFuture())
+        more = true;
+    }
+    for (uint32_t id : due) {
+      // A CONNECT line never finished, a REQUEST never answered, a SHUTDOWN
+      // the guest never followed with its RST, or a close still writing.
+      ResetToGuest(*g.conns.at(id));
+      Close(g, id);
+    }
+    PushBacklog(g);
+    if (!more) {
+      absl::MutexLock wl(&watch_mu_);  // under the guest's lock: SetDeadline cannot slip in between
+      timed_.erase(cid);
+    }
   }
 }
 
@@ -443,11 +528,11 @@ void VsockHub::DropConnections(GuestState& g) {
   // them, as after a close, and is then closed; the others are closed now.
   // Sockets still on their CONNECT line do not belong to the driver: they
   // stay.
-  std::vector<uint64_t> ids;
-  for (const auto& [id, c] : conns_)
-    if (c->g.get() == &g && c->phase != Conn::Phase::kConnectLine) ids.push_back(id);
-  for (uint64_t id : ids) {
-    Conn& c = *conns_.at(id);
+  std::vector<uint32_t> ids;
+  for (const auto& [id, c] : g.conns)
+    if (c->phase != Conn::Phase::kConnectLine) ids.push_back(id);
+  for (uint32_t id : ids) {
+    Conn& c = *g.conns.at(id);
     if (c.ep && !c.ep->closed()) {
       Endpoint::Output unused;
       c.ep->Reset(&unused);
@@ -455,25 +540,23 @@ void VsockHub::DropConnections(GuestState& g) {
     c.in.clear();
     c.msg.clear();
     if (c.out.empty() || c.phase != Conn::Phase::kOpen) {
-      Close(id);
+      Close(g, id);
       continue;
     }
     c.draining = true;
-    c.deadline = absl::Now() + opts_.close_timeout;
+    SetDeadline(c, absl::Now() + opts_.close_timeout);
     UpdateInterest(c);
   }
   g.backlog.clear();
-  g.stalled = false;
+  if (g.stalled) SetStalled(g, false);
 }
 
-void VsockHub::Refuse(uint64_t cid, const vsock::Hdr& h, Refusal why) {
-  auto it = serving_.find(cid);
-  if (it == serving_.end()) return;
-  Bump(it->second->refused[static_cast<size_t>(why)]);
+void VsockHub::Refuse(GuestState& g, const vsock::Hdr& h, Refusal why) {
+  Bump(g.refused[static_cast<size_t>(why)]);
   if (h.op == vsock::kOpRst) return;
   Packet r;
   r.hdr = vsock::RstFor(h);
-  ToGuest(*it->second, std::move(r));
+  ToGuest(g, std::move(r));
 }
 
 void VsockHub::HandleGuestPacket(GuestState& g, const vsock::Hdr& h, std::vector<uint8_t>* payload,
@@ -481,16 +564,16 @@ void VsockHub::HandleGuestPacket(GuestState& g, const vsock::Hdr& h, std::vector
   auto it = g.by_key.find(Key(h.src_port, h.dst_port));
   if (it == g.by_key.end()) {
     if (h.op == vsock::kOpRequest) return GuestConnect(g, h);
-    return Refuse(g.g.cid, h, Refusal::kNoConnection);
+    return Refuse(g, h, Refusal::kNoConnection);
   }
-  HandleConnPacket(g, *conns_.at(it->second), h, payload, in_place);
+  HandleConnPacket(g, *g.conns.at(it->second), h, payload, in_place);
 }
 
 void VsockHub::HandleConnPacket(GuestState& g, Conn& c, const vsock::Hdr& h, std::vector<uint8_t>* payload,
                                 std::span<const uint8_t> in_place) {
   if (!c.ep || c.draining) return;
   const uint32_t credit = c.ep->peer_free();
-  const uint64_t id = c.id;
+  const uint32_t id = c.id;
   Endpoint::Output out;
   if (payload)
     c.ep->TakePacket(h, std::move(*payload), &out);
@@ -500,34 +583,34 @@ void VsockHub::HandleConnPacket(GuestState& g, Conn& c, const vsock::Hdr& h, std
   // read now, on this thread, as long as there are credit and data (up to
   // a bound); only then is it the hub thread's to watch again (waking that
   // thread meanwhile would only have it wait for this one's lock).
-  reading_inline_ = true;
+  g.reading_inline = true;
   Apply(c, out);
-  if (conns_.count(id) && c.ep->peer_free() > credit) {
+  if (g.conns.count(id) && c.ep->peer_free() > credit) {
     for (int i = 0; i < 8 && WantsRead(c); ++i) {
       const uint64_t before = g.from_host_bytes.load(std::memory_order_relaxed);
       OnHostReadable(c);
-      if (!conns_.count(id) || g.from_host_bytes.load(std::memory_order_relaxed) == before) break;
+      if (!g.conns.count(id) || g.from_host_bytes.load(std::memory_order_relaxed) == before) break;
     }
   }
-  reading_inline_ = false;
-  if (conns_.count(id)) UpdateInterest(c);
+  g.reading_inline = false;
+  if (g.conns.count(id)) UpdateInterest(c);
 }
 
 void VsockHub::GuestConnect(GuestState& g, const vsock::Hdr& h) {
-  if (g.g.uds_path.empty()) return Refuse(g.g.cid, h, Refusal::kNoListener);
-  if (g.open >= opts_.max_conns) return Refuse(g.g.cid, h, Refusal::kTooManyConns);
+  if (g.g.uds_path.empty()) return Refuse(g, h, Refusal::kNoListener);
+  if (g.open >= opts_.max_conns) return Refuse(g, h, Refusal::kTooManyConns);
   const bool seq = h.type == vsock::kTypeSeqpacket;
   const std::string path = absl::StrCat(g.g.uds_path, "_", h.dst_port);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) return Refuse(g.g.cid, h, Refusal::kNoListener);
+  if (path.size() >= sizeof addr.sun_path) return Refuse(g, h, Refusal::kNoListener);
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   const int fd = ::socket(AF_UNIX, (seq ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Refuse(g.g.cid, h, Refusal::kNoListener);
+  if (fd < 0) return Refuse(g, h, Refusal::kNoListener);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
     // Nobody listening there (ENOENT, ECONNREFUSED), or a full backlog (EAGAIN).
     ::close(fd);
-    return Refuse(g.g.cid, h, Refusal::kNoListener);
+    return Refuse(g, h, Refusal::kNoListener);
   }
   Conn& c = AddConn(g, fd, Conn::Phase::kOpen);
   c.seq = seq;
@@ -539,15 +622,18 @@ void VsockHub::GuestConnect(GuestState& g, const vsock::Hdr& h) {
 
 VsockHub::Conn& VsockHub::AddConn(GuestState& g, int fd, Phase phase) {
   auto c = std::make_unique<Conn>();
-  c->id = next_conn_++;
-  c->g = serving_.at(g.g.cid);
+  // A number free in this guest (at most max_conns of 2^29 are in use).
+  while (g.next_id == 0 || g.conns.count(g.next_id)) g.next_id = (g.next_id + 1) & kConnIdMask;
+  c->id = g.next_id;
+  g.next_id = (g.next_id + 1) & kConnIdMask;
+  c->g = &g;
   c->fd = fd;
   c->phase = phase;
   Conn& ref = *c;
-  conns_[c->id] = std::move(c);
+  g.conns[c->id] = std::move(c);
   epoll_event ev{};
   ev.events = 0;  // UpdateInterest sets them
-  ev.data.u64 = kTagConn | ref.id;
+  ev.data.u64 = ConnTag(g.g.cid, ref.id);
   ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
   return ref;
 }
@@ -573,7 +659,7 @@ void VsockHub::Accept(GuestState& g) {
     const int fd = ::accept4(g.listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
     Conn& c = AddConn(g, fd, Conn::Phase::kConnectLine);
-    c.deadline = absl::Now() + opts_.close_timeout;
+    SetDeadline(c, absl::Now() + opts_.close_timeout);
     UpdateInterest(c);
   }
 }
@@ -584,27 +670,27 @@ void VsockHub::OnHostReadable(Conn& c) {
     char tmp[kMaxLine];
     const ssize_t r = ::recv(c.fd, tmp, kMaxLine - c.line.size(), 0);
     if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    if (r <= 0) return Close(c.id);
+    if (r <= 0) return Close(g, c.id);
     c.line.append(tmp, static_cast<size_t>(r));
     const vsock::ConnectLine cl = vsock::ParseConnectLine(c.line);
     if (cl.result == vsock::ConnectLine::Result::kNeedMore) return;
     if (cl.result == vsock::ConnectLine::Result::kBad) {
       Bump(g.bad_connect);
-      return Close(c.id);
+      return Close(g, c.id);
     }
     c.in.assign(c.line.begin() + static_cast<ptrdiff_t>(cl.consumed), c.line.end());  // the stream's first bytes
     c.line.clear();
     const uint32_t port = cl.port;
     if (g.open >= opts_.max_conns) {
       Bump(g.refused[static_cast<size_t>(Refusal::kTooManyConns)]);
-      return Close(c.id);
+      return Close(g, c.id);
     }
     // A host port the guest sees the connection come from.
     uint32_t hp = g.next_port;
     for (uint32_t tries = 0; g.by_key.count(Key(port, hp)); ++tries) {
       if (tries > 1u << 20) {
         Bump(g.refused[static_cast<size_t>(Refusal::kTooManyConns)]);
-        return Close(c.id);
+        return Close(g, c.id);
       }
       hp = hp + 1 >= (1u << 31) ? kFirstHostPort : hp + 1;
     }
@@ -612,7 +698,7 @@ void VsockHub::OnHostReadable(Conn& c) {
     c.ep.emplace(vsock::kCidHost, hp, g.g.cid, port, vsock::kTypeStream, LimitsOf(g));
     Bind(g, c);
     c.phase = Conn::Phase::kWaitResponse;
-    c.deadline = absl::Now() + opts_.close_timeout;
+    SetDeadline(c, absl::Now() + opts_.close_timeout);
     ToGuest(g, c.ep->Connect());
     UpdateInterest(c);
     return;
@@ -630,11 +716,12 @@ void VsockHub::OnHostReadable(Conn& c) {
     UpdateInterest(c);
     return;
   }
-  const size_t want = c.seq ? buf_.size() : std::min<size_t>(credit, kReadChunk);
-  const ssize_t r = ::recv(c.fd, buf_.data(), want, 0);
+  std::vector<uint8_t>& buf = ReadBuffer();
+  const size_t want = c.seq ? buf.size() : std::min<size_t>(credit, kReadChunk);
+  const ssize_t r = ::recv(c.fd, buf.data(), want, 0);
   if (r <= 0) return HostReadEnd(c, r);
   Endpoint::Output out;
-  const std::span<const uint8_t> got(buf_.data(), static_cast<size_t>(r));
+  const std::span<const uint8_t> got(buf.data(), static_cast<size_t>(r));
   const size_t took = c.ep->Send(got, c.seq, &out);
   Bump(g.from_host_bytes, took);
   if (took < got.size()) {
@@ -660,8 +747,8 @@ void VsockHub::HostReadEnd(Conn& c, ssize_t r) {
 
 void VsockHub::OnHostWritable(Conn& c) {
   Flush(c);
-  if (!conns_.count(c.id)) return;
-  if (c.draining && c.out.empty()) return Close(c.id);
+  if (!c.g->conns.count(c.id)) return;
+  if (c.draining && c.out.empty()) return Close(*c.g, c.id);
   UpdateInterest(c);
 }
 
@@ -716,12 +803,12 @@ void VsockHub::Apply(Conn& c, Endpoint::Output& out) {
   }
   if (out.host_eof) c.shut_wr_pending = true;
   if (c.phase == Conn::Phase::kWaitResponse) {
-    if (c.ep->closed()) return Close(c.id);  // the guest refused: the host's socket is closed
+    if (c.ep->closed()) return Close(g, c.id);  // the guest refused: the host's socket is closed
     if (c.ep->state() == Endpoint::State::kEstablished) {
       const std::string ok = absl::StrCat("OK ", c.ep->local_port(), "\n");
       if (::send(c.fd, ok.data(), ok.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(ok.size())) {
         ResetToGuest(c);
-        return Close(c.id);
+        return Close(g, c.id);
       }
       c.phase = Conn::Phase::kOpen;
       c.deadline = absl::InfiniteFuture();
@@ -736,12 +823,12 @@ void VsockHub::Apply(Conn& c, Endpoint::Output& out) {
     for (Packet& p : o.to_peer) ToGuest(g, std::move(p));
   }
   Flush(c);
-  if (!conns_.count(c.id)) return;
+  if (!g.conns.count(c.id)) return;
   if (c.ep->closed() && !c.draining) {
     // Write what the guest sent before it closed, for a while.
     c.draining = true;
-    c.deadline = absl::Now() + opts_.close_timeout;
-    if (c.out.empty()) return Close(c.id);
+    if (c.out.empty()) return Close(g, c.id);
+    SetDeadline(c, absl::Now() + opts_.close_timeout);
   }
   UpdateInterest(c);
 }
@@ -802,7 +889,7 @@ void VsockHub::Flush(Conn& c) {
     c.out.clear();
     c.out_off = 0;
     ResetToGuest(c);
-    return Close(c.id);
+    return Close(*c.g, c.id);
   }
   if (c.out.empty() && c.shut_wr_pending && !c.shut_wr_done) {
     ::shutdown(c.fd, SHUT_WR);
@@ -836,33 +923,44 @@ void VsockHub::UpdateInterest(Conn& c) {
   if (c.phase == Conn::Phase::kConnectLine) want |= EPOLLIN;
   // While a device thread reads inline, EPOLLIN is not added (it stays if
   // it was there: toggling it would cost two epoll_ctl per packet).
-  if (WantsRead(c) && (!reading_inline_ || (c.events & EPOLLIN))) want |= EPOLLIN;
+  if (WantsRead(c) && (!c.g->reading_inline || (c.events & EPOLLIN))) want |= EPOLLIN;
   if (!c.out.empty()) want |= EPOLLOUT;
   if (want == c.events) return;
   epoll_event ev{};
   ev.events = want;
-  ev.data.u64 = kTagConn | c.id;
+  ev.data.u64 = ConnTag(c.g->g.cid, c.id);
   ::epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
   c.events = want;
 }
 
-void VsockHub::Close(uint64_t id) {
-  auto it = conns_.find(id);
-  if (it == conns_.end()) return;
+void VsockHub::Close(GuestState& g, uint32_t id) {
+  auto it = g.conns.find(id);
+  if (it == g.conns.end()) return;
   Conn& c = *it->second;
   ::epoll_ctl(ep_, EPOLL_CTL_DEL, c.fd, nullptr);
   ::close(c.fd);
   if (c.ep) {
     const uint64_t key = Key(c.ep->peer_port(), c.ep->local_port());
-    auto k = c.g->by_key.find(key);
-    if (k != c.g->by_key.end() && k->second == id) {
-      c.g->by_key.erase(k);
-      --c.g->open;
-      c.g->conns_open.fetch_sub(1, std::memory_order_relaxed);
+    auto k = g.by_key.find(key);
+    if (k != g.by_key.end() && k->second == id) {
+      g.by_key.erase(k);
+      --g.open;
+      g.conns_open.fetch_sub(1, std::memory_order_relaxed);
       --open_;
     }
   }
-  conns_.erase(it);
+  g.conns.erase(it);
+}
+
+void VsockHub::SetDeadline(Conn& c, absl::Time t) {
+  c.deadline = t;
+  if (t == absl::InfiniteFuture()) return;
+  bool first;
+  {
+    absl::MutexLock l(&watch_mu_);
+    first = timed_.insert(c.g->g.cid).second && timed_.size() == 1;
+  }
+  if (first) Wake();  // the hub thread may be asleep with no timeout
 }
 
 void VsockHub::ToGuest(GuestState& g, Packet p) {
@@ -873,46 +971,32 @@ void VsockHub::ToGuest(GuestState& g, Packet p) {
   g.backlog.push_back(std::move(p));
 }
 
-void VsockHub::PushBacklogs() {
-  for (auto& [cid, gp] : serving_) PushBacklog(gp);
+void VsockHub::PushBacklog(GuestState& g) {
+  if (g.backlog.empty()) {
+    if (g.stalled) SetStalled(g, false);
+    return;
+  }
+  std::vector<Packet>& batch = g.batch;
+  batch.assign(std::make_move_iterator(g.backlog.begin()), std::make_move_iterator(g.backlog.end()));
+  g.backlog.clear();
+  const size_t taken = g.g.inbox->Push(static_cast<uint32_t>(vsock::kCidHost), batch);
+  for (size_t i = taken; i < batch.size(); ++i) g.backlog.push_back(std::move(batch[i]));
+  batch.clear();
+  if (g.stalled != !g.backlog.empty()) SetStalled(g, !g.backlog.empty());
 }
 
-void VsockHub::PushBacklog(const std::shared_ptr<GuestState>& gp) {
-  std::vector<Packet>& batch = batch_;
+void VsockHub::SetStalled(GuestState& g, bool stalled) {
+  g.stalled = stalled;
+  bool first = false;
   {
-    GuestState& g = *gp;
-    if (g.backlog.empty()) {
-      if (g.stalled) {
-        g.stalled = false;
-        for (auto& [id, c] : conns_)
-          if (c->g == gp) UpdateInterest(*c);
-      }
-      return;
-    }
-    batch.assign(std::make_move_iterator(g.backlog.begin()), std::make_move_iterator(g.backlog.end()));
-    g.backlog.clear();
-    const size_t taken = g.g.inbox->Push(static_cast<uint32_t>(vsock::kCidHost), batch);
-    for (size_t i = taken; i < batch.size(); ++i) g.backlog.push_back(std::move(batch[i]));
-    const bool was = g.stalled;
-    g.stalled = !g.backlog.empty();
-    if (was != g.stalled)
-      for (auto& [id, c] : conns_)
-        if (c->g == gp) UpdateInterest(*c);
+    absl::MutexLock l(&watch_mu_);
+    if (stalled)
+      first = stalled_.insert(g.g.cid).second && stalled_.size() == 1;
+    else
+      stalled_.erase(g.g.cid);
   }
-}
-
-void VsockHub::CheckDeadlines() {
-  const absl::Time now = absl::Now();
-  std::vector<uint64_t> due;
-  for (const auto& [id, c] : conns_)
-    if (c->deadline <= now) due.push_back(id);
-  for (uint64_t id : due) {
-    Conn& c = *conns_.at(id);
-    // A CONNECT line never finished, a REQUEST never answered, a SHUTDOWN
-    // the guest never followed with its RST, or a close still writing.
-    ResetToGuest(c);
-    Close(id);
-  }
+  for (auto& [id, c] : g.conns) UpdateInterest(*c);
+  if (first) Wake();  // the hub thread retries stalled guests every millisecond
 }
 
 }  // namespace vioport::vios

@@ -18,11 +18,16 @@
 // Every refusal is counted by cause and answered with an RST. A guest
 // whose device is reset (its driver or front-end gone) loses its host
 // connections: each host socket is closed once what the guest had sent is
-// written to it. A guest's packets are routed on its device's thread:
-// to another guest's inbox under a reader lock, to the host endpoints
-// under io_mu_ (the host socket written there, no hand-over). The hub's
-// own thread accepts, reads the host sockets and waits for them to take
-// more, under the same lock.
+// written to it.
+// Locking: each guest has its own lock over its host connections, so
+// guests on different reactors never wait for each other. A guest's
+// packets are routed on its device's thread: to another guest's inbox
+// under the routing table's reader lock, to the host endpoints under that
+// guest's own lock (the host socket written there, no hand-over). The
+// hub's own thread accepts, reads the host sockets and waits for them to
+// take more, each under its guest's lock. Lock order: the routing table
+// (or the sibling table) before a guest's lock, never after; a guest's
+// lock before the hub's watch lists.
 
 #include <sys/types.h>
 
@@ -31,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <thread>
@@ -87,6 +93,9 @@ class VsockHub final : public vsock::PacketSink {
 
   // Host connections open now, over all guests (tests).
   size_t host_connections() const { return open_.load(); }
+  // Tests: guest `cid`'s lock, held until the result goes (as a thread
+  // busy with that guest's connections holds it); nullptr if no such guest.
+  std::unique_ptr<absl::MutexLock> HoldGuestForTesting(uint64_t cid);
 
  private:
   struct GuestState;
@@ -97,7 +106,14 @@ class VsockHub final : public vsock::PacketSink {
   explicit VsockHub(Options options);
   void Run();
   void Wake();
-  // Under io_mu_ (the hub thread, or a device thread in Send).
+  std::shared_ptr<GuestState> Find(uint64_t cid) const;
+  // The hub thread: drivers gone, stalled guests retried, deadlines.
+  void DropGone();
+  void RetryStalled();
+  void CheckDeadlines();
+
+  // The rest run under the guest's lock (the hub thread, or the guest's
+  // device thread in Send/SendInPlace).
   // A packet for the host: its payload given up (`payload`) or in the
   // caller's buffer (`in_place`, payload nullptr).
   void HandleGuestPacket(GuestState& g, const vsock::Hdr& h, std::vector<uint8_t>* payload,
@@ -132,19 +148,22 @@ class VsockHub final : public vsock::PacketSink {
   // endpoint exists; Close undoes both.
   Conn& AddConn(GuestState& g, int fd, Phase phase);
   void Bind(GuestState& g, Conn& c);
+  // A finite deadline puts the guest on the hub thread's watch list.
+  void SetDeadline(Conn& c, absl::Time t);
   // Resets the connection's endpoint, its RST to the guest (if still open).
   void ResetToGuest(Conn& c);
-  void Close(uint64_t conn_id);
+  void Close(GuestState& g, uint32_t id);
   void ToGuest(GuestState& g, vsock::Packet p);
-  void PushBacklogs();
-  void PushBacklog(const std::shared_ptr<GuestState>& g);
-  // Send's routing: packets for other guests go to their inboxes, those
-  // for the host to `host`.
-  void Route(uint64_t from_cid, std::vector<vsock::Packet>& packets, std::vector<vsock::Packet>& host);
-  void Refuse(uint64_t cid, const vsock::Hdr& h, vsock::Refusal why);
-  void ApplyPending();
+  // What waits for the guest into its inbox; a guest whose inbox is full
+  // is stalled (its host reads paused) and retried by the hub thread.
+  void PushBacklog(GuestState& g);
+  void SetStalled(GuestState& g, bool stalled);
+  void Refuse(GuestState& g, const vsock::Hdr& h, vsock::Refusal why);
   void DropConnections(GuestState& g);
-  void CheckDeadlines();
+  // Send's routing: packets for other guests go to their inboxes, those
+  // for the host to `host`; the sender's state when there are any.
+  std::shared_ptr<GuestState> Route(uint64_t from_cid, std::vector<vsock::Packet>& packets,
+                                    std::vector<vsock::Packet>& host);
 
   const Options opts_;
   int ep_ = -1;
@@ -155,8 +174,6 @@ class VsockHub final : public vsock::PacketSink {
   // Routing table, read by device threads.
   mutable absl::Mutex mu_;
   std::map<uint64_t, std::shared_ptr<GuestState>> guests_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::shared_ptr<GuestState>> added_ ABSL_GUARDED_BY(mu_);    // for the hub thread to start serving
-  std::vector<std::shared_ptr<GuestState>> removed_ ABSL_GUARDED_BY(mu_);  // for the hub thread to close
   std::vector<uint64_t> gone_ ABSL_GUARDED_BY(mu_);  // CIDs whose driver went: connections to drop
   // Connections between guests, from their REQUEST to an RST either way:
   // when one guest's driver goes, the other end gets the RST its peer can
@@ -170,15 +187,12 @@ class VsockHub final : public vsock::PacketSink {
   std::map<SibKey, uint16_t> siblings_ ABSL_GUARDED_BY(sib_mu_);
   std::map<uint64_t, uint32_t> sib_count_ ABSL_GUARDED_BY(sib_mu_);
 
-  // The hub thread's work, and the host-bound packets a device thread
-  // handles in Send.
-  absl::Mutex io_mu_;
-  std::map<uint64_t, std::shared_ptr<GuestState>> serving_ ABSL_GUARDED_BY(io_mu_);
-  std::map<uint64_t, std::unique_ptr<Conn>> conns_ ABSL_GUARDED_BY(io_mu_);
-  uint64_t next_conn_ ABSL_GUARDED_BY(io_mu_) = 1;
-  std::vector<uint8_t> buf_ ABSL_GUARDED_BY(io_mu_);
-  std::vector<vsock::Packet> batch_ ABSL_GUARDED_BY(io_mu_);
-  bool reading_inline_ ABSL_GUARDED_BY(io_mu_) = false;  // a device thread reads a host socket
+  // What the hub thread watches besides its sockets: guests whose inbox is
+  // full (retried every millisecond) and guests with a connection that has
+  // a deadline. With neither, the hub thread sleeps until a socket wakes it.
+  absl::Mutex watch_mu_;
+  std::set<uint64_t> stalled_ ABSL_GUARDED_BY(watch_mu_);
+  std::set<uint64_t> timed_ ABSL_GUARDED_BY(watch_mu_);
   std::atomic<size_t> open_{0};
 };
 
