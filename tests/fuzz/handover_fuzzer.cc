@@ -20,6 +20,15 @@
 //                     stats for a device of (byte 3 % 4) + 1 queues. What
 //                     is read, written again and read back must be the same.
 //                     (The record then starts at byte 4.)
+//   byte 0 == 3       an shm Session::Restore (its region: the same sealed
+//                     1 MiB memfd, registers in its first page; then
+//                     eventfds), then Resume() and every queue served.
+//   byte 0 == 4       vios's own records around the endpoint's part (from
+//                     byte 4, as for 2): byte 1 even, a HELLO (with one
+//                     descriptor); odd, a DEVICE record's head, stats for
+//                     (byte 3 % 4) + 1 queues and its attachment's head.
+//                     Read, written again and read back: the same.
+//   other             as byte 0 & 1 (0 or 1 above).
 //
 // Then: bytes 1-2 (little-endian) are the record's length L; the record is
 // the next L bytes; what follows is copied into guest RAM at 0.
@@ -41,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "../../transports/shm/src/shm_session.h"
 #include "../../transports/vhost_user/src/vhost_user_session.h"
 #include "vioport/backends/blk_device.h"
 #include "vioport/core/device_controller.h"
@@ -166,6 +176,30 @@ void RestoreVhostUser(World& w, HandoverReader& in) {
   }
 }
 
+struct ShmHost final : shm::Session::Host {
+  DeviceController* ctl = nullptr;
+  absl::Status Send(const shm::MsgHeader&, std::span<const int>) override { return absl::OkStatus(); }
+  void Attached(DeviceController& c, std::span<const int> kicks) override {
+    for (int fd : kicks)
+      if (fd < 0 || ::fcntl(fd, F_GETFD) < 0) __builtin_trap();
+    ctl = &c;
+  }
+};
+
+void RestoreShm(World& w, HandoverReader& in) {
+  ShmHost host;
+  shm::Session session(w.blk, &host, "fuzz", true);
+  if (!session.Restore(in).ok()) return;
+  if (!host.ctl || host.ctl != session.controller()) __builtin_trap();  // restored, so attached
+  DeviceController& ctl = *host.ctl;
+  ctl.Resume();
+  for (int round = 0; round < 4; ++round) {
+    for (uint16_t q = 0; q < ctl.num_queues(); ++q) ctl.NotifyQueue(q);
+    w.blk->ProcessEvents();
+    ctl.FlushInterrupts(true);
+  }
+}
+
 }  // namespace
 
 #ifdef VIOPORT_FUZZ_UPGRADE
@@ -199,15 +233,62 @@ void UpgradeRecord(const uint8_t* data, size_t size) {
   if (!vios::GetStats(back, ds2).ok() || !back.Done().ok()) __builtin_trap();
   if (stats && Flatten(ds2) != Flatten(ds)) __builtin_trap();
 }
+
+void UpgradeHeads(const uint8_t* data, size_t size) {
+  if (size < 4) return;
+  const std::string record(reinterpret_cast<const char*>(data + 4), size - 4);
+  if (!(data[1] & 1)) {
+    std::vector<UniqueFd> fds;
+    fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
+    HandoverReader in(record, std::move(fds));
+    vios::HelloRecord h;
+    if (!vios::GetHello(in, &h).ok()) return;
+    if (!h.control.valid()) __builtin_trap();
+    HandoverWriter out;
+    vios::PutHello(out, h.pid, h.devices, h.control.get());
+    std::vector<UniqueFd> again;
+    again.emplace_back(::fcntl(h.control.get(), F_DUPFD_CLOEXEC, 0));
+    HandoverReader back(out.bytes(), std::move(again));
+    vios::HelloRecord h2;
+    if (!vios::GetHello(back, &h2).ok() || h2.pid != h.pid || h2.devices != h.devices ||
+        h2.version != vios::kHandoverVersion || !h2.control.valid())
+      __builtin_trap();
+    return;
+  }
+  const uint16_t nq = static_cast<uint16_t>(data[3] % 4 + 1);
+  HandoverReader in(record, {});
+  vios::DeviceHead d;
+  vios::AttachHead a;
+  DeviceStats ds(nq);
+  if (!vios::GetDeviceHead(in, &d).ok() || !vios::GetStats(in, ds).ok() || !vios::GetAttachHead(in, &a).ok()) return;
+  HandoverWriter out;
+  vios::PutDeviceHead(out, d);
+  vios::PutStats(out, &ds);
+  vios::PutAttachHead(out, a);
+  HandoverReader back(out.bytes(), {});
+  vios::DeviceHead d2;
+  vios::AttachHead a2;
+  DeviceStats ds2(nq);
+  if (!vios::GetDeviceHead(back, &d2).ok() || !vios::GetStats(back, ds2).ok() || !vios::GetAttachHead(back, &a2).ok() ||
+      !back.Done().ok())
+    __builtin_trap();
+  if (d2.id != d.id || d2.type != d.type || d2.options != d.options || Flatten(ds2) != Flatten(ds) ||
+      a2.attached != a.attached || a2.transport != a.transport || a2.options != a.options || a2.frozen_ns != a.frozen_ns)
+    __builtin_trap();
+}
 #endif
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   World& w = W();
   if (w.baseline < 0) w.baseline = CountFds();
-  if (size && data[0] == 2) {
+  if (size && (data[0] == 2 || data[0] == 4)) {
 #ifdef VIOPORT_FUZZ_UPGRADE
-    UpgradeRecord(data, size);
+    if (data[0] == 2)
+      UpgradeRecord(data, size);
+    else
+      UpgradeHeads(data, size);
 #endif
+    if (CountFds() != w.baseline) __builtin_trap();
     return 0;
   }
   if (size < 3) return 0;
@@ -216,13 +297,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::memset(w.ram, 0, kSmallRam);
   std::memcpy(w.ram, data + 3 + len, std::min(size - 3 - len, kSmallRam));
   std::vector<UniqueFd> fds;
-  if (data[0] & 1) {
+  if (data[0] & 1) {  // vhost-user and shm (3) take the memfd and eventfds
     fds.emplace_back(::fcntl(w.ram_fd, F_DUPFD_CLOEXEC, 0));
     for (int i = 0; i < 7; ++i) fds.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   }
   {
     HandoverReader in(std::move(record), std::move(fds));
-    if (data[0] & 1) {
+    if (data[0] == 3) {
+      RestoreShm(w, in);
+    } else if (data[0] & 1) {
       RestoreVhostUser(w, in);
     } else {
       RestoreController(w, in);

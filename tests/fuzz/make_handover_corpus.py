@@ -106,6 +106,50 @@ def upgrade(nq, record):
     return bytes([2, 0, 0, nq - 1]) + record
 
 
+# vios's own records around the endpoint's part (byte 0 == 4): byte 1 even,
+# a HELLO (one descriptor, index 0); odd, a DEVICE head, stats and the
+# attachment's head (byte 3: queue count - 1).
+def hello(version=2, devices=3, fd=0, magic=0x3165646172677076, kind=1):
+    return u64(kind) + u64(magic) + u64(version) + u64(4242) + u64(devices) + u64(fd)
+
+
+def device_head(dev_id=b"d0", dev_type=b"blk", opts=((b"path", b"/srv/d0.img"),), kind=2):
+    return u64(kind) + s(dev_id) + s(dev_type) + options(list(opts))
+
+
+def attach_head(transport=b"shm", opts=((b"path", b"/run/d0.sock"),), frozen=123456789):
+    if transport is None:
+        return u64(0)
+    return u64(1) + s(transport) + options(list(opts)) + u64(frozen)
+
+
+def heads(nq, record, device=True):
+    return bytes([4, 1 if device else 0, 0, nq - 1]) + record
+
+
+# An shm session (byte 0 == 3): mmio version 2, a 1 MiB region (the RAM
+# memfd, index 0), the config eventfd (1), two queues' kick (2, 3) and call
+# (4, 5) eventfds, the mirror's state, the controller. Guest memory starts
+# after the register page, so the rings and buffers sit 0x1000 further on.
+def shm_session(status=DRIVER_OK_STATUS, version=2, size=1 << 20, nq=2, mirror_gen=0, regs_version=2):
+    q0 = [0x1000, 0x1400, 0x2000, 4096, 0]
+    q1 = [0, 0, 0, 4096, 0]
+    mirror = [mirror_gen, 0, 5, 0, regs_version, 0, 0, VERSION_1, 4096, 0, 2] + q0 + q1
+    ring = [64, 0x1000, 0x1400, 0x2000, 1, 0]
+    return (u64(version) + u64(size) + u64(0) + u64(1) + u64(nq) + u64(2) + u64(3) + u64(4) + u64(5) +
+            u64s(mirror) + snapshot(status, VERSION_1, [ring, OFF]))
+
+
+def shm_ram():
+    r = bytearray(0x1000) + bytearray(0x3300)
+    descs = [(0x3000, 16, 1, 1), (0x4000, 512, 1 | 2, 2), (0x4200, 1, 2, 0)]
+    for i, (addr, ln, flags, nxt) in enumerate(descs):
+        struct.pack_into("<QIHH", r, 0x1000 + i * 16, addr, ln, flags, nxt)
+    struct.pack_into("<HHH", r, 0x1400, 0, 1, 0)
+    struct.pack_into("<IIQ", r, 0x3000, 0, 0, 0)
+    return bytes(r)
+
+
 BLK = options([(b"path", b"/srv/d0.img"), (b"num-queues", b"2")])
 seeds.update({
     "upgrade_stats": upgrade(2, BLK + stats([(10, 4096, 8192), (3, 512, 0)])),
@@ -114,6 +158,22 @@ seeds.update({
     "upgrade_bad_delay": upgrade(1, BLK + stats([(1, 2, 3)], tail=(20, 7, 70000, 5, 2000000, 60000, 9, 4))),
     "upgrade_truncated": upgrade(2, (BLK + stats([(10, 4096, 8192), (3, 512, 0)]))[:-30]),
     "upgrade_many_options": upgrade(1, options([(b"k%d" % i, b"v") for i in range(300)])),
+    "hello": heads(1, hello(), device=False),
+    "hello_version_1": heads(1, hello(version=1), device=False),
+    "hello_version_9": heads(1, hello(version=9), device=False),
+    "hello_no_fd": heads(1, hello(fd=3), device=False),
+    "hello_trailing": heads(1, hello() + u64(7), device=False),
+    "device_attached": heads(2, device_head() + stats([(10, 4096, 8192), (3, 512, 0)]) + attach_head()),
+    "device_detached": heads(1, device_head() + u64(0) + attach_head(None)),
+    "device_abort": heads(1, u64(4) + s(b"the device would not freeze")),
+    "device_wrong_kind": heads(1, device_head(kind=3) + u64(0) + attach_head(None)),
+    "device_bad_attached": heads(1, device_head() + u64(0) + u64(2)),
+    "shm_running": seed(3, shm_session(), shm_ram()),
+    "shm_not_started": seed(3, shm_session(status=0x03)),
+    "shm_odd_generation": seed(3, shm_session(mirror_gen=1), shm_ram()),
+    "shm_wrong_queue_count": seed(3, shm_session(nq=3), shm_ram()),
+    "shm_small_region": seed(3, shm_session(size=4096), shm_ram()),
+    "shm_region_too_big": seed(3, shm_session(size=2 << 20), shm_ram()),
 })
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "handover")
 os.makedirs(out, exist_ok=True)

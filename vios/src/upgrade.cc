@@ -33,12 +33,6 @@ namespace vioport::vios {
 
 namespace {
 
-constexpr uint64_t kMagic = 0x3165646172677076;  // "vpgrade1"
-// 2: a DEVICE record carries the device's life-long stats after its options
-// (a version-1 vios's records are still taken, their stats start at zero).
-constexpr uint64_t kVersion = 2;
-enum Kind : uint64_t { kHello = 1, kDevice, kReady, kAbort, kCommit };
-constexpr size_t kMaxDevices = 1 << 20;
 constexpr size_t kMaxText = kMaxRecordText;
 // How long one side waits for the other's next record.
 constexpr absl::Duration kStepTimeout = absl::Seconds(30);
@@ -50,7 +44,7 @@ uint64_t NowNs() {
 }
 
 
-absl::Status SendKind(int sock, Kind k, const std::string& text = "") {
+absl::Status SendKind(int sock, RecordKind k, const std::string& text = "") {
   HandoverWriter w;
   w.U64(k);
   w.Str(text);
@@ -58,7 +52,7 @@ absl::Status SendKind(int sock, Kind k, const std::string& text = "") {
 }
 
 // A READY/ABORT/COMMIT record: OK for `want`, the peer's reason for ABORT.
-absl::Status ExpectKind(int sock, Kind want, absl::Duration timeout) {
+absl::Status ExpectKind(int sock, RecordKind want, absl::Duration timeout) {
   auto r = RecvHandoverRecord(sock, timeout);
   if (!r.ok()) return r.status();
   uint64_t kind = 0;
@@ -105,12 +99,7 @@ absl::StatusOr<rpc::json> Server::HandOver(const std::string& socket) {
   };
 
   HandoverWriter hello;
-  hello.U64(kHello);
-  hello.U64(kMagic);
-  hello.U64(kVersion);
-  hello.U64(static_cast<uint64_t>(::getpid()));
-  hello.U64(devices_.size());
-  hello.Fd(control_->acceptor.native_handle());
+  PutHello(hello, static_cast<uint64_t>(::getpid()), devices_.size(), control_->acceptor.native_handle());
   if (absl::Status s = SendHandoverRecord(fd, hello); !s.ok()) return s;
   // No new control client from here until we know who serves it.
   boost::system::error_code ec;
@@ -121,18 +110,18 @@ absl::StatusOr<rpc::json> Server::HandOver(const std::string& socket) {
     const std::string& id = kv.first;
     Entry& e = kv.second;
     HandoverWriter w;
-    w.U64(kDevice);
-    w.Str(id);
-    w.Str(e.spec.type);
-    PutOptions(w, e.spec.options.all());
+    PutDeviceHead(w, {id, e.spec.type, e.spec.options.all()});
     PutStats(w, e.device->stats_if_any());
-    w.U64(e.attachment ? 1 : 0);
+    AttachHead a;
+    a.attached = e.attachment != nullptr;
+    if (a.attached) {
+      a.transport = e.transport;
+      a.options = e.attach_options;
+      if (e.reactor >= 0) a.options["reactor"] = absl::StrCat(e.reactor);
+      a.frozen_ns = NowNs();
+    }
+    PutAttachHead(w, a);
     if (e.attachment) {
-      std::map<std::string, std::string> attach = e.attach_options;
-      if (e.reactor >= 0) attach["reactor"] = absl::StrCat(e.reactor);
-      w.Str(e.transport);
-      PutOptions(w, attach);
-      w.U64(NowNs());
       guests += e.attachment->connected() ? 1 : 0;
       frozen.push_back(&e);
       absl::Status s = OnDeviceThread(e, [&] { return e.attachment->Freeze(&w); });
@@ -230,37 +219,25 @@ absl::StatusOr<Server::TakeOverResult> Server::TakeOver(const std::string& contr
     return why;
   };
 
-  auto hello = RecvHandoverRecord(fd, kStepTimeout);
-  if (!hello.ok()) return give_up(hello.status());
-  uint64_t kind = 0, magic = 0, version = 0, pid = 0, count = 0;
-  for (auto [v, what] : {std::pair{&kind, "record kind"}, {&magic, "magic"}, {&version, "version"}, {&pid, "pid"}})
-    if (absl::Status s = hello->U64(v, what); !s.ok()) return give_up(s);
-  if (kind != kHello || magic != kMagic) return give_up(absl::InvalidArgumentError("not a vios handover"));
-  if (version != kVersion && version != 1)
-    return give_up(absl::InvalidArgumentError(
-        absl::StrCat("handover version ", version, " (this vios speaks 1 and ", kVersion, ")")));
-  if (absl::Status s = hello->U64(&count, kMaxDevices, "device count"); !s.ok()) return give_up(s);
-  if (absl::Status s = hello->Fd(&adopted_control_, "control socket"); !s.ok()) return give_up(s);
-  if (absl::Status s = hello->Done(); !s.ok()) return give_up(s);
+  auto hello_record = RecvHandoverRecord(fd, kStepTimeout);
+  if (!hello_record.ok()) return give_up(hello_record.status());
+  HelloRecord hello;
+  if (absl::Status s = GetHello(*hello_record, &hello); !s.ok()) return give_up(s);
+  adopted_control_ = std::move(hello.control);
+  const uint64_t version = hello.version, pid = hello.pid, count = hello.devices;
   result.old_pid = static_cast<int>(pid);
 
   uint64_t first_frozen = 0;
   for (uint64_t i = 0; i < count; ++i) {
     auto r = RecvHandoverRecord(fd, kStepTimeout);
     if (!r.ok()) return give_up(r.status());
-    std::string id, type;
-    std::map<std::string, std::string> kv;
-    uint64_t attached = 0;
-    if (absl::Status s = r->U64(&kind, "record kind"); !s.ok()) return give_up(s);
-    if (kind == kAbort) {
-      std::string why;
-      (void)r->Str(&why, kMaxText, "reason");
-      return give_up(absl::FailedPreconditionError(absl::StrCat("the running vios stopped the upgrade: ", why)));
+    DeviceHead head;
+    if (absl::Status s = GetDeviceHead(*r, &head); !s.ok()) {
+      if (absl::IsAborted(s)) return give_up(absl::FailedPreconditionError(s.message()));
+      return give_up(absl::Status(s.code(), absl::StrCat("record ", i, ": ", s.message())));
     }
-    if (kind != kDevice) return give_up(absl::InvalidArgumentError(absl::StrCat("record ", i, " is not a device")));
-    if (absl::Status s = r->Str(&id, kMaxText, "device id"); !s.ok()) return give_up(s);
-    if (absl::Status s = r->Str(&type, kMaxText, "device type"); !s.ok()) return give_up(s);
-    if (absl::Status s = GetOptions(*r, &kv); !s.ok()) return give_up(s);
+    const std::string id = head.id, type = head.type;
+    std::map<std::string, std::string> kv = std::move(head.options);
     kv["id"] = id;
     auto spec = MakeDeviceSpec(type, std::move(kv), absl::StrCat("handed-over device ", id));
     if (!spec.ok()) return give_up(spec.status());
@@ -271,16 +248,12 @@ absl::StatusOr<Server::TakeOverResult> Server::TakeOver(const std::string& contr
       if (absl::Status s = GetStats(*r, devices_.at(id).device->stats()); !s.ok())
         return give_up(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));
     }
-    if (absl::Status s = r->U64(&attached, 1, "attached"); !s.ok()) return give_up(s);
-    if (attached) {
-      std::string transport;
-      std::map<std::string, std::string> akv;
-      uint64_t frozen_ns = 0;
-      if (absl::Status s = r->Str(&transport, kMaxText, "transport"); !s.ok()) return give_up(s);
-      if (absl::Status s = GetOptions(*r, &akv); !s.ok()) return give_up(s);
-      if (absl::Status s = r->U64(&frozen_ns, "freeze time"); !s.ok()) return give_up(s);
-      if (!first_frozen || frozen_ns < first_frozen) first_frozen = frozen_ns;
-      AttachSpec a{id, transport, Options(absl::StrCat("handed-over attachment of ", id), std::move(akv))};
+    AttachHead at;
+    if (absl::Status s = GetAttachHead(*r, &at); !s.ok())
+      return give_up(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));
+    if (at.attached) {
+      if (!first_frozen || at.frozen_ns < first_frozen) first_frozen = at.frozen_ns;
+      AttachSpec a{id, at.transport, Options(absl::StrCat("handed-over attachment of ", id), std::move(at.options))};
       absl::Status s = Attach(std::move(a), &*r);
       if (!s.ok()) return give_up(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));
       restored.push_back(&devices_.at(id));

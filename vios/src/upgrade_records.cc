@@ -8,6 +8,69 @@
 
 namespace vioport::vios {
 
+void PutHello(HandoverWriter& w, uint64_t pid, uint64_t devices, int control_fd) {
+  w.U64(kHello);
+  w.U64(kHandoverMagic);
+  w.U64(kHandoverVersion);
+  w.U64(pid);
+  w.U64(devices);
+  w.Fd(control_fd);
+}
+
+absl::Status GetHello(HandoverReader& r, HelloRecord* out) {
+  uint64_t kind = 0, magic = 0;
+  if (absl::Status s = r.U64(&kind, "record kind"); !s.ok()) return s;
+  if (absl::Status s = r.U64(&magic, "magic"); !s.ok()) return s;
+  if (kind != kHello || magic != kHandoverMagic) return absl::InvalidArgumentError("not a vios handover");
+  if (absl::Status s = r.U64(&out->version, "version"); !s.ok()) return s;
+  if (out->version != kHandoverVersion && out->version != 1)
+    return absl::InvalidArgumentError(
+        absl::StrCat("handover version ", out->version, " (this vios speaks 1 and ", kHandoverVersion, ")"));
+  if (absl::Status s = r.U64(&out->pid, "pid"); !s.ok()) return s;
+  if (absl::Status s = r.U64(&out->devices, kMaxHandoverDevices, "device count"); !s.ok()) return s;
+  if (absl::Status s = r.Fd(&out->control, "control socket"); !s.ok()) return s;
+  return r.Done();
+}
+
+void PutDeviceHead(HandoverWriter& w, const DeviceHead& d) {
+  w.U64(kDevice);
+  w.Str(d.id);
+  w.Str(d.type);
+  PutOptions(w, d.options);
+}
+
+absl::Status GetDeviceHead(HandoverReader& r, DeviceHead* out) {
+  uint64_t kind = 0;
+  if (absl::Status s = r.U64(&kind, "record kind"); !s.ok()) return s;
+  if (kind == kAbort) {
+    std::string why;
+    (void)r.Str(&why, kMaxRecordText, "reason");
+    return absl::AbortedError(absl::StrCat("the running vios stopped the upgrade: ", why));
+  }
+  if (kind != kDevice) return absl::InvalidArgumentError(absl::StrCat("record kind ", kind, " where a device was due"));
+  if (absl::Status s = r.Str(&out->id, kMaxRecordText, "device id"); !s.ok()) return s;
+  if (absl::Status s = r.Str(&out->type, kMaxRecordText, "device type"); !s.ok()) return s;
+  return GetOptions(r, &out->options);
+}
+
+void PutAttachHead(HandoverWriter& w, const AttachHead& a) {
+  w.U64(a.attached ? 1 : 0);
+  if (!a.attached) return;
+  w.Str(a.transport);
+  PutOptions(w, a.options);
+  w.U64(a.frozen_ns);
+}
+
+absl::Status GetAttachHead(HandoverReader& r, AttachHead* out) {
+  uint64_t attached = 0;
+  if (absl::Status s = r.U64(&attached, 1, "attached"); !s.ok()) return s;
+  out->attached = attached != 0;
+  if (!out->attached) return absl::OkStatus();
+  if (absl::Status s = r.Str(&out->transport, kMaxRecordText, "transport"); !s.ok()) return s;
+  if (absl::Status s = GetOptions(r, &out->options); !s.ok()) return s;
+  return r.U64(&out->frozen_ns, "freeze time");
+}
+
 void PutStats(HandoverWriter& w, const DeviceStats* ds) {
   w.U64(ds ? 1 : 0);
   if (!ds) return;

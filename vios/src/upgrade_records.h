@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-// Pieces of the live upgrade's DEVICE record (docs/upgrade.md) that both
-// vioses write and read: a set of options, and a device's life-long stats.
-// Apart from upgrade.cc so that fuzz_handover reaches the readers.
+// The live upgrade's own records (docs/upgrade.md) as both vioses write and
+// read them: HELLO, the DEVICE record up to its endpoint's part (its
+// options, the device's life-long stats, its attachment), and the pieces
+// those are made of. Apart from upgrade.cc so that fuzz_handover reaches
+// the readers.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <string>
 
@@ -16,6 +19,45 @@ namespace vioport::vios {
 
 inline constexpr size_t kMaxRecordOptions = 256;
 inline constexpr size_t kMaxRecordText = 4096;
+inline constexpr uint64_t kHandoverMagic = 0x3165646172677076;  // "vpgrade1"
+// 2: a DEVICE record carries the device's life-long stats after its options
+// (a version-1 vios's records are still taken, their stats start at zero).
+inline constexpr uint64_t kHandoverVersion = 2;
+inline constexpr size_t kMaxHandoverDevices = 1 << 20;
+// Every record starts with its kind.
+enum RecordKind : uint64_t { kHello = 1, kDevice, kReady, kAbort, kCommit };
+
+// HELLO: kind, magic, version, the old vios's pid, its device count, and its
+// control socket (a descriptor). GetHello checks the magic, takes versions
+// 1 and 2, bounds the count and wants nothing after the socket.
+struct HelloRecord {
+  uint64_t version = kHandoverVersion;
+  uint64_t pid = 0;
+  uint64_t devices = 0;
+  UniqueFd control;
+};
+void PutHello(HandoverWriter& w, uint64_t pid, uint64_t devices, int control_fd);
+absl::Status GetHello(HandoverReader& r, HelloRecord* out);
+
+// A DEVICE record: kind, id, type, options; then (version 2) the stats,
+// read into the device made from those (GetStats); then the attachment:
+// whether there is one, and if so its transport, its options and when it
+// froze; then what its endpoint's Freeze() wrote. An ABORT record where a
+// DEVICE was due comes back as Aborted with the old vios's reason.
+struct DeviceHead {
+  std::string id, type;
+  std::map<std::string, std::string> options;
+};
+void PutDeviceHead(HandoverWriter& w, const DeviceHead& d);
+absl::Status GetDeviceHead(HandoverReader& r, DeviceHead* out);
+struct AttachHead {
+  bool attached = false;
+  std::string transport;
+  std::map<std::string, std::string> options;
+  uint64_t frozen_ns = 0;  // CLOCK_MONOTONIC
+};
+void PutAttachHead(HandoverWriter& w, const AttachHead& a);
+absl::Status GetAttachHead(HandoverReader& r, AttachHead* out);
 
 void PutOptions(HandoverWriter& w, const std::map<std::string, std::string>& kv);
 absl::Status GetOptions(HandoverReader& r, std::map<std::string, std::string>* kv);
