@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -189,7 +190,10 @@ struct ShmHost final : shm::Session::Host {
 void RestoreShm(World& w, HandoverReader& in) {
   ShmHost host;
   shm::Session session(w.blk, &host, "fuzz", true);
-  if (!session.Restore(in).ok()) return;
+  if (absl::Status s = session.Restore(in); !s.ok()) {
+    if (std::getenv("VIOPORT_FUZZ_LOG")) std::fprintf(stderr, "shm restore: %s\n", std::string(s.message()).c_str());
+    return;
+  }
   if (!host.ctl || host.ctl != session.controller()) __builtin_trap();  // restored, so attached
   DeviceController& ctl = *host.ctl;
   ctl.Resume();

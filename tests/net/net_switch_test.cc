@@ -5,6 +5,7 @@
 // looks at what each port's inbox received, byte for byte.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -119,6 +120,44 @@ TEST(NetSwitch, LearnsThenForwardsUnicastToOnePort) {
   // C is still unknown: to C floods to B and C.
   n.Send(a, Eth(kC, kA, 4));
   EXPECT_EQ(n.Counts(), (Sizes{0, 1, 1}));
+}
+
+// Ports on different reactors send at once: once their addresses are
+// learnt, a batch needs only the table's reader lock. While another
+// holder (as another port's batch in flight) holds it, known traffic
+// flows both ways from two threads; a new address waits for the writer
+// lock and is learnt once the table is let go. (With one exclusive lock
+// per batch, as the switch had, the known traffic would wait too.)
+TEST(NetSwitch, KnownAddressesFlowWhileTheTableIsRead) {
+  Net n;
+  const uint32_t a = n.Add(kA), b = n.Add(kB), c = n.Add(kC);
+  n.Send(a, Eth(net::kBroadcast, kA, 1));
+  n.Send(b, Eth(net::kBroadcast, kB, 2));
+  n.Counts();
+  ASSERT_EQ(n.sw.learnt(), 2u);
+  auto hold = n.sw.HoldTableForTesting();
+  std::thread ab([&] {
+    for (int i = 0; i < 100; ++i) n.Send(a, Eth(kB, kA, static_cast<uint8_t>(i)));
+  });
+  std::thread ba([&] {
+    for (int i = 0; i < 100; ++i) n.Send(b, Eth(kA, kB, static_cast<uint8_t>(i)));
+  });
+  ab.join();
+  ba.join();
+  EXPECT_EQ(n.Counts(), (Sizes{100, 100, 0})) << "known unicast, each to its one port, while the table was held";
+  std::atomic<bool> learnt{false};
+  std::thread cn([&] {
+    n.Send(c, Eth(kA, kC, 3));  // C is new: learnt under the writer lock
+    learnt = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(learnt.load()) << "a new address was learnt while the table was held";
+  hold.reset();
+  cn.join();
+  EXPECT_EQ(n.sw.learnt(), 3u);
+  n.Counts();
+  n.Send(a, Eth(kC, kA, 4));
+  EXPECT_EQ(n.Counts(), (Sizes{0, 0, 1})) << "C learnt: unicast";
 }
 
 TEST(NetSwitch, FloodsBroadcastAndMulticastToEveryOtherPort) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "net_switch.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "vioport/core/log.h"
@@ -24,7 +25,9 @@ void AddTag(net::Frame& f, uint16_t vlan) {
 
 }  // namespace
 
-Switch::Switch(Options options) : opts_(std::move(options)) {}
+Switch::Switch(Options options)
+    : opts_(std::move(options)),
+      refresh_ns_(std::min<int64_t>(absl::ToInt64Nanoseconds(opts_.aging) / 8, 1000000000)) {}
 
 uint32_t Switch::AddPort(PortOptions port) {
   absl::MutexLock l(&ports_mu_);
@@ -52,7 +55,7 @@ void Switch::RemovePort(uint32_t port) {
   absl::MutexLock l(&fdb_mu_);
   for (auto it = fdb_.begin(); it != fdb_.end();) {
     auto cur = it++;
-    if (cur->second.port == port) fdb_.erase(cur);
+    if (cur->second.port.load(std::memory_order_relaxed) == port) fdb_.erase(cur);
   }
 }
 
@@ -101,7 +104,7 @@ Switch::PortStats Switch::Stats(uint32_t port) const {
 }
 
 size_t Switch::learnt() const {
-  absl::MutexLock l(&fdb_mu_);
+  absl::ReaderMutexLock l(&fdb_mu_);
   return fdb_.size();
 }
 
@@ -120,11 +123,14 @@ void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
   // Frames per destination, handed over with one inbox lock each.
   thread_local std::vector<std::vector<net::Frame>> out;
   if (out.size() < nports) out.resize(nports);
-  const absl::Time now = absl::Now();
+  const int64_t now = absl::GetCurrentTimeNanos();
+  const int64_t aging = absl::ToInt64Nanoseconds(opts_.aging);
+  // Sources to learn once the batch is through (new, or new on this port).
+  thread_local std::vector<uint64_t> learn;
+  learn.clear();
   {
-    absl::MutexLock fl(&fdb_mu_);
+    absl::ReaderMutexLock fl(&fdb_mu_);
     uint64_t last_key = ~0ull;  // not a key: VLANs stop at 4095
-    auto last_it = fdb_.end();
     uint64_t last_dkey = ~0ull;
     int32_t last_dst = -1;
     for (net::Frame& f : frames) {
@@ -164,24 +170,18 @@ void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
         src.vlan_drops++;  // an access port's guest does not choose its VLAN
         continue;
       }
-      // Learn (a batch is mostly one source: look it up once).
+      // Learn (a batch is mostly one source: look it up once). Known on
+      // this port: its time is refreshed here; otherwise after the batch.
       const uint64_t skey = Key(vlan, smac);
-      auto it = skey == last_key ? last_it : fdb_.find(skey);
-      if (it != fdb_.end()) {
-        it->second = Learnt{from, now};
+      if (skey != last_key) {
         last_key = skey;
-        last_it = it;
-      } else if (fdb_.size() < opts_.max_macs) {
-        fdb_.emplace(skey, Learnt{from, now});
-        last_key = last_dkey = ~0ull;  // the insert may have moved every entry
-      } else {
-        last_key = last_dkey = ~0ull;
-        // Full: make room from entries that aged out, else do not learn.
-        for (auto e = fdb_.begin(); e != fdb_.end();) {
-          auto cur = e++;
-          if (now - cur->second.seen > opts_.aging) fdb_.erase(cur);
+        auto it = fdb_.find(skey);
+        if (it != fdb_.end() && it->second.port.load(std::memory_order_relaxed) == from) {
+          if (now - it->second.seen_ns.load(std::memory_order_relaxed) >= refresh_ns_)
+            it->second.seen_ns.store(now, std::memory_order_relaxed);
+        } else if (learn.empty() || learn.back() != skey) {
+          learn.push_back(skey);
         }
-        if (fdb_.size() < opts_.max_macs) fdb_.emplace(skey, Learnt{from, now});
       }
       // Forward.
       int32_t dst = -1;
@@ -191,9 +191,12 @@ void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
           dst = last_dst;  // same destination as the frame before, table unchanged
         } else {
           auto d = fdb_.find(dkey);
-          if (d != fdb_.end() && now - d->second.seen <= opts_.aging && d->second.port < nports &&
-              ports_[d->second.port]->live)
-            dst = static_cast<int32_t>(d->second.port);
+          if (d != fdb_.end()) {
+            const uint32_t port = d->second.port.load(std::memory_order_relaxed);
+            if (now - d->second.seen_ns.load(std::memory_order_relaxed) <= aging && port < nports &&
+                ports_[port]->live)
+              dst = static_cast<int32_t>(port);
+          }
           last_dkey = dkey;
           last_dst = dst;
         }
@@ -228,11 +231,33 @@ void Switch::Send(uint32_t from, std::vector<net::Frame>& frames) {
       if (last >= 0) deliver(last, std::move(f));
     }
   }
+  if (!learn.empty()) {
+    absl::MutexLock fl(&fdb_mu_);
+    for (uint64_t key : learn) Learn(key, from, now);
+  }
   for (uint32_t q = 0; q < nports; ++q) {
     if (out[q].empty()) continue;
     if (ports_[q]->live && ports_[q]->o.inbox) ports_[q]->o.inbox->Push(from, out[q]);
     out[q].clear();
   }
+}
+
+void Switch::Learn(uint64_t key, uint32_t port, int64_t now_ns) {
+  auto it = fdb_.find(key);
+  if (it == fdb_.end()) {
+    if (fdb_.size() >= opts_.max_macs) {
+      // Full: make room from entries that aged out, else do not learn.
+      const int64_t aging = absl::ToInt64Nanoseconds(opts_.aging);
+      for (auto e = fdb_.begin(); e != fdb_.end();) {
+        auto cur = e++;
+        if (now_ns - cur->second.seen_ns.load(std::memory_order_relaxed) > aging) fdb_.erase(cur);
+      }
+      if (fdb_.size() >= opts_.max_macs) return;
+    }
+    it = fdb_.try_emplace(key).first;
+  }
+  it->second.port.store(port, std::memory_order_relaxed);
+  it->second.seen_ns.store(now_ns, std::memory_order_relaxed);
 }
 
 }  // namespace vioport::vios

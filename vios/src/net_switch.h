@@ -17,6 +17,11 @@
 //    counted;
 //  - fairness: a receiving port's inbox holds a bounded number of frames
 //    from each sender, so one flooding port cannot crowd out the others.
+// Locking: ports on different reactors send at once. A batch reads the
+// port list and the address table under their reader locks only (an
+// address seen again has its time refreshed in place); the table's writer
+// lock is taken only when a batch brings an address that is new, or new on
+// its port, and when a port goes.
 
 #include <atomic>
 #include <cstdint>
@@ -25,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "vioport/backends/net_port.h"
@@ -80,9 +85,10 @@ class Switch final : public net::FrameSink {
     std::function<void(const net::RxCaps&)> on_caps;  // uplinks
     std::atomic<uint64_t> spoofed{0}, bad_source{0}, vlan_drops{0}, flooded{0}, unicast{0};
   };
+  // Stable in the table (a node map): refreshed in place under the reader lock.
   struct Learnt {
-    uint32_t port;
-    absl::Time seen;
+    std::atomic<uint32_t> port{0};
+    std::atomic<int64_t> seen_ns{0};  // absl::GetCurrentTimeNanos()
   };
   static uint64_t Key(uint16_t vlan, net::Mac mac) { return (uint64_t{vlan} << 48) | mac; }
 
@@ -91,7 +97,19 @@ class Switch final : public net::FrameSink {
   std::vector<std::unique_ptr<Port>> ports_ ABSL_GUARDED_BY(ports_mu_);
   void PublishCaps() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ports_mu_);
   mutable absl::Mutex fdb_mu_;
-  absl::flat_hash_map<uint64_t, Learnt> fdb_ ABSL_GUARDED_BY(fdb_mu_);
+  absl::node_hash_map<uint64_t, Learnt> fdb_ ABSL_GUARDED_BY(fdb_mu_);
+  // Learns `key` on `port` at `now_ns` (a new entry, or a station move).
+  void Learn(uint64_t key, uint32_t port, int64_t now_ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(fdb_mu_);
+  // How stale an entry's time may get before a batch refreshes it: a
+  // fraction of the aging time, at most a second.
+  int64_t refresh_ns_ = 0;
+
+ public:
+  // Tests: the address table's reader lock, held until the result goes (as
+  // another port's batch holds it).
+  std::unique_ptr<absl::ReaderMutexLock> HoldTableForTesting() const {
+    return std::make_unique<absl::ReaderMutexLock>(&fdb_mu_);
+  }
 };
 
 }  // namespace vioport::vios
