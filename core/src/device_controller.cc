@@ -285,7 +285,10 @@ absl::Status DeviceController::Restore(const ControllerSnapshot& s) {
   if (s.queues.size() != queues_.size() || s.bases.size() != queues_.size())
     return absl::InvalidArgumentError(
         absl::StrCat("saved state has ", s.queues.size(), " queues, the device ", queues_.size()));
-  if (const uint64_t unknown = s.driver_features & ~offered_)
+  // Before FEATURES_OK the driver may have written any bits (they are
+  // checked when it sets FEATURES_OK, as on a live device); after, only
+  // offered ones can have been taken.
+  if (const uint64_t unknown = s.driver_features & ~offered_; unknown && (s.status & status::kFeaturesOk))
     return absl::InvalidArgumentError(absl::StrFormat("saved features 0x%x were not offered", unknown));
   for (uint16_t q = 0; q < queues_.size(); ++q) {
     const QueueSetup& qs = s.queues[q];

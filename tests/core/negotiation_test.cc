@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include "vioport/backends/rng_device.h"
+#include "vioport/core/device_controller.h"
 #include "vioport/core/driver.h"
+#include "vioport/core/guest_memory.h"
 #include "vioport/guest/rng_driver.h"
 #include "vioport/testing/echo_device.h"
 #include "vioport/transports/loopback.h"
@@ -94,6 +96,44 @@ TEST(Negotiation, DriverCannotChangeFeaturesAfterFeaturesOk) {
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(c.driver_features(), before);
   EXPECT_EQ(r.Echo(3), 1);
+}
+
+// A live upgrade's snapshot of a driver mid-negotiation: it wrote feature
+// bits the device does not offer and has not set FEATURES_OK (legal: they
+// are checked then). The snapshot restores into a new controller, which
+// then refuses FEATURES_OK as the old one would have; the driver may still
+// write offered bits and go on. A snapshot claiming FEATURES_OK with such
+// bits (a hostile record) is refused. (fuzz_xen_control found the first
+// refused, which made a live upgrade end such a guest's connection.)
+TEST(Negotiation, SnapshotMidNegotiationRestoresAndIsCheckedAtFeaturesOk) {
+  struct NoIrq : InterruptSink {
+    void QueueInterrupt(uint16_t) override {}
+    void ConfigInterrupt() override {}
+  };
+  auto dev = std::make_shared<EchoDevice>(EchoOptions{});
+  auto mem = std::make_shared<RegionMemory>();
+  DeviceController old(dev, mem, std::make_shared<NoIrq>());
+  const uint64_t stray = uint64_t{1} << 55;
+  ASSERT_EQ(old.offered_features() & stray, 0u);
+  ASSERT_TRUE(old.SetStatus(status::kAcknowledge | status::kDriver).ok());
+  ASSERT_TRUE(old.SetDriverFeatures(feature::Bit(feature::kVersion1) | stray).ok());
+  auto snap = old.Snapshot();
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  DeviceController fresh(dev, mem, std::make_shared<NoIrq>());
+  ASSERT_TRUE(fresh.Restore(*snap).ok());
+  EXPECT_EQ(fresh.driver_features(), feature::Bit(feature::kVersion1) | stray);
+  EXPECT_FALSE(fresh.SetStatus(status::kAcknowledge | status::kDriver | status::kFeaturesOk).ok() &&
+               (fresh.status() & status::kFeaturesOk))
+      << "FEATURES_OK taken with a feature that was not offered";
+  DeviceController again(dev, mem, std::make_shared<NoIrq>());
+  ASSERT_TRUE(again.Restore(*snap).ok());
+  ASSERT_TRUE(again.SetDriverFeatures(feature::Bit(feature::kVersion1)).ok());
+  EXPECT_TRUE(again.SetStatus(status::kAcknowledge | status::kDriver | status::kFeaturesOk).ok());
+  EXPECT_TRUE(again.status() & status::kFeaturesOk);
+  ControllerSnapshot lying = *snap;
+  lying.status = status::kAcknowledge | status::kDriver | status::kFeaturesOk;
+  DeviceController hostile(dev, mem, std::make_shared<NoIrq>());
+  EXPECT_EQ(hostile.Restore(lying).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(Negotiation, ForbiddenStatusTransitions) {

@@ -179,7 +179,29 @@ def teardown():
     return bytes([2]) + b"".join(seq)
 
 
+def upgrade(change=None):  # op 9 with byte 0 bit 4: a live upgrade; change = (xor, position)
+    if change is None:
+        return op(9)
+    return op(9, change[0], 1, change[1])
+
+
+def upgraded(flags, queues=1, change=None):
+    # Connected and serving, then upgraded (the record changed or not), then
+    # the driver carries on: new requests on the same rings, then a second
+    # upgrade and more.
+    return bytes([flags | 0x10]) + b"".join([
+        connect(queues), bring_up(queues), requests(queues), upgrade(change),
+        poke(3, 0, 2 << 16), kick(0), upgrade(), kick(0), reg(0x64, 1), kick(0), state(CLOSING), state(CLOSED)])
+
+
 seeds = {
+    "upgrade_map": upgraded(0),
+    "upgrade_copy": upgraded(1),
+    "upgrade_two_queues": upgraded(0, 2),
+    "upgrade_held": upgraded(2, 1),
+    "upgrade_changed_mirror": upgraded(0, 1, (0x41, 3)),
+    "upgrade_changed_snapshot": upgraded(0, 1, (0xff, 200)),
+    "upgrade_before_connect": bytes([0x10]) + upgrade() + connect() + bring_up() + requests(1) + upgrade(),
     "echo_map": echo(0),
     "echo_copy": echo(1),
     "echo_map_two_queues": echo(0, 2),

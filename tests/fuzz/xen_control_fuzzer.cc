@@ -15,7 +15,8 @@
 // session's.
 //
 // Input: byte 0: bit 0 grants=copy (else map), bit 1 the device holds its
-// chains in flight, bits 2-3 the map cache (64, 1, 4 or 0 pages). Then
+// chains in flight, bits 2-3 the map cache (64, 1, 4 or 0 pages), bit 4
+// op 9 is a live upgrade instead (below). Then
 // 8-byte ops {op u8, a u8, b u16, c u32}, op % 10:
 //   0  xenstore key kKeys[a % 8] = a value chosen by b % 8 from c (below)
 //   1  state = a % 12 (9: "9", 10: removed, 11: "3\n"), then the watch fires
@@ -30,7 +31,13 @@
 //      another domain (1), or closed (2)
 //   7  kick queue a % 4 (notify + one serve, as DeviceLoop::Kick)
 //   8  the device completes the chains it holds
-//   9  the backend stops (Close) and a new session starts
+//   9  the backend stops (Close) and a new session starts; with bit 4 of
+//      byte 0, a live upgrade instead: the session freezes (Freeze), its
+//      record is read by a new session (Restore; a byte past the ports,
+//      chosen by c, xor'ed with a when b is odd), which resumes (Resume) and carries on as the old
+//      one gives up its ports (Abandon), as vios does at the commit. A
+//      record it refuses leaves the old one to resume; a changed record it
+//      took ends with that session closed (the model cannot know its seq).
 // Values (op 0): 0 decimal c, 1 decimal c % 16, 2 the world's good value
 // for the key, 3 a huge number, 4 key removed, 5 the 4 raw bytes of c,
 // 6 "+1", " 1", "01" or "1 " by c, 7 empty.
@@ -64,6 +71,7 @@
 #include "../../transports/xen/src/backend_session.h"
 #include "../../transports/xen/src/grant_memory.h"
 #include "vioport/core/log.h"
+#include "vioport/transports/handover.h"
 #include "vioport/testing/echo_device.h"
 
 using namespace vioport;
@@ -608,6 +616,48 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       case 8: call([&] { device->ReleaseHeld(); }); break;
       default: {
+        if (flags & 0x10) {
+          call([&] {
+            HandoverWriter out;
+            if (!session->Freeze(&out).ok()) return;  // held chains: not quiesced, nothing changed
+            std::string bytes = out.bytes();
+            // Changed past the ports (connected, ctrl-ref, ctrl port, the
+            // queue ports): a record lying about those would strand the
+            // real ones bound, which no session can undo.
+            size_t skip = bytes.size();
+            if (bytes.size() >= 32) {
+              uint64_t nports = 0;
+              std::memcpy(&nports, bytes.data() + 24, 8);
+              skip = nports <= 64 ? 32 + 8 * nports : bytes.size();
+            }
+            const bool changed = (b & 1) && skip < bytes.size() && a != 0;
+            if (changed) bytes[skip + c % (bytes.size() - skip)] ^= static_cast<char>(a);
+            HandoverReader in(std::move(bytes), {});
+            auto next = std::make_unique<BackendSession>(device, &w, so);
+            if (!next->Restore(in).ok()) {
+              next->Abandon();  // vios's give_up: the old one thaws
+              next.reset();
+              const absl::Status st = session->Resume();
+              if (!st.ok() && std::getenv("VIOPORT_FUZZ_LOG"))
+                std::fprintf(stderr, "resume after a refused record: %s\n", std::string(st.message()).c_str());
+              Check(st.ok(), "the frozen session did not resume after a refused record");
+              if (DeviceController* ctl = session->controller()) ctl->Resume();  // as DeviceLoop::Thaw
+              return;
+            }
+            session->Abandon();  // committed: the new one has the ports
+            session = std::move(next);
+            if (absl::Status st = session->Resume(); !st.ok()) {
+              if (std::getenv("VIOPORT_FUZZ_LOG"))
+                std::fprintf(stderr, "resume: %s (record %s)\n", std::string(st.message()).c_str(),
+                             changed ? "changed" : "as written");
+              session->Close("resume failed");  // as XenServer::Thaw
+              return;
+            }
+            if (DeviceController* ctl = session->controller()) ctl->Resume();  // as DeviceLoop::Thaw
+            if (changed) session->Close("a changed record");
+          });
+          break;
+        }
         call([&] { session->Close("backend stopping"); });
         Check(w.states.size() == 1 && w.states.back() == XenbusState::kClosed, "a stopping backend not Closed");
         session.reset();

@@ -240,10 +240,21 @@ absl::Status BackendSession::Resume() {
   ctrl_ = *page;
   ctrl_ref_ = f.ctrl_ref;
   BuildController();
-  if (absl::Status s = ctl_->Restore(f.snap); !s.ok()) return s;
+  // A record the controller or the mirror refuses: the controller goes
+  // unannounced (the host never heard of it: Close must not tell it
+  // Detached); the page and the ports stay for Close to let go.
+  auto refuse = [&](absl::Status s) {
+    mirror_.reset();
+    ctl_.reset();
+    if (irq_) irq_->Disconnect();
+    irq_.reset();
+    mem_.reset();
+    return s;
+  };
+  if (absl::Status s = ctl_->Restore(f.snap); !s.ok()) return refuse(s);
   // The page holds what the driver last read: not rewritten.
   mirror_ = std::make_unique<mmio::MmioMirror>(*ctl_, 2, ctrl_);
-  if (absl::Status s = mirror_->RestoreState(f.mirror); !s.ok()) return s;
+  if (absl::Status s = mirror_->RestoreState(f.mirror); !s.ok()) return refuse(s);
   last_seq_ = f.last_seq;
   host_->Attached(*ctl_, *ctrl_port_, queue_ports_);
   return absl::OkStatus();
