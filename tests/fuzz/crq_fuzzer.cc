@@ -16,6 +16,11 @@
 //                BE32(2..5) & (1 MiB - 8) (descriptors, avail rings, ...)
 //   valid 0x02   harness: H_PUT_TCE on the client window: IOBA
 //                BE16(4..5) * 4 KiB, TCE = value (the hypervisor checks it)
+//   valid 0x03   harness: a live upgrade: the server's state (Save) is read
+//                by a new server over a new device (Create with the
+//                record), byte BE32(4..7) % size xor'ed with byte 1 first;
+//                taken, the old one is abandoned (it never frees the CRQ)
+//                and the new one serves on; refused, the old one serves on
 //   otherwise    the client sends the entry with H_SEND_CRQ (entries the
 //                hypervisor refuses are skipped)
 // After each record the server is polled with a zero timeout and the client
@@ -37,6 +42,7 @@
 #include "vioport/emulators/crq_partition.h"
 #include "vioport/transports/crq_protocol.h"
 #include "vioport/transports/crq_server.h"
+#include "vioport/transports/handover.h"
 
 namespace {
 
@@ -93,7 +99,7 @@ void RunOne(const uint8_t* data, size_t size) {
   o.remote_liobn = kClientUnit;
   o.remote_window_bytes = kMem;
   o.name = "fuzz";
-  auto rng = std::make_shared<RngDevice>();
+  std::shared_ptr<RngDevice> rng = std::make_shared<RngDevice>();
   auto server = CrqServer::Create(**server_p, rng, o);
   if (!server.ok()) {
     std::fprintf(stderr, "fuzz_crq: %s\n", std::string(server.status().message()).c_str());
@@ -116,6 +122,24 @@ void RunOne(const uint8_t* data, size_t size) {
     if (r[0] == 0x02) {
       const Message m = Message::FromBytes(r);
       c.PutTce(kClientUnit, uint64_t{Be16(r + 4)} * kTcePageSize, m.value);
+      continue;
+    }
+    if (r[0] == 0x03) {
+      HandoverWriter out;
+      if (!(*server)->Save(&out).ok()) continue;  // requests in flight: vios would wait
+      std::string bytes = out.bytes();
+      if (r[1] && !bytes.empty()) bytes[Be32(r + 4) % bytes.size()] ^= static_cast<char>(r[1]);
+      HandoverReader in(std::move(bytes), {});
+      auto fresh = std::make_shared<RngDevice>();  // the new vios's own device
+      auto next = CrqServer::Create(**server_p, fresh, o, &in);
+      if (!next.ok()) continue;
+      (*server)->Abandon();
+      server->reset();
+      *server = std::move(*next);
+      rng = fresh;
+      (*server)->controller().Resume();  // the new vios's thaw
+      (*server)->Poll(absl::ZeroDuration());
+      drain();
       continue;
     }
     const Message m = Message::FromBytes(r);

@@ -71,7 +71,21 @@ def good(gen=1):
         ring(2) + cmd(NOTIFY, gen, 0) + cmd(PING, gen) + cmd(GET_STATUS, gen)
 
 
+def upgrade(xor=0, pos=0):  # harness record: a live upgrade (the record changed at pos by xor)
+    return struct.pack(">BBBBIQ", 0x03, xor, 0, 0, pos, 0)
+
+
+def after_upgrade(gen=1):  # the driver carries on: two more chains, a ping
+    return ring(4) + cmd(NOTIFY, gen, 0) + cmd(PING, gen) + cmd(GET_STATUS, gen)
+
+
 SEEDS = {
+    "upgrade_connected": b"\x01" + good() + upgrade() + after_upgrade() + upgrade() + after_upgrade(),
+    "upgrade_mid_handshake": b"\x01" + handshake() + upgrade() + queue() +
+                             cmd(SET_STATUS, 1, value=ACK | DRIVER | FEATURES_OK | DRIVER_OK) + after_upgrade(),
+    "upgrade_waiting_init": b"\x01" + upgrade() + good(),
+    "upgrade_changed_cursor": b"\x01" + good() + upgrade(0x40, 5 * 8) + after_upgrade(),
+    "upgrade_changed_snapshot": b"\x01" + good() + upgrade(0xff, 200) + after_upgrade(),
     "good_handshake": b"\x01" + good(),
     "unmapped_window": b"\x00" + good(),  # the ring copies fail: H_COPY_RDMA errors
     "tce_by_hand": b"\x00" + b"".join(put_tce(a, a | 3) for a in (DESC, AVAIL, USED_RING, BUF)) + good(),
