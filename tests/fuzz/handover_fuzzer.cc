@@ -28,6 +28,12 @@
 //                     descriptor); odd, a DEVICE record's head, stats for
 //                     (byte 3 % 4) + 1 queues and its attachment's head.
 //                     Read, written again and read back: the same.
+//   byte 0 == 5       a console's host state (ConsoleDevice::RestoreHostState)
+//                     from byte 4, with descriptors: a listening socket
+//                     (byte 1 bit 1: a connected one instead), and with
+//                     byte 1 bit 0 a connected socket too; then its events
+//                     handled and (byte 1 bit 2) its host side given back.
+//                     No descriptor is leaked either way.
 //   other             as byte 0 & 1 (0 or 1 above).
 //
 // Then: bytes 1-2 (little-endian) are the record's length L; the record is
@@ -36,6 +42,8 @@
 // count is the same after every input).
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -54,6 +62,7 @@
 #include "../../transports/shm/src/shm_session.h"
 #include "../../transports/vhost_user/src/vhost_user_session.h"
 #include "vioport/backends/blk_device.h"
+#include "vioport/backends/console_device.h"
 #include "vioport/core/device_controller.h"
 #include "vioport/core/guest_memory.h"
 #include "vioport/core/log.h"
@@ -204,6 +213,59 @@ void RestoreShm(World& w, HandoverReader& in) {
   }
 }
 
+int AllFds() {
+  int n = 0;
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) __builtin_trap();
+  while (dirent* e = ::readdir(d)) n += e->d_name[0] != '.';
+  ::closedir(d);
+  return n - 1;  // the directory's own
+}
+
+void RestoreConsole(const uint8_t* data, size_t size) {
+  if (size < 4) return;
+  const int before = AllFds();
+  {
+    ConsoleOptions o;
+    o.socket_path = "/nonexistent/vioport-fuzz-console";  // never a file: nothing to unlink
+    o.adopt = true;
+    auto dev = ConsoleDevice::Create(o);
+    if (!dev.ok()) __builtin_trap();
+    std::vector<int> fds;
+    if (data[1] & 2) {
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) __builtin_trap();
+      ::close(sv[1]);
+      fds.push_back(sv[0]);
+    } else {
+      const int l = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_un sa{};
+      sa.sun_family = AF_UNIX;  // autobind: an abstract address, no file
+      if (l < 0 || ::bind(l, reinterpret_cast<sockaddr*>(&sa), sizeof(sa_family_t)) != 0 || ::listen(l, 1) != 0)
+        __builtin_trap();
+      fds.push_back(l);
+    }
+    int peer = -1;
+    if (data[1] & 1) {
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) __builtin_trap();
+      fds.push_back(sv[0]);
+      peer = sv[1];
+      (void)::send(peer, "typed on the host", 17, MSG_DONTWAIT);
+    }
+    const std::string bytes(reinterpret_cast<const char*>(data + 4), size - 4);
+    const absl::Status s = (*dev)->RestoreHostState(bytes, fds);
+    for (int fd : fds)
+      if (fd >= 0) ::close(fd);
+    if (s.ok()) {
+      (*dev)->ProcessEvents();
+      if (data[1] & 4) (*dev)->ReleaseHostState();
+    }
+    if (peer >= 0) ::close(peer);
+  }
+  if (AllFds() != before) __builtin_trap();  // the console kept or lost a descriptor
+}
+
 }  // namespace
 
 #ifdef VIOPORT_FUZZ_UPGRADE
@@ -264,17 +326,25 @@ void UpgradeHeads(const uint8_t* data, size_t size) {
   vios::DeviceHead d;
   vios::AttachHead a;
   DeviceStats ds(nq);
-  if (!vios::GetDeviceHead(in, &d).ok() || !vios::GetStats(in, ds).ok() || !vios::GetAttachHead(in, &a).ok()) return;
+  std::string host;
+  std::vector<int> host_fds;
+  if (!vios::GetDeviceHead(in, &d).ok() || !vios::GetStats(in, ds).ok() || !vios::GetAttachHead(in, &a).ok() ||
+      !vios::GetHostState(in, &host, &host_fds).ok())
+    return;
+  if (!host_fds.empty()) __builtin_trap();  // the record had none to give
   HandoverWriter out;
   vios::PutDeviceHead(out, d);
   vios::PutStats(out, &ds);
   vios::PutAttachHead(out, a);
+  vios::PutHostState(out, host, host_fds);
   HandoverReader back(out.bytes(), {});
   vios::DeviceHead d2;
   vios::AttachHead a2;
   DeviceStats ds2(nq);
+  std::string host2;
+  std::vector<int> host_fds2;
   if (!vios::GetDeviceHead(back, &d2).ok() || !vios::GetStats(back, ds2).ok() || !vios::GetAttachHead(back, &a2).ok() ||
-      !back.Done().ok())
+      !vios::GetHostState(back, &host2, &host_fds2).ok() || !back.Done().ok() || host2 != host)
     __builtin_trap();
   if (d2.id != d.id || d2.type != d.type || d2.options != d.options || Flatten(ds2) != Flatten(ds) ||
       a2.attached != a.attached || a2.transport != a.transport || a2.options != a.options || a2.frozen_ns != a.frozen_ns)
@@ -285,6 +355,10 @@ void UpgradeHeads(const uint8_t* data, size_t size) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   World& w = W();
   if (w.baseline < 0) w.baseline = CountFds();
+  if (size && data[0] == 5) {
+    RestoreConsole(data, size);
+    return 0;
+  }
   if (size && (data[0] == 2 || data[0] == 4)) {
 #ifdef VIOPORT_FUZZ_UPGRADE
     if (data[0] == 2)

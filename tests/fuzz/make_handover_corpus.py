@@ -127,6 +127,21 @@ def heads(nq, record, device=True):
     return bytes([4, 1 if device else 0, 0, nq - 1]) + record
 
 
+def host_state(data=b"", fds=0):  # a DEVICE record's end (version 3)
+    return s(data) + u64(fds)
+
+
+# A console's host state (byte 0 == 5; byte 1: bit 0 a client descriptor,
+# bit 1 the listener not listening, bit 2 given back after).
+def console_state(cols=80, rows=25, client=1, in_open=1, out_open=1, to_guest=b"", to_host=b"", version=1):
+    return (u64(version) + u64(cols) + u64(rows) + u64(client) + u64(in_open) + u64(out_open) +
+            s(to_guest) + s(to_host))
+
+
+def console(record, flags=1):
+    return bytes([5, flags, 0, 0]) + record
+
+
 # An shm session (byte 0 == 3): mmio version 2, a 1 MiB region (the RAM
 # memfd, index 0), the config eventfd (1), two queues' kick (2, 3) and call
 # (4, 5) eventfds, the mirror's state, the controller. Guest memory starts
@@ -163,8 +178,20 @@ seeds.update({
     "hello_version_9": heads(1, hello(version=9), device=False),
     "hello_no_fd": heads(1, hello(fd=3), device=False),
     "hello_trailing": heads(1, hello() + u64(7), device=False),
-    "device_attached": heads(2, device_head() + stats([(10, 4096, 8192), (3, 512, 0)]) + attach_head()),
-    "device_detached": heads(1, device_head() + u64(0) + attach_head(None)),
+    "device_attached": heads(2, device_head() + stats([(10, 4096, 8192), (3, 512, 0)]) + attach_head() +
+                             host_state()),
+    "device_detached": heads(1, device_head() + u64(0) + attach_head(None) + host_state()),
+    "device_console_state": heads(1, device_head(dev_type=b"console", opts=((b"socket", b"/run/c.sock"),)) + u64(0) +
+                                  attach_head(None) + host_state(console_state(to_host=b"late output"), 0)),
+    "device_host_fds_missing": heads(1, device_head() + u64(0) + attach_head(None) + host_state(b"x", 2)),
+    "console_client": console(console_state(to_guest=b"typed before", to_host=b"printed before")),
+    "console_no_client": console(console_state(client=0, in_open=0, out_open=0), flags=0),
+    "console_half_closed": console(console_state(in_open=0), flags=1 | 4),
+    "console_fd_missing": console(console_state(), flags=0),
+    "console_not_listening": console(console_state(client=0), flags=2),
+    "console_bad_version": console(console_state(version=2)),
+    "console_huge_pending": console(console_state()[:-16] + u64(1 << 40)),
+    "console_trailing": console(console_state() + b"\0"),
     "device_abort": heads(1, u64(4) + s(b"the device would not freeze")),
     "device_wrong_kind": heads(1, device_head(kind=3) + u64(0) + attach_head(None)),
     "device_bad_attached": heads(1, device_head() + u64(0) + u64(2)),

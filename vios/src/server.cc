@@ -39,7 +39,7 @@ namespace asio = boost::asio;
 
 namespace {
 
-absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec) {
+absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec, bool adopt_host) {
   Options& o = spec.options;
   std::shared_ptr<VirtioDevice> dev;
   if (spec.type == "blk") {
@@ -87,6 +87,7 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> MakeDevice(DeviceSpec& spec) {
     if (sock->empty() == !*stdio)
       return absl::InvalidArgumentError(absl::StrCat(o.origin(), ": give exactly one of socket=PATH or stdio=on"));
     c.socket_path = *sock;
+    c.adopt = adopt_host && !*stdio;
     if (*stdio) {
       c.in_fd = STDIN_FILENO;
       c.out_fd = STDOUT_FILENO;
@@ -361,12 +362,12 @@ absl::StatusOr<std::shared_ptr<VirtioDevice>> Server::MakeVsockDevice(DeviceSpec
   return std::shared_ptr<VirtioDevice>(std::move(dev));
 }
 
-absl::Status Server::AddDevice(DeviceSpec spec) {
+absl::Status Server::AddDevice(DeviceSpec spec, bool adopt_host) {
   if (devices_.count(spec.id) || netdevs_.count(spec.id))
     return absl::AlreadyExistsError(absl::StrCat(spec.options.origin(), ": device id '", spec.id, "' already exists"));
   Entry e;
   absl::StatusOr<std::shared_ptr<VirtioDevice>> dev =
-      spec.type == "net" ? MakeNetDevice(spec, &e) : spec.type == "vsock" ? MakeVsockDevice(spec, &e) : MakeDevice(spec);
+      spec.type == "net" ? MakeNetDevice(spec, &e) : spec.type == "vsock" ? MakeVsockDevice(spec, &e) : MakeDevice(spec, adopt_host);
   if (!dev.ok()) return WithDescriptorHint(dev.status());
   VIOPORT_LOG(kInfo, "device ", spec.id, ": ", spec.type, " created");
   const std::string id = spec.id;

@@ -47,7 +47,10 @@ class Server {
   rpc::json ReactorList() const;
 
   absl::Status AddNetdev(DeviceSpec spec);
-  absl::Status AddDevice(DeviceSpec spec);
+  // `adopt_host` (live upgrade): the device opens no host side of its own
+  // (a console binds no socket); its predecessor's comes with
+  // VirtioDevice::RestoreHostState.
+  absl::Status AddDevice(DeviceSpec spec, bool adopt_host = false);
   // `handover`: the old vios's record of this attachment (live upgrade);
   // the endpoint is restored from it and stays frozen until the commit.
   absl::Status Attach(AttachSpec spec, HandoverReader* handover = nullptr);

@@ -5,9 +5,10 @@
 // SOCK_SEQPACKET connection the new vios listens on:
 //
 //   old -> new  HELLO   magic, version, pid, device count, the control socket
-//   old -> new  DEVICE  one per device: its spec, its attachment's, and what
+//   old -> new  DEVICE  one per device: its spec, its attachment's, what
 //                       the endpoint's Freeze() wrote (the device is frozen
-//                       from here: nothing popped, nothing read)
+//                       from here: nothing popped, nothing read), and the
+//                       device's own host side (a console's sockets)
 //   new -> old  READY   everything restored (frozen), or ABORT with why
 //   old -> new  COMMIT  the old vios lets go of everything and exits
 //
@@ -127,6 +128,13 @@ absl::StatusOr<rpc::json> Server::HandOver(const std::string& socket) {
       absl::Status s = OnDeviceThread(e, [&] { return e.attachment->Freeze(&w); });
       if (!s.ok()) return thaw(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));
     }
+    // The device's own host side (a console's listener and client), now
+    // that it is drained; its descriptors stay ours until the commit.
+    std::string host;
+    std::vector<int> host_fds;
+    if (absl::Status s = OnDeviceThread(e, [&] { return e.device->SaveHostState(&host, &host_fds); }); !s.ok())
+      return thaw(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));
+    PutHostState(w, host, host_fds);
     if (absl::Status s = SendHandoverRecord(fd, w); !s.ok())
       return thaw(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));
   }
@@ -143,6 +151,7 @@ absl::StatusOr<rpc::json> Server::HandOver(const std::string& socket) {
       e->attachment.reset();
     });
   }
+  for (auto& [id, e] : devices_) OnDeviceThread(e, [&e] { e.device->ReleaseHostState(); });
   if (control_->acceptor.is_open()) {
     const int cfd = control_->acceptor.release(ec);
     if (cfd >= 0) ::close(cfd);
@@ -214,6 +223,11 @@ absl::StatusOr<Server::TakeOverResult> Server::TakeOver(const std::string& contr
         e->attachment->Abandon();
         e->attachment.reset();
       });
+    // Host sides taken over go back untouched (the old vios keeps them).
+    for (const std::string& id : added) {
+      Entry& e = devices_.at(id);
+      OnDeviceThread(e, [&e] { e.device->ReleaseHostState(); });
+    }
     for (const std::string& id : added) devices_.erase(id);
     adopted_control_.reset();
     return why;
@@ -242,7 +256,7 @@ absl::StatusOr<Server::TakeOverResult> Server::TakeOver(const std::string& contr
     auto spec = MakeDeviceSpec(type, std::move(kv), absl::StrCat("handed-over device ", id));
     if (!spec.ok()) return give_up(spec.status());
     if (devices_.count(id)) return give_up(absl::AlreadyExistsError(absl::StrCat("device '", id, "' twice")));
-    if (absl::Status s = AddDevice(std::move(*spec)); !s.ok()) return give_up(s);
+    if (absl::Status s = AddDevice(std::move(*spec), /*adopt_host=*/version >= 3); !s.ok()) return give_up(s);
     added.push_back(id);
     if (version >= 2) {
       if (absl::Status s = GetStats(*r, devices_.at(id).device->stats()); !s.ok())
@@ -258,6 +272,17 @@ absl::StatusOr<Server::TakeOverResult> Server::TakeOver(const std::string& contr
       if (!s.ok()) return give_up(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));
       restored.push_back(&devices_.at(id));
       result.guests += restored.back()->attachment->connected() ? 1 : 0;
+    }
+    if (version >= 3) {
+      std::string host;
+      std::vector<int> host_fds;
+      if (absl::Status s = GetHostState(*r, &host, &host_fds); !s.ok())
+        return give_up(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));
+      Entry& e = devices_.at(id);
+      absl::Status s = OnDeviceThread(e, [&] { return e.device->RestoreHostState(host, host_fds); });
+      for (int f : host_fds)
+        if (f >= 0) ::close(f);
+      if (!s.ok()) return give_up(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));
     }
     if (absl::Status s = r->Done(); !s.ok())
       return give_up(absl::Status(s.code(), absl::StrCat("device '", id, "': ", s.message())));

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "upgrade_records.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -23,9 +25,9 @@ absl::Status GetHello(HandoverReader& r, HelloRecord* out) {
   if (absl::Status s = r.U64(&magic, "magic"); !s.ok()) return s;
   if (kind != kHello || magic != kHandoverMagic) return absl::InvalidArgumentError("not a vios handover");
   if (absl::Status s = r.U64(&out->version, "version"); !s.ok()) return s;
-  if (out->version != kHandoverVersion && out->version != 1)
+  if (out->version < 1 || out->version > kHandoverVersion)
     return absl::InvalidArgumentError(
-        absl::StrCat("handover version ", out->version, " (this vios speaks 1 and ", kHandoverVersion, ")"));
+        absl::StrCat("handover version ", out->version, " (this vios speaks 1 to ", kHandoverVersion, ")"));
   if (absl::Status s = r.U64(&out->pid, "pid"); !s.ok()) return s;
   if (absl::Status s = r.U64(&out->devices, kMaxHandoverDevices, "device count"); !s.ok()) return s;
   if (absl::Status s = r.Fd(&out->control, "control socket"); !s.ok()) return s;
@@ -59,6 +61,28 @@ void PutAttachHead(HandoverWriter& w, const AttachHead& a) {
   w.Str(a.transport);
   PutOptions(w, a.options);
   w.U64(a.frozen_ns);
+}
+
+void PutHostState(HandoverWriter& w, const std::string& bytes, const std::vector<int>& fds) {
+  w.Str(bytes);
+  w.U64(fds.size());
+  for (int fd : fds) w.Fd(fd);
+}
+
+absl::Status GetHostState(HandoverReader& r, std::string* bytes, std::vector<int>* fds) {
+  uint64_t n = 0;
+  if (absl::Status s = r.Str(bytes, kMaxHandoverRecord, "host state"); !s.ok()) return s;
+  if (absl::Status s = r.U64(&n, kMaxHostStateFds, "host state descriptors"); !s.ok()) return s;
+  for (uint64_t i = 0; i < n; ++i) {
+    UniqueFd fd;
+    if (absl::Status s = r.Fd(&fd, "host state descriptor"); !s.ok()) {
+      for (int f : *fds) ::close(f);
+      fds->clear();
+      return s;
+    }
+    fds->push_back(fd.release());
+  }
+  return absl::OkStatus();
 }
 
 absl::Status GetAttachHead(HandoverReader& r, AttachHead* out) {

@@ -87,9 +87,12 @@ absl::StatusOr<std::shared_ptr<ConsoleDevice>> ConsoleDevice::Create(const Conso
                                                    "\" and in_fd/out_fd given; the host side is one or the other"));
   if (options.socket_path.empty() && !fds)
     return absl::InvalidArgumentError("console: no host side (neither a socket path nor in_fd/out_fd)");
+  if (options.adopt && fds)
+    return absl::InvalidArgumentError("console: only a socket console adopts a predecessor's host side");
   std::shared_ptr<ConsoleDevice> dev(new ConsoleDevice(options));
   dev->epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (dev->epoll_fd_ < 0) return absl::ErrnoToStatus(errno, "console: epoll_create1");
+  if (options.adopt) return dev;  // RestoreHostState brings the host side
   absl::Status s = fds ? dev->UseFds() : dev->Listen();
   if (!s.ok()) return s;
   return dev;
@@ -356,6 +359,124 @@ absl::Status ConsoleDevice::Quiesce() {
   FlushTx();
   UpdateInterest();
   return absl::OkStatus();
+}
+
+absl::Status ConsoleDevice::CanHandOver() const {
+  if (opts_.socket_path.empty())
+    return absl::UnimplementedError("a console on vios's own stdin/stdout stays with that process");
+  return absl::OkStatus();
+}
+
+namespace {
+// The host-state record: little-endian u64s, byte strings as a length and
+// the bytes. Version 1: version, cols, rows, client (0/1), client in open,
+// client out open, then the pending bytes to the guest and to the host.
+// Descriptors: the listener, then the client if there is one.
+constexpr uint64_t kHostStateVersion = 1;
+constexpr uint64_t kMaxPendingHandedOver = uint64_t{64} << 20;
+
+void PutU64(std::string* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
+}
+bool GetU64(const std::string& in, size_t* at, uint64_t* v) {
+  if (*at > in.size() || in.size() - *at < 8) return false;
+  *v = 0;
+  for (int i = 0; i < 8; ++i) *v |= uint64_t{static_cast<uint8_t>(in[*at + i])} << (8 * i);
+  *at += 8;
+  return true;
+}
+}  // namespace
+
+absl::Status ConsoleDevice::SaveHostState(std::string* bytes, std::vector<int>* fds) const {
+  if (opts_.socket_path.empty()) return absl::OkStatus();  // stdio: the new vios has its own
+  if (listen_fd_ < 0) return absl::FailedPreconditionError("console: no listening socket to hand over");
+  const bool client = conn_.owned && conn_.in_fd >= 0;
+  for (uint64_t v : {kHostStateVersion, uint64_t{cols_}, uint64_t{rows_}, uint64_t{client},
+                     uint64_t{client && conn_.in_open}, uint64_t{client && conn_.out_open}})
+    PutU64(bytes, v);
+  for (const ByteQueue* q : {&rx_pending_, &tx_pending_}) {
+    PutU64(bytes, q->size());
+    bytes->append(reinterpret_cast<const char*>(q->data()), q->size());
+  }
+  fds->push_back(listen_fd_);
+  if (client) fds->push_back(conn_.in_fd);
+  return absl::OkStatus();
+}
+
+absl::Status ConsoleDevice::RestoreHostState(const std::string& bytes, std::vector<int>& fds) {
+  if (!opts_.adopt || listen_fd_ >= 0 || conn_.in_fd >= 0)
+    return absl::FailedPreconditionError("console: host state restored into a console that has one");
+  auto bad = [](const std::string& why) { return absl::InvalidArgumentError(absl::StrCat("console host state: ", why)); };
+  size_t at = 0;
+  uint64_t version = 0, cols = 0, rows = 0, client = 0, in_open = 0, out_open = 0;
+  for (uint64_t* v : {&version, &cols, &rows, &client, &in_open, &out_open})
+    if (!GetU64(bytes, &at, v)) return bad("truncated");
+  if (version != kHostStateVersion) return bad(absl::StrCat("version ", version));
+  if (cols > 0xffff || rows > 0xffff || client > 1 || in_open > 1 || out_open > 1) return bad("a field out of range");
+  std::string pending[2];
+  for (std::string& p : pending) {
+    uint64_t n = 0;
+    if (!GetU64(bytes, &at, &n) || n > kMaxPendingHandedOver || n > bytes.size() - at) return bad("pending bytes");
+    p.assign(bytes, at, n);
+    at += n;
+  }
+  if (at != bytes.size()) return bad("bytes after the end");
+  if (fds.size() != 1 + client) return bad(absl::StrCat(fds.size(), " descriptors, ", 1 + client, " expected"));
+  // The listener must be a listening stream socket, the client a stream socket.
+  auto socket_kind = [](int fd, bool listening) {
+    int type = 0, acc = 0;
+    socklen_t len = sizeof type;
+    if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) return false;
+    len = sizeof acc;
+    return ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && (acc != 0) == listening;
+  };
+  if (!socket_kind(fds[0], true)) return bad("the listener is not a listening stream socket");
+  if (client && !socket_kind(fds[1], false)) return bad("the client is not a connected stream socket");
+  for (int fd : fds) {
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return absl::ErrnoToStatus(errno, "console: fcntl");
+  }
+  listen_fd_ = fds[0];
+  fds[0] = -1;
+  SetWatch(listen_watch_, listen_fd_, EPOLLIN, kTagListen);
+  // The socket file is the predecessor's, and ours from here on (removed
+  // when this console goes, unless it is handed on or given back).
+  struct stat st;
+  if (::lstat(opts_.socket_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    bound_ = true;
+    sock_dev_ = st.st_dev;
+    sock_ino_ = st.st_ino;
+  }
+  if (client) {
+    conn_ = HostConn{fds[1], fds[1], in_open != 0, out_open != 0, true, true};
+    fds[1] = -1;
+    clients_.fetch_add(1, std::memory_order_relaxed);
+  }
+  cols_ = static_cast<uint16_t>(cols);
+  rows_ = static_cast<uint16_t>(rows);
+  for (int i = 0; i < 2; ++i) {
+    ByteQueue& q = i == 0 ? rx_pending_ : tx_pending_;
+    q.Clear();
+    std::memcpy(q.Reserve(pending[i].size()), pending[i].data(), pending[i].size());
+  }
+  opts_.adopt = false;
+  UpdateInterest();
+  return absl::OkStatus();
+}
+
+void ConsoleDevice::ReleaseHostState() {
+  if (opts_.socket_path.empty()) return;  // stdio stays this process's
+  // Our copies only: the peer keeps its connection, the file stays.
+  SetWatch(in_watch_, -1, 0, kTagIn);
+  SetWatch(out_watch_, -1, 0, kTagOut);
+  SetWatch(listen_watch_, -1, 0, kTagListen);
+  if (conn_.owned && conn_.in_fd >= 0) ::close(conn_.in_fd);
+  conn_ = HostConn{};
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  listen_fd_ = -1;
+  bound_ = false;
+  rx_pending_.Clear();
+  tx_pending_.Clear();
 }
 
 void ConsoleDevice::AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const {

@@ -105,6 +105,26 @@ class VirtioDevice {
   virtual absl::Status CanHandOver() const {
     return absl::UnimplementedError("this device type keeps host-side connections a new vios cannot take over yet");
   }
+  // Live upgrade of what the device holds besides its spec and its rings:
+  // its host side (listening and connected sockets, as descriptors) and the
+  // bytes it owes either way. SaveHostState writes it after the device was
+  // drained, as bytes plus descriptors that stay this device's (the caller
+  // sends copies). A successor made from the same spec but told to adopt
+  // (its factory opens no host side of its own) takes them with
+  // RestoreHostState, which keeps the descriptors it uses (setting their
+  // entries to -1); the caller closes the rest, also on error. The
+  // side that does not go on (the old one after the commit, the new one
+  // when the upgrade is given up) calls ReleaseHostState: it lets go of
+  // its copies without ending anything for the host's peers (no unlink, no
+  // shutdown). Defaults: nothing to carry.
+  virtual absl::Status SaveHostState(std::string* /*bytes*/, std::vector<int>* /*fds*/) const {
+    return absl::OkStatus();
+  }
+  virtual absl::Status RestoreHostState(const std::string& bytes, std::vector<int>& fds) {
+    if (bytes.empty() && fds.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError("host state handed over for a device type that carries none");
+  }
+  virtual void ReleaseHostState() {}
 
   // Named counters for operators (viosctl stats). Appends; never resets.
   virtual void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* /*out*/) const {}

@@ -35,6 +35,10 @@ struct ConsoleOptions {
   size_t tx_buffer_limit = size_t{1} << 20;
   uint16_t cols = 80;
   uint16_t rows = 25;
+  // Live upgrade: a socket console made without its host side; its
+  // predecessor's listener, client and pending bytes come with
+  // RestoreHostState (socket_path names the same file; nothing is bound).
+  bool adopt = false;
 };
 
 class ConsoleDevice final : public VirtioDevice {
@@ -60,6 +64,13 @@ class ConsoleDevice final : public VirtioDevice {
   int event_fd() const override { return epoll_fd_; }
   bool ProcessEvents() override;
   absl::Status Quiesce() override;
+  // Live upgrade (VirtioDevice): a socket console hands over its listener,
+  // its client and the bytes it holds either way; one on fds (vios's own
+  // stdin/stdout) cannot be handed over while a guest uses it.
+  absl::Status CanHandOver() const override;
+  absl::Status SaveHostState(std::string* bytes, std::vector<int>* fds) const override;
+  absl::Status RestoreHostState(const std::string& bytes, std::vector<int>& fds) override;
+  void ReleaseHostState() override;
   void AppendCounters(std::vector<std::pair<std::string, uint64_t>>* out) const override;
 
   // Moves the host side to a Unix socket listening on `path` at run time
