@@ -14,6 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -288,6 +289,59 @@ TEST_P(ConsoleTest, BackpressureHoldsClientBytesUntilTheGuestReads) {
   ASSERT_EQ(got.size(), data.size());
   EXPECT_TRUE(got == data);
   EXPECT_EQ(sent.load(), data.size());
+}
+
+// Live upgrade: a successor made to adopt (no socket bound) takes the host
+// side: the listener, the connected client and the bytes read from it that
+// no guest buffer had room for. A guest on the successor reads the rest of
+// the client's stream in order from where the first guest's buffers ended;
+// the old device lets go of its copies without removing the socket file;
+// the successor accepts the next client on the same path.
+TEST_P(ConsoleTest, HandOverCarriesTheClientAndPendingBytes) {
+  Start();
+  const int c = Client();
+  const auto data = RandomBytes(kMiB, 12);
+  std::atomic<size_t> sent{0};
+  std::thread sender([&] { EXPECT_TRUE(WriteAll(c, data, &sent)); });
+  const size_t posted = size_t{ConsoleDriver::kRxBuffers} * ConsoleDriver::kRxBufferSize;
+  ASSERT_TRUE(PumpUntil(*dev_, [&] { return Counter(*dev_, "rx_bytes") == posted && dev_->pending_to_guest() > 0; }));
+  const size_t held = dev_->pending_to_guest();
+  ASSERT_TRUE(dev_->Quiesce().ok());
+  std::string bytes;
+  std::vector<int> fds;
+  ASSERT_TRUE(dev_->SaveHostState(&bytes, &fds).ok());
+  ASSERT_EQ(fds.size(), 2u) << "the listener and the client";
+  std::vector<int> copies;  // what SCM_RIGHTS gives the new vios
+  for (int fd : fds) copies.push_back(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  ConsoleOptions o;
+  o.socket_path = path_;
+  o.adopt = true;
+  auto next = ConsoleDevice::Create(o);
+  ASSERT_TRUE(next.ok()) << next.status();
+  ASSERT_TRUE((*next)->RestoreHostState(bytes, copies).ok());
+  for (int fd : copies) EXPECT_EQ(fd, -1) << "a descriptor the successor did not keep";
+  EXPECT_EQ((*next)->pending_to_guest(), held);
+  EXPECT_TRUE((*next)->connected());
+  dev_->ReleaseHostState();
+  Stop();
+  EXPECT_TRUE(std::filesystem::exists(path_)) << "the old device removed the socket it handed over";
+  dev_ = std::move(*next);
+  LoopbackOptions lo;
+  lo.copy_only = GetParam().copy_only;
+  t_ = std::make_unique<LoopbackTransport>(dev_, lo);
+  drv_ = std::make_unique<ConsoleDriver>(*t_);
+  ASSERT_TRUE(drv_->Init(RingFeatures(GetParam()), {}).ok());
+  const auto got = GuestRead(data.size() - posted, 13);
+  sender.join();
+  ASSERT_EQ(got.size(), data.size() - posted);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin() + static_cast<ptrdiff_t>(posted)))
+      << "the stream does not go on where the first guest's buffers ended";
+  CloseClient(c);
+  EXPECT_TRUE(PumpUntil(*dev_, [&] { return !dev_->connected(); }));
+  const int c2 = Client();
+  EXPECT_GE(c2, 0);
+  Stop();
+  EXPECT_FALSE(std::filesystem::exists(path_)) << "the successor leaves the socket behind";
 }
 
 TEST_P(ConsoleTest, ReconnectingClientContinuesTheStream) {
