@@ -9,7 +9,6 @@
 // files, read by this test directly.
 #include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -452,20 +451,7 @@ TEST_F(ViosSystem, LiveUpgradeCarriesAConsoleAndItsClient) {
   Proc& guest = Keep(Spawn({VIOGUEST_BIN, "--quiet", "--transport", "shm:" + Path("c0.sock"), "console", "--send",
                             "hello from the guest\n", "--expect", "hello after the upgrade", "--timeout", "120"},
                            dir_, "console"));
-  auto read_until = [&](const std::string& want, double seconds) {
-    std::string got;
-    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    while (got.find(want) == std::string::npos && std::chrono::steady_clock::now() < end) {
-      pollfd pf{host, POLLIN, 0};
-      if (::poll(&pf, 1, 50) <= 0) continue;
-      char buf[4096];
-      const ssize_t n = ::read(host, buf, sizeof buf);
-      if (n <= 0) break;
-      got.append(buf, static_cast<size_t>(n));
-    }
-    return got;
-  };
-  const std::string first = read_until("hello from the guest", 60);
+  const std::string first = testproc::ReadUntil(host, "hello from the guest", 60);
   ASSERT_NE(first.find("hello from the guest"), std::string::npos) << first << guest.err();
   Proc& next = Keep(Spawn({VIOS_BIN, "--upgrade-from", Path("ctl")}, dir_, "vios-1"));
   ASSERT_EQ(vios->Wait(60), 0) << "the old vios: " << vios->err() << "\nthe new one: " << next.err();
