@@ -151,7 +151,10 @@ absl::StatusOr<rpc::json> Server::HandOver(const std::string& socket) {
       e->attachment.reset();
     });
   }
-  for (auto& [id, e] : devices_) OnDeviceThread(e, [&e] { e.device->ReleaseHostState(); });
+  for (auto& kv : devices_) {
+    Entry& e = kv.second;
+    OnDeviceThread(e, [&e] { e.device->ReleaseHostState(); });
+  }
   if (control_->acceptor.is_open()) {
     const int cfd = control_->acceptor.release(ec);
     if (cfd >= 0) ::close(cfd);

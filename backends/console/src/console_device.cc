@@ -457,7 +457,7 @@ absl::Status ConsoleDevice::RestoreHostState(const std::string& bytes, std::vect
   for (int i = 0; i < 2; ++i) {
     ByteQueue& q = i == 0 ? rx_pending_ : tx_pending_;
     q.Clear();
-    std::memcpy(q.Reserve(pending[i].size()), pending[i].data(), pending[i].size());
+    if (!pending[i].empty()) std::memcpy(q.Reserve(pending[i].size()), pending[i].data(), pending[i].size());
   }
   opts_.adopt = false;
   UpdateInterest();
